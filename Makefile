@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both install what is missing
+# first and are safe to run again.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT    := fuse3 libfuse3-dev pkg-config
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test deps lint bench clean
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: deps
+	$(PY) -m fsrep._demo
+
+# pytest exits 5 when it collects nothing; that is a failure here too.
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: deps
+	$(VENV)/bin/ruff check fsrep tracking transport tools tests bench
+
+bench: deps
+	$(PY) bench/write.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,309 @@
+"""A directory tree reached only through file descriptors.
+
+Both sides apply replicated operations through this one class: the primary
+to its store, the secondary to a replica. Because the code is the same, an
+operation that succeeded on the primary does the same thing on the
+secondary.
+
+How this works: every path is group-relative (already validated by the
+frame: no absolute paths, no ``..``). Parent directories are opened one
+component at a time with ``O_PATH | O_DIRECTORY | O_NOFOLLOW`` from the root
+descriptor, so a symlink anywhere in the parent chain fails the operation
+(ELOOP/ENOTDIR) instead of leading outside the root. The last component is
+never followed either (``O_NOFOLLOW``, ``follow_symlinks=False``, or an
+``O_PATH`` descriptor used through ``/proc/self/fd``, which names the inode
+itself).
+
+Caveats:
+- Small LRU caches keep parent-directory and file descriptors; renames and
+  rmdirs drop them all, unlinks and creates drop the path concerned.
+- ``.fsrep`` at the root is reserved for fsrep's own state: no operation may
+  name it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import transport as tp
+
+RESERVED = b".fsrep"
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CACHE = 64
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
+    """rename with RENAME_NOREPLACE / RENAME_EXCHANGE (not in the os module)."""
+    _check(_libc.renameat2(src_dir, src, dst_dir, dst, flags), "renameat2")
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding *fd* (not in the os module)."""
+    _check(_libc.syncfs(fd), "syncfs")
+
+
+def proc_path(fd: int) -> str:
+    """A path naming exactly the inode *fd* refers to (even an O_PATH fd)."""
+    return f"/proc/self/fd/{fd}"
+
+
+class Tree:
+    """Operations on the tree below *root*, confined to it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        self.root_fd = os.open(self.root, _DIR_FLAGS)
+        self._dirs: OrderedDict[bytes, int] = OrderedDict()
+        self._files: OrderedDict[bytes, int] = OrderedDict()
+
+    def close(self) -> None:
+        self.forget_all()
+        os.close(self.root_fd)
+
+    # --- descriptor caches ------------------------------------------------
+
+    def forget_all(self) -> None:
+        for cache in (self._dirs, self._files):
+            for fd in cache.values():
+                os.close(fd)
+            cache.clear()
+
+    def forget(self, path: bytes) -> None:
+        fd = self._files.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    @staticmethod
+    def _remember(cache: OrderedDict[bytes, int], key: bytes, fd: int) -> None:
+        cache[key] = fd
+        if len(cache) > _CACHE:
+            os.close(cache.popitem(last=False)[1])
+
+    def _dir(self, path: bytes) -> int:
+        """A cached O_PATH descriptor of directory *path* (b"" is the root)."""
+        if not path:
+            return self.root_fd
+        fd = self._dirs.get(path)
+        if fd is not None:
+            self._dirs.move_to_end(path)
+            return fd
+        parent, _, name = path.rpartition(b"/")
+        fd = os.open(name, _DIR_FLAGS, dir_fd=self._dir(parent))
+        self._remember(self._dirs, path, fd)
+        return fd
+
+    def at(self, path: bytes) -> tuple[int, bytes]:
+        """(parent directory fd, last component) of a non-root *path*."""
+        tp.check_path(path)
+        if not path:
+            raise OSError(errno.EINVAL, "the group root has no parent")
+        parent, _, name = path.rpartition(b"/")
+        if not parent and name == RESERVED:
+            raise OSError(errno.EPERM, ".fsrep is reserved for fsrep's own state")
+        return self._dir(parent), name
+
+    @contextlib.contextmanager
+    def entry(self, path: bytes) -> Iterator[int]:
+        """An O_PATH descriptor of the entry itself (never followed)."""
+        if not path:
+            yield self.root_fd
+            return
+        d, name = self.at(path)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def open(self, path: bytes, flags: int, mode: int = 0o600) -> int:
+        """Open *path* (never through a symlink); the caller closes the fd."""
+        if not path:
+            return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.root_fd)
+        d, name = self.at(path)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
+
+    def _file(self, path: bytes) -> int:
+        fd = self._files.get(path)
+        if fd is None:
+            fd = self.open(path, os.O_WRONLY)
+            self._remember(self._files, path, fd)
+        else:
+            self._files.move_to_end(path)
+        return fd
+
+    # --- reads ---------------------------------------------------------------
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        if not path:
+            return os.stat(self.root_fd)
+        d, name = self.at(path)
+        return os.stat(name, dir_fd=d, follow_symlinks=False)
+
+    def readlink(self, path: bytes) -> bytes:
+        d, name = self.at(path)
+        return os.readlink(name, dir_fd=d)
+
+    def listdir(self, path: bytes) -> list[bytes]:
+        fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = [os.fsencode(n) for n in os.listdir(fd)]
+        finally:
+            os.close(fd)
+        if not path:
+            names = [n for n in names if n != RESERVED]
+        return names
+
+    def getxattr(self, path: bytes, name: bytes) -> bytes:
+        with self.entry(path) as fd:
+            return os.getxattr(proc_path(fd), name)
+
+    def listxattr(self, path: bytes) -> list[bytes]:
+        with self.entry(path) as fd:
+            return [os.fsencode(n) for n in os.listxattr(proc_path(fd))]
+
+    # --- mutations -------------------------------------------------------------
+
+    def apply(self, op: tp.Operation) -> None:
+        """Apply one replicated operation.
+
+        Raises:
+            OSError: the operation failed; the tree is as the failed system
+                call left it.
+        """
+        handler = _APPLY.get(type(op))
+        if handler is None:  # pragma: no cover - every Operation has one
+            raise OSError(errno.ENOSYS, f"no handler for {type(op).__name__}")
+        handler(self, op)
+
+    def _write(self, op: tp.Write) -> None:
+        fd = self._file(op.path)
+        view = memoryview(op.data)
+        offset = op.offset
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def _set_mode(self, fd: int, mode: int) -> None:
+        os.chmod(proc_path(fd), stat.S_IMODE(mode))
+
+    def _setattr(self, op: tp.SetAttr) -> None:
+        if op.fields & tp.ATTR_SIZE:
+            os.ftruncate(self._file(op.path), op.size)
+        with self.entry(op.path) as fd:
+            target = proc_path(fd)
+            if op.fields & (tp.ATTR_UID | tp.ATTR_GID):
+                uid = op.uid if op.fields & tp.ATTR_UID else -1
+                gid = op.gid if op.fields & tp.ATTR_GID else -1
+                os.chown(target, uid, gid)
+            if op.fields & tp.ATTR_MODE:
+                self._set_mode(fd, op.mode)
+            if op.fields & tp.ATTR_TIMES:
+                os.utime(target, ns=(op.atime_ns, op.mtime_ns))
+
+    def _own(self, path: bytes, mode: int, uid: int, gid: int) -> None:
+        """Give a new entry its owner, then its exact mode (chown may clear
+        set-id bits, so the mode goes last)."""
+        with self.entry(path) as fd:
+            os.chown(proc_path(fd), uid, gid)
+            if not stat.S_ISLNK(os.stat(fd).st_mode):
+                self._set_mode(fd, mode)
+
+    def _create(self, op: tp.Create) -> None:
+        d, name = self.at(op.path)
+        self.forget(op.path)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     stat.S_IMODE(op.mode), dir_fd=d)
+        try:
+            os.fchown(fd, op.uid, op.gid)
+            os.fchmod(fd, stat.S_IMODE(op.mode))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._remember(self._files, op.path, fd)
+
+    def _mknod(self, op: tp.MkNod) -> None:
+        d, name = self.at(op.path)
+        self.forget(op.path)
+        os.mknod(name, op.mode, op.rdev, dir_fd=d)
+        self._own(op.path, op.mode, op.uid, op.gid)
+
+    def _mkdir(self, op: tp.MkDir) -> None:
+        d, name = self.at(op.path)
+        os.mkdir(name, stat.S_IMODE(op.mode), dir_fd=d)
+        self._own(op.path, op.mode, op.uid, op.gid)
+
+    def _unlink(self, op: tp.Unlink) -> None:
+        d, name = self.at(op.path)
+        self.forget(op.path)
+        os.unlink(name, dir_fd=d)
+
+    def _rmdir(self, op: tp.RmDir) -> None:
+        d, name = self.at(op.path)
+        self.forget_all()
+        d, name = self.at(op.path)
+        os.rmdir(name, dir_fd=d)
+
+    def _rename(self, op: tp.Rename) -> None:
+        self.forget_all()
+        src_dir, src = self.at(op.old)
+        dst_dir, dst = self.at(op.new)
+        if op.flags:
+            renameat2(src_dir, src, dst_dir, dst, op.flags)
+        else:
+            os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+        self.forget_all()
+
+    def _link(self, op: tp.Link) -> None:
+        src_dir, src = self.at(op.target)
+        dst_dir, dst = self.at(op.new)
+        os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+
+    def _symlink(self, op: tp.Symlink) -> None:
+        d, name = self.at(op.path)
+        self.forget(op.path)
+        os.symlink(op.target, name, dir_fd=d)
+        os.chown(name, op.uid, op.gid, dir_fd=d, follow_symlinks=False)
+
+    def _setxattr(self, op: tp.SetXattr) -> None:
+        with self.entry(op.path) as fd:
+            os.setxattr(proc_path(fd), op.name, op.value)
+
+    def _removexattr(self, op: tp.RemoveXattr) -> None:
+        with self.entry(op.path) as fd:
+            os.removexattr(proc_path(fd), op.name)
+
+    def _fsync(self, op: tp.Fsync) -> None:
+        if op.whole:
+            syncfs(self.root_fd)
+            return
+        fd = self.open(op.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_APPLY = {
+    tp.Write: Tree._write, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
+    tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
+    tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link,
+    tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,
+    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync,
+}

@@ -1,0 +1,90 @@
+"""The one way fsrep writes durable state: temp file, fsync, rename, fsync
+directory. State files are JSON carrying a format name, a version and an
+xxh3 checksum, so a missing or damaged file is an error with a name — never
+an empty, "clean" state."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+STATE_VERSION = 1
+
+
+class StateError(Exception):
+    """Base of the errors loading durable state."""
+
+
+class StateMissing(StateError):
+    """Raised when a state file that should exist does not."""
+
+
+class StateCorrupt(StateError):
+    """Raised when a state file is unreadable, of another format or version,
+    or fails its checksum."""
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace *path* with *data* so that a crash leaves the old or the new
+    contents, never a mix.
+
+    Durability: the data, then the rename, are on disk when this returns.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _checksum(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return xxhash.xxh3_64_hexdigest(canonical)
+
+
+def save_state(path: str | os.PathLike[str], kind: str, payload: dict[str, Any]) -> None:
+    """Durably write *payload* as a state file of format *kind*."""
+    doc = {"format": kind, "version": STATE_VERSION, "checksum": _checksum(payload), "payload": payload}
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
+
+
+def load_state(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Read a state file written by save_state.
+
+    Raises:
+        StateMissing: there is no such file.
+        StateCorrupt: anything else is wrong with it; the message says what.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise StateMissing(f"{path}: missing") from None
+    except OSError as exc:
+        raise StateCorrupt(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise StateCorrupt(f"{path}: not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != kind:
+        raise StateCorrupt(f"{path}: not a {kind} state file")
+    if doc.get("version") != STATE_VERSION:
+        raise StateCorrupt(f"{path}: version {doc.get('version')!r}, this fsrep reads {STATE_VERSION}")
+    payload = doc.get("payload")
+    if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
+        raise StateCorrupt(f"{path}: checksum mismatch")
+    return payload

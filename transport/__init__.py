@@ -1,0 +1,54 @@
+"""Replication transport.
+
+Layout: ``_frames`` (one frozen dataclass per frame type), ``_codec``
+(bytes <-> frames), ``_session`` (handshake, authentication and ordering as
+a state table), ``_auth`` (HMAC challenge-response) — all sans-IO — and
+``_streams``, the thin trio glue. Others import from here only.
+"""
+
+from ._codec import FrameDecoder as FrameDecoder
+from ._codec import encode as encode
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import LinkDown as LinkDown
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._frames import ATTR_GID as ATTR_GID
+from ._frames import ATTR_MODE as ATTR_MODE
+from ._frames import ATTR_SIZE as ATTR_SIZE
+from ._frames import ATTR_TIMES as ATTR_TIMES
+from ._frames import ATTR_UID as ATTR_UID
+from ._frames import MAX_DATA as MAX_DATA
+from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE
+from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE
+from ._frames import Ack as Ack
+from ._frames import Close as Close
+from ._frames import Create as Create
+from ._frames import Error as Error
+from ._frames import Frame as Frame
+from ._frames import Fsync as Fsync
+from ._frames import Hello as Hello
+from ._frames import Link as Link
+from ._frames import MkDir as MkDir
+from ._frames import MkNod as MkNod
+from ._frames import Nack as Nack
+from ._frames import Operation as Operation
+from ._frames import Ping as Ping
+from ._frames import Pong as Pong
+from ._frames import RemoveXattr as RemoveXattr
+from ._frames import Rename as Rename
+from ._frames import RmDir as RmDir
+from ._frames import SetAttr as SetAttr
+from ._frames import SetXattr as SetXattr
+from ._frames import Symlink as Symlink
+from ._frames import Unlink as Unlink
+from ._frames import Welcome as Welcome
+from ._frames import Write as Write
+from ._frames import check_path as check_path
+from ._session import PrimarySession as PrimarySession
+from ._session import SecondarySession as SecondarySession
+from ._session import SessionState as SessionState
+from ._streams import Connection as Connection
+from ._streams import accept_secondary_session as accept_secondary_session
+from ._streams import open_primary_connection as open_primary_connection

@@ -1,0 +1,392 @@
+"""Protocol events: one frozen dataclass per frame type.
+
+How this works: every frame class declares ``FIELDS``, an ordered list of
+(attribute, kind) pairs. The codec encodes and decodes any frame from that
+list alone, so adding a frame type is adding a class here. Each class checks
+its own values in ``__post_init__``, so an invalid frame can be neither built
+nor decoded.
+
+Paths are group-relative byte strings: components joined by ``/``, never
+absolute, never ``.``/``..``/empty components, never NUL. ``b""`` names the
+root of the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ._errors import LocalProtocolError
+
+PROTOCOL_VERSION = 1
+NONCE_SIZE = 32
+PROOF_SIZE = 32
+GROUP_ID_SIZE = 16
+MAX_PATH = 4096
+MAX_NAME = 255
+MAX_DATA = 4 * 1024 * 1024
+MAX_XATTR_VALUE = 64 * 1024
+MAX_TEXT = 1024
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+
+# Field kinds understood by the codec.
+U8, U32, U64, I64 = "u8", "u32", "u64", "i64"
+PATH, BLOB, NAME, TEXT = "path", "blob", "name", "text"
+NONCE, PROOF, GROUP_ID = "nonce", "proof", "group_id"
+
+FIELD_LIMITS = {U8: 255, U32: U32_MAX, U64: U64_MAX}
+
+
+def check_path(path: bytes, *, what: str = "path") -> None:
+    """Raise LocalProtocolError unless *path* is a safe group-relative path."""
+    if not isinstance(path, bytes):
+        raise LocalProtocolError(f"{what} must be bytes")
+    if len(path) > MAX_PATH:
+        raise LocalProtocolError(f"{what} longer than {MAX_PATH} bytes")
+    if path == b"":
+        return
+    if b"\0" in path:
+        raise LocalProtocolError(f"{what} contains NUL")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise LocalProtocolError(f"{what} {path!r} is absolute or has an empty, '.' or '..' component")
+        if len(part) > MAX_NAME:
+            raise LocalProtocolError(f"{what} has a component longer than {MAX_NAME} bytes")
+
+
+def _check_fields(frame: object) -> None:
+    for name, kind in frame.FIELDS:  # type: ignore[attr-defined]
+        value = getattr(frame, name)
+        if kind in FIELD_LIMITS:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= FIELD_LIMITS[kind]:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name}={value!r} out of range for {kind}")
+        elif kind == I64:
+            if not isinstance(value, int) or not I64_MIN <= value <= I64_MAX:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name} out of range for i64")
+        elif kind == PATH:
+            check_path(value, what=f"{type(frame).__name__}.{name}")
+        elif kind == BLOB:
+            if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) > MAX_DATA:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name} must be bytes of at most {MAX_DATA}")
+        elif kind == NAME:
+            if not isinstance(value, bytes) or not 0 < len(value) <= MAX_NAME or b"\0" in value:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name} must be 1..{MAX_NAME} bytes without NUL")
+        elif kind == TEXT:
+            if not isinstance(value, str) or len(value.encode("utf-8", "replace")) > MAX_TEXT:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name} must be text of at most {MAX_TEXT} bytes")
+        else:
+            size = {NONCE: NONCE_SIZE, PROOF: PROOF_SIZE, GROUP_ID: GROUP_ID_SIZE}[kind]
+            if not isinstance(value, bytes) or len(value) != size:
+                raise LocalProtocolError(f"{type(frame).__name__}.{name} must be exactly {size} bytes")
+
+
+class Frame:
+    """Base of all frames; TYPE is the wire type code."""
+
+    TYPE: ClassVar[int]
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]]
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+class Operation(Frame):
+    """A replicated mutation. ``seq`` orders it within its group."""
+
+    seq: int
+    BARRIER: ClassVar[bool] = False
+
+    def payload_size(self) -> int:
+        """Bytes of file data carried (counted as 'bytes in flight')."""
+        return 0
+
+
+# --- handshake -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Hello(Frame):
+    """Primary -> secondary: which group, and the primary's challenge nonce."""
+
+    TYPE = 1
+    FIELDS = (("group_id", GROUP_ID), ("nonce", NONCE))
+    group_id: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(Frame):
+    """Secondary -> primary: its own nonce and its proof of the key."""
+
+    TYPE = 2
+    FIELDS = (("nonce", NONCE), ("proof", PROOF))
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof(Frame):
+    """Primary -> secondary: the primary's proof of the key."""
+
+    TYPE = 3
+    FIELDS = (("proof", PROOF),)
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Frame):
+    """Secondary -> primary: authenticated; where the replica stands.
+
+    ``last_seq`` is the last sequence number the replica has durably applied;
+    ``fresh`` is 1 when the replica was created by this handshake.
+    """
+
+    TYPE = 4
+    FIELDS = (("last_seq", U64), ("fresh", U8))
+    last_seq: int
+    fresh: int
+
+
+# --- operations --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Write(Operation):
+    TYPE = 10
+    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("data", BLOB))
+    seq: int
+    path: bytes
+    offset: int
+    data: bytes
+
+    def payload_size(self) -> int:
+        return len(self.data)
+
+
+# SetAttr.fields bits
+ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_SIZE, ATTR_TIMES = 1, 2, 4, 8, 16
+ATTR_ALL = ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE | ATTR_TIMES
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr(Operation):
+    """chmod, chown, truncate and utimens in one frame; ``fields`` says which."""
+
+    TYPE = 11
+    FIELDS = (("seq", U64), ("path", PATH), ("fields", U32), ("mode", U32), ("uid", U32),
+              ("gid", U32), ("size", U64), ("atime_ns", I64), ("mtime_ns", I64))
+    seq: int
+    path: bytes
+    fields: int
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.fields & ~ATTR_ALL or not self.fields:
+            raise LocalProtocolError(f"SetAttr.fields={self.fields:#x} has unknown or no bits")
+
+
+@dataclass(frozen=True, slots=True)
+class Create(Operation):
+    """A new regular file (the FUSE create call)."""
+
+    TYPE = 12
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32))
+    seq: int
+    path: bytes
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class MkNod(Operation):
+    TYPE = 13
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("rdev", U64), ("uid", U32), ("gid", U32))
+    seq: int
+    path: bytes
+    mode: int
+    rdev: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class MkDir(Operation):
+    TYPE = 14
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32))
+    seq: int
+    path: bytes
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink(Operation):
+    TYPE = 15
+    FIELDS = (("seq", U64), ("path", PATH))
+    seq: int
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RmDir(Operation):
+    TYPE = 16
+    FIELDS = (("seq", U64), ("path", PATH))
+    seq: int
+    path: bytes
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Operation):
+    TYPE = 17
+    FIELDS = (("seq", U64), ("old", PATH), ("new", PATH), ("flags", U32))
+    seq: int
+    old: bytes
+    new: bytes
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise LocalProtocolError(f"Rename.flags={self.flags:#x} has unknown bits")
+
+
+@dataclass(frozen=True, slots=True)
+class Link(Operation):
+    """A hard link: ``new`` becomes another name of ``target``."""
+
+    TYPE = 18
+    FIELDS = (("seq", U64), ("target", PATH), ("new", PATH))
+    seq: int
+    target: bytes
+    new: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink(Operation):
+    """``target`` is stored verbatim; the secondary never follows it."""
+
+    TYPE = 19
+    FIELDS = (("seq", U64), ("path", PATH), ("target", BLOB), ("uid", U32), ("gid", U32))
+    seq: int
+    path: bytes
+    target: bytes
+    uid: int
+    gid: int
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not self.target or len(self.target) > MAX_PATH or b"\0" in self.target:
+            raise LocalProtocolError("Symlink.target must be 1..4096 bytes without NUL")
+
+
+@dataclass(frozen=True, slots=True)
+class SetXattr(Operation):
+    TYPE = 20
+    FIELDS = (("seq", U64), ("path", PATH), ("name", NAME), ("value", BLOB))
+    seq: int
+    path: bytes
+    name: bytes
+    value: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if len(self.value) > MAX_XATTR_VALUE:
+            raise LocalProtocolError(f"SetXattr.value longer than {MAX_XATTR_VALUE} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveXattr(Operation):
+    TYPE = 21
+    FIELDS = (("seq", U64), ("path", PATH), ("name", NAME))
+    seq: int
+    path: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fsync(Operation):
+    """Barrier: the secondary makes ``path`` durable before acking it
+    (``b""`` with ``whole=1``: the whole replica)."""
+
+    TYPE = 22
+    BARRIER = True
+    FIELDS = (("seq", U64), ("path", PATH), ("whole", U8))
+    seq: int
+    path: bytes
+    whole: int = 0
+
+
+# --- stream control ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Ack(Frame):
+    """Cumulative: every operation up to and including ``seq`` is applied."""
+
+    TYPE = 30
+    FIELDS = (("seq", U64),)
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack(Frame):
+    """Operation ``seq`` failed on the secondary; nothing after it is applied."""
+
+    TYPE = 31
+    FIELDS = (("seq", U64), ("errno", U32), ("message", TEXT))
+    seq: int
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Frame):
+    TYPE = 32
+    FIELDS = (("token", U64),)
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Frame):
+    TYPE = 33
+    FIELDS = (("token", U64),)
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Frame):
+    """Orderly end: the sender has nothing more after ``last_seq``."""
+
+    TYPE = 34
+    FIELDS = (("last_seq", U64),)
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Frame):
+    """Sent just before dropping the connection, saying why."""
+
+    TYPE = 35
+    FIELDS = (("message", TEXT),)
+    message: str
+
+
+FRAME_TYPES: dict[int, type[Frame]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink,
+                RmDir, Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Ack, Nack, Ping,
+                Pong, Close, Error)
+}
+OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

@@ -1,0 +1,213 @@
+"""Thin trio glue around the sans-IO session: one reader per connection,
+sends under a lock, and every trio or socket failure turned into LinkDown in
+one place (``_link_errors``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterator
+
+import trio
+
+from ._codec import encode
+from ._errors import AuthenticationError, LinkDown, ProtocolError
+from ._frames import Error, Frame, Welcome
+from ._session import PrimarySession, SecondarySession
+
+log = logging.getLogger(__name__)
+
+RECEIVE_CHUNK = 1024 * 1024
+_COALESCE_BELOW = 256 * 1024
+
+
+@contextlib.contextmanager
+def _link_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise LinkDown(f"{what}: {exc or type(exc).__name__}") from exc
+
+
+class Connection:
+    """An authenticated session over a trio stream.
+
+    Frames are queued with ``enqueue`` (a plain function, so the splitter can
+    queue without a checkpoint) and written by ``serve_sender``; reads go
+    through ``receive_event``.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, session: PrimarySession | SecondarySession, peer: str) -> None:
+        self.stream = stream
+        self.session = session
+        self.peer = peer
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._wakeup = trio.Event()
+        self._send_lock = trio.Lock()
+        self._closed = False
+
+    def enqueue(self, frame: Frame) -> None:
+        """Queue *frame* for sending. Never checkpoints."""
+        if self._closed:
+            raise LinkDown(f"connection to {self.peer} is closed")
+        data = self.session.send(frame)
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Write everything queued so far."""
+        async with self._send_lock:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._queued_bytes = 0
+                with _link_errors(f"send to {self.peer}"):
+                    small: list[bytes] = []
+                    for chunk in batch:
+                        if len(chunk) < _COALESCE_BELOW:
+                            small.append(chunk)
+                            continue
+                        if small:
+                            await self.stream.send_all(b"".join(small))
+                            small = []
+                        await self.stream.send_all(chunk)
+                    if small:
+                        await self.stream.send_all(b"".join(small))
+
+    async def send(self, frame: Frame) -> None:
+        self.enqueue(frame)
+        await self.flush()
+
+    async def serve_sender(self) -> None:
+        """Write queued frames as they come; runs until the link fails."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self.flush()
+
+    def _pending_from_session(self) -> None:
+        extra = self.session.data_to_send()
+        if extra:
+            self._queue.append(extra)
+            self._wakeup.set()
+
+    async def receive_event(self, idle_timeout: float | None = None) -> Frame:
+        """Return the next frame from the peer.
+
+        Raises:
+            LinkDown: closed, reset, silent for *idle_timeout* seconds, or a
+                protocol error (logged, and told to the peer when possible).
+        """
+        while True:
+            try:
+                event = self.session.next_event()
+            except ProtocolError as exc:
+                await self._fail(str(exc))
+                raise LinkDown(f"protocol error from {self.peer}: {exc}") from exc
+            self._pending_from_session()
+            if event is not None:
+                if isinstance(event, Error):
+                    raise LinkDown(f"{self.peer} closed the session: {event.message}")
+                return event
+            if self._queue:
+                await self.flush()
+            with trio.move_on_after(idle_timeout if idle_timeout is not None else float("inf")) as scope:
+                with _link_errors(f"receive from {self.peer}"):
+                    data = await self.stream.receive_some(RECEIVE_CHUNK)
+            if scope.cancelled_caught:
+                raise LinkDown(f"{self.peer} silent for {idle_timeout:g}s")
+            if not data:
+                raise LinkDown(f"{self.peer} closed the connection")
+            self.session.receive_data(data)
+
+    async def _fail(self, reason: str) -> None:
+        """Tell the peer why we drop it (best effort, bounded), then close."""
+        log.warning("dropping connection with %s: %s", self.peer, reason)
+        message = reason.encode("utf-8")[:900].decode("utf-8", "ignore")
+        with trio.move_on_after(1), contextlib.suppress(LinkDown):
+            async with self._send_lock:
+                with _link_errors(f"send to {self.peer}"):
+                    await self.stream.send_all(encode(Error(message=message)))
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            with contextlib.suppress(Exception):
+                await self.stream.aclose()
+
+
+async def open_primary_connection(host: str, port: int, key: bytes, group_id: bytes,
+                                  timeout: float) -> tuple[Connection, Welcome]:
+    """Connect, authenticate and return the open connection and the
+    secondary's Welcome.
+
+    Raises:
+        LinkDown: the secondary cannot be reached or dropped us in time.
+        AuthenticationError: the secondary does not hold our key.
+    """
+    peer = f"{host}:{port}"
+    with trio.move_on_after(timeout) as scope:
+        with _link_errors(f"cannot connect to secondary {peer}"):
+            stream = await trio.open_tcp_stream(host, port)
+    if scope.cancelled_caught:
+        raise LinkDown(f"cannot connect to secondary {peer}: timed out after {timeout:g}s")
+    _set_nodelay(stream)
+    session = PrimarySession(key, secrets.token_bytes(32), group_id)
+    conn = Connection(stream, session, peer)
+    try:
+        with trio.fail_after(timeout):
+            conn._queue.append(session.start())
+            await conn.flush()
+            event = await conn.receive_event()
+            if not isinstance(event, Welcome):  # pragma: no cover - the table forbids it
+                raise LinkDown(f"unexpected {type(event).__name__} during handshake")
+    except trio.TooSlowError:
+        await conn.aclose()
+        raise LinkDown(f"secondary {peer} did not complete the handshake within {timeout:g}s") from None
+    except LinkDown as exc:
+        await conn.aclose()
+        if isinstance(exc.__cause__, AuthenticationError):
+            raise exc.__cause__ from None
+        raise
+    except BaseException:
+        await conn.aclose()
+        raise
+    return conn, event
+
+
+async def accept_secondary_session(stream: trio.abc.Stream, key: bytes, peer: str,
+                                   timeout: float) -> tuple[Connection, bytes]:
+    """Run the secondary's half of the handshake on an accepted stream.
+
+    Returns the connection in state AUTHENTICATED and the group id; the
+    caller opens the replica and sends Welcome.
+
+    Raises:
+        LinkDown: the peer failed authentication, broke the protocol, or was
+            too slow; the connection is closed and nothing was applied.
+    """
+    _set_nodelay(stream)
+    session = SecondarySession(key, secrets.token_bytes(32))
+    conn = Connection(stream, session, peer)
+    try:
+        with trio.fail_after(timeout):
+            await conn.receive_event()
+    except trio.TooSlowError:
+        await conn.aclose()
+        raise LinkDown(f"{peer} did not authenticate within {timeout:g}s") from None
+    except BaseException:
+        await conn.aclose()
+        raise
+    assert session.group_id is not None
+    return conn, session.group_id
+
+
+def _set_nodelay(stream: trio.abc.Stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        import socket
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
