@@ -75,6 +75,14 @@ class Tree:
         self.forget_all()
         os.close(self.root_fd)
 
+    def sync(self) -> None:
+        """syncfs() the filesystem holding the tree (needs a real fd, not O_PATH)."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
+
     # --- descriptor caches ------------------------------------------------
 
     def forget_all(self) -> None:
@@ -290,7 +298,7 @@ class Tree:
 
     def _fsync(self, op: tp.Fsync) -> None:
         if op.whole:
-            syncfs(self.root_fd)
+            self.sync()
             return
         fd = self.open(op.path, os.O_RDONLY | os.O_NONBLOCK)
         try:

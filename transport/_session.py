@@ -63,14 +63,14 @@ SEND = {
     "primary": {
         S.START: {Hello},
         S.OPEN: {_OPS, Ping, Pong, Close, Error},
-        S.CLOSING: {Ping, Pong, Error},
+        S.CLOSING: {Ping, Pong, Close, Error},
     },
     "secondary": {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
         S.OPEN: {Ack, Nack, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Ping, Pong, Error},
+        S.CLOSING: {Ack, Nack, Ping, Pong, Close, Error},
     },
 }
 

@@ -47,6 +47,7 @@ class Connection:
         self._wakeup = trio.Event()
         self._send_lock = trio.Lock()
         self._closed = False
+        self._pending_error: ProtocolError | None = None
 
     def enqueue(self, frame: Frame) -> None:
         """Queue *frame* for sending. Never checkpoints."""
@@ -100,6 +101,9 @@ class Connection:
             LinkDown: closed, reset, silent for *idle_timeout* seconds, or a
                 protocol error (logged, and told to the peer when possible).
         """
+        if self._pending_error is not None:
+            await self._fail(str(self._pending_error))
+            raise LinkDown(f"protocol error from {self.peer}: {self._pending_error}") from self._pending_error
         while True:
             try:
                 event = self.session.next_event()
@@ -121,6 +125,24 @@ class Connection:
             if not data:
                 raise LinkDown(f"{self.peer} closed the connection")
             self.session.receive_data(data)
+
+    def next_buffered_event(self) -> Frame | None:
+        """The next frame already received, without I/O (None if none).
+        A protocol error is kept and raised by the next ``receive_event``."""
+        if self._pending_error is not None:
+            return None
+        try:
+            event = self.session.next_event()
+        except ProtocolError as exc:
+            self._pending_error = exc
+            return None
+        self._pending_error_check(event)
+        return event
+
+    def _pending_error_check(self, event: Frame | None) -> None:
+        self._pending_from_session()
+        if isinstance(event, Error):
+            raise LinkDown(f"{self.peer} closed the session: {event.message}")
 
     async def _fail(self, reason: str) -> None:
         """Tell the peer why we drop it (best effort, bounded), then close."""

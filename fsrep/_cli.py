@@ -1,0 +1,259 @@
+"""The ``fsrep`` command line. Every failure an operator can cause ends in
+one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._config import POLICIES, ConfigError, parse_address, read_key, write_key
+from ._control import ControlError, request
+from ._mounts import find_mount
+from ._splitter import Timeouts
+from ._store import check_directory
+
+PROG = "fsrep"
+READY_TIMEOUT = 60.0
+UMOUNT_TIMEOUT = 120.0
+
+
+class CommandError(Exception):
+    """A one-line failure reported to the operator."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=fmt,
+        description="Synchronously replicated FUSE filesystem.",
+        epilog="example:\n  fsrep keygen /etc/fsrep.key\n"
+               "  fsrep serve /srv/replica --listen 0.0.0.0:7700 --key-file /etc/fsrep.key      # on the secondary\n"
+               "  fsrep mount /srv/data /mnt/data --secondary backup:7700 --key-file /etc/fsrep.key\n"
+               "  fsrep status /mnt/data")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="write a new random pre-shared key", formatter_class=fmt,
+                       epilog="example:\n  fsrep keygen /etc/fsrep.key   # then copy it to the secondary")
+    p.add_argument("keyfile", metavar="KEYFILE")
+
+    p = sub.add_parser("serve", help="run the secondary (foreground)", formatter_class=fmt,
+                       epilog="example:\n  fsrep serve /srv/replica --listen 127.0.0.1:7700 --key-file /etc/fsrep.key")
+    p.add_argument("store", metavar="STORE", help="directory that holds the replicas")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    p.add_argument("--key-file", required=True, metavar="KEYFILE")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+
+    p = sub.add_parser("mount", help="mount a primary store, replicating to a secondary", formatter_class=fmt,
+                       epilog="example:\n  fsrep mount /srv/data /mnt/data --secondary 127.0.0.1:7700 "
+                              "--key-file /etc/fsrep.key --policy sync")
+    p.add_argument("store", metavar="STORE", help="the primary store (a plain directory)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--secondary", required=True, metavar="HOST:PORT")
+    p.add_argument("--key-file", required=True, metavar="KEYFILE")
+    p.add_argument("--policy", choices=POLICIES, default="sync",
+                   help="sync: keep serving when the secondary is unreachable (default); "
+                        "strict: fail changes with EIO instead")
+    p.add_argument("--foreground", action="store_true", help="stay attached (logs on stderr)")
+    p.add_argument("--writeback-cache", action="store_true",
+                   help="let the kernel buffer writes (write() returns before replication; "
+                        "fsync and close still wait for both sides)")
+    p.add_argument("--ack-timeout", type=float, default=Timeouts().ack, metavar="SECONDS",
+                   help=f"declare the secondary unreachable after this long without an ack "
+                        f"(default {Timeouts().ack:g})")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("umount", help="drain, save state and unmount", formatter_class=fmt,
+                       epilog="example:\n  fsrep umount /mnt/data")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    p = sub.add_parser("status", help="show each consistency group's state", formatter_class=fmt,
+                       epilog="example:\n  fsrep status /mnt/data\n  fsrep status /mnt/data --json")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, ConfigError, ControlError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one line, details in the log
+        if logging.getLogger().handlers:  # a daemon: the traceback goes to its log file
+            logging.getLogger(__name__).exception("internal error")
+        print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    write_key(args.keyfile)
+    print(f"wrote a new key to {args.keyfile} (mode 0600); copy it to the other host")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ._secondary import run_secondary
+    host, port = parse_address(args.listen, what="--listen")
+    check_directory(args.store, "store")
+    key = read_key(args.key_file)
+    trio.run(functools.partial(run_secondary, args.store, host, port, key, verbose=args.verbose))
+    return 0
+
+
+def _mount_options(args: argparse.Namespace) -> Any:
+    from ._primary import MountOptions
+    parse_address(args.secondary, what="--secondary")
+    check_directory(args.store, "store")
+    check_directory(args.mountpoint, "mount point")
+    if find_mount(args.mountpoint) is not None:
+        raise CommandError(f"{args.mountpoint} is already an fsrep mount")
+    if args.ack_timeout <= 0:
+        raise CommandError("--ack-timeout must be positive")
+    key = read_key(args.key_file)
+    return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=args.secondary, key=key,
+                        policy=args.policy, writeback_cache=args.writeback_cache,
+                        timeouts=Timeouts(ack=args.ack_timeout), verbose=args.verbose)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    opts = _mount_options(args)
+    if args.foreground:
+        return _run_foreground(opts, args.ready_fd)
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "fsrep", "mount", args.store, args.mountpoint, "--secondary", args.secondary,
+           "--key-file", args.key_file, "--policy", args.policy, "--foreground", "--ready-fd", str(write_fd),
+           "--ack-timeout", str(args.ack_timeout)]
+    cmd += ["--writeback-cache"] * args.writeback_cache + ["--verbose"] * args.verbose
+    with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
+        proc = subprocess.Popen(cmd, stdin=null_in, stdout=null_out, stderr=null_out, pass_fds=(write_fd,),
+                                start_new_session=True)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        line = ready.readline().decode(errors="replace").strip()
+    if line == "ready":
+        status = request(Path(opts.store, ".fsrep"), {"cmd": "status"})
+        for group in status.get("groups", []):
+            print(f"mounted {opts.store} on {opts.mountpoint} (pid {proc.pid}); group {group['id']} is "
+                  f"{group['state']}, policy {group['policy']}, secondary {group['secondary']}")
+        return 0
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    message = line.removeprefix("error: ") if line else \
+        f"the daemon exited without mounting; see {Path(opts.store).resolve() / '.fsrep' / 'fsrep.log'}"
+    raise CommandError(message)
+
+
+def _run_foreground(opts: Any, ready_fd: int | None) -> int:
+    from ._primary import run_primary
+    said = False
+
+    def ready(line: str) -> None:
+        nonlocal said
+        if said:
+            return
+        said = True
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, line.encode() + b"\n")
+                os.close(ready_fd)
+
+    try:
+        trio.run(run_primary, opts, ready)
+    except ConfigError as exc:
+        ready(f"error: {exc}")
+        raise
+    except Exception as exc:
+        ready(f"error: internal error: {type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+def _daemon(mountpoint: str) -> tuple[Path, dict[str, Any]]:
+    mount = find_mount(mountpoint)
+    if mount is None:
+        raise CommandError(f"{mountpoint} is not an fsrep mount (see 'mount -t fuse.fsrep')")
+    meta = Path(mount.store, ".fsrep")
+    reply = request(meta, {"cmd": "status"})
+    if "error" in reply:
+        raise CommandError(reply["error"])
+    return meta, reply
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _, reply = _daemon(args.mountpoint)
+    if args.json:
+        print(json.dumps({"groups": reply["groups"]}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"fsrep {reply['mountpoint']} (store {reply['store']}, pid {reply['pid']})")
+    columns = [("group", "id"), ("path", "path"), ("state", "state"), ("policy", "policy"),
+               ("secondary", "secondary"), ("connected", "connected"), ("acked seq", "last_acked_seq"),
+               ("ops in flight", "ops_in_flight"), ("bytes in flight", "bytes_in_flight"),
+               ("dirty bytes", "dirty_bytes")]
+    for title, _ in columns:
+        table.add_column(title, overflow="fold")
+    for group in reply["groups"]:
+        table.add_row(*[_cell(group[key]) for _, key in columns])
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table)
+    for group in reply["groups"]:
+        if group.get("stale_reason"):
+            console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
+        if group.get("last_error"):
+            console.print(f"group {group['id']}: last link error: {group['last_error']}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    _, reply = _daemon(args.mountpoint)
+    pid = int(reply["pid"])
+    done = subprocess.run(["fusermount3", "-u", reply["mountpoint"]], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise CommandError(f"cannot unmount {args.mountpoint}: {reason}")
+    deadline = time.monotonic() + UMOUNT_TIMEOUT
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise CommandError(f"unmounted, but daemon pid {pid} is still saving state after "
+                               f"{UMOUNT_TIMEOUT:g}s; see {reply['store']}/.fsrep/fsrep.log")
+        time.sleep(0.05)
+    print(f"unmounted {args.mountpoint}; state saved in {reply['store']}/.fsrep")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+COMMANDS = {"keygen": cmd_keygen, "serve": cmd_serve, "mount": cmd_mount, "umount": cmd_umount,
+            "status": cmd_status}

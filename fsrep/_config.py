@@ -1,0 +1,134 @@
+"""What a primary store remembers about its consistency groups, and the
+pre-shared key. Both are read once at start and fail with a one-line,
+actionable message when wrong."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tracking
+
+KEY_BYTES = 32
+META_DIR = ".fsrep"
+GROUP_KIND = "fsrep-group"
+POLICIES = ("sync", "strict")
+
+
+class ConfigError(Exception):
+    """Raised when an operator-supplied file or argument is unusable; the
+    message is one line that names the problem and what to do."""
+
+
+def write_key(path: str) -> None:
+    """Write a new random pre-shared key, readable by the owner only.
+
+    Raises:
+        ConfigError: the file exists (never overwrite a key) or cannot be made.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists already; remove it first or choose another file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_key(path: str) -> bytes:
+    """Read a key written by ``fsrep keygen``.
+
+    Raises:
+        ConfigError: missing, unreadable or not a key.
+    """
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"key file {path} does not exist; create one with 'fsrep keygen {path}'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < KEY_BYTES:
+        raise ConfigError(f"{path} is not an fsrep key (expected {2 * KEY_BYTES} hex characters); "
+                          f"create one with 'fsrep keygen'")
+    return key
+
+
+def parse_address(text: str, *, what: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too).
+
+    Raises:
+        ConfigError: not of that form or the port is out of range.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT (for example 127.0.0.1:7700), not {text!r}")
+    return host, int(port)
+
+
+@dataclass(slots=True)
+class GroupRecord:
+    """The durable facts of one consistency group on the primary.
+
+    ``stale`` is the durable statement "the replica may lack changes made
+    here"; it is written *before* any change is applied locally without being
+    replicated, and only a completed resync clears it.
+    """
+
+    id: str
+    path: str
+    policy: str
+    secondary: str
+    last_seq: int = 0
+    stale: bool = False
+    stale_reason: str = ""
+    clean_shutdown: bool = True
+
+    @property
+    def group_id(self) -> bytes:
+        return uuid.UUID(self.id).bytes
+
+
+class GroupStore:
+    """The ``.fsrep/groups/`` directory of a primary store."""
+
+    def __init__(self, store: str) -> None:
+        self.dir = Path(store, META_DIR, "groups")
+
+    def file(self, record: GroupRecord) -> Path:
+        return self.dir / f"{record.id}.json"
+
+    def load_all(self) -> list[GroupRecord]:
+        """Every group of the store.
+
+        Raises:
+            ConfigError: a group file is corrupt (names the file and the fix).
+        """
+        records = []
+        if not self.dir.is_dir():
+            return records
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                payload = tracking.load_state(path, GROUP_KIND)
+                records.append(GroupRecord(**payload))
+            except tracking.StateError as exc:
+                raise ConfigError(f"{exc}; fsrep will not guess the replica's state — restore the file "
+                                  f"or remove it to start a new relationship (full baseline)") from None
+            except TypeError:
+                raise ConfigError(f"{path}: fields do not match this fsrep version; restore the file or "
+                                  f"remove it to start a new relationship") from None
+        return records
+
+    def save(self, record: GroupRecord) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tracking.save_state(self.file(record), GROUP_KIND, asdict(record))

@@ -1,0 +1,182 @@
+"""Inode bookkeeping for the FUSE layer: which backing inode a FUSE inode
+number is, where it lives in the tree, how often the kernel looked it up and
+how many handles are open on it.
+
+How this works: a FUSE inode number is the backing file's ``st_ino``, except
+that the store root is always 1 (and a backing inode 1, if the filesystem has
+one, takes the root's number), so numbers are stable for the life of the
+mount without a mapping table. Each known inode keeps the set of
+``(parent, name)`` links the kernel has seen it under, so hard links and
+renamed parents resolve to a current path by walking up to the root. An
+inode is dropped when the kernel has forgotten every lookup and no handle is
+open — never earlier (pyfuse3's rule: ``forget`` only decrements).
+
+Caveats:
+- A file unlinked while open keeps its node with no links; ``path()``
+  returns None and the FUSE layer serves it from its open descriptor.
+- Only links the kernel looked up are known. A file reached through one
+  hard link does not know its other names until they are looked up.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+ROOT = 1
+
+Link = tuple[int, bytes]
+
+
+@dataclass(slots=True)
+class Node:
+    ino: int
+    links: set[Link] = field(default_factory=set)
+    lookups: int = 0
+    opens: int = 0
+
+
+class InodeTable:
+    """Inode number <-> path bookkeeping. Pure data; no system calls."""
+
+    def __init__(self, root_st_ino: int) -> None:
+        self._root_st_ino = root_st_ino
+        self._nodes: dict[int, Node] = {ROOT: Node(ROOT, lookups=1)}
+        self._entries: dict[Link, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, ino: int) -> bool:
+        return ino in self._nodes
+
+    def fuse_ino(self, st_ino: int) -> int:
+        """The FUSE inode number for a backing ``st_ino``."""
+        if st_ino == self._root_st_ino:
+            return ROOT
+        if st_ino == ROOT:
+            return self._root_st_ino
+        return st_ino
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise OSError(errno.ESTALE, f"inode {ino} is not known") from None
+
+    # --- paths -----------------------------------------------------------------
+
+    def path(self, ino: int) -> bytes | None:
+        """The current group-relative path of *ino* (b"" for the root), or
+        None when it has no link left (unlinked while open).
+
+        Raises:
+            OSError(ESTALE): the inode is not known.
+        """
+        if ino == ROOT:
+            return b""
+        node = self.node(ino)
+        for link in sorted(node.links):
+            path = self._resolve(link, depth=0)
+            if path is not None:
+                return path
+        return None
+
+    def _resolve(self, link: Link, depth: int) -> bytes | None:
+        parent, name = link
+        if parent == ROOT:
+            return name
+        if depth > 4096:
+            return None
+        node = self._nodes.get(parent)
+        if node is None:
+            return None
+        for up in sorted(node.links):
+            prefix = self._resolve(up, depth + 1)
+            if prefix is not None:
+                return prefix + b"/" + name
+        return None
+
+    def child_path(self, parent: int, name: bytes) -> bytes:
+        """Path of entry *name* in directory *parent*."""
+        base = self.path(parent)
+        if base is None:
+            raise OSError(errno.ENOENT, "directory was removed")
+        return base + b"/" + name if base else name
+
+    def lookup_entry(self, parent: int, name: bytes) -> int | None:
+        """The inode last seen at (*parent*, *name*), if any."""
+        return self._entries.get((parent, name))
+
+    # --- the kernel's references -------------------------------------------
+
+    def remember(self, st_ino: int, parent: int, name: bytes) -> int:
+        """Record one kernel lookup of *name* in *parent*; returns the FUSE
+        inode number."""
+        ino = self.fuse_ino(st_ino)
+        old = self._entries.get((parent, name))
+        if old is not None and old != ino:
+            self._unlink_entry(parent, name)
+        node = self._nodes.get(ino)
+        if node is None:
+            node = self._nodes[ino] = Node(ino)
+        node.lookups += 1
+        if ino != ROOT:
+            node.links.add((parent, name))
+            self._entries[(parent, name)] = ino
+        return ino
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None or ino == ROOT:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._maybe_drop(node)
+
+    def opened(self, ino: int) -> None:
+        self.node(ino).opens += 1
+
+    def closed(self, ino: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None:
+            return
+        node.opens = max(0, node.opens - 1)
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.lookups == 0 and node.opens == 0 and node.ino != ROOT:
+            for link in node.links:
+                if self._entries.get(link) == node.ino:
+                    del self._entries[link]
+            del self._nodes[node.ino]
+
+    # --- namespace changes ---------------------------------------------------
+
+    def _unlink_entry(self, parent: int, name: bytes) -> None:
+        ino = self._entries.pop((parent, name), None)
+        if ino is not None and ino in self._nodes:
+            self._nodes[ino].links.discard((parent, name))
+
+    def unlinked(self, parent: int, name: bytes) -> None:
+        """*name* was removed from *parent* (unlink or rmdir)."""
+        self._unlink_entry(parent, name)
+
+    def renamed(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
+        """A plain rename: whatever was at the target is replaced."""
+        ino = self._entries.get((old_parent, old_name))
+        self._unlink_entry(new_parent, new_name)
+        self._unlink_entry(old_parent, old_name)
+        if ino is not None and ino in self._nodes:
+            self._nodes[ino].links.add((new_parent, new_name))
+            self._entries[(new_parent, new_name)] = ino
+
+    def exchanged(self, a_parent: int, a_name: bytes, b_parent: int, b_name: bytes) -> None:
+        """RENAME_EXCHANGE: the two entries swap inodes."""
+        a = self._entries.get((a_parent, a_name))
+        b = self._entries.get((b_parent, b_name))
+        self._unlink_entry(a_parent, a_name)
+        self._unlink_entry(b_parent, b_name)
+        for ino, link in ((a, (b_parent, b_name)), (b, (a_parent, a_name))):
+            if ino is not None and ino in self._nodes:
+                self._nodes[ino].links.add(link)
+                self._entries[link] = ino

@@ -1,0 +1,45 @@
+"""Finding fsrep mounts in /proc/self/mountinfo: the FUSE source field is
+the primary store's absolute path."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FSTYPE = "fuse.fsrep"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    mountpoint: str
+    store: str
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def fsrep_mounts() -> list[Mount]:
+    mounts = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 2 and tail[0] == FSTYPE:
+                mounts.append(Mount(_unescape(fields[4]), _unescape(tail[1])))
+    return mounts
+
+
+def find_mount(mountpoint: str) -> Mount | None:
+    """The fsrep mount at *mountpoint* (resolved like the kernel would)."""
+    target = os.path.abspath(mountpoint)
+    try:
+        target = str(Path(target).resolve())
+    except OSError:
+        pass
+    for mount in reversed(fsrep_mounts()):
+        if mount.mountpoint == target:
+            return mount
+    return None

@@ -1,0 +1,507 @@
+"""The FUSE operations: a passthrough over the primary store whose every
+mutation goes through the splitter.
+
+How this works: reads are served from the store. Each mutating handler
+builds the replicated frame from the inode's current path, and hands the
+splitter a plain function that applies the change locally and returns that
+frame; then it awaits the secondary's ack. Handlers stay thin: path and inode
+bookkeeping live in ``InodeTable``, confinement in ``Tree``, ordering in
+``Relationship``, error mapping in ``fuse_errors``.
+
+Caveats:
+- Changes to a file unlinked while open are local only (the replica no
+  longer has the file).
+- The daemon runs as root with ``default_permissions``: the kernel checks
+  permissions; new entries are chowned to the caller, with the parent's group
+  when the parent is setgid.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+import transport as tp
+
+from ._boundary import fuse_errors
+from ._inodes import ROOT, InodeTable
+from ._splitter import Relationship
+from ._tree import RESERVED, Tree, proc_path
+
+TIMEOUT = 1.0
+_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+
+
+@dataclass(slots=True)
+class Handle:
+    fd: int
+    ino: int
+    sync: bool
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers for one mount (one consistency group for now)."""
+
+    def __init__(self, tree: Tree, group: Relationship, *, writeback_cache: bool = False) -> None:
+        super().__init__()
+        self.enable_writeback_cache = writeback_cache
+        self.tree = tree
+        self.group = group
+        self.inodes = InodeTable(os.stat(tree.root_fd).st_ino)
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, tuple[int, list[bytes] | None]] = {}
+        self._dir_ids = itertools.count(1)
+        self._unlinked_fds: dict[int, int] = {}
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = self.inodes.fuse_ino(st.st_ino)
+        entry.generation = 0
+        entry.entry_timeout = TIMEOUT
+        entry.attr_timeout = TIMEOUT
+        entry.st_mode = st.st_mode
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _path(self, ino: int) -> bytes | None:
+        return self.inodes.path(ino)
+
+    def _existing_path(self, ino: int) -> bytes:
+        path = self.inodes.path(ino)
+        if path is None:
+            raise OSError(errno.ENOENT, "the file was removed")
+        return path
+
+    def _child(self, parent: int, name: bytes) -> bytes:
+        if parent == ROOT and name == RESERVED:
+            raise OSError(errno.EPERM, ".fsrep is reserved")
+        return self.inodes.child_path(parent, name)
+
+    def _stat_ino(self, ino: int) -> os.stat_result:
+        path = self._path(ino)
+        if path is not None:
+            return self.tree.lstat(path)
+        fd = self._unlinked_fds.get(ino)
+        if fd is None:
+            raise OSError(errno.ENOENT, "the file was removed")
+        return os.fstat(fd)
+
+    def _owner(self, parent_path: bytes, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
+        """(uid, gid, mode) of a new entry: the caller's, with BSD group
+        semantics in setgid directories."""
+        parent = self.tree.lstat(parent_path)
+        gid = ctx.gid
+        if parent.st_mode & stat.S_ISGID:
+            gid = parent.st_gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return ctx.uid, gid, mode
+
+    async def _replicate(self, apply: Any) -> None:
+        await self.group.wait(self.group.split(apply))
+
+    def _entry(self, parent: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
+        st = self.tree.lstat(path)
+        self.inodes.remember(st.st_ino, parent, name)
+        return self._attrs(st)
+
+    async def _make(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                    frame: Any, **extra: Any) -> pyfuse3.EntryAttributes:
+        """Shared body of mkdir, mknod: build the frame, apply it on both sides."""
+        path = self._child(parent, name)
+        parent_path = path.rpartition(b"/")[0]
+        uid, gid, mode = self._owner(parent_path, ctx, mode & ~ctx.umask)
+
+        def apply(seq: int | None) -> tp.Operation:
+            op = frame(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid, **extra)
+            self.tree.apply(op)
+            return op
+        await self._replicate(apply)
+        return self._entry(parent, name, path)
+
+    def _apply_frame(self, op_of_seq: Any) -> Any:
+        """An apply function for frames the Tree applies on both sides alike."""
+        def apply(seq: int | None) -> tp.Operation:
+            op = op_of_seq(seq or 0)
+            self.tree.apply(op)
+            return op
+        return apply
+
+    # --- lookups and attributes -----------------------------------------------------
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT and name == RESERVED:
+            raise OSError(errno.ENOENT, "hidden")
+        if name == b".":
+            return self._attrs(self._stat_ino(parent_inode))
+        if name == b"..":
+            raise OSError(errno.ENOENT, "no parent lookups")
+        return self._entry(parent_inode, name, self.inodes.child_path(parent_inode, name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._stat_ino(inode))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        bits, kw = 0, {}
+        if fields.update_size:
+            bits |= tp.ATTR_SIZE
+            kw["size"] = attr.st_size
+        if fields.update_mode:
+            bits |= tp.ATTR_MODE
+            kw["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            bits |= tp.ATTR_UID
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            bits |= tp.ATTR_GID
+            kw["gid"] = attr.st_gid
+        if fields.update_atime or fields.update_mtime:
+            current = self._stat_ino(inode)
+            bits |= tp.ATTR_TIMES
+            kw["atime_ns"] = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
+            kw["mtime_ns"] = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
+        if bits:
+            path = self._path(inode)
+            if path is None:
+                self._setattr_unlinked(inode, bits, kw)
+            else:
+                await self._replicate(self._apply_frame(
+                    lambda seq: tp.SetAttr(seq=seq, path=path, fields=bits, **kw)))
+        return self._attrs(self._stat_ino(inode))
+
+    def _setattr_unlinked(self, inode: int, bits: int, kw: dict[str, int]) -> None:
+        fd = self._unlinked_fds.get(inode)
+        if fd is None:
+            raise OSError(errno.ENOENT, "the file was removed")
+        if bits & tp.ATTR_SIZE:
+            os.ftruncate(fd, kw["size"])
+        if bits & (tp.ATTR_UID | tp.ATTR_GID):
+            os.fchown(fd, kw.get("uid", -1), kw.get("gid", -1))
+        if bits & tp.ATTR_MODE:
+            os.fchmod(fd, kw["mode"])
+        if bits & tp.ATTR_TIMES:
+            os.utime(fd, ns=(kw["atime_ns"], kw["mtime_ns"]))
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.readlink(self._existing_path(inode))
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self.tree.root_fd)
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                     "f_favail", "f_namemax"):
+            setattr(data, name, getattr(sv, name))
+        return data
+
+    # --- namespace ------------------------------------------------------------------
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._make(parent_inode, name, stat.S_IFDIR | mode, ctx, tp.MkDir)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._make(parent_inode, name, mode, ctx, tp.MkNod, rdev=rdev)
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        uid, gid, _ = self._owner(path.rpartition(b"/")[0], ctx, stat.S_IFLNK)
+        await self._replicate(self._apply_frame(
+            lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=uid, gid=gid)))
+        return self._entry(parent_inode, name, path)
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        target = self._existing_path(inode)
+        new = self._child(new_parent_inode, new_name)
+        await self._replicate(self._apply_frame(lambda seq: tp.Link(seq=seq, target=target, new=new)))
+        return self._entry(new_parent_inode, new_name, new)
+
+    async def _remove(self, parent_inode: int, name: bytes, frame: Any) -> None:
+        path = self._child(parent_inode, name)
+        ino = self.inodes.lookup_entry(parent_inode, name)
+        keep_fd = None
+        if ino is not None and frame is tp.Unlink:
+            keep_fd = self._open_fd_of(ino)
+        await self._replicate(self._apply_frame(lambda seq: frame(seq=seq, path=path)))
+        self.inodes.unlinked(parent_inode, name)
+        if ino is not None and keep_fd is not None and ino in self.inodes and self.inodes.path(ino) is None:
+            self._unlinked_fds.setdefault(ino, keep_fd)
+
+    def _open_fd_of(self, ino: int) -> int | None:
+        for handle in self._handles.values():
+            if handle.ino == ino:
+                return handle.fd
+        return None
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, tp.Unlink)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, tp.RmDir)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        wire = (tp.RENAME_NOREPLACE if flags & pyfuse3.RENAME_NOREPLACE else 0) | \
+               (tp.RENAME_EXCHANGE if flags & pyfuse3.RENAME_EXCHANGE else 0)
+        replaced = None
+        if not wire & tp.RENAME_EXCHANGE:
+            replaced = self.inodes.lookup_entry(parent_inode_new, name_new)
+            keep_fd = self._open_fd_of(replaced) if replaced is not None else None
+        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)))
+        if wire & tp.RENAME_EXCHANGE:
+            self.inodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
+        else:
+            self.inodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
+            if replaced is not None and keep_fd is not None and replaced in self.inodes \
+                    and self.inodes.path(replaced) is None:
+                self._unlinked_fds.setdefault(replaced, keep_fd)
+
+    # --- files ------------------------------------------------------------------------
+
+    def _local_flags(self, flags: int) -> int:
+        flags &= ~_STRIP
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags
+
+    def _new_handle(self, fd: int, ino: int, flags: int) -> pyfuse3.FileInfo:
+        self._handles[fd] = Handle(fd, ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        self.inodes.opened(ino)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        path = self._existing_path(inode)
+        fd = self.tree.open(path, self._local_flags(flags))
+        try:
+            if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+                def apply(seq: int | None) -> tp.Operation:
+                    os.ftruncate(fd, 0)
+                    return tp.SetAttr(seq=seq or 0, path=path, fields=tp.ATTR_SIZE, size=0)
+                await self._replicate(apply)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._new_handle(fd, inode, flags)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._child(parent_inode, name)
+        uid, gid, mode = self._owner(path.rpartition(b"/")[0], ctx, mode & ~ctx.umask)
+        dir_fd, leaf = self.tree.at(path)
+        opened: list[int] = []
+
+        def apply(seq: int | None) -> tp.Operation:
+            self.tree.forget(path)
+            fd = os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | self._local_flags(flags),
+                         stat.S_IMODE(mode), dir_fd=dir_fd)
+            opened.append(fd)
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(mode))
+            return tp.Create(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid)
+
+        try:
+            await self._replicate(apply)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+        st = os.fstat(opened[0])
+        ino = self.inodes.remember(st.st_ino, parent_inode, name)
+        return self._new_handle(opened[0], ino, flags), self._attrs(st)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        path = self._path(handle.ino)
+        written = 0
+
+        def apply(seq: int | None) -> tp.Operation | None:
+            nonlocal written
+            view = memoryview(buf)
+            while written < len(buf):
+                try:
+                    written += os.pwrite(fh, view[written:], off + written)
+                except OSError:
+                    if not written:
+                        raise
+                    break
+            if path is None:
+                return None
+            return tp.Write(seq=seq or 0, path=path, offset=off, data=buf[:written])
+
+        await self._replicate(apply)
+        if handle.sync:
+            await self._fsync(handle.fd, path, handle.ino)
+        return written
+
+    async def _fsync(self, fd: int, path: bytes | None, ino: int) -> None:
+        """A barrier: durable locally and on the secondary before returning."""
+        pending = None
+        if path is not None:
+            pending = self.group.split(lambda seq: tp.Fsync(seq=seq or 0, path=path))
+        await trio.to_thread.run_sync(os.fsync, fd)
+        await self.group.wait(pending)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handles[fh]
+        await self._fsync(fh, self._path(handle.ino), handle.ino)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        # Every write already waited for its ack, so what close() has seen
+        # is applied on both sides; nothing is buffered here.
+        return None
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if self._unlinked_fds.get(handle.ino) == fh:
+            other = self._open_fd_of(handle.ino)
+            if other is None:
+                del self._unlinked_fds[handle.ino]
+            else:
+                self._unlinked_fds[handle.ino] = other
+        os.close(fh)
+        self.inodes.closed(handle.ino)
+
+    # --- directories ---------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._existing_path(inode)
+        fh = next(self._dir_ids)
+        self._dirs[fh] = (inode, None)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        inode, names = self._dirs[fh]
+        path = self._existing_path(inode)
+        if names is None or start_id == 0:
+            names = sorted(self.tree.listdir(path))
+            self._dirs[fh] = (inode, names)
+        for index in range(start_id, len(names)):
+            name = names[index]
+            child = path + b"/" + name if path else name
+            try:
+                st = self.tree.lstat(child)
+            except FileNotFoundError:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attrs(st), index + 1):
+                return
+            self.inodes.remember(st.st_ino, inode, name)
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        inode, _ = self._dirs[fh]
+        path = self._existing_path(inode)
+        fd = self.tree.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await self._fsync(fd, path, inode)
+        finally:
+            os.close(fd)
+
+    # --- extended attributes ----------------------------------------------------------------
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        path = self._path(inode)
+        if path is None:
+            return os.getxattr(self._unlinked_fd(inode), name)
+        try:
+            return self.tree.getxattr(path, name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        path = self._path(inode)
+        if path is None:
+            return [os.fsencode(n) for n in os.listxattr(self._unlinked_fd(inode))]
+        return self.tree.listxattr(path)
+
+    def _unlinked_fd(self, inode: int) -> int:
+        fd = self._unlinked_fds.get(inode)
+        if fd is None:
+            raise OSError(errno.ENOENT, "the file was removed")
+        return fd
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        path = self._path(inode)
+        if path is None:
+            os.setxattr(self._unlinked_fd(inode), name, value)
+            return
+        await self._replicate(self._apply_frame(
+            lambda seq: tp.SetXattr(seq=seq, path=path, name=name, value=value)))
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        path = self._path(inode)
+        if path is None:
+            os.removexattr(self._unlinked_fd(inode), name)
+            return
+        try:
+            await self._replicate(self._apply_frame(lambda seq: tp.RemoveXattr(seq=seq, path=path, name=name)))
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+
+__all__ = ["Operations", "proc_path"]

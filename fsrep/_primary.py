@@ -1,0 +1,138 @@
+"""The primary daemon: opens the store, connects each group's relationship,
+mounts the FUSE filesystem, serves the control socket, and on unmount or
+SIGTERM drains what is in flight and saves state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+import transport as tp
+
+from ._config import ConfigError, GroupRecord, GroupStore
+from ._control import serve_control
+from ._logs import setup_logging
+from ._ops import Operations
+from ._splitter import Relationship, Timeouts
+from ._state import RelationshipState
+from ._store import StoreLock, check_directory
+from ._tree import RESERVED, Tree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    store: str
+    mountpoint: str
+    secondary: str
+    key: bytes
+    policy: str = "sync"
+    writeback_cache: bool = False
+    timeouts: Timeouts = Timeouts()
+    verbose: bool = False
+
+
+def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> GroupRecord:
+    records = groups.load_all()
+    if not records:
+        has_data = any(name != RESERVED.decode() for name in os.listdir(store))
+        record = GroupRecord(id=str(uuid.uuid4()), path="", policy=opts.policy, secondary=opts.secondary)
+        if has_data:
+            record.stale = True
+            record.stale_reason = "the store held data before fsrep replicated it (baseline needed)"
+        log.info("new consistency group %s for %s%s", record.id, store,
+                 " (existing data: replica needs a baseline)" if has_data else "")
+        return record
+    record = records[0]
+    record.policy = opts.policy
+    record.secondary = opts.secondary
+    if not record.clean_shutdown and not record.stale:
+        record.stale = True
+        record.stale_reason = "the primary daemon did not shut down cleanly"
+        log.warning("group %s: previous daemon did not shut down cleanly; replica marked stale", record.id)
+    return record
+
+
+async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
+    """Mount and serve until unmounted or told to stop.
+
+    *ready* is called once: with ``"ready"`` when the filesystem serves, or
+    ``"error: ..."`` if start-up fails (the ConfigError is raised too).
+    """
+    store = check_directory(opts.store, "store")
+    mountpoint = check_directory(opts.mountpoint, "mount point")
+    if "," in str(store):
+        raise ConfigError(f"store path {store} contains a comma, which FUSE mount options cannot carry")
+    lock = StoreLock(store, "primary")
+    setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
+    groups = GroupStore(str(store))
+    record = _load_group(groups, store, opts)
+    rel = Relationship(record, groups, opts.key, opts.timeouts)
+    try:
+        await rel.connect()
+    except tp.AuthenticationError as exc:
+        raise ConfigError(f"secondary {opts.secondary} refused authentication ({exc}); "
+                          f"use the key file the secondary was started with") from None
+    except tp.LinkDown as exc:
+        if opts.policy == "strict":
+            raise ConfigError(f"cannot reach secondary {opts.secondary} ({exc}); policy strict needs it at "
+                              f"mount time — start 'fsrep serve' there or mount with --policy sync") from None
+        rel.link_lost(str(exc))
+    if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
+        reason = record.stale_reason
+        if rel.conn is not None:
+            await rel.conn.aclose()
+        raise ConfigError(f"group {record.id} is {rel.state.value} ({reason}); policy strict serves only "
+                          f"InSync groups — mount with --policy sync to serve and resync")
+    record.clean_shutdown = False
+    groups.save(record)
+
+    ops = Operations(Tree(str(store)), rel, writeback_cache=opts.writeback_cache)
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
+    pyfuse3.init(ops, str(mountpoint), options)
+    log.info("mounted %s on %s; group %s is %s (policy %s, secondary %s)", store, mountpoint, record.id,
+             rel.state.value, record.policy, record.secondary)
+    unmount = False
+
+    async def control(req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("cmd") == "status":
+            return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
+                    "groups": [rel.statistics()]}
+        return {"error": f"unknown command {req.get('cmd')!r}"}
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rel.serve)
+            await nursery.start(serve_control, lock.meta, control)
+
+            async def on_signals() -> None:
+                nonlocal unmount
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        log.info("received %s: unmounting", signal.Signals(signum).name)
+                        unmount = True
+                        pyfuse3.terminate()
+                        return
+            nursery.start_soon(on_signals)
+            ready("ready")
+            await pyfuse3.main(min_tasks=4, max_tasks=256)
+            log.info("filesystem unmounted; draining")
+            with trio.CancelScope(shield=True):
+                await rel.drain_and_close(timeout=30)
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=unmount)
+        ops.tree.close()
+        lock.release()
+    log.info("primary daemon exits")

@@ -1,0 +1,236 @@
+"""The secondary daemon: one replica per consistency group, each a plain
+tree under ``STORE/<group-uuid>/``, each applying its group's operations
+strictly in sequence order.
+
+How this works: a connection authenticates (``accept_secondary_session``),
+names its group, and gets the replica's last applied sequence number in the
+Welcome. Operations are applied through ``Tree`` (confined to the replica
+root) as they are decoded; all frames already received are applied before
+one cumulative Ack is sent, so acks are pipelined and batched. A Fsync
+barrier is made durable (in a worker thread) before it is acked. An
+operation that fails is Nacked and the session ends: applying anything after
+it would break write-order fidelity.
+
+Durability of the position: ``last_seq`` is written to
+``.fsrep/replicas/<id>.json`` only after ``syncfs`` has made the data up to
+it durable — periodically, at session end and at shutdown — so the saved
+position never runs ahead of the data. It may lag behind; the primary then
+sees a mismatch and resyncs instead of trusting it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+import tracking
+import transport as tp
+
+from ._logs import setup_logging
+from ._store import StoreLock, check_directory
+from ._tree import Tree
+
+log = logging.getLogger(__name__)
+REPLICA_KIND = "fsrep-replica"
+CHECKPOINT_INTERVAL = 2.0
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Replica:
+    id: str
+    tree: Tree
+    state_file: Path
+    last_applied: int
+    last_saved: int
+    session: trio.CancelScope | None = None
+    session_done: trio.Event | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def checkpoint(self) -> None:
+        """Make the data durable, then record the position (never the
+        other way round)."""
+        with self.lock:
+            position = self.last_applied
+            if position == self.last_saved:
+                return
+            self.tree.sync()
+            tracking.save_state(self.state_file, REPLICA_KIND, {"id": self.id, "last_seq": position})
+            self.last_saved = position
+
+
+class Secondary:
+    def __init__(self, store: Path, key: bytes) -> None:
+        self.store = store
+        self.key = key
+        self.replicas: dict[str, Replica] = {}
+        self.registry = store / ".fsrep" / "replicas"
+        self.registry.mkdir(parents=True, exist_ok=True)
+
+    def replica(self, group_id: bytes) -> Replica:
+        """Open (or create) the replica of a group."""
+        gid = str(uuid.UUID(bytes=group_id))
+        replica = self.replicas.get(gid)
+        if replica is not None:
+            return replica
+        state_file = self.registry / f"{gid}.json"
+        root = self.store / gid
+        try:
+            last = int(tracking.load_state(state_file, REPLICA_KIND)["last_seq"])
+        except tracking.StateMissing:
+            last = 0
+            root.mkdir(mode=0o755, exist_ok=True)
+            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0})
+            log.info("new replica for group %s at %s", gid, root)
+        replica = Replica(gid, Tree(root), state_file, last, last)
+        self.replicas[gid] = replica
+        return replica
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One connection; a bug here drops this peer, never the server."""
+        try:
+            await self._handle(stream)
+        except Exception:
+            log.exception("internal error serving %s; connection dropped", _peer_name(stream))
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        try:
+            conn, group_id = await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT)
+        except tp.LinkDown as exc:
+            log.warning("refused %s: %s", peer, exc)
+            return
+        try:
+            replica = self.replica(group_id)
+        except (tracking.StateError, OSError, KeyError, ValueError) as exc:
+            log.error("cannot open replica for %s: %s", peer, exc)
+            await conn._fail(f"secondary cannot open the replica: {exc}")
+            return
+        if replica.session is not None:
+            log.warning("group %s: new session from %s replaces the old one", replica.id, peer)
+            replica.session.cancel()
+            if replica.session_done is not None:
+                await replica.session_done.wait()
+        with trio.CancelScope() as scope:
+            replica.session, replica.session_done = scope, trio.Event()
+            try:
+                await self._session(conn, replica, peer)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+                    await trio.to_thread.run_sync(replica.checkpoint)
+                if replica.session is scope:
+                    replica.session = None
+                replica.session_done.set()
+
+    async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
+        try:
+            await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0)))
+            log.info("group %s: %s authenticated; replica at seq %d", replica.id, peer, replica.last_applied)
+            while True:
+                event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
+                acked = replica.last_applied
+                while event is not None:
+                    if isinstance(event, tp.Operation):
+                        if not await self._apply(conn, replica, event):
+                            return
+                    elif isinstance(event, tp.Ping):
+                        conn.enqueue(tp.Pong(token=event.token))
+                    elif isinstance(event, tp.Close):
+                        if replica.last_applied != acked:
+                            conn.enqueue(tp.Ack(seq=replica.last_applied))
+                        conn.enqueue(tp.Close(last_seq=replica.last_applied))
+                        await conn.flush()
+                        log.info("group %s: %s closed the session at seq %d", replica.id, peer,
+                                 replica.last_applied)
+                        return
+                    event = conn.next_buffered_event()
+                if replica.last_applied != acked:
+                    conn.enqueue(tp.Ack(seq=replica.last_applied))
+                await conn.flush()
+        except tp.LinkDown as exc:
+            log.warning("group %s: session with %s ended: %s", replica.id, peer, exc)
+
+    async def _apply(self, conn: tp.Connection, replica: Replica, op: tp.Operation) -> bool:
+        try:
+            if op.BARRIER:
+                await trio.to_thread.run_sync(replica.tree.apply, op)
+            else:
+                replica.tree.apply(op)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            log.error("group %s: cannot apply seq %d (%s): %s; ending the session", replica.id, op.seq,
+                      type(op).__name__, exc)
+            conn.enqueue(tp.Ack(seq=replica.last_applied))
+            conn.enqueue(tp.Nack(seq=op.seq, errno=code, message=str(exc)[:500]))
+            await conn.flush()
+            return False
+        replica.last_applied = op.seq
+        return True
+
+    async def checkpoints(self) -> None:
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            for replica in list(self.replicas.values()):
+                try:
+                    await trio.to_thread.run_sync(replica.checkpoint)
+                except OSError as exc:
+                    log.error("group %s: cannot save the replica position: %s", replica.id, exc)
+
+    def close(self) -> None:
+        for replica in self.replicas.values():
+            try:
+                replica.checkpoint()
+            except OSError as exc:
+                log.error("group %s: cannot save the replica position: %s", replica.id, exc)
+            replica.tree.close()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "unknown peer"
+
+
+async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, verbose: bool = False,
+                        announce: bool = True) -> None:
+    """Serve replicas until SIGTERM/SIGINT."""
+    store = check_directory(store_path, "store")
+    lock = StoreLock(store, "secondary")
+    setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
+    secondary = Secondary(store, key)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        lock.release()
+        from ._config import ConfigError
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = listeners[0].socket.getsockname()
+    log.info("serving replicas in %s on %s:%d", store, bound[0], bound[1])
+    if announce:
+        print(f"listening on {bound[0]}:{bound[1]}", flush=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, secondary.handle, listeners)
+            nursery.start_soon(secondary.checkpoints)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
+    finally:
+        secondary.close()
+        lock.release()
+    log.info("secondary daemon exits")

@@ -1,0 +1,324 @@
+"""The splitter: one consistency group's relationship with its secondary.
+
+How this works: ``split()`` is a plain function. It assigns the group's next
+sequence number, applies the mutation to the primary store and queues the
+frame for the secondary, with no checkpoint in between — so the local order
+and the sequence order are one order (write-order fidelity). It returns a
+``Pending`` the FUSE handler awaits; acks are cumulative, so many operations
+are in flight at once. ``serve()`` owns the link: it connects, reads acks,
+pings an idle link, and declares the link lost when the connection drops or
+no ack arrives within the ack timeout while something is in flight.
+
+Policies (issue #3 scope):
+- ``sync``: with no usable link, mutations are applied locally only; the
+  durable ``stale`` mark is written *before* the first such mutation, and the
+  group is OutOfSync until a resync.
+- ``strict``: a mutation that cannot be replicated fails with EIO before it
+  is applied locally; one in flight when the link fails returns EIO too
+  (it was applied locally, and the group is marked stale).
+
+Caveats:
+- A stale group stays OutOfSync after reconnecting: only a resync (dirty
+  tracking) may bring it back to InSync.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+import transport as tp
+
+from ._config import GroupRecord, GroupStore
+from ._state import RelationshipState, check_transition
+
+log = logging.getLogger(__name__)
+R = RelationshipState
+
+
+@dataclass(slots=True)
+class Pending:
+    """A replicated operation waiting for its ack."""
+
+    seq: int
+    nbytes: int
+    done: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    ack: float = 10.0
+    ping: float = 2.0
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+
+
+class Relationship:
+    """A group, its secondary, its state and its in-flight operations."""
+
+    def __init__(self, record: GroupRecord, groups: GroupStore, key: bytes,
+                 timeouts: Timeouts = Timeouts()) -> None:
+        self.record = record
+        self._groups = groups
+        self._key = key
+        self.timeouts = timeouts
+        self.host, _, port = record.secondary.rpartition(":")
+        self.host = self.host.strip("[]")
+        self.port = int(port)
+        self.state = R.OUT_OF_SYNC if record.stale else R.UNINITIALIZED
+        self.conn: tp.Connection | None = None
+        self.next_seq = record.last_seq + 1
+        self.acked_seq = record.last_seq
+        self._inflight: collections.deque[Pending] = collections.deque()
+        self._bytes_in_flight = 0
+        self._last_progress = 0.0
+        self._session_scope: trio.CancelScope | None = None
+        self._closing = False
+        self.last_error = ""
+
+    # --- the write path ----------------------------------------------------------
+
+    def split(self, apply: Callable[[int | None], tp.Operation | None]) -> Pending | None:
+        """Apply one mutation locally and, when the group is InSync, queue it
+        for the secondary under the next sequence number.
+
+        *apply(seq)* does the local change and returns the frame to send, or
+        None when the change has nothing to replicate; it gets ``None`` when
+        the change is local only. It must not checkpoint.
+
+        Returns:
+            The Pending to await, or None when nothing was sent.
+        Raises:
+            OSError: the local change failed (no sequence number is used), or
+                EIO under ``strict`` when the group cannot replicate.
+        """
+        conn = self.conn
+        if self.state is R.IN_SYNC and conn is not None:
+            seq = self.next_seq
+            op = apply(seq)
+            if op is None:
+                return None
+            self.next_seq = seq + 1
+            pending = Pending(seq, op.payload_size())
+            if not self._inflight:
+                self._last_progress = trio.current_time()
+            self._inflight.append(pending)
+            self._bytes_in_flight += pending.nbytes
+            try:
+                conn.enqueue(op)
+            except tp.LinkDown as exc:
+                self.link_lost(str(exc))
+            return pending
+        if self.record.policy == "strict":
+            raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
+                                     f"changes that cannot be replicated")
+        if not self.record.stale:  # pragma: no cover - every way out of InSync marks stale first
+            self._mark_stale("change made without a link")
+        apply(None)
+        return None
+
+    async def wait(self, pending: Pending | None) -> None:
+        """Wait until *pending* is acknowledged.
+
+        Raises:
+            OSError(EIO): under ``strict``, when the link was lost first.
+        """
+        if pending is None:
+            return
+        await pending.done.wait()
+        if not pending.ok and self.record.policy == "strict":
+            raise OSError(errno.EIO, "the secondary did not acknowledge the change (policy strict)")
+
+    # --- state -----------------------------------------------------------------
+
+    def _set_state(self, new: RelationshipState, why: str) -> None:
+        if new is self.state:
+            return
+        check_transition(self.state, new)
+        log.info("group %s: %s -> %s (%s)", self.record.id, self.state.value, new.value, why)
+        self.state = new
+
+    def _mark_stale(self, reason: str) -> None:
+        """Durably record that the replica may lack changes. Written before
+        any unreplicated change is applied locally."""
+        if self.record.stale:
+            return
+        self.record.stale = True
+        self.record.stale_reason = reason
+        self.record.last_seq = self.acked_seq
+        try:
+            self._groups.save(self.record)
+        except OSError as exc:
+            log.error("group %s: cannot record that the replica is stale: %s", self.record.id, exc)
+
+    def link_lost(self, reason: str) -> None:
+        """The secondary is unreachable: mark stale, go OutOfSync, fail every
+        operation in flight and drop the connection. Never checkpoints."""
+        self.last_error = reason
+        self._mark_stale(f"link lost: {reason}")
+        if self.state is not R.OUT_OF_SYNC:
+            self._set_state(R.OUT_OF_SYNC, reason)
+        if self.conn is not None:
+            log.warning("group %s: link to %s lost: %s", self.record.id, self.record.secondary, reason)
+        self.conn = None
+        while self._inflight:
+            pending = self._inflight.popleft()
+            pending.done.set()
+        self._bytes_in_flight = 0
+        if self._session_scope is not None:
+            self._session_scope.cancel()
+
+    def _acked(self, seq: int) -> None:
+        while self._inflight and self._inflight[0].seq <= seq:
+            pending = self._inflight.popleft()
+            self._bytes_in_flight -= pending.nbytes
+            pending.ok = True
+            pending.done.set()
+        self.acked_seq = max(self.acked_seq, seq)
+        self._last_progress = trio.current_time()
+
+    # --- the link --------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and authenticate once; on success the group is InSync (or
+        OutOfSync, connected, when the replica is stale).
+
+        Raises:
+            AuthenticationError: the secondary does not hold our key.
+            LinkDown: it could not be reached.
+        """
+        conn, welcome = await tp.open_primary_connection(
+            self.host, self.port, self._key, self.record.group_id, self.timeouts.connect)
+        log.info("group %s: connected to %s and authenticated; replica at seq %d, primary at seq %d",
+                 self.record.id, self.record.secondary, welcome.last_seq, self.acked_seq)
+        self.conn = conn
+        self.last_error = ""
+        if not self.record.stale and welcome.last_seq != self.acked_seq:
+            self._mark_stale(f"replica at seq {welcome.last_seq}, primary at {self.acked_seq}")
+        if self.record.stale:
+            self._set_state(R.OUT_OF_SYNC, f"replica needs a resync: {self.record.stale_reason}")
+        else:
+            self.next_seq = welcome.last_seq + 1
+            self.acked_seq = welcome.last_seq
+            self._set_state(R.IN_SYNC, "replica matches the primary")
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the link up until cancelled: run the session while
+        connected, reconnect with backoff when not."""
+        task_status.started()
+        backoff = self.timeouts.backoff_min
+        while not self._closing:
+            if self.conn is None:
+                try:
+                    await self.connect()
+                    backoff = self.timeouts.backoff_min
+                except tp.AuthenticationError as exc:
+                    self.last_error = str(exc)
+                    log.error("group %s: %s", self.record.id, exc)
+                except tp.LinkDown as exc:
+                    if str(exc) != self.last_error:
+                        log.info("group %s: reconnect failed: %s", self.record.id, exc)
+                    self.last_error = str(exc)
+                if self.conn is None:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self.timeouts.backoff_max)
+                    continue
+            await self._run_session(self.conn)
+
+    async def _run_session(self, conn: tp.Connection) -> None:
+        try:
+            with trio.CancelScope() as self._session_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._sender, conn)
+                    nursery.start_soon(self._pinger, conn)
+                    nursery.start_soon(self._watchdog)
+                    await self._reader(conn)
+                    nursery.cancel_scope.cancel()
+        except tp.LinkDown as exc:
+            self.link_lost(str(exc))
+        finally:
+            self._session_scope = None
+            if self.conn is conn and not self._closing:
+                self.link_lost("session ended")
+            await conn.aclose()
+
+    async def _sender(self, conn: tp.Connection) -> None:
+        await conn.serve_sender()
+
+    async def _reader(self, conn: tp.Connection) -> None:
+        idle = max(self.timeouts.ack, 3 * self.timeouts.ping)
+        while True:
+            event = await conn.receive_event(idle_timeout=idle)
+            if isinstance(event, tp.Ack):
+                self._acked(event.seq)
+            elif isinstance(event, tp.Nack):
+                raise tp.LinkDown(f"secondary could not apply seq {event.seq}: "
+                                  f"{errno.errorcode.get(event.errno, event.errno)} {event.message}")
+            elif isinstance(event, tp.Ping):
+                conn.enqueue(tp.Pong(token=event.token))
+            elif isinstance(event, tp.Close):
+                if self._closing:
+                    return
+                raise tp.LinkDown("secondary closed the session")
+
+    async def _pinger(self, conn: tp.Connection) -> None:
+        while True:
+            await trio.sleep(self.timeouts.ping)
+            conn.enqueue(tp.Ping(token=0))
+
+    async def _watchdog(self) -> None:
+        step = min(0.25, self.timeouts.ack / 4)
+        while True:
+            await trio.sleep(step)
+            if self._inflight and trio.current_time() - self._last_progress > self.timeouts.ack:
+                raise tp.LinkDown(f"no acknowledgement for {self.timeouts.ack:g}s")
+
+    # --- shutdown ----------------------------------------------------------------
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Wait (bounded) for what is in flight, say goodbye, and persist the
+        group as cleanly shut down."""
+        with trio.move_on_after(timeout):
+            while self._inflight:
+                await self._inflight[-1].done.wait()
+        if self._inflight:
+            self.link_lost(f"unacknowledged after {timeout:g}s at shutdown")
+        self._closing = True
+        conn = self.conn
+        if conn is not None:
+            with trio.move_on_after(2):
+                try:
+                    await conn.send(tp.Close(last_seq=self.acked_seq))
+                except (tp.LinkDown, tp.ProtocolError):
+                    pass
+        if self._session_scope is not None:
+            self._session_scope.cancel()
+        self.record.last_seq = self.acked_seq
+        self.record.clean_shutdown = True
+        self._groups.save(self.record)
+        log.info("group %s: shut down cleanly at seq %d (%s)", self.record.id, self.record.last_seq,
+                 self.state.value)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "id": self.record.id,
+            "path": "/" + self.record.path,
+            "state": self.state.value,
+            "policy": self.record.policy,
+            "secondary": self.record.secondary,
+            "connected": self.conn is not None,
+            "last_acked_seq": self.acked_seq,
+            "ops_in_flight": len(self._inflight),
+            "bytes_in_flight": self._bytes_in_flight,
+            "dirty_bytes": 0,
+            "stale_reason": self.record.stale_reason if self.record.stale else "",
+            "last_error": self.last_error,
+        }

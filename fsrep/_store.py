@@ -1,0 +1,41 @@
+"""Opening a store (primary or replica root): its ``.fsrep/`` directory and
+the lock that keeps a second daemon off it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ._config import META_DIR, ConfigError
+
+
+def check_directory(path: str, what: str) -> Path:
+    """The absolute path of an existing directory, or a ConfigError."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {path} does not exist; create it first")
+    if not p.is_dir():
+        raise ConfigError(f"{what} {path} is not a directory")
+    return p.resolve()
+
+
+class StoreLock:
+    """An exclusive lock on ``STORE/.fsrep/lock`` for the daemon's life."""
+
+    def __init__(self, store: Path, role: str) -> None:
+        self.meta = store / META_DIR
+        self.meta.mkdir(mode=0o700, exist_ok=True)
+        self._fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self._fd, 64, 0).decode(errors="replace").strip()
+            os.close(self._fd)
+            raise ConfigError(f"{store} is in use by another fsrep daemon ({owner}); "
+                              f"stop it first ('fsrep umount' or kill it)") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{role} pid {os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)

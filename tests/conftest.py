@@ -1,0 +1,221 @@
+"""Fixtures that run the real thing: ``fsrep serve`` on 127.0.0.1 and
+``fsrep mount`` through the CLI, and a digest of a whole tree to compare the
+primary store with the replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import xxhash
+
+FSREP = [sys.executable, "-m", "fsrep"]
+DEADLINE = 30.0
+
+
+def run_fsrep(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*FSREP, *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"fsrep {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def wait_for(predicate, what: str, timeout: float = DEADLINE, step: float = 0.05):
+    """Poll *predicate* until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
+
+
+def tree_digest(root: Path) -> dict[str, tuple]:
+    """Everything the replica must match: per path its type, mode, owner,
+    size, content digest, symlink target, xattrs, and which earlier path it
+    is a hard link of. ``.fsrep`` at the root is fsrep's own and skipped."""
+    result: dict[str, tuple] = {}
+    first_path: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != ".fsrep"]
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = os.lstat(full)
+            kind = stat.S_IFMT(st.st_mode)
+            content: object = None
+            if stat.S_ISREG(kind):
+                with open(full, "rb") as f:
+                    content = xxhash.xxh3_128_hexdigest(f.read())
+            elif stat.S_ISLNK(kind):
+                content = os.readlink(full)
+            try:
+                names = sorted(os.listxattr(full, follow_symlinks=False))
+                xattrs = tuple((n, os.getxattr(full, n, follow_symlinks=False)) for n in names)
+            except OSError:
+                xattrs = ()
+            link_of = None
+            if not stat.S_ISDIR(kind) and st.st_nlink > 1:
+                link_of = first_path.setdefault(st.st_ino, rel)
+            size = st.st_size if not stat.S_ISDIR(kind) else None
+            result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content, xattrs,
+                           link_of)
+    return result
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    da, db = tree_digest(a), tree_digest(b)
+    missing = sorted(set(da) - set(db))[:10]
+    extra = sorted(set(db) - set(da))[:10]
+    differ = sorted(k for k in set(da) & set(db) if da[k] != db[k])[:10]
+    assert not (missing or extra or differ), (
+        f"trees differ: missing on replica {missing}, extra on replica {extra}, "
+        f"different {[(k, da[k], db[k]) for k in differ]}")
+    assert da, "compared two empty trees"
+
+
+@dataclass
+class Secondary:
+    store: Path
+    key: Path
+    proc: subprocess.Popen | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        listen = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([*FSREP, "serve", str(self.store), "--listen", listen, "--key-file",
+                                      str(self.key)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline()  # the daemon prints this line once it listens
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            raise AssertionError(f"fsrep serve did not start: {line!r}; see {self.store}/.fsrep/serve.log")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=DEADLINE)
+        self.proc = None
+
+    def replica_root(self) -> Path:
+        roots = [p for p in self.store.iterdir() if p.name != ".fsrep"]
+        assert len(roots) == 1, f"expected one replica in {self.store}, found {roots}"
+        return roots[0]
+
+
+@dataclass
+class Cluster:
+    base: Path
+    primary_store: Path = field(init=False)
+    mnt: Path = field(init=False)
+    key: Path = field(init=False)
+    secondary: Secondary = field(init=False)
+    mounted: bool = False
+
+    def __post_init__(self) -> None:
+        self.primary_store = self.base / "primary"
+        self.mnt = self.base / "mnt"
+        self.key = self.base / "key"
+        for d in (self.primary_store, self.mnt, self.base / "secondary"):
+            d.mkdir()
+        run_fsrep("keygen", str(self.key))
+        self.secondary = Secondary(self.base / "secondary", self.key)
+
+    def mount(self, *extra: str, policy: str = "sync", check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = run_fsrep("mount", str(self.primary_store), str(self.mnt), "--secondary", self.secondary.address,
+                         "--key-file", str(self.key), "--policy", policy, *extra, check=check)
+        self.mounted = done.returncode == 0
+        return done
+
+    def umount(self) -> None:
+        run_fsrep("umount", str(self.mnt))
+        self.mounted = False
+
+    def status(self) -> dict:
+        groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]
+        assert len(groups) == 1
+        return groups[0]
+
+    def wait_state(self, state: str, timeout: float = DEADLINE) -> dict:
+        return wait_for(lambda: (s := self.status())["state"] == state and s, f"state {state}", timeout)
+
+    def assert_replicated(self) -> None:
+        """Unmount, then compare the primary store and the replica."""
+        if self.mounted:
+            self.umount()
+        assert_same_tree(self.primary_store, self.secondary.replica_root())
+
+    def cleanup(self) -> None:
+        if self.mounted or _is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+            _wait_daemon_gone(self.primary_store)
+        self.secondary.stop(signal.SIGKILL)
+
+
+def _is_mounted(path: Path) -> bool:
+    target = str(path.resolve()) if path.exists() else str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _wait_daemon_gone(store: Path) -> None:
+    lock = store / ".fsrep" / "lock"
+    if not lock.exists():
+        return
+    text = lock.read_text().split()
+    if len(text) >= 3 and text[2].isdigit():
+        pid = int(text[2])
+        try:
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), f"daemon {pid} to exit", timeout=10)
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fuse_available() -> None:
+    """FUSE is required: a missing /dev/fuse or fusermount3 fails loudly."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: FUSE tests cannot run (load the fuse module)", pytrace=False)
+    if shutil.which("fusermount3") is None:
+        pytest.fail("fusermount3 is missing: install the fuse3 package (make deps does)", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("the FUSE tests run as root (allow_other, chown to other users)", pytrace=False)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A running secondary and an empty primary store, not yet mounted."""
+    c = Cluster(tmp_path)
+    c.secondary.start()
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+def mounted(cluster: Cluster) -> Cluster:
+    """A primary mounted and InSync with a running secondary."""
+    cluster.mount()
+    assert cluster.status()["state"] == "InSync"
+    return cluster
