@@ -231,7 +231,12 @@ class Relationship:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.timeouts.backoff_max)
                     continue
-            await self._run_session(self.conn)
+            try:
+                await self._run_session(self.conn)
+            except Exception as exc:  # a bug must cost a reconnect, not the mount
+                log.exception("group %s: internal error in the replication session", self.record.id)
+                self.link_lost(f"internal error: {exc!r}")
+                await trio.sleep(backoff)
 
     async def _run_session(self, conn: tp.Connection) -> None:
         try:
@@ -242,8 +247,8 @@ class Relationship:
                     nursery.start_soon(self._watchdog)
                     await self._reader(conn)
                     nursery.cancel_scope.cancel()
-        except tp.LinkDown as exc:
-            self.link_lost(str(exc))
+        except* tp.LinkDown as group:
+            self.link_lost(str(group.exceptions[0]))
         finally:
             self._session_scope = None
             if self.conn is conn and not self._closing:

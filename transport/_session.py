@@ -52,8 +52,8 @@ RECEIVE = {
         S.CLOSING: {Ack, Nack, Ping, Pong, Close, Error},
     },
     "secondary": {
-        S.START: {Hello},
-        S.CHALLENGED: {Proof},
+        S.START: {Hello, Error},
+        S.CHALLENGED: {Proof, Error},
         S.OPEN: {_OPS, Ping, Pong, Close, Error},
         S.CLOSING: {Ping, Pong, Close, Error},
     },

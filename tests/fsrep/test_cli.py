@@ -1,0 +1,82 @@
+"""Bad input to the command line: one line, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cluster, run_fsrep
+
+
+def _one_line_error(done) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines, "no error message"
+    return lines[-1]
+
+
+@pytest.mark.parametrize("command", ["keygen", "serve", "mount", "umount", "status"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    done = run_fsrep(command, "--help")
+    assert "example:" in done.stdout and f"fsrep {command}" in done.stdout
+
+
+def test_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    run_fsrep("keygen", str(key))
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len(key.read_text().strip()) == 64
+    before = key.read_text()
+    line = _one_line_error(run_fsrep("keygen", str(key), check=False))
+    assert "exists already" in line and key.read_text() == before
+
+
+def test_mount_errors_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    base = ["mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key)]
+    assert "HOST:PORT" in _one_line_error(run_fsrep(*base, "--secondary", "nonsense", check=False))
+    missing = ["mount", str(tmp_path / "nope"), str(cluster.mnt), "--secondary", cluster.secondary.address,
+               "--key-file", str(cluster.key)]
+    assert "does not exist" in _one_line_error(run_fsrep(*missing, check=False))
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not hex")
+    line = _one_line_error(run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--secondary",
+                                     cluster.secondary.address, "--key-file", str(bad_key), check=False))
+    assert "not an fsrep key" in line
+    line = _one_line_error(run_fsrep(*base, "--secondary", cluster.secondary.address, "--policy", "maybe",
+                                     check=False))
+    assert "invalid choice" in line
+
+
+def test_corrupt_group_state_refuses_to_mount(cluster: Cluster) -> None:
+    cluster.mount()
+    cluster.umount()
+    state = next((cluster.primary_store / ".fsrep" / "groups").glob("*.json"))
+    state.write_text(state.read_text().replace('"last_seq": ', '"last_seq": 1'))
+    line = _one_line_error(cluster.mount(check=False))
+    assert "checksum mismatch" in line and state.name in line
+
+
+def test_status_and_umount_of_a_plain_directory(tmp_path: Path) -> None:
+    assert "not an fsrep mount" in _one_line_error(run_fsrep("status", str(tmp_path), check=False))
+    assert "not an fsrep mount" in _one_line_error(run_fsrep("umount", str(tmp_path), check=False))
+
+
+def test_serve_with_a_busy_port_or_missing_store(cluster: Cluster, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    line = _one_line_error(run_fsrep("serve", str(other), "--listen", cluster.secondary.address, "--key-file",
+                                     str(cluster.key), check=False))
+    assert "cannot listen" in line
+    line = _one_line_error(run_fsrep("serve", str(tmp_path / "nope"), "--listen", "127.0.0.1:0", "--key-file",
+                                     str(cluster.key), check=False))
+    assert "does not exist" in line
+
+
+def test_a_second_daemon_on_the_same_store_is_refused(mounted: Cluster, tmp_path: Path) -> None:
+    other_mnt = tmp_path / "mnt2"
+    other_mnt.mkdir()
+    line = _one_line_error(run_fsrep("mount", str(mounted.primary_store), str(other_mnt), "--secondary",
+                                     mounted.secondary.address, "--key-file", str(mounted.key), check=False))
+    assert "in use by another fsrep daemon" in line

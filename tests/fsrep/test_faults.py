@@ -1,0 +1,110 @@
+"""What happens when the secondary is wrong or gone: wrong key, strict and
+sync policies, an unreachable secondary at mount time."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cluster, run_fsrep, wait_for
+
+
+def test_wrong_key_is_refused_and_nothing_is_applied(cluster: Cluster, tmp_path: Path) -> None:
+    other = tmp_path / "other.key"
+    run_fsrep("keygen", str(other))
+    done = run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--secondary",
+                     cluster.secondary.address, "--key-file", str(other), check=False)
+    assert done.returncode != 0
+    assert "refused authentication" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not os.path.ismount(cluster.mnt)
+    assert [p.name for p in cluster.secondary.store.iterdir()] == [".fsrep"]
+    log = (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+    assert "failed authentication" in log
+
+
+def test_strict_returns_eio_when_the_secondary_is_down(cluster: Cluster) -> None:
+    cluster.mount(policy="strict")
+    (cluster.mnt / "before").write_text("replicated")
+    cluster.secondary.stop(signal.SIGKILL)
+    wait_for(lambda: not cluster.status()["connected"], "the link loss to be noticed")
+    with pytest.raises(OSError) as info:
+        (cluster.mnt / "after").write_text("refused")
+    assert info.value.errno == errno.EIO
+    with pytest.raises(OSError) as info:
+        (cluster.mnt / "dir").mkdir()
+    assert info.value.errno == errno.EIO
+    assert (cluster.mnt / "before").read_text() == "replicated"
+    status = cluster.status()
+    assert status["state"] == "OutOfSync" and status["policy"] == "strict"
+
+
+def test_strict_write_in_flight_fails_when_acks_stop(cluster: Cluster) -> None:
+    cluster.mount("--ack-timeout", "1", policy="strict")
+    f = cluster.mnt / "f"
+    f.write_text("ok")
+    cluster.secondary.proc.send_signal(signal.SIGSTOP)  # alive but silent: only the ack timeout can tell
+    try:
+        with pytest.raises(OSError) as info:
+            with open(f, "ab") as h:
+                h.write(b"never acknowledged")
+        assert info.value.errno == errno.EIO
+        assert cluster.status()["state"] == "OutOfSync"
+    finally:
+        cluster.secondary.proc.send_signal(signal.SIGCONT)
+
+
+def test_sync_keeps_serving_and_shows_out_of_sync(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "before").write_text("replicated")
+    cluster.secondary.stop()
+    for i in range(20):
+        (cluster.mnt / f"after{i}").write_text("local only")
+    status = cluster.wait_state("OutOfSync")
+    assert status["connected"] is False
+    assert "link lost" in status["stale_reason"]
+    assert (cluster.mnt / "after19").read_text() == "local only"
+    cluster.secondary.start()  # the same port: the primary reconnects with backoff
+    status = wait_for(lambda: (s := cluster.status())["connected"] and s, "reconnection")
+    assert status["state"] == "OutOfSync", "a stale replica must not be reported InSync"
+    cluster.umount()
+    record = next((cluster.primary_store / ".fsrep" / "groups").glob("*.json")).read_text()
+    assert '"stale": true' in record
+
+
+def test_sync_mounts_out_of_sync_when_the_secondary_is_unreachable(cluster: Cluster) -> None:
+    cluster.secondary.stop()
+    done = cluster.mount()
+    assert "OutOfSync" in done.stdout
+    (cluster.mnt / "f").write_text("local")
+    status = cluster.status()
+    assert status["state"] == "OutOfSync" and status["connected"] is False
+
+
+def test_strict_refuses_to_mount_without_the_secondary(cluster: Cluster) -> None:
+    cluster.secondary.stop()
+    done = cluster.mount(policy="strict", check=False)
+    assert done.returncode != 0
+    assert "cannot reach secondary" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not os.path.ismount(cluster.mnt)
+
+
+def test_kill_of_the_primary_daemon_marks_the_replica_stale(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "f").write_text("x")
+    pid = cluster.status()
+    lock = (cluster.primary_store / ".fsrep" / "lock").read_text().split()
+    os.kill(int(lock[2]), signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{lock[2]}").exists(), "the daemon to die")
+    os.system(f"fusermount3 -u -z {cluster.mnt}")
+    cluster.mounted = False
+    cluster.mount()
+    status = cluster.status()
+    assert pid["state"] == "InSync"
+    assert status["state"] == "OutOfSync"
+    assert "did not shut down cleanly" in status["stale_reason"]
