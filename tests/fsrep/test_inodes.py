@@ -1,0 +1,88 @@
+"""InodeTable bookkeeping, without FUSE."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from fsrep._inodes import ROOT, InodeTable
+
+ROOT_ST_INO = 500
+
+
+def test_root_is_one_and_backing_inode_one_takes_the_roots_number() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    assert table.fuse_ino(ROOT_ST_INO) == ROOT
+    assert table.fuse_ino(1) == ROOT_ST_INO
+    assert table.fuse_ino(77) == 77
+    assert table.path(ROOT) == b""
+
+
+def test_paths_follow_renamed_parents() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    d = table.remember(10, ROOT, b"dir")
+    f = table.remember(11, d, b"file")
+    assert table.path(f) == b"dir/file"
+    table.renamed(ROOT, b"dir", ROOT, b"moved")
+    assert table.path(f) == b"moved/file"
+    assert table.lookup_entry(ROOT, b"dir") is None
+
+
+def test_hard_links_resolve_while_any_link_remains() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    a = table.remember(20, ROOT, b"a")
+    assert table.remember(20, ROOT, b"b") == a
+    table.unlinked(ROOT, b"a")
+    assert table.path(a) == b"b"
+    table.unlinked(ROOT, b"b")
+    assert table.path(a) is None
+
+
+def test_rename_over_an_entry_unlinks_the_old_target() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    new = table.remember(30, ROOT, b"new")
+    old = table.remember(31, ROOT, b"old")
+    table.renamed(ROOT, b"new", ROOT, b"old")
+    assert table.path(new) == b"old"
+    assert table.path(old) is None
+
+
+def test_exchange_swaps_paths() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    a = table.remember(40, ROOT, b"a")
+    d = table.remember(41, ROOT, b"d")
+    b = table.remember(42, d, b"b")
+    table.exchanged(ROOT, b"a", d, b"b")
+    assert (table.path(a), table.path(b)) == (b"d/b", b"a")
+
+
+def test_node_lives_until_lookups_and_opens_are_both_zero() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    f = table.remember(50, ROOT, b"f")
+    table.remember(50, ROOT, b"f")
+    table.opened(f)
+    table.forget(f, 2)
+    assert f in table
+    table.unlinked(ROOT, b"f")
+    assert table.path(f) is None
+    table.closed(f)
+    assert f not in table
+    with pytest.raises(OSError) as info:
+        table.path(f)
+    assert info.value.errno == errno.ESTALE
+
+
+def test_forget_of_the_root_or_an_unknown_inode_is_harmless() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    table.forget(ROOT, 100)
+    table.forget(12345, 1)
+    assert table.path(ROOT) == b"" and len(table) == 1
+
+
+def test_a_new_inode_at_a_known_name_replaces_the_old_entry() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    old = table.remember(60, ROOT, b"x")
+    new = table.remember(61, ROOT, b"x")
+    assert table.lookup_entry(ROOT, b"x") == new
+    assert table.path(old) is None

@@ -1,0 +1,133 @@
+"""The secondary against a hand-written client: it applies in order, and
+refuses anything that would reach outside the replica root or that comes
+from a peer that has not authenticated."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+import transport as tp
+from fsrep._config import read_key
+from tests.conftest import Cluster
+
+
+async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
+    return await tp.open_primary_connection("127.0.0.1", cluster.secondary.port, read_key(str(cluster.key)),
+                                            group, timeout=5)
+
+
+async def _reply(conn: tp.Connection) -> tp.Frame:
+    with trio.fail_after(10):
+        return await conn.receive_event()
+
+
+async def _outcome(conn: tp.Connection, seq: int) -> str:
+    """Read replies until *seq* is acked ("applied") or refused ("refused")."""
+    while True:
+        reply = await _reply(conn)
+        if isinstance(reply, tp.Nack):
+            return "refused" if reply.seq == seq else f"refused {reply.seq}"
+        if isinstance(reply, tp.Ack) and reply.seq >= seq:
+            return "applied"
+
+
+def _forged(frame: tp.Frame, placeholder: bytes, evil: bytes) -> bytes:
+    """The bytes of *frame* with a path the frame classes refuse to build."""
+    assert len(placeholder) == len(evil)
+    data = tp.encode(frame)
+    assert data.count(placeholder) == 1
+    return data.replace(placeholder, evil)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "victim").write_bytes(b"untouched")
+    return d
+
+
+async def test_escaping_symlinks_are_refused(cluster: Cluster, outside: Path) -> None:
+    group = uuid.uuid4().bytes
+    conn, welcome = await _connect(cluster, group)
+    assert welcome.last_seq == 0
+    conn.enqueue(tp.Symlink(seq=1, path=b"dirlink", target=os.fsencode(outside), uid=0, gid=0))
+    conn.enqueue(tp.Symlink(seq=2, path=b"filelink", target=os.fsencode(outside / "victim"), uid=0, gid=0))
+    conn.enqueue(tp.Create(seq=3, path=b"dirlink/evil", mode=0o644, uid=0, gid=0))
+    await conn.flush()
+    assert await _outcome(conn, 3) == "refused"
+    await conn.aclose()
+    for op in (tp.Write(seq=3, path=b"filelink", offset=0, data=b"pwned"),
+               tp.SetAttr(seq=3, path=b"filelink", fields=tp.ATTR_SIZE, size=0),
+               tp.MkDir(seq=3, path=b"dirlink/sub", mode=0o755, uid=0, gid=0),
+               tp.Rename(seq=3, old=b"filelink", new=b"dirlink/moved")):
+        conn, welcome = await _connect(cluster, group)
+        assert welcome.last_seq == 2, "the refused operation must not count as applied"
+        await conn.send(op)
+        assert await _outcome(conn, 3) == "refused", f"{type(op).__name__} through a symlink was not refused"
+        await conn.aclose()
+    assert sorted(os.listdir(outside)) == ["victim"]
+    assert (outside / "victim").read_bytes() == b"untouched"
+
+
+@pytest.mark.parametrize("evil", [b"../escaped", b"/tmp/escap", b"a/../../xy", b"./escaped0"])
+async def test_paths_outside_the_root_end_the_session(cluster: Cluster, evil: bytes) -> None:
+    group = uuid.uuid4().bytes
+    conn, _ = await _connect(cluster, group)
+    placeholder = b"p" * len(evil)
+    conn._queue.append(_forged(tp.Create(seq=1, path=placeholder, mode=0o644, uid=0, gid=0), placeholder, evil))
+    await conn.flush()
+    with pytest.raises(tp.LinkDown, match="closed"):
+        await _reply(conn)
+    replica = cluster.secondary.store / str(uuid.UUID(bytes=group))
+    assert os.listdir(replica) == []
+    assert not (cluster.secondary.store / "escaped").exists()
+    assert not Path("/tmp/escap").exists()
+    log = (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+    assert "dropping connection" in log
+
+
+async def test_operations_before_authentication_are_never_applied(cluster: Cluster) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", cluster.secondary.port)
+    await stream.send_all(tp.encode(tp.Create(seq=1, path=b"sneaky", mode=0o644, uid=0, gid=0)))
+    with trio.fail_after(10):
+        while await stream.receive_some(4096):
+            pass  # the secondary answers with an Error frame and closes
+    await stream.aclose()
+    assert [p.name for p in cluster.secondary.store.iterdir()] == [".fsrep"]
+
+
+async def test_garbage_and_oversized_frames_drop_the_connection(cluster: Cluster) -> None:
+    for junk in (b"\x00" * 64, b"\xff\xff\xff\xff\x01\x0a" + b"x" * 100, os.urandom(1000)):
+        stream = await trio.open_tcp_stream("127.0.0.1", cluster.secondary.port)
+        await stream.send_all(junk)
+        with trio.fail_after(10):
+            while await stream.receive_some(4096):
+                pass
+        await stream.aclose()
+    conn, welcome = await _connect(cluster, uuid.uuid4().bytes)  # and it still serves honest peers
+    assert welcome.last_seq == 0
+    await conn.aclose()
+
+
+async def test_operations_apply_in_order_and_acks_are_cumulative(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    conn, _ = await _connect(cluster, group)
+    conn.enqueue(tp.Create(seq=1, path=b"log", mode=0o600, uid=0, gid=0))
+    for seq in range(2, 201):
+        conn.enqueue(tp.Write(seq=seq, path=b"log", offset=(seq - 1) * 3, data=b"%03d" % seq))
+    conn.enqueue(tp.Fsync(seq=201, path=b"log"))
+    await conn.flush()
+    last = 0
+    while last < 201:
+        reply = await _reply(conn)
+        assert isinstance(reply, tp.Ack) and reply.seq > last
+        last = reply.seq
+    await conn.aclose()
+    data = (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "log").read_bytes()
+    assert data == b"\0" * 3 + b"".join(b"%03d" % s for s in range(2, 201))

@@ -1,0 +1,127 @@
+"""The splitter against an in-process secondary over real TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import transport as tp
+from fsrep._config import GroupRecord, GroupStore
+from fsrep._secondary import Secondary
+from fsrep._splitter import Relationship, Timeouts
+from fsrep._state import RelationshipState
+
+KEY = b"k" * 32
+
+
+class InProcessSecondary:
+    def __init__(self, store: Path) -> None:
+        store.mkdir()
+        self.secondary = Secondary(store, KEY)
+        self.scope = trio.CancelScope()
+        self.port = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self.secondary.handle, listeners)
+
+
+def _relationship(tmp_path: Path, port: int, policy: str) -> Relationship:
+    store = tmp_path / "primary"
+    store.mkdir()
+    record = GroupRecord(id=str(uuid.uuid4()), path="", policy=policy, secondary=f"127.0.0.1:{port}")
+    return Relationship(record, GroupStore(str(store)), KEY, Timeouts(ack=2, ping=0.5))
+
+
+def _stale_on_disk(rel: Relationship) -> bool:
+    groups = GroupStore(str(rel._groups.dir.parent.parent))
+    path = groups.file(rel.record)
+    return path.exists() and json.loads(path.read_text())["payload"]["stale"]
+
+
+async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(tmp_path: Path) -> None:
+    server = InProcessSecondary(tmp_path / "secondary")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        rel = _relationship(tmp_path, server.port, "sync")
+        await rel.connect()
+        nursery.start_soon(rel.serve)
+        assert rel.state is RelationshipState.IN_SYNC
+        applied: list[int] = []
+        pendings = []
+        with trio.testing.assert_no_checkpoints():
+            def create(seq: int | None) -> tp.Operation:
+                applied.append(seq)
+                return tp.Create(seq=seq, path=b"f", mode=0o644, uid=0, gid=0)
+            pendings.append(rel.split(create))
+            for i in range(100):
+                def write(seq: int | None, i: int = i) -> tp.Operation:
+                    applied.append(seq)
+                    return tp.Write(seq=seq, path=b"f", offset=i, data=bytes([i]))
+                pendings.append(rel.split(write))
+        assert applied == list(range(1, 102))
+        assert rel.statistics()["ops_in_flight"] == 101
+        for pending in pendings:
+            await rel.wait(pending)
+        assert rel.acked_seq == 101 and rel.statistics()["ops_in_flight"] == 0
+        replica = tmp_path / "secondary" / rel.record.id / "f"
+        assert replica.read_bytes() == bytes(range(100))
+        nursery.cancel_scope.cancel()
+
+
+async def test_sync_marks_stale_durably_before_an_unreplicated_change(tmp_path: Path) -> None:
+    server = InProcessSecondary(tmp_path / "secondary")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        rel = _relationship(tmp_path, server.port, "sync")
+        await rel.connect()
+        nursery.start_soon(rel.serve)
+        server.scope.cancel()
+        with trio.fail_after(10):
+            while rel.state is not RelationshipState.OUT_OF_SYNC:
+                await trio.sleep(0.01)
+        seen: list[object] = []
+
+        def apply(seq: int | None) -> tp.Operation:
+            seen.append((seq, _stale_on_disk(rel)))
+            return tp.Create(seq=seq or 0, path=b"g", mode=0o644, uid=0, gid=0)
+        assert rel.split(apply) is None
+        assert seen == [(None, True)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_strict_refuses_before_applying_when_not_in_sync(tmp_path: Path) -> None:
+    rel = _relationship(tmp_path, 9, "strict")  # never connected
+    called = []
+    with pytest.raises(OSError) as info:
+        rel.split(lambda seq: called.append(seq))
+    assert info.value.errno == errno.EIO and called == []
+
+
+async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> None:
+    server = InProcessSecondary(tmp_path / "secondary")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        rel = _relationship(tmp_path, server.port, "sync")
+        await rel.connect()
+        nursery.start_soon(rel.serve)
+
+        def fail(seq: int | None) -> tp.Operation:
+            raise FileNotFoundError(errno.ENOENT, "gone")
+        with pytest.raises(FileNotFoundError):
+            rel.split(fail)
+        pending = rel.split(lambda seq: tp.MkDir(seq=seq, path=b"d", mode=0o755, uid=0, gid=0))
+        assert pending.seq == 1
+        await rel.wait(pending)
+        assert os.path.isdir(tmp_path / "secondary" / rel.record.id / "d")
+        nursery.cancel_scope.cancel()
