@@ -20,6 +20,7 @@ import transport as tp
 
 from ._config import ConfigError, GroupRecord, GroupStore
 from ._control import serve_control
+from ._fullsync import full_resync
 from ._logs import setup_logging
 from ._ops import Operations
 from ._splitter import Relationship, Timeouts
@@ -88,22 +89,9 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             raise ConfigError(f"cannot reach secondary {opts.secondary} ({exc}); policy strict needs it at "
                               f"mount time — start 'fsrep serve' there or mount with --policy sync") from None
         rel.link_lost(str(exc))
-    if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
-        reason = record.stale_reason
-        if rel.conn is not None:
-            await rel.conn.aclose()
-        raise ConfigError(f"group {record.id} is {rel.state.value} ({reason}); policy strict serves only "
-                          f"InSync groups — mount with --policy sync to serve and resync")
-    record.clean_shutdown = False
-    groups.save(record)
-
-    ops = Operations(Tree(str(store)), rel, writeback_cache=opts.writeback_cache)
-    options = set(pyfuse3.default_options)
-    options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
-    pyfuse3.init(ops, str(mountpoint), options)
-    log.info("mounted %s on %s; group %s is %s (policy %s, secondary %s)", store, mountpoint, record.id,
-             rel.state.value, record.policy, record.secondary)
-    unmount = False
+    tree = Tree(str(store))
+    refusal = ""
+    fuse_mounted = unmount = False
 
     async def control(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("cmd") == "status":
@@ -111,19 +99,40 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                     "groups": [rel.statistics()]}
         return {"error": f"unknown command {req.get('cmd')!r}"}
 
+    async def on_signals() -> None:
+        nonlocal unmount
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("received %s: unmounting", signal.Signals(signum).name)
+                unmount = True
+                pyfuse3.terminate()
+                return
+
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(rel.serve)
+            if rel.conn is not None and record.stale:
+                log.info("group %s: replica is stale (%s); full resync before serving", record.id,
+                         record.stale_reason)
+                try:
+                    await full_resync(rel, tree)
+                except tp.LinkDown as exc:
+                    log.warning("group %s: full resync failed: %s", record.id, exc)
+            if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
+                refusal = (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict "
+                           f"serves only InSync groups — mount with --policy sync to serve and resync")
+                nursery.cancel_scope.cancel()
+                return
+            record.clean_shutdown = False
+            groups.save(record)
+            ops = Operations(tree, rel, writeback_cache=opts.writeback_cache)
+            options = set(pyfuse3.default_options)
+            options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
+            pyfuse3.init(ops, str(mountpoint), options)
+            fuse_mounted = True
+            log.info("mounted %s on %s; group %s is %s (policy %s, secondary %s)", store, mountpoint, record.id,
+                     rel.state.value, record.policy, record.secondary)
             await nursery.start(serve_control, lock.meta, control)
-
-            async def on_signals() -> None:
-                nonlocal unmount
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    async for signum in signals:
-                        log.info("received %s: unmounting", signal.Signals(signum).name)
-                        unmount = True
-                        pyfuse3.terminate()
-                        return
             nursery.start_soon(on_signals)
             ready("ready")
             await pyfuse3.main(min_tasks=4, max_tasks=256)
@@ -132,7 +141,10 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 await rel.drain_and_close(timeout=30)
             nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=unmount)
-        ops.tree.close()
+        if fuse_mounted:
+            pyfuse3.close(unmount=unmount)
+        tree.close()
         lock.release()
+        if refusal:
+            raise ConfigError(refusal)
     log.info("primary daemon exits")

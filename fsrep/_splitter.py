@@ -77,6 +77,7 @@ class Relationship:
         self.conn: tp.Connection | None = None
         self.next_seq = record.last_seq + 1
         self.acked_seq = record.last_seq
+        self.replica_seq = 0
         self._inflight: collections.deque[Pending] = collections.deque()
         self._bytes_in_flight = 0
         self._last_progress = 0.0
@@ -106,17 +107,7 @@ class Relationship:
             op = apply(seq)
             if op is None:
                 return None
-            self.next_seq = seq + 1
-            pending = Pending(seq, op.payload_size())
-            if not self._inflight:
-                self._last_progress = trio.current_time()
-            self._inflight.append(pending)
-            self._bytes_in_flight += pending.nbytes
-            try:
-                conn.enqueue(op)
-            except tp.LinkDown as exc:
-                self.link_lost(str(exc))
-            return pending
+            return self._queue_op(conn, op)
         if self.record.policy == "strict":
             raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
                                      f"changes that cannot be replicated")
@@ -201,6 +192,7 @@ class Relationship:
                  self.record.id, self.record.secondary, welcome.last_seq, self.acked_seq)
         self.conn = conn
         self.last_error = ""
+        self.replica_seq = welcome.last_seq
         if not self.record.stale and welcome.last_seq != self.acked_seq:
             self._mark_stale(f"replica at seq {welcome.last_seq}, primary at {self.acked_seq}")
         if self.record.stale:
@@ -285,6 +277,65 @@ class Relationship:
             await trio.sleep(step)
             if self._inflight and trio.current_time() - self._last_progress > self.timeouts.ack:
                 raise tp.LinkDown(f"no acknowledgement for {self.timeouts.ack:g}s")
+
+    # --- resync (the splitter side of it) -----------------------------------------
+
+    def begin_resync(self, why: str) -> None:
+        """Start sending a resync stream on the current connection; the
+        replica's position becomes the session's."""
+        if self.conn is None:
+            raise tp.LinkDown("not connected")
+        self.next_seq = self.replica_seq + 1
+        self.acked_seq = self.replica_seq
+        self._set_state(R.RESYNCING, why)
+
+    def send(self, make: Callable[[int], tp.Operation]) -> Pending:
+        """Queue a resync frame (nothing applied locally). Never checkpoints.
+
+        Raises:
+            LinkDown: the link was lost; the group is OutOfSync again.
+        """
+        if self.state is not R.RESYNCING or self.conn is None:
+            raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
+        return self._queue_op(self.conn, make(self.next_seq))
+
+    def _queue_op(self, conn: tp.Connection, op: tp.Operation) -> Pending:
+        self.next_seq = op.seq + 1
+        pending = Pending(op.seq, op.payload_size())
+        if not self._inflight:
+            self._last_progress = trio.current_time()
+        self._inflight.append(pending)
+        self._bytes_in_flight += pending.nbytes
+        try:
+            conn.enqueue(op)
+        except tp.LinkDown as exc:
+            self.link_lost(str(exc))
+        return pending
+
+    async def throttle(self, max_bytes: int) -> None:
+        """Wait until at most *max_bytes* of file data are in flight."""
+        while self._bytes_in_flight > max_bytes and self._inflight:
+            await self._inflight[0].done.wait()
+
+    async def finish_resync(self) -> None:
+        """Wait for every resync frame's ack; then the replica is current:
+        clear the stale mark durably and go InSync.
+
+        Raises:
+            LinkDown: the link was lost before everything was acknowledged.
+        """
+        while self._inflight:
+            last = self._inflight[-1]
+            await last.done.wait()
+            if not last.ok:
+                raise tp.LinkDown(f"resync interrupted: {self.last_error}")
+        if self.state is not R.RESYNCING:
+            raise tp.LinkDown(f"resync interrupted: {self.last_error}")
+        self.record.stale = False
+        self.record.stale_reason = ""
+        self.record.last_seq = self.acked_seq
+        self._groups.save(self.record)
+        self._set_state(R.IN_SYNC, "resync complete")
 
     # --- shutdown ----------------------------------------------------------------
 

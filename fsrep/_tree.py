@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
 import stat
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -308,10 +309,21 @@ class Tree:
             os.close(fd)
 
 
+def _purge(tree: Tree, op: tp.Purge) -> None:
+    """Remove everything below the root (symlink-safe: rmtree walks by fd)."""
+    tree.forget_all()
+    for name in tree.listdir(b""):
+        st = os.stat(name, dir_fd=tree.root_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=tree.root_fd)
+        else:
+            os.unlink(name, dir_fd=tree.root_fd)
+
+
 _APPLY = {
     tp.Write: Tree._write, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
     tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
     tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link,
     tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,
-    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync,
+    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync, tp.Purge: _purge,
 }

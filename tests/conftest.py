@@ -168,7 +168,7 @@ class Cluster:
     def cleanup(self) -> None:
         if self.mounted or _is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
-            _wait_daemon_gone(self.primary_store)
+        _wait_daemon_gone(self.primary_store)
         self.secondary.stop(signal.SIGKILL)
 
 

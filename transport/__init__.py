@@ -36,6 +36,7 @@ from ._frames import Nack as Nack
 from ._frames import Operation as Operation
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
+from ._frames import Purge as Purge
 from ._frames import RemoveXattr as RemoveXattr
 from ._frames import Rename as Rename
 from ._frames import RmDir as RmDir

@@ -20,9 +20,27 @@ from __future__ import annotations
 import struct
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._frames import (BLOB, FRAME_TYPES, GROUP_ID, GROUP_ID_SIZE, I64, MAX_DATA, MAX_PATH, NAME,
-                      NONCE, NONCE_SIZE, PATH, PROOF, PROOF_SIZE, PROTOCOL_VERSION, TEXT, U8, U32,
-                      U64, Frame)
+from ._frames import (
+    BLOB,
+    FRAME_TYPES,
+    GROUP_ID,
+    GROUP_ID_SIZE,
+    I64,
+    MAX_DATA,
+    MAX_PATH,
+    NAME,
+    NONCE,
+    NONCE_SIZE,
+    PATH,
+    PROOF,
+    PROOF_SIZE,
+    PROTOCOL_VERSION,
+    TEXT,
+    U8,
+    U32,
+    U64,
+    Frame,
+)
 
 _HEADER = struct.Struct(">IBB")
 HEADER_SIZE = _HEADER.size

@@ -329,6 +329,17 @@ class Fsync(Operation):
     whole: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Purge(Operation):
+    """Empty the replica root: the first step of a full resync, after which
+    the primary sends its whole tree."""
+
+    TYPE = 23
+    BARRIER = True
+    FIELDS = (("seq", U64),)
+    seq: int
+
+
 # --- stream control ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +397,7 @@ class Error(Frame):
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink,
-                RmDir, Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Ack, Nack, Ping,
+                RmDir, Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Ack, Nack, Ping,
                 Pong, Close, Error)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

@@ -24,8 +24,22 @@ import enum
 from . import _auth
 from ._codec import FrameDecoder, encode
 from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._frames import (GROUP_ID_SIZE, NONCE_SIZE, Ack, Challenge, Close, Error, Frame, Hello, Nack,
-                      Operation, Ping, Pong, Proof, Welcome)
+from ._frames import (
+    GROUP_ID_SIZE,
+    NONCE_SIZE,
+    Ack,
+    Challenge,
+    Close,
+    Error,
+    Frame,
+    Hello,
+    Nack,
+    Operation,
+    Ping,
+    Pong,
+    Proof,
+    Welcome,
+)
 
 
 class SessionState(enum.Enum):

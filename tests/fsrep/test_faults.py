@@ -74,6 +74,9 @@ def test_sync_keeps_serving_and_shows_out_of_sync(cluster: Cluster) -> None:
     cluster.umount()
     record = next((cluster.primary_store / ".fsrep" / "groups").glob("*.json")).read_text()
     assert '"stale": true' in record
+    cluster.mount()  # a stale replica is resynced in full before the mount serves
+    assert cluster.status()["state"] == "InSync"
+    cluster.assert_replicated()
 
 
 def test_sync_mounts_out_of_sync_when_the_secondary_is_unreachable(cluster: Cluster) -> None:
@@ -94,7 +97,7 @@ def test_strict_refuses_to_mount_without_the_secondary(cluster: Cluster) -> None
     assert not os.path.ismount(cluster.mnt)
 
 
-def test_kill_of_the_primary_daemon_marks_the_replica_stale(cluster: Cluster) -> None:
+def test_kill_of_the_primary_daemon_leads_to_a_resync_at_remount(cluster: Cluster) -> None:
     cluster.mount()
     (cluster.mnt / "f").write_text("x")
     pid = cluster.status()
@@ -106,5 +109,49 @@ def test_kill_of_the_primary_daemon_marks_the_replica_stale(cluster: Cluster) ->
     cluster.mount()
     status = cluster.status()
     assert pid["state"] == "InSync"
-    assert status["state"] == "OutOfSync"
-    assert "did not shut down cleanly" in status["stale_reason"]
+    assert status["state"] == "InSync"
+    log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+    assert "did not shut down cleanly" in log and "full resync complete" in log
+    cluster.assert_replicated()
+
+
+def test_a_store_with_existing_data_gets_a_baseline(cluster: Cluster) -> None:
+    store = cluster.primary_store
+    (store / "dir" / "deep").mkdir(parents=True)
+    (store / "dir" / "deep" / "file").write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    with open(store / "sparse", "wb") as f:
+        f.seek(50 * 1024 * 1024)
+        f.write(b"tail")
+    os.link(store / "dir" / "deep" / "file", store / "hardlink")
+    os.symlink("dir/deep/file", store / "symlink")
+    os.mkfifo(store / "fifo")
+    os.setxattr(store / "dir", "user.k", b"v")
+    os.chown(store / "dir" / "deep", 1000, 1000)
+    cluster.mount()
+    assert cluster.status()["state"] == "InSync"
+    (cluster.mnt / "after").write_text("replicated normally")
+    cluster.assert_replicated()
+    replica = cluster.secondary.replica_root()
+    assert os.stat(replica / "sparse").st_blocks < 1024, "the sparse file was not kept sparse"
+
+
+def test_resync_replaces_whatever_the_replica_held(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "kept").write_text("1")
+    cluster.umount()
+    replica = cluster.secondary.replica_root()
+    (replica / "stray").write_text("not on the primary")
+    (replica / "kept").write_text("changed behind fsrep's back")
+    state = next((cluster.primary_store / ".fsrep" / "groups").glob("*.json"))
+    state.write_text(state.read_text())  # untouched: only the primary's stale mark triggers a resync
+    cluster.secondary.stop(signal.SIGKILL)
+    cluster.secondary.start()
+    cluster.mount()
+    (cluster.mnt / "more").write_text("2")
+    cluster.secondary.stop()
+    (cluster.mnt / "while-down").write_text("3")
+    cluster.secondary.start()
+    cluster.umount()
+    cluster.mount()
+    assert cluster.status()["state"] == "InSync"
+    cluster.assert_replicated()

@@ -1,0 +1,166 @@
+"""Full resync: make a stale replica equal to the primary store by emptying
+it and sending the whole tree — namespace first within each directory, data
+as sparse-aware writes, then attributes.
+
+This is the fallback that is always correct: it needs no tracking, and runs
+before the filesystem is mounted, so nothing changes the store meanwhile.
+Dirty-region tracking (quick resync) makes the common case move only what
+changed.
+
+Caveats:
+- Directories' times are set after their contents, deepest first, so
+  creating children does not disturb them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import trio
+
+import transport as tp
+
+from ._splitter import Relationship
+from ._tree import Tree
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+MAX_IN_FLIGHT = 32 * 1024 * 1024
+REPORT_EVERY = 5.0
+
+
+class _Progress:
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.bytes = 0
+        self.entries = 0
+        self.start = self.last = trio.current_time()
+
+    def tick(self, nbytes: int = 0, entries: int = 0) -> None:
+        self.bytes += nbytes
+        self.entries += entries
+        now = trio.current_time()
+        if now - self.last >= REPORT_EVERY:
+            self.last = now
+            rate = self.bytes / max(now - self.start, 1e-9)
+            log.info("group %s: full resync: %d entries, %d bytes sent (%.1f MiB/s)", self.group, self.entries,
+                     self.bytes, rate / 2**20)
+
+
+async def full_resync(rel: Relationship, tree: Tree) -> None:
+    """Bring the replica of *rel* to the primary's state.
+
+    Raises:
+        LinkDown: the link failed; the group stays OutOfSync (stale).
+    """
+    rel.begin_resync("full resync of a stale replica")
+    progress = _Progress(rel.record.id)
+    rel.send(lambda seq: tp.Purge(seq=seq))
+    hard_links: dict[int, bytes] = {}
+    directories: list[tuple[bytes, os.stat_result]] = []
+    pending_dirs = [b""]
+    while pending_dirs:
+        parent = pending_dirs.pop()
+        for name in sorted(tree.listdir(parent)):
+            path = parent + b"/" + name if parent else name
+            try:
+                st = tree.lstat(path)
+            except FileNotFoundError:
+                continue
+            await _send_entry(rel, tree, path, st, hard_links, progress)
+            if stat.S_ISDIR(st.st_mode):
+                pending_dirs.append(path)
+                directories.append((path, st))
+            progress.tick(entries=1)
+    root = tree.lstat(b"")
+    rel.send(lambda seq: tp.SetAttr(seq=seq, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID,
+                                    mode=stat.S_IMODE(root.st_mode), uid=root.st_uid, gid=root.st_gid))
+    _send_xattrs(rel, tree, b"")
+    for path, st in [*reversed(directories), (b"", root)]:
+        rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
+    rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
+    await rel.finish_resync()
+    elapsed = trio.current_time() - progress.start
+    log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,
+             progress.bytes, elapsed)
+
+
+def _times(seq: int, path: bytes, st: os.stat_result) -> tp.SetAttr:
+    return tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_TIMES, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+
+
+async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result,
+                      hard_links: dict[int, bytes], progress: _Progress) -> None:
+    mode = st.st_mode
+    if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+        first = hard_links.setdefault(st.st_ino, path)
+        if first != path:
+            rel.send(lambda seq: tp.Link(seq=seq, target=first, new=path))
+            return
+    if stat.S_ISDIR(mode):
+        rel.send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
+    elif stat.S_ISLNK(mode):
+        target = tree.readlink(path)
+        rel.send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
+        return
+    elif stat.S_ISREG(mode):
+        rel.send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
+        await _send_data(rel, tree, path, st, progress)
+        rel.send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_SIZE, size=st.st_size))
+    else:
+        rel.send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid,
+                                      gid=st.st_gid))
+    _send_xattrs(rel, tree, path)
+    if not stat.S_ISDIR(mode):
+        rel.send(lambda seq: _times(seq, path, st))
+
+
+async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
+    fd = tree.open(path, os.O_RDONLY)
+    try:
+        for start, end in _data_segments(fd, st.st_size):
+            offset = start
+            while offset < end:
+                data = os.pread(fd, min(CHUNK, end - offset), offset)
+                if not data:
+                    break
+                rel.send(lambda seq, offset=offset, data=data: tp.Write(seq=seq, path=path, offset=offset, data=data))
+                offset += len(data)
+                progress.tick(nbytes=len(data))
+                await rel.throttle(MAX_IN_FLIGHT)
+    finally:
+        os.close(fd)
+
+
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
+    """The (start, end) ranges holding data; holes are skipped so sparse
+    files stay sparse on the replica."""
+    segments = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            return [(0, size)]
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        segments.append((start, min(end, size)))
+        offset = end
+    return segments
+
+
+def _send_xattrs(rel: Relationship, tree: Tree, path: bytes) -> None:
+    try:
+        names = tree.listxattr(path)
+    except OSError:
+        return
+    for name in names:
+        try:
+            value = tree.getxattr(path, name)
+        except OSError:
+            continue
+        rel.send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name, value=value))
