@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import xxhash
+
+from fsrep._digest import tree_differences, tree_digest
 
 FSREP = [sys.executable, "-m", "fsrep"]
 DEADLINE = 30.0
@@ -42,51 +42,10 @@ def wait_for(predicate, what: str, timeout: float = DEADLINE, step: float = 0.05
         time.sleep(step)
 
 
-def tree_digest(root: Path) -> dict[str, tuple]:
-    """Everything the replica must match: per path its type, mode, owner,
-    size, content digest, symlink target, xattrs, and which earlier path it
-    is a hard link of. ``.fsrep`` at the root is fsrep's own and skipped."""
-    result: dict[str, tuple] = {}
-    first_path: dict[int, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d != ".fsrep"]
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            st = os.lstat(full)
-            kind = stat.S_IFMT(st.st_mode)
-            content: object = None
-            if stat.S_ISREG(kind):
-                with open(full, "rb") as f:
-                    content = xxhash.xxh3_128_hexdigest(f.read())
-            elif stat.S_ISLNK(kind):
-                content = os.readlink(full)
-            try:
-                names = sorted(os.listxattr(full, follow_symlinks=False))
-                xattrs = tuple((n, os.getxattr(full, n, follow_symlinks=False)) for n in names)
-            except OSError:
-                xattrs = ()
-            link_of = None
-            if not stat.S_ISDIR(kind) and st.st_nlink > 1:
-                link_of = first_path.setdefault(st.st_ino, rel)
-            size = st.st_size if not stat.S_ISDIR(kind) else None
-            result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content, xattrs,
-                           link_of)
-    return result
-
-
 def assert_same_tree(a: Path, b: Path) -> None:
-    da, db = tree_digest(a), tree_digest(b)
-    missing = sorted(set(da) - set(db))[:10]
-    extra = sorted(set(db) - set(da))[:10]
-    differ = sorted(k for k in set(da) & set(db) if da[k] != db[k])[:10]
-    assert not (missing or extra or differ), (
-        f"trees differ: missing on replica {missing}, extra on replica {extra}, "
-        f"different {[(k, da[k], db[k]) for k in differ]}")
-    assert da, "compared two empty trees"
+    differences = tree_differences(a, b)
+    assert not differences, "trees differ:\n" + "\n".join(differences)
+    assert tree_digest(a), "compared two empty trees"
 
 
 @dataclass
