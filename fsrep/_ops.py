@@ -117,6 +117,7 @@ class Operations(pyfuse3.Operations):
         return ctx.uid, gid, mode
 
     async def _replicate(self, apply: Any) -> None:
+        await self.group.admit()
         await self.group.wait(self.group.split(apply))
 
     def _entry(self, parent: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
@@ -384,6 +385,7 @@ class Operations(pyfuse3.Operations):
         """A barrier: durable locally and on the secondary before returning."""
         pending = None
         if path is not None:
+            await self.group.admit()
             pending = self.group.split(lambda seq: tp.Fsync(seq=seq or 0, path=path))
         await trio.to_thread.run_sync(os.fsync, fd)
         await self.group.wait(pending)

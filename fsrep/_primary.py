@@ -4,6 +4,7 @@ SIGTERM drains what is in flight and saves state."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -90,6 +91,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                               f"mount time — start 'fsrep serve' there or mount with --policy sync") from None
         rel.link_lost(str(exc))
     tree = Tree(str(store))
+    rel.resync_hook = functools.partial(full_resync, rel, tree)
     refusal = ""
     fuse_mounted = unmount = False
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from ._state import RelationshipState, check_transition
 
 log = logging.getLogger(__name__)
 R = RelationshipState
+STABLE_SESSION = 10.0
 
 
 @dataclass(slots=True)
@@ -83,6 +84,8 @@ class Relationship:
         self._last_progress = 0.0
         self._session_scope: trio.CancelScope | None = None
         self._closing = False
+        self._gate: trio.Event | None = None
+        self.resync_hook: Callable[[], Awaitable[None]] | None = None
         self.last_error = ""
 
     # --- the write path ----------------------------------------------------------
@@ -204,14 +207,20 @@ class Relationship:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the link up until cancelled: run the session while
-        connected, reconnect with backoff when not."""
+        connected, reconnect with backoff when not. A stale replica found on
+        reconnection is resynced by ``resync_hook`` (set by the daemon).
+
+        The backoff only resets after a session that lasted a while, so a
+        peer that accepts and then drops us is retried slowly, never in a
+        storm."""
         task_status.started()
         backoff = self.timeouts.backoff_min
         while not self._closing:
+            resync = False
             if self.conn is None:
                 try:
                     await self.connect()
-                    backoff = self.timeouts.backoff_min
+                    resync = self.record.stale and self.resync_hook is not None
                 except tp.AuthenticationError as exc:
                     self.last_error = str(exc)
                     log.error("group %s: %s", self.record.id, exc)
@@ -223,20 +232,27 @@ class Relationship:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.timeouts.backoff_max)
                     continue
+            started = trio.current_time()
             try:
-                await self._run_session(self.conn)
+                await self._run_session(self.conn, resync)
             except Exception as exc:  # a bug must cost a reconnect, not the mount
                 log.exception("group %s: internal error in the replication session", self.record.id)
                 self.link_lost(f"internal error: {exc!r}")
+            if trio.current_time() - started > STABLE_SESSION:
+                backoff = self.timeouts.backoff_min
+            elif not self._closing:
                 await trio.sleep(backoff)
+                backoff = min(backoff * 2, self.timeouts.backoff_max)
 
-    async def _run_session(self, conn: tp.Connection) -> None:
+    async def _run_session(self, conn: tp.Connection, resync: bool = False) -> None:
         try:
             with trio.CancelScope() as self._session_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._sender, conn)
                     nursery.start_soon(self._pinger, conn)
                     nursery.start_soon(self._watchdog)
+                    if resync:
+                        nursery.start_soon(self._resync)
                     await self._reader(conn)
                     nursery.cancel_scope.cancel()
         except* tp.LinkDown as group:
@@ -246,6 +262,24 @@ class Relationship:
             if self.conn is conn and not self._closing:
                 self.link_lost("session ended")
             await conn.aclose()
+
+    async def _resync(self) -> None:
+        """Resync a stale replica while holding new mutations at the gate."""
+        assert self.resync_hook is not None
+        self._gate = trio.Event()
+        try:
+            await self.resync_hook()
+        except tp.LinkDown as exc:
+            log.warning("group %s: resync failed: %s", self.record.id, exc)
+        finally:
+            self._gate.set()
+            self._gate = None
+
+    async def admit(self) -> None:
+        """Wait while a resync holds mutations. Does not checkpoint when no
+        resync runs, so a caller's split() follows without a gap."""
+        while self._gate is not None:
+            await self._gate.wait()
 
     async def _sender(self, conn: tp.Connection) -> None:
         await conn.serve_sender()
