@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,19 @@ def _relationship(tmp_path: Path, port: int, policy: str) -> Relationship:
     return Relationship(record, GroupStore(str(store)), KEY, Timeouts(ack=2, ping=0.5))
 
 
+@contextlib.asynccontextmanager
+async def connected(tmp_path: Path) -> AsyncIterator[tuple[InProcessSecondary, Relationship, trio.Nursery]]:
+    """A sync relationship, connected and served, to an in-process secondary."""
+    server = InProcessSecondary(tmp_path / "secondary")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        rel = _relationship(tmp_path, server.port, "sync")
+        await rel.connect()
+        nursery.start_soon(rel.serve)
+        yield server, rel, nursery
+        nursery.cancel_scope.cancel()
+
+
 def _stale_on_disk(rel: Relationship) -> bool:
     groups = GroupStore(str(rel._groups.dir.parent.parent))
     path = groups.file(rel.record)
@@ -50,12 +65,7 @@ def _stale_on_disk(rel: Relationship) -> bool:
 
 
 async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(tmp_path: Path) -> None:
-    server = InProcessSecondary(tmp_path / "secondary")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        rel = _relationship(tmp_path, server.port, "sync")
-        await rel.connect()
-        nursery.start_soon(rel.serve)
+    async with connected(tmp_path) as (server, rel, nursery):
         assert rel.state is RelationshipState.IN_SYNC
         applied: list[int] = []
         pendings = []
@@ -76,16 +86,10 @@ async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(t
         assert rel.acked_seq == 101 and rel.statistics()["ops_in_flight"] == 0
         replica = tmp_path / "secondary" / rel.record.id / "f"
         assert replica.read_bytes() == bytes(range(100))
-        nursery.cancel_scope.cancel()
 
 
 async def test_sync_marks_stale_durably_before_an_unreplicated_change(tmp_path: Path) -> None:
-    server = InProcessSecondary(tmp_path / "secondary")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        rel = _relationship(tmp_path, server.port, "sync")
-        await rel.connect()
-        nursery.start_soon(rel.serve)
+    async with connected(tmp_path) as (server, rel, nursery):
         server.scope.cancel()
         with trio.fail_after(10):
             while rel.state is not RelationshipState.OUT_OF_SYNC:
@@ -97,7 +101,6 @@ async def test_sync_marks_stale_durably_before_an_unreplicated_change(tmp_path: 
             return tp.Create(seq=seq or 0, path=b"g", mode=0o644, uid=0, gid=0)
         assert rel.split(apply) is None
         assert seen == [(None, True)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_strict_refuses_before_applying_when_not_in_sync(tmp_path: Path) -> None:
@@ -109,12 +112,7 @@ async def test_strict_refuses_before_applying_when_not_in_sync(tmp_path: Path) -
 
 
 async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> None:
-    server = InProcessSecondary(tmp_path / "secondary")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        rel = _relationship(tmp_path, server.port, "sync")
-        await rel.connect()
-        nursery.start_soon(rel.serve)
+    async with connected(tmp_path) as (server, rel, nursery):
 
         def fail(seq: int | None) -> tp.Operation:
             raise FileNotFoundError(errno.ENOENT, "gone")
@@ -124,4 +122,3 @@ async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> 
         assert pending.seq == 1
         await rel.wait(pending)
         assert os.path.isdir(tmp_path / "secondary" / rel.record.id / "d")
-        nursery.cancel_scope.cancel()
