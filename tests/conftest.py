@@ -123,6 +123,12 @@ class Cluster:
         if self.mounted:
             self.umount()
         assert_same_tree(self.primary_store, self.secondary.replica_root())
+        self.assert_no_errors_logged()
+
+    def assert_no_errors_logged(self) -> None:
+        for log in (self.primary_store / ".fsrep" / "fsrep.log", self.secondary.store / ".fsrep" / "serve.log"):
+            bad = [line for line in log.read_text().splitlines() if " ERROR " in line or "Traceback" in line]
+            assert not bad, f"unexpected errors in {log}: {bad[:5]}"
 
     def cleanup(self) -> None:
         if self.mounted or _is_mounted(self.mnt):
