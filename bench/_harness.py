@@ -93,7 +93,7 @@ def configuration(kind: str, base: Path) -> Iterator[Path]:
     (fsrep with no reachable secondary), ``replicated`` and
     ``replicated-wb`` (kernel writeback cache)."""
     path = base / kind
-    path.mkdir()
+    path.mkdir(parents=True)
     if kind == "raw":
         yield path
         return

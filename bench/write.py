@@ -70,28 +70,34 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--fsync-writes", type=int, default=500)
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.size_mib, args.fsync_writes, args.files = 64, 50, 200
-    results: dict[str, dict[str, float]] = {}
+        args.size_mib, args.fsync_writes, args.files, args.rounds = 64, 50, 200, 1
+    samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in CONFIGS}
     with workdir(args.dir) as base:
-        for kind in CONFIGS:
-            with configuration(kind, base) as root:
-                mean, p99 = fsync_writes(root, args.fsync_writes)
-                results[kind] = {
-                    "seq_write_mib_s": sequential_write(root, args.size_mib),
-                    "fsync_write_mean_us": mean,
-                    "fsync_write_p99_us": p99,
-                    "small_files_per_s": small_files(root, args.files),
-                }
-            print(f"measured {kind}", file=sys.stderr, flush=True)
+        for round_ in range(args.rounds):
+            order = CONFIGS if round_ % 2 == 0 else tuple(reversed(CONFIGS))  # spread drift evenly
+            for kind in order:
+                os.sync()  # start each measurement without the previous one's dirty pages
+                with configuration(kind, base / f"r{round_}") as root:
+                    mean, p99 = fsync_writes(root, args.fsync_writes)
+                    samples[kind].append({
+                        "seq_write_mib_s": sequential_write(root, args.size_mib),
+                        "fsync_write_mean_us": mean,
+                        "fsync_write_p99_us": p99,
+                        "small_files_per_s": small_files(root, args.files),
+                    })
+                print(f"round {round_ + 1}/{args.rounds}: measured {kind}", file=sys.stderr, flush=True)
+    results = {kind: {metric: statistics.median(s[metric] for s in runs) for metric in runs[0]}
+               for kind, runs in samples.items()}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"\nsequential write {args.size_mib} MiB (1 MiB blocks, final fsync), "
-          f"{args.fsync_writes} x (4 KiB write + fsync), {args.files} small files\n")
+    print(f"\nmedians of {args.rounds} interleaved rounds; sequential write {args.size_mib} MiB "
+          f"(1 MiB blocks, final fsync), {args.fsync_writes} x (4 KiB write + fsync), {args.files} small files\n")
     print(f"{'configuration':<16}{'seq MiB/s':>12}{'fsync mean us':>16}{'fsync p99 us':>15}{'files/s':>10}")
     for kind, r in results.items():
         print(f"{kind:<16}{r['seq_write_mib_s']:>12.1f}{r['fsync_write_mean_us']:>16.0f}"

@@ -53,6 +53,12 @@ _FIXED = {NONCE: NONCE_SIZE, PROOF: PROOF_SIZE, GROUP_ID: GROUP_ID_SIZE}
 
 def encode(frame: Frame) -> bytes:
     """Return the wire bytes of *frame* (which validated itself when built)."""
+    return b"".join(encode_parts(frame))
+
+
+def encode_parts(frame: Frame) -> list[bytes]:
+    """The wire bytes of *frame* as a list of pieces, so a large payload is
+    sent as it is instead of being copied into one buffer."""
     parts: list[bytes] = [b""]
     for name, kind in frame.FIELDS:
         value = getattr(frame, name)
@@ -76,7 +82,7 @@ def encode(frame: Frame) -> bytes:
     if body_len + 2 > MAX_FRAME:
         raise LocalProtocolError(f"{type(frame).__name__} frame of {body_len} bytes exceeds the limit")
     parts[0] = _HEADER.pack(body_len + 2, PROTOCOL_VERSION, frame.TYPE)
-    return b"".join(parts)
+    return parts
 
 
 def decode_body(type_code: int, body: memoryview) -> Frame:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 
 from . import _auth
-from ._codec import FrameDecoder, encode
+from ._codec import FrameDecoder, encode, encode_parts
 from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
     GROUP_ID_SIZE,
@@ -147,12 +147,16 @@ class _Session:
         Raises:
             LocalProtocolError: the frame is not allowed in this state.
         """
+        return b"".join(self.send_parts(frame))
+
+    def send_parts(self, frame: Frame) -> list[bytes]:
+        """Like ``send``, as pieces (a large payload is not copied)."""
         allowed = SEND[self.role].get(self.state, set())
         if _kind(frame) not in allowed:
             state, self.state = self.state, S.ERROR
             raise LocalProtocolError(f"may not send {type(frame).__name__} in state {state.value}")
         self._sent(frame)
-        return encode(frame)
+        return encode_parts(frame)
 
     def _handle(self, frame: Frame) -> Frame | None:
         if isinstance(frame, Close):

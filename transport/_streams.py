@@ -53,9 +53,9 @@ class Connection:
         """Queue *frame* for sending. Never checkpoints."""
         if self._closed:
             raise LinkDown(f"connection to {self.peer} is closed")
-        data = self.session.send(frame)
-        self._queue.append(data)
-        self._queued_bytes += len(data)
+        parts = self.session.send_parts(frame)
+        self._queue.extend(parts)
+        self._queued_bytes += sum(len(p) for p in parts)
         self._wakeup.set()
 
     async def flush(self) -> None:
@@ -227,9 +227,16 @@ async def accept_secondary_session(stream: trio.abc.Stream, key: bytes, peer: st
     return conn, session.group_id
 
 
+SOCKET_BUFFER = 8 * 1024 * 1024
+
+
 def _set_nodelay(stream: trio.abc.Stream) -> None:
+    """No Nagle delay for small frames (acks, metadata), and socket buffers
+    large enough to hold several 1 MiB writes in flight."""
     sock = getattr(stream, "socket", None)
     if sock is not None:
         import socket
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
