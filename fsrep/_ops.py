@@ -40,6 +40,10 @@ TIMEOUT = 1.0
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
+def _removed() -> OSError:
+    return OSError(errno.ENOENT, "the file was removed")
+
+
 @dataclass(slots=True)
 class Handle:
     fd: int
@@ -86,10 +90,18 @@ class Operations(pyfuse3.Operations):
         return self.inodes.path(ino)
 
     def _existing_path(self, ino: int) -> bytes:
+        """The path of *ino*; ENOENT once it was unlinked."""
         path = self.inodes.path(ino)
         if path is None:
-            raise OSError(errno.ENOENT, "the file was removed")
+            raise _removed()
         return path
+
+    def _unlinked_fd(self, ino: int) -> int:
+        """A descriptor of *ino* after its last name was removed."""
+        fd = self._unlinked_fds.get(ino)
+        if fd is None:
+            raise _removed()
+        return fd
 
     def _child(self, parent: int, name: bytes) -> bytes:
         if parent == ROOT and name == RESERVED:
@@ -100,10 +112,7 @@ class Operations(pyfuse3.Operations):
         path = self._path(ino)
         if path is not None:
             return self.tree.lstat(path)
-        fd = self._unlinked_fds.get(ino)
-        if fd is None:
-            raise OSError(errno.ENOENT, "the file was removed")
-        return os.fstat(fd)
+        return os.fstat(self._unlinked_fd(ino))
 
     def _owner(self, parent_path: bytes, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
         """(uid, gid, mode) of a new entry: the caller's, with BSD group
@@ -198,9 +207,7 @@ class Operations(pyfuse3.Operations):
         return self._attrs(self._stat_ino(inode))
 
     def _setattr_unlinked(self, inode: int, bits: int, kw: dict[str, int]) -> None:
-        fd = self._unlinked_fds.get(inode)
-        if fd is None:
-            raise OSError(errno.ENOENT, "the file was removed")
+        fd = self._unlinked_fd(inode)
         if bits & tp.ATTR_SIZE:
             os.ftruncate(fd, kw["size"])
         if bits & (tp.ATTR_UID | tp.ATTR_GID):
@@ -476,12 +483,6 @@ class Operations(pyfuse3.Operations):
         if path is None:
             return [os.fsencode(n) for n in os.listxattr(self._unlinked_fd(inode))]
         return self.tree.listxattr(path)
-
-    def _unlinked_fd(self, inode: int) -> int:
-        fd = self._unlinked_fds.get(inode)
-        if fd is None:
-            raise OSError(errno.ENOENT, "the file was removed")
-        return fd
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -248,7 +248,7 @@ class Relationship:
         try:
             with trio.CancelScope() as self._session_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._sender, conn)
+                    nursery.start_soon(conn.serve_sender)
                     nursery.start_soon(self._pinger, conn)
                     nursery.start_soon(self._watchdog)
                     if resync:
@@ -280,9 +280,6 @@ class Relationship:
         resync runs, so a caller's split() follows without a gap."""
         while self._gate is not None:
             await self._gate.wait()
-
-    async def _sender(self, conn: tp.Connection) -> None:
-        await conn.serve_sender()
 
     async def _reader(self, conn: tp.Connection) -> None:
         idle = max(self.timeouts.ack, 3 * self.timeouts.ping)
