@@ -1,10 +1,17 @@
 """Change tracking and durable state.
 
-Layout: ``_regions`` (region numbers, roaring-bitmap region sets) and
-``_persist`` (the one atomic, versioned, checksummed way to write state).
-Dirty sets, the activity log and pseudo snapshots build on these.
+Layout: ``_regions`` (region numbers, roaring-bitmap region sets),
+``_persist`` (the one atomic, versioned, checksummed way to write state),
+``_dirty`` (what may differ, per group) and ``_activity`` (the activity log
+that makes in-flight changes crash safe). All sans-IO but ``_persist``.
 """
 
+from ._activity import ACTIVITY_KIND as ACTIVITY_KIND
+from ._activity import EXTENT_SIZE as EXTENT_SIZE
+from ._activity import ActivityLog as ActivityLog
+from ._dirty import DIRTY_KIND as DIRTY_KIND
+from ._dirty import DirtySet as DirtySet
+from ._dirty import Marks as Marks
 from ._persist import StateCorrupt as StateCorrupt
 from ._persist import StateError as StateError
 from ._persist import StateMissing as StateMissing

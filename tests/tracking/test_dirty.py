@@ -1,0 +1,98 @@
+"""Dirty sets and the activity log, without FUSE."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracking import (
+    EXTENT_SIZE,
+    REGION_SIZE,
+    ActivityLog,
+    DirtySet,
+    Marks,
+    RegionOverflow,
+    RegionRange,
+    load_state,
+    save_state,
+)
+
+
+def test_write_after_link_cut_marks_its_regions_dirty() -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(regions=((7, b"a/f", 4096 * 10 + 5, 8192),)))
+    assert list(dirty.ranges(7)) == [RegionRange(10, 3)]
+    assert dirty.dirty_bytes == 3 * REGION_SIZE
+    assert dirty.overlaps(7, RegionRange(12, 1)) and not dirty.overlaps(7, RegionRange(13, 5))
+    assert dirty.hint(7) == b"a/f"
+
+
+def test_cleaning_copied_regions_leaves_the_rest() -> None:
+    dirty = DirtySet()
+    dirty.mark_regions(1, b"f", RegionRange(0, 10))
+    dirty.clean_regions(1, RegionRange(2, 3))
+    assert list(dirty.ranges(1)) == [RegionRange(0, 2), RegionRange(5, 5)]
+    dirty.clean_regions(1, RegionRange(0, 10))
+    assert not dirty and dirty.hint(1) is None
+
+
+def test_meta_and_directories_are_tracked_apart_from_data() -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(meta=((3, b"f"),), dirs=((2, b"d"),)))
+    assert dirty.meta_dirty(3) and dirty.dir_dirty(2) and dirty.dirty_bytes == 0
+    dirty.clean_meta(3)
+    dirty.clean_dir(2)
+    assert not dirty
+
+
+def test_everything_dirty_is_never_an_empty_set() -> None:
+    dirty = DirtySet()
+    dirty.mark_everything("new relationship")
+    assert dirty and dirty.reason == "new relationship"
+
+
+def test_files_beyond_32_bit_regions_raise_instead_of_wrapping() -> None:
+    dirty = DirtySet()
+    with pytest.raises(RegionOverflow):
+        dirty.apply(Marks(regions=((1, b"huge", 2**32 * REGION_SIZE, 1),)))
+
+
+def test_dirty_set_survives_a_save_and_load(tmp_path) -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(regions=((5, b"x/\xff", 0, 10 * REGION_SIZE), (5, b"x/\xff", 100 * REGION_SIZE, 1)),
+                      meta=((6, b"m"),), dirs=((1, b""),)))
+    save_state(tmp_path / "d.json", "fsrep-dirty", dirty.to_payload())
+    loaded = DirtySet.from_payload(load_state(tmp_path / "d.json", "fsrep-dirty"))
+    assert list(loaded.ranges(5)) == [RegionRange(0, 10), RegionRange(100, 1)]
+    assert loaded.meta_dirty(6) and loaded.dir_dirty(1) and loaded.hint(5) == b"x/\xff"
+
+
+def test_a_malformed_payload_is_an_error_not_a_clean_set() -> None:
+    with pytest.raises(ValueError):
+        DirtySet.from_payload({"everything": False})
+
+
+def test_activity_log_persists_only_for_new_extents() -> None:
+    log = ActivityLog(hot=4)
+    write = Marks(regions=((9, b"f", 0, 4096),))
+    assert log.touch(write, seq=1, acked=0) is True
+    assert log.touch(write, seq=2, acked=1) is False
+    assert log.touch(Marks(regions=((9, b"f", EXTENT_SIZE, 1),)), seq=3, acked=2) is True
+
+
+def test_activity_log_keeps_extents_with_changes_in_flight() -> None:
+    log = ActivityLog(hot=2)
+    for seq in range(1, 6):
+        log.touch(Marks(regions=((1, b"f", seq * EXTENT_SIZE, 1),)), seq=seq, acked=0)
+    assert len(log) == 5, "nothing acknowledged: nothing may leave the log"
+    log.touch(Marks(regions=((1, b"f", 99 * EXTENT_SIZE, 1),)), seq=6, acked=5)
+    assert len(log) == 2
+
+
+def test_recovery_marks_every_active_extent_dirty() -> None:
+    log = ActivityLog()
+    log.touch(Marks(regions=((4, b"f", EXTENT_SIZE + 10, 1),), dirs=((2, b"d"),)), seq=1, acked=0)
+    dirty = DirtySet()
+    assert ActivityLog.recover(log.payload(), dirty) == 2
+    per_extent = EXTENT_SIZE // REGION_SIZE
+    assert list(dirty.ranges(4)) == [RegionRange(per_extent, per_extent)]
+    assert dirty.dir_dirty(2)

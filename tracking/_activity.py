@@ -1,0 +1,94 @@
+"""The activity log: crash safety for what is in flight, without a disk
+write per write (DRBD's activity log, by file).
+
+How this works: the file's bytes are grouped in coarse extents (4 MiB). An
+extent must be recorded durably as *active* before the first write into it
+that is not already covered; a bounded hot set stays active, so a steady
+workload writes the log rarely. Directories touched by namespace changes are
+recorded the same way. After a crash of the primary, everything active may
+differ from the replica: dirty := persisted dirty set ∪ active extents.
+
+This class is the bookkeeping only; the caller persists ``payload()`` (with
+``tracking.save_state``) whenever ``touch`` says so, before applying the
+change.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from ._dirty import DirtySet, Marks
+from ._regions import REGION_SIZE, RegionRange
+
+EXTENT_SIZE = 4 * 1024 * 1024
+ACTIVITY_KIND = "fsrep-activity"
+HOT_EXTENTS = 256
+
+Extent = tuple[int, int]  # (ino, extent number); extent -1 stands for a directory's entries
+
+
+class ActivityLog:
+    def __init__(self, hot: int = HOT_EXTENTS) -> None:
+        self._hot = hot
+        self._active: OrderedDict[Extent, tuple[bytes, int]] = OrderedDict()  # -> (path hint, last seq)
+        self._durable: set[Extent] = set()
+
+    def touch(self, marks: Marks, seq: int, acked: int) -> bool:
+        """Record that *marks* (operation *seq*) is about to be applied;
+        *acked* is the group's last acknowledged sequence number. Returns
+        True when the log must be persisted before the change is applied.
+
+        Only extents whose last operation was acknowledged leave the hot
+        set, so an extent with a change in flight is always in the log.
+        """
+        needed = False
+        for ino, path, offset, length in marks.regions:
+            first = offset // EXTENT_SIZE
+            last = (offset + max(length, 1) - 1) // EXTENT_SIZE
+            for extent in range(first, last + 1):
+                needed |= self._activate((ino, extent), path, seq)
+        for ino, path in (*marks.meta, *marks.dirs):
+            needed |= self._activate((ino, -1), path, seq)
+        if needed:
+            while len(self._active) > self._hot:
+                oldest = next(iter(self._active))
+                if self._active[oldest][1] > acked:
+                    break
+                del self._active[oldest]
+            self._durable = set(self._active)
+        return needed
+
+    def _activate(self, extent: Extent, path: bytes, seq: int) -> bool:
+        known = extent in self._active
+        self._active[extent] = (path, seq)
+        self._active.move_to_end(extent)
+        return not known and extent not in self._durable
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def payload(self) -> dict[str, Any]:
+        return {"extents": [[ino, ext, path.hex()] for (ino, ext), (path, _) in self._active.items()]}
+
+    @staticmethod
+    def recover(payload: dict[str, Any], dirty: DirtySet) -> int:
+        """Mark every extent that was active at a crash dirty; returns how
+        many.
+
+        Raises:
+            ValueError: the payload is not an activity log.
+        """
+        try:
+            extents = [(int(ino), int(ext), bytes.fromhex(path)) for ino, ext, path in payload["extents"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an activity log: {exc!r}") from None
+        per_extent = EXTENT_SIZE // REGION_SIZE
+        for ino, ext, path in extents:
+            if ext < 0:
+                dirty.mark_dir(ino, path)
+                dirty.mark_meta(ino, path)
+            else:
+                dirty.mark_regions(ino, path, RegionRange(ext * per_extent, per_extent))
+                dirty.mark_meta(ino, path)
+        return len(extents)

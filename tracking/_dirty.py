@@ -1,0 +1,199 @@
+"""What may differ between a group's primary and its replica.
+
+How this works: files are keyed by their backing inode number, which
+survives renames and restarts. Per file there is a RegionSet of dirty data
+regions and a "metadata dirty" flag (mode, owner, size, times, xattrs); per
+directory a flag that its entries may differ. ``everything`` stands for "no
+trustworthy tracking: compare the whole tree" (a new relationship, or state
+that was lost). A path hint per key remembers where the entry was last seen,
+to find it again cheaply at resync time.
+
+Marks arrive as ``Marks`` values, built by the FUSE layer for each mutation:
+applied when a mutation is not replicated (the link is down, or it touches
+something still dirty during a resync) and when a replicated one is lost in
+flight.
+
+Caveats:
+- Region numbers are 32-bit (roaring bitmaps); ``regions_for`` raises
+  RegionOverflow for files beyond 16 TiB at 4 KiB regions, never wraps.
+- An inode number reused by a new file inherits the old file's dirty
+  regions: harmless, they are only copied again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._regions import REGION_SIZE, RegionRange, RegionSet, regions_for
+
+DIRTY_KIND = "fsrep-dirty"
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """The dirty effect of one mutation, should it not reach the replica."""
+
+    regions: tuple[tuple[int, bytes, int, int], ...] = ()   # (ino, path, offset, length)
+    meta: tuple[tuple[int, bytes], ...] = ()                # (ino, path)
+    dirs: tuple[tuple[int, bytes], ...] = ()                # (directory ino, path)
+
+    def __bool__(self) -> bool:
+        return bool(self.regions or self.meta or self.dirs)
+
+
+@dataclass(slots=True)
+class _File:
+    regions: RegionSet = field(default_factory=RegionSet)
+    meta: bool = False
+
+
+class DirtySet:
+    """The dirty regions, metadata and directories of one group."""
+
+    def __init__(self) -> None:
+        self._files: dict[int, _File] = {}
+        self._dirs: set[int] = set()
+        self._hints: dict[int, bytes] = {}
+        self.everything = False
+        self.reason = ""
+
+    # --- marking ----------------------------------------------------------------
+
+    def apply(self, marks: Marks) -> None:
+        for ino, path, offset, length in marks.regions:
+            self.mark_regions(ino, path, regions_for(offset, length))
+        for ino, path in marks.meta:
+            self.mark_meta(ino, path)
+        for ino, path in marks.dirs:
+            self.mark_dir(ino, path)
+
+    def mark_regions(self, ino: int, path: bytes, regions: RegionRange) -> None:
+        self._file(ino, path).regions.add(regions)
+
+    def mark_meta(self, ino: int, path: bytes) -> None:
+        self._file(ino, path).meta = True
+
+    def mark_dir(self, ino: int, path: bytes) -> None:
+        self._dirs.add(ino)
+        self._hints[ino] = path
+
+    def mark_everything(self, reason: str) -> None:
+        """Tracking cannot say what differs: the whole tree must be compared."""
+        self.everything = True
+        self.reason = reason
+
+    def _file(self, ino: int, path: bytes) -> _File:
+        self._hints[ino] = path
+        entry = self._files.get(ino)
+        if entry is None:
+            entry = self._files[ino] = _File()
+        return entry
+
+    # --- questions ------------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self._files) or bool(self._dirs)
+
+    def overlaps(self, ino: int, regions: RegionRange) -> bool:
+        """True when any of *regions* of *ino* is dirty."""
+        entry = self._files.get(ino)
+        if entry is None or not regions.count:
+            return False
+        return any(r in entry.regions for r in range(regions.first, regions.stop))
+
+    def meta_dirty(self, ino: int) -> bool:
+        entry = self._files.get(ino)
+        return entry is not None and entry.meta
+
+    def dir_dirty(self, ino: int) -> bool:
+        return ino in self._dirs
+
+    def hint(self, ino: int) -> bytes | None:
+        return self._hints.get(ino)
+
+    @property
+    def dirty_bytes(self) -> int:
+        return sum(len(f.regions) for f in self._files.values()) * REGION_SIZE
+
+    def files(self) -> list[int]:
+        return sorted(self._files)
+
+    def dirs(self) -> list[int]:
+        return sorted(self._dirs)
+
+    def ranges(self, ino: int) -> Iterator[RegionRange]:
+        entry = self._files.get(ino)
+        return iter(()) if entry is None else entry.regions.ranges()
+
+    # --- draining --------------------------------------------------------------------
+
+    def clean_regions(self, ino: int, regions: RegionRange) -> None:
+        """*regions* were copied (in the same step that read them)."""
+        entry = self._files.get(ino)
+        if entry is not None:
+            entry.regions.discard(regions)
+            self._drop_if_clean(ino, entry)
+
+    def clean_meta(self, ino: int) -> None:
+        entry = self._files.get(ino)
+        if entry is not None:
+            entry.meta = False
+            self._drop_if_clean(ino, entry)
+
+    def forget_file(self, ino: int) -> None:
+        """The inode no longer exists on the primary: nothing to copy."""
+        self._files.pop(ino, None)
+        if ino not in self._dirs:
+            self._hints.pop(ino, None)
+
+    def clean_dir(self, ino: int) -> None:
+        self._dirs.discard(ino)
+        if ino not in self._files:
+            self._hints.pop(ino, None)
+
+    def clean_everything(self) -> None:
+        self.everything = False
+        self.reason = ""
+
+    def _drop_if_clean(self, ino: int, entry: _File) -> None:
+        if not entry.meta and not len(entry.regions):
+            del self._files[ino]
+            if ino not in self._dirs:
+                self._hints.pop(ino, None)
+
+    # --- persistence -------------------------------------------------------------------
+
+    def to_payload(self) -> dict[str, Any]:
+        """A JSON-able snapshot; region sets as [first, count] runs."""
+        return {
+            "everything": self.everything,
+            "reason": self.reason,
+            "files": {str(ino): {"meta": f.meta, "runs": [[r.first, r.count] for r in f.regions.ranges()]}
+                      for ino, f in self._files.items()},
+            "dirs": sorted(self._dirs),
+            "hints": {str(ino): path.hex() for ino, path in self._hints.items()},
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> DirtySet:
+        """Rebuild from ``to_payload``.
+
+        Raises:
+            ValueError: the payload is not a dirty set (callers turn this
+                into StateCorrupt; never an empty, clean set).
+        """
+        dirty = cls()
+        try:
+            dirty.everything = bool(payload["everything"])
+            dirty.reason = str(payload["reason"])
+            for ino, f in payload["files"].items():
+                entry = dirty._files[int(ino)] = _File(meta=bool(f["meta"]))
+                for first, count in f["runs"]:
+                    entry.regions.add(RegionRange(int(first), int(count)))
+            dirty._dirs = {int(ino) for ino in payload["dirs"]}
+            dirty._hints = {int(ino): bytes.fromhex(path) for ino, path in payload["hints"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a dirty set: {exc!r}") from None
+        return dirty
