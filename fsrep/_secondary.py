@@ -163,7 +163,10 @@ class Secondary:
 
     async def _apply(self, conn: tp.Connection, replica: Replica, op: tp.Operation) -> bool:
         try:
-            if op.BARRIER:
+            if isinstance(op, tp.ListDir):
+                entries, more = replica.tree.entries(op.path, op.after, tp.MAX_LISTING)
+                conn.enqueue(tp.Listing(seq=op.seq, more=int(more), entries=tp.encode_entries(entries)))
+            elif op.BARRIER:
                 await trio.to_thread.run_sync(replica.tree.apply, op)
             else:
                 replica.tree.apply(op)

@@ -177,6 +177,25 @@ class Tree:
             names = [n for n in names if n != RESERVED]
         return names
 
+    def entries(self, path: bytes, after: bytes, max_bytes: int) -> tuple[list[tp.DirEntry], bool]:
+        """Entries of directory *path* with names after *after*, in name
+        order, at most about *max_bytes* of them encoded; and whether more
+        follow."""
+        out: list[tp.DirEntry] = []
+        size = 0
+        for name in sorted(n for n in self.listdir(path) if n > after):
+            if size >= max_bytes:
+                return out, True
+            child = path + b"/" + name if path else name
+            try:
+                st = self.lstat(child)
+            except FileNotFoundError:
+                continue
+            out.append(tp.DirEntry(name, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                                   st.st_nlink))
+            size += len(name) + 40
+        return out, False
+
     def getxattr(self, path: bytes, name: bytes) -> bytes:
         with self.entry(path) as fd:
             return os.getxattr(proc_path(fd), name)
@@ -309,6 +328,21 @@ class Tree:
             os.close(fd)
 
 
+def _remove(tree: Tree, op: tp.Remove) -> None:
+    """Nothing at op.path afterwards: a file, link or whole subtree goes;
+    already absent is fine (symlink-safe: rmtree walks by fd)."""
+    tree.forget_all()
+    d, name = tree.at(op.path)
+    try:
+        st = os.stat(name, dir_fd=d, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=d)
+    else:
+        os.unlink(name, dir_fd=d)
+
+
 def _purge(tree: Tree, op: tp.Purge) -> None:
     """Remove everything below the root (symlink-safe: rmtree walks by fd)."""
     tree.forget_all()
@@ -325,5 +359,5 @@ _APPLY = {
     tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
     tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link,
     tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,
-    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync, tp.Purge: _purge,
+    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync, tp.Purge: _purge, tp.Remove: _remove,
 }

@@ -13,6 +13,7 @@ root of the group.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -340,6 +341,108 @@ class Purge(Operation):
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Remove(Operation):
+    """Make sure nothing is at ``path`` (a whole subtree if a directory);
+    used by resync to drop what the primary no longer has."""
+
+    TYPE = 25
+    FIELDS = (("seq", U64), ("path", PATH))
+    seq: int
+    path: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not self.path:
+            raise LocalProtocolError("Remove of the group root")
+
+
+@dataclass(frozen=True, slots=True)
+class ListDir(Operation):
+    """Ask for the entries of directory ``path`` after name ``after``
+    (b"" for the first page), at this point of the operation stream. The
+    secondary answers with a Listing before it acks."""
+
+    TYPE = 24
+    FIELDS = (("seq", U64), ("path", PATH), ("after", BLOB))
+    seq: int
+    path: bytes
+    after: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.after:
+            check_name(self.after, what="ListDir.after")
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of a Listing: what resync compares."""
+
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    nlink: int
+
+
+_ENTRY = struct.Struct(">IIIQqI")
+MAX_LISTING = 1024 * 1024
+
+
+def check_name(name: bytes, *, what: str = "name") -> None:
+    """Raise LocalProtocolError unless *name* is one safe path component."""
+    if not isinstance(name, bytes) or not 0 < len(name) <= MAX_NAME or b"/" in name or b"\0" in name \
+            or name in (b".", b".."):
+        raise LocalProtocolError(f"{what} is not a single path component")
+
+
+def encode_entries(entries: list[DirEntry]) -> bytes:
+    out = []
+    for e in entries:
+        check_name(e.name, what="DirEntry.name")
+        out.append(bytes((len(e.name),)) + e.name + _ENTRY.pack(e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.nlink))
+    return b"".join(out)
+
+
+def decode_entries(blob: bytes) -> list[DirEntry]:
+    """Raises LocalProtocolError when *blob* is not a list of entries."""
+    entries = []
+    pos = 0
+    try:
+        while pos < len(blob):
+            n = blob[pos]
+            name = bytes(blob[pos + 1:pos + 1 + n])
+            check_name(name, what="DirEntry.name")
+            fields = _ENTRY.unpack_from(blob, pos + 1 + n)
+            entries.append(DirEntry(name, *fields))
+            pos += 1 + n + _ENTRY.size
+    except struct.error:
+        raise LocalProtocolError("truncated directory entry") from None
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Frame):
+    """Secondary -> primary: the entries asked for by ListDir ``seq``;
+    ``more`` says another page follows a ListDir after the last name."""
+
+    TYPE = 36
+    FIELDS = (("seq", U64), ("more", U8), ("entries", BLOB))
+    seq: int
+    more: int
+    entries: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        decode_entries(self.entries)
+
+    def items(self) -> list[DirEntry]:
+        return decode_entries(self.entries)
+
+
 # --- stream control ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -396,8 +499,8 @@ class Error(Frame):
 
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
-    for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink,
-                RmDir, Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Ack, Nack, Ping,
+    for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink, RmDir, Rename,
+                Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Ack, Nack, Ping,
                 Pong, Close, Error)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

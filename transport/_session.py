@@ -33,6 +33,7 @@ from ._frames import (
     Error,
     Frame,
     Hello,
+    Listing,
     Nack,
     Operation,
     Ping,
@@ -62,8 +63,8 @@ RECEIVE = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Ping, Pong, Close, Error},
     },
     "secondary": {
         S.START: {Hello, Error},
@@ -83,8 +84,8 @@ SEND = {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Ping, Pong, Close, Error},
     },
 }
 
@@ -210,6 +211,8 @@ class PrimarySession(_Session):
             self.state = S.OPEN
             self.last_sent = self.last_acked = frame.last_seq
             return frame
+        if isinstance(frame, Listing) and not self.last_acked < frame.seq <= self.last_sent:
+            raise RemoteProtocolError(f"Listing for seq {frame.seq} outside {self.last_acked}..{self.last_sent}")
         if isinstance(frame, (Ack, Nack)):
             if not self.last_acked <= frame.seq <= self.last_sent:
                 raise RemoteProtocolError(

@@ -131,3 +131,35 @@ async def test_operations_apply_in_order_and_acks_are_cumulative(cluster: Cluste
     await conn.aclose()
     data = (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "log").read_bytes()
     assert data == b"\0" * 3 + b"".join(b"%03d" % s for s in range(2, 201))
+
+
+async def test_listing_and_remove_answer_at_their_place_in_the_stream(cluster: Cluster, outside: Path) -> None:
+    group = uuid.uuid4().bytes
+    conn, _ = await _connect(cluster, group)
+    conn.enqueue(tp.MkDir(seq=1, path=b"d", mode=0o750, uid=7, gid=8))
+    conn.enqueue(tp.Create(seq=2, path=b"d/f", mode=0o640, uid=7, gid=8))
+    conn.enqueue(tp.Write(seq=3, path=b"d/f", offset=0, data=b"12345"))
+    conn.enqueue(tp.MkDir(seq=4, path=b"d/sub", mode=0o700, uid=0, gid=0))
+    conn.enqueue(tp.ListDir(seq=5, path=b"d"))
+    conn.enqueue(tp.Remove(seq=6, path=b"d/sub"))
+    conn.enqueue(tp.Remove(seq=7, path=b"d/never-existed"))
+    conn.enqueue(tp.ListDir(seq=8, path=b"d", after=b"e"))
+    conn.enqueue(tp.Symlink(seq=9, path=b"out", target=os.fsencode(outside), uid=0, gid=0))
+    conn.enqueue(tp.ListDir(seq=10, path=b"out"))
+    await conn.flush()
+    listings = []
+    while True:
+        reply = await _reply(conn)
+        if isinstance(reply, tp.Listing):
+            listings.append(reply)
+        elif isinstance(reply, tp.Nack):
+            assert reply.seq == 10, "listing through a symlink must be refused"
+            break
+    await conn.aclose()
+    first, second = listings
+    assert [(e.name, oct(e.mode & 0o7777), e.uid) for e in first.items()] == [(b"f", "0o640", 7), (b"sub", "0o700", 0)]
+    assert first.items()[0].size == 5
+    assert [e.name for e in second.items()] == [b"f"] and second.more == 0
+    replica = cluster.secondary.store / str(uuid.UUID(bytes=group))
+    assert sorted(os.listdir(replica / "d")) == ["f"]
+    assert os.listdir(outside) == ["victim"]

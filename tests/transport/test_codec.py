@@ -31,6 +31,9 @@ SAMPLES: list[tp.Frame] = [
     tp.RemoveXattr(seq=12, path=b"f", name=b"user.k"),
     tp.Fsync(seq=13, path=b"", whole=1),
     tp.Purge(seq=14),
+    tp.Remove(seq=18, path=b"gone/tree"),
+    tp.ListDir(seq=19, path=b"d", after=b"m"),
+    tp.Listing(seq=19, more=1, entries=tp.encode_entries([tp.DirEntry(b"n", 0o100644, 1, 2, 3, -4, 1)])),
     tp.Ack(seq=15),
     tp.Nack(seq=16, errno=28, message="No space left on device ✓"),
     tp.Ping(token=1),
@@ -84,6 +87,18 @@ def test_trailing_partial_frame_waits_for_more_bytes() -> None:
 def test_unsafe_paths_cannot_be_built(path: bytes) -> None:
     with pytest.raises(tp.LocalProtocolError):
         tp.Unlink(seq=1, path=path)
+
+
+def test_listing_entries_round_trip_and_refuse_unsafe_names() -> None:
+    entries = [tp.DirEntry(b"a", 0o40755, 0, 0, 4096, 1, 2), tp.DirEntry(b"\xff" * 255, 0o120777, 5, 6, 7, 8, 1)]
+    assert tp.decode_entries(tp.encode_entries(entries)) == entries
+    for bad in (b"..", b"a/b", b"", b"a\0"):
+        with pytest.raises(tp.LocalProtocolError):
+            tp.encode_entries([tp.DirEntry(bad, 0, 0, 0, 0, 0, 0)])
+    with pytest.raises(tp.LocalProtocolError):
+        tp.Listing(seq=1, more=0, entries=b"\x02..")
+    with pytest.raises(tp.LocalProtocolError):
+        tp.ListDir(seq=1, path=b"", after=b"x/y")
 
 
 def test_out_of_range_values_cannot_be_built() -> None:
