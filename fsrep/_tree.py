@@ -121,9 +121,9 @@ class Tree:
         tp.check_path(path)
         if not path:
             raise OSError(errno.EINVAL, "the group root has no parent")
-        parent, _, name = path.rpartition(b"/")
-        if not parent and name == RESERVED:
+        if path.partition(b"/")[0] == RESERVED:
             raise OSError(errno.EPERM, ".fsrep is reserved for fsrep's own state")
+        parent, _, name = path.rpartition(b"/")
         return self._dir(parent), name
 
     @contextlib.contextmanager
@@ -287,20 +287,31 @@ class Tree:
         d, name = self.at(op.path)
         os.rmdir(name, dir_fd=d)
 
+    @contextlib.contextmanager
+    def _held_parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """Like ``at``, with a descriptor of its own: resolving a second
+        path may evict (and close) cached ones."""
+        d, name = self.at(path)
+        fd = os.dup(d)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
     def _rename(self, op: tp.Rename) -> None:
         self.forget_all()
-        src_dir, src = self.at(op.old)
-        dst_dir, dst = self.at(op.new)
-        if op.flags:
-            renameat2(src_dir, src, dst_dir, dst, op.flags)
-        else:
-            os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+        with self._held_parent(op.old) as (src_dir, src):
+            dst_dir, dst = self.at(op.new)
+            if op.flags:
+                renameat2(src_dir, src, dst_dir, dst, op.flags)
+            else:
+                os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
         self.forget_all()
 
     def _link(self, op: tp.Link) -> None:
-        src_dir, src = self.at(op.target)
-        dst_dir, dst = self.at(op.new)
-        os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+        with self._held_parent(op.target) as (src_dir, src):
+            dst_dir, dst = self.at(op.new)
+            os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
 
     def _symlink(self, op: tp.Symlink) -> None:
         d, name = self.at(op.path)

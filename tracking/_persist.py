@@ -78,7 +78,7 @@ def load_state(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
         raise StateCorrupt(f"{path}: cannot read: {exc.strerror}") from None
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise StateCorrupt(f"{path}: not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != kind:
         raise StateCorrupt(f"{path}: not a {kind} state file")

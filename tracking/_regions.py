@@ -43,7 +43,7 @@ class RegionRange:
 def regions_for(offset: int, length: int, region_size: int = REGION_SIZE) -> RegionRange:
     """The regions touched by *length* bytes at *offset* (none if length 0)."""
     if length <= 0:
-        return RegionRange(offset // region_size, 0)
+        return RegionRange(min(offset // region_size, MAX_REGIONS), 0)
     first = offset // region_size
     last = (offset + length - 1) // region_size
     return RegionRange(first, last - first + 1)

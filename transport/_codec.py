@@ -185,7 +185,14 @@ class FrameDecoder:
             return None
         start = self._pos + HEADER_SIZE
         stop = self._pos + 4 + length
-        with memoryview(self._buf) as view:
-            frame = decode_body(type_code, view[start:stop])
-        self._pos = stop
-        return frame
+        try:
+            with memoryview(self._buf) as view:
+                frame = decode_body(type_code, view[start:stop])
+        except RemoteProtocolError as exc:
+            message = str(exc)
+        else:
+            self._pos = stop
+            return frame
+        # Raised afresh out here: the first error's traceback holds views of
+        # the buffer, which would keep it from ever being resized again.
+        raise RemoteProtocolError(message)

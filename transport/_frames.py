@@ -77,8 +77,13 @@ def _check_fields(frame: object) -> None:
             if not isinstance(value, bytes) or not 0 < len(value) <= MAX_NAME or b"\0" in value:
                 raise LocalProtocolError(f"{type(frame).__name__}.{name} must be 1..{MAX_NAME} bytes without NUL")
         elif kind == TEXT:
-            if not isinstance(value, str) or len(value.encode("utf-8", "replace")) > MAX_TEXT:
-                raise LocalProtocolError(f"{type(frame).__name__}.{name} must be text of at most {MAX_TEXT} bytes")
+            try:
+                encoded = value.encode("utf-8") if isinstance(value, str) else None
+            except UnicodeEncodeError:
+                encoded = None
+            if encoded is None or len(encoded) > MAX_TEXT:
+                raise LocalProtocolError(
+                    f"{type(frame).__name__}.{name} must be UTF-8 text of at most {MAX_TEXT} bytes")
         else:
             size = {NONCE: NONCE_SIZE, PROOF: PROOF_SIZE, GROUP_ID: GROUP_ID_SIZE}[kind]
             if not isinstance(value, bytes) or len(value) != size:

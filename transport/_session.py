@@ -111,7 +111,11 @@ class _Session:
 
     def receive_data(self, data: bytes) -> None:
         """Feed received bytes; ``b""`` means the peer closed the stream."""
-        self._decoder.receive_data(data)
+        try:
+            self._decoder.receive_data(data)
+        except ProtocolError:
+            self.state = S.ERROR
+            raise
 
     def data_to_send(self) -> bytes:
         """Bytes the session produced by itself (handshake replies)."""
@@ -156,7 +160,11 @@ class _Session:
         if _kind(frame) not in allowed:
             state, self.state = self.state, S.ERROR
             raise LocalProtocolError(f"may not send {type(frame).__name__} in state {state.value}")
-        self._sent(frame)
+        try:
+            self._sent(frame)
+        except ProtocolError:
+            self.state = S.ERROR
+            raise
         return encode_parts(frame)
 
     def _handle(self, frame: Frame) -> Frame | None:

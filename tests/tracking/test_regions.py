@@ -7,21 +7,77 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracking import REGION_SIZE, RegionOverflow, RegionRange, RegionSet, regions_for
+from tracking._regions import MAX_REGIONS
+
+LAST = MAX_REGIONS - 1
 
 
-def test_regions_for_covers_every_touched_region() -> None:
-    assert regions_for(0, 1) == RegionRange(0, 1)
-    assert regions_for(4095, 2) == RegionRange(0, 2)
-    assert regions_for(REGION_SIZE, REGION_SIZE) == RegionRange(1, 1)
-    assert regions_for(10, 0).count == 0
+@pytest.mark.parametrize("offset, length, expected", [
+    (0, 1, RegionRange(0, 1)),
+    (0, REGION_SIZE, RegionRange(0, 1)),
+    (0, REGION_SIZE + 1, RegionRange(0, 2)),
+    (REGION_SIZE - 1, 1, RegionRange(0, 1)),
+    (REGION_SIZE - 1, 2, RegionRange(0, 2)),
+    (REGION_SIZE, REGION_SIZE, RegionRange(1, 1)),
+    (10 * REGION_SIZE + 5, 3 * REGION_SIZE, RegionRange(10, 4)),
+    (LAST * REGION_SIZE, REGION_SIZE, RegionRange(LAST, 1)),
+])
+def test_regions_for_covers_exactly_the_touched_regions(offset: int, length: int, expected: RegionRange) -> None:
+    assert regions_for(offset, length) == expected
+
+
+def test_regions_for_honours_the_region_size() -> None:
+    assert regions_for(100, 100, region_size=64) == RegionRange(1, 3)
+    assert regions_for(2**20, 1, region_size=2**20) == RegionRange(1, 1)
+
+
+@pytest.mark.parametrize("offset", [0, 10, REGION_SIZE * 7, MAX_REGIONS * REGION_SIZE, 2**63])
+def test_zero_length_touches_no_region_and_never_overflows(offset: int) -> None:
+    assert regions_for(offset, 0).count == 0
+    assert regions_for(offset, -1).count == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**40), st.integers(1, 2**24), st.sampled_from([512, 4096, 65536]))
+def test_regions_for_matches_byte_by_byte_arithmetic(offset: int, length: int, size: int) -> None:
+    regions = regions_for(offset, length, size)
+    assert regions.first == offset // size
+    assert regions.stop - 1 == (offset + length - 1) // size
+    assert regions.first * size <= offset < regions.stop * size
+    assert regions.first * size < offset + length <= regions.stop * size
 
 
 def test_region_numbers_beyond_32_bits_raise_instead_of_wrapping() -> None:
     with pytest.raises(RegionOverflow):
-        regions_for(2**32 * REGION_SIZE, 1)
+        regions_for(MAX_REGIONS * REGION_SIZE, 1)
     with pytest.raises(RegionOverflow):
-        RegionRange(2**32 - 1, 2)
-    assert regions_for((2**32 - 1) * REGION_SIZE, REGION_SIZE) == RegionRange(2**32 - 1, 1)
+        regions_for(LAST * REGION_SIZE, REGION_SIZE + 1)  # starts in the last region, ends past it
+    with pytest.raises(RegionOverflow):
+        regions_for(2**64, 1)
+    with pytest.raises(RegionOverflow):
+        RegionRange(LAST, 2)
+    with pytest.raises(RegionOverflow):
+        RegionRange(MAX_REGIONS, 1)
+
+
+def test_region_overflow_is_a_value_error() -> None:
+    assert issubclass(RegionOverflow, ValueError)
+
+
+@pytest.mark.parametrize("first, count", [(-1, 1), (0, -1), (-5, 0)])
+def test_negative_ranges_are_refused(first: int, count: int) -> None:
+    with pytest.raises(RegionOverflow):
+        RegionRange(first, count)
+
+
+def test_range_has_a_stop_and_prints_half_open() -> None:
+    assert RegionRange(3, 2).stop == 5
+    assert str(RegionRange(3, 2)) == "regions[3..5)"
+
+
+def test_empty_set_has_no_ranges() -> None:
+    regions = RegionSet()
+    assert len(regions) == 0 and list(regions.ranges()) == [] and 0 not in regions
 
 
 def test_ranges_are_maximal_runs_in_order() -> None:
@@ -32,7 +88,41 @@ def test_ranges_are_maximal_runs_in_order() -> None:
     regions.discard(RegionRange(12, 1))
     assert list(regions.ranges()) == [RegionRange(3, 2), RegionRange(10, 2), RegionRange(13, 3)]
     assert len(regions) == 7 and 13 in regions and 12 not in regions
-    assert str(RegionRange(3, 2)) == "regions[3..5)"
+
+
+def test_adding_and_discarding_empty_ranges_changes_nothing() -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(4, 0))
+    assert len(regions) == 0
+    regions.add(RegionRange(4, 2))
+    regions.discard(RegionRange(4, 0))
+    regions.discard(RegionRange(100, 5))  # not there: fine
+    assert list(regions.ranges()) == [RegionRange(4, 2)]
+
+
+def test_overlapping_adds_merge() -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(0, 10))
+    regions.add(RegionRange(5, 10))
+    assert list(regions.ranges()) == [RegionRange(0, 15)]
+    assert len(regions) == 15
+
+
+def test_the_last_32_bit_region_is_held_without_wrapping() -> None:
+    regions = RegionSet()
+    regions.add(regions_for(LAST * REGION_SIZE, 1))
+    assert LAST in regions
+    assert 0 not in regions
+    assert list(regions.ranges()) == [RegionRange(LAST, 1)]
+    regions.add(RegionRange(LAST - 2, 2))
+    assert list(regions.ranges()) == [RegionRange(LAST - 2, 3)]
+
+
+def test_a_large_range_is_added_at_once() -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(0, 2**24))
+    regions.discard(RegionRange(1, 2**24 - 2))
+    assert list(regions.ranges()) == [RegionRange(0, 1), RegionRange(2**24 - 1, 1)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,4 +132,9 @@ def test_region_set_matches_a_plain_set(steps: list[tuple[bool, int, int]]) -> N
     for add, first, count in steps:
         (regions.add if add else regions.discard)(RegionRange(first, count))
         (model.update if add else model.difference_update)(range(first, first + count))
-    assert sorted(r for rr in regions.ranges() for r in range(rr.first, rr.stop)) == sorted(model)
+    assert len(regions) == len(model)
+    assert all(r in regions for r in model)
+    runs = list(regions.ranges())
+    assert sorted(r for rr in runs for r in range(rr.first, rr.stop)) == sorted(model)
+    assert all(rr.count > 0 for rr in runs)
+    assert all(a.stop < b.first for a, b in zip(runs, runs[1:], strict=False)), "runs are not maximal or ordered"

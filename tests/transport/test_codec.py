@@ -1,4 +1,5 @@
-"""Codec: every frame round-trips; bad bytes raise only RemoteProtocolError."""
+"""Codec: every frame round-trips; invalid frames cannot be built; bad bytes
+raise only RemoteProtocolError."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import transport as tp
-from transport._codec import MAX_FRAME
-from transport._frames import FRAME_TYPES, Challenge, Proof
+from transport._codec import HEADER_SIZE, MAX_FRAME
+from transport._frames import FRAME_TYPES, MAX_NAME, MAX_PATH, MAX_TEXT, MAX_XATTR_VALUE, Challenge, Proof
 
 SAMPLES: list[tp.Frame] = [
     tp.Hello(group_id=b"g" * 16, nonce=b"n" * 32),
@@ -41,14 +42,22 @@ SAMPLES: list[tp.Frame] = [
     tp.Close(last_seq=17),
     tp.Error(message="bye"),
 ]
+IDS = [type(f).__name__ for f in SAMPLES]
 
 
 def _decode_all(data: bytes, chunk: int | None = None) -> list[tp.Frame]:
+    """Feed *data* in chunks of *chunk* bytes, then end the stream."""
+    step = chunk or max(1, len(data))
+    return _decode_chunks([data[i:i + step] for i in range(0, len(data), step)])
+
+
+def _decode_chunks(chunks: list[bytes]) -> list[tp.Frame]:
     decoder = tp.FrameDecoder()
     frames = []
-    step = chunk or max(1, len(data))
-    for i in range(0, len(data), step):
-        decoder.receive_data(data[i:i + step])
+    for piece in chunks:
+        if not piece:
+            continue  # b"" would mean end of stream
+        decoder.receive_data(piece)
         while (frame := decoder.next_frame()) is not None:
             frames.append(frame)
     decoder.receive_data(b"")
@@ -56,20 +65,60 @@ def _decode_all(data: bytes, chunk: int | None = None) -> list[tp.Frame]:
     return frames
 
 
+def _header(length: int, version: int = tp.PROTOCOL_VERSION, type_code: int = tp.Ack.TYPE) -> bytes:
+    return struct.pack(">IBB", length, version, type_code)
+
+
+# --- round trips ----------------------------------------------------------------
+
+
 def test_every_frame_type_has_a_sample() -> None:
     assert {type(f) for f in SAMPLES} == set(FRAME_TYPES.values())
 
 
-@pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: type(f).__name__)
-def test_frame_round_trips_whole_and_byte_by_byte(frame: tp.Frame) -> None:
+@pytest.mark.parametrize("frame", SAMPLES, ids=IDS)
+def test_frame_round_trips_decoded_whole(frame: tp.Frame) -> None:
+    assert _decode_all(tp.encode(frame)) == [frame]
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=IDS)
+def test_frame_round_trips_decoded_byte_by_byte(frame: tp.Frame) -> None:
     data = tp.encode(frame)
-    assert _decode_all(data) == [frame]
-    assert _decode_all(data, chunk=1) == [frame]
+    decoder = tp.FrameDecoder()
+    for i in range(len(data) - 1):
+        decoder.receive_data(data[i:i + 1])
+        assert decoder.next_frame() is None, f"frame decoded after only {i + 1} of {len(data)} bytes"
+    decoder.receive_data(data[-1:])
+    assert decoder.next_frame() == frame
+    assert decoder.next_frame() is None
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=IDS)
+def test_frame_round_trips_with_trailing_bytes_left_buffered(frame: tp.Frame) -> None:
+    data = tp.encode(frame)
+    trailing = tp.encode(tp.Ping(token=9))[:5]
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(data + trailing)
+    assert decoder.next_frame() == frame
+    assert decoder.next_frame() is None
+    assert decoder.buffered == len(trailing)
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=IDS)
+def test_encode_parts_joins_to_encode(frame: tp.Frame) -> None:
+    from transport._codec import encode_parts
+    assert b"".join(encode_parts(frame)) == tp.encode(frame)
+
+
+def test_wire_header_is_length_version_type() -> None:
+    data = tp.encode(tp.Ack(seq=5))
+    assert data == _header(2 + 8) + (5).to_bytes(8, "big")
 
 
 def test_many_frames_in_one_buffer_decode_in_order() -> None:
     data = b"".join(tp.encode(f) for f in SAMPLES)
     assert _decode_all(data, chunk=7) == SAMPLES
+    assert _decode_all(data) == SAMPLES
 
 
 def test_trailing_partial_frame_waits_for_more_bytes() -> None:
@@ -82,51 +131,169 @@ def test_trailing_partial_frame_waits_for_more_bytes() -> None:
     assert decoder.next_frame() == tp.Ack(seq=1)
 
 
-@pytest.mark.parametrize("path", [b"/abs", b"../up", b"a/../b", b"./a", b"a//b", b"a/", b"a\0b", b"x" * 256,
-                                  b"a/" * 2100])
+def test_largest_write_round_trips() -> None:
+    frame = tp.Write(seq=1, path=b"/".join([b"x" * MAX_NAME] * 16), offset=2**63,
+                     data=bytes(range(256)) * (tp.MAX_DATA // 256))
+    assert len(frame.path) <= MAX_PATH
+    assert _decode_all(tp.encode(frame), chunk=1 << 20) == [frame]
+
+
+def test_text_round_trips_as_utf8() -> None:
+    frame = tp.Nack(seq=1, errno=2, message="é" * (MAX_TEXT // 2))
+    assert _decode_all(tp.encode(frame)) == [frame]
+
+
+# --- frames validate themselves when built ------------------------------------------
+
+
+BAD_PATHS = [
+    b"/abs", b"/", b"../up", b"..", b".", b"a/../b", b"a/..", b"./a", b"a/./b", b"a//b", b"a/", b"a\0b", b"\0",
+    b"x" * (MAX_NAME + 1), b"ok/" + b"x" * (MAX_NAME + 1), b"ab/" * 1366 + b"ab",
+]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
 def test_unsafe_paths_cannot_be_built(path: bytes) -> None:
     with pytest.raises(tp.LocalProtocolError):
         tp.Unlink(seq=1, path=path)
 
 
-def test_listing_entries_round_trip_and_refuse_unsafe_names() -> None:
-    entries = [tp.DirEntry(b"a", 0o40755, 0, 0, 4096, 1, 2), tp.DirEntry(b"\xff" * 255, 0o120777, 5, 6, 7, 8, 1)]
-    assert tp.decode_entries(tp.encode_entries(entries)) == entries
-    for bad in (b"..", b"a/b", b"", b"a\0"):
-        with pytest.raises(tp.LocalProtocolError):
-            tp.encode_entries([tp.DirEntry(bad, 0, 0, 0, 0, 0, 0)])
-    with pytest.raises(tp.LocalProtocolError):
-        tp.Listing(seq=1, more=0, entries=b"\x02..")
-    with pytest.raises(tp.LocalProtocolError):
-        tp.ListDir(seq=1, path=b"", after=b"x/y")
+PATH_FIELDS = [
+    lambda p: tp.Write(seq=1, path=p, offset=0, data=b""),
+    lambda p: tp.SetAttr(seq=1, path=p, fields=tp.ATTR_MODE),
+    lambda p: tp.Create(seq=1, path=p, mode=0o644, uid=0, gid=0),
+    lambda p: tp.MkNod(seq=1, path=p, mode=0o10644, rdev=0, uid=0, gid=0),
+    lambda p: tp.MkDir(seq=1, path=p, mode=0o755, uid=0, gid=0),
+    lambda p: tp.RmDir(seq=1, path=p),
+    lambda p: tp.Rename(seq=1, old=p, new=b"ok"),
+    lambda p: tp.Rename(seq=1, old=b"ok", new=p),
+    lambda p: tp.Link(seq=1, target=p, new=b"ok"),
+    lambda p: tp.Link(seq=1, target=b"ok", new=p),
+    lambda p: tp.Symlink(seq=1, path=p, target=b"t", uid=0, gid=0),
+    lambda p: tp.SetXattr(seq=1, path=p, name=b"user.a", value=b""),
+    lambda p: tp.RemoveXattr(seq=1, path=p, name=b"user.a"),
+    lambda p: tp.Fsync(seq=1, path=p),
+    lambda p: tp.Remove(seq=1, path=p),
+    lambda p: tp.ListDir(seq=1, path=p),
+]
+PATH_FIELD_IDS = ["Write", "SetAttr", "Create", "MkNod", "MkDir", "RmDir", "Rename.old", "Rename.new", "Link.target",
+                  "Link.new", "Symlink", "SetXattr", "RemoveXattr", "Fsync", "Remove", "ListDir"]
 
 
-def test_out_of_range_values_cannot_be_built() -> None:
+@pytest.mark.parametrize("build", PATH_FIELDS, ids=PATH_FIELD_IDS)
+@pytest.mark.parametrize("path", [b"../escape", b"/etc/passwd", b"a/./b", b"a\0"])
+def test_every_path_field_is_checked(build, path: bytes) -> None:
     with pytest.raises(tp.LocalProtocolError):
-        tp.Ack(seq=-1)
+        build(path)
+
+
+def test_longest_valid_path_can_be_built() -> None:
+    path = b"ab/" * 1365 + b"a"
+    assert len(path) == MAX_PATH
+    tp.Unlink(seq=1, path=path)
+
+
+def test_paths_must_be_bytes() -> None:
     with pytest.raises(tp.LocalProtocolError):
-        tp.Ack(seq=2**64)
+        tp.Unlink(seq=1, path="str")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: tp.Ack(seq=-1), id="u64-negative"),
+    pytest.param(lambda: tp.Ack(seq=2**64), id="u64-too-big"),
+    pytest.param(lambda: tp.Ack(seq=True), id="u64-bool"),
+    pytest.param(lambda: tp.Ack(seq=1.0), id="u64-float"),
+    pytest.param(lambda: tp.Welcome(last_seq=0, fresh=256), id="u8-too-big"),
+    pytest.param(lambda: tp.Create(seq=1, path=b"f", mode=2**32, uid=0, gid=0), id="u32-too-big"),
+    pytest.param(lambda: tp.Create(seq=1, path=b"f", mode=0, uid=-1, gid=0), id="u32-negative"),
+    pytest.param(lambda: tp.MkNod(seq=1, path=b"f", mode=0, rdev=2**64, uid=0, gid=0), id="rdev-too-big"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_TIMES, atime_ns=2**63), id="i64-too-big"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_TIMES, mtime_ns=-(2**63) - 1),
+                 id="i64-too-small"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=0), id="setattr-no-fields"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=32), id="setattr-unknown-field"),
+    pytest.param(lambda: tp.Rename(seq=1, old=b"a", new=b"b", flags=4), id="rename-unknown-flag"),
+    pytest.param(lambda: tp.Fsync(seq=1, path=b"", whole=256), id="fsync-whole-too-big"),
+])
+def test_out_of_range_integers_cannot_be_built(build) -> None:
+    with pytest.raises(tp.LocalProtocolError):
+        build()
+
+
+def test_integer_limits_themselves_can_be_built() -> None:
+    tp.Ack(seq=2**64 - 1)
+    tp.Welcome(last_seq=0, fresh=255)
+    tp.Create(seq=0, path=b"f", mode=2**32 - 1, uid=2**32 - 1, gid=2**32 - 1)
+    tp.SetAttr(seq=1, path=b"f", fields=31, atime_ns=-(2**63), mtime_ns=2**63 - 1)
+
+
+def test_data_over_max_data_cannot_be_built() -> None:
+    tp.Write(seq=1, path=b"f", offset=0, data=b"x" * tp.MAX_DATA)
     with pytest.raises(tp.LocalProtocolError):
         tp.Write(seq=1, path=b"f", offset=0, data=b"x" * (tp.MAX_DATA + 1))
     with pytest.raises(tp.LocalProtocolError):
-        tp.SetAttr(seq=1, path=b"f", fields=0)
-    with pytest.raises(tp.LocalProtocolError):
-        tp.Rename(seq=1, old=b"a", new=b"b", flags=4)
-    with pytest.raises(tp.LocalProtocolError):
-        tp.Hello(group_id=b"short", nonce=b"n" * 32)
+        tp.Write(seq=1, path=b"f", offset=0, data="text")  # type: ignore[arg-type]
 
 
-def _header(length: int, version: int = tp.PROTOCOL_VERSION, type_code: int = tp.Ack.TYPE) -> bytes:
-    return struct.pack(">IBB", length, version, type_code)
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: tp.SetXattr(seq=1, path=b"f", name=b"user.a", value=b"x" * (MAX_XATTR_VALUE + 1)),
+                 id="xattr-value-too-long"),
+    pytest.param(lambda: tp.SetXattr(seq=1, path=b"f", name=b"", value=b""), id="xattr-name-empty"),
+    pytest.param(lambda: tp.SetXattr(seq=1, path=b"f", name=b"user.\0", value=b""), id="xattr-name-nul"),
+    pytest.param(lambda: tp.RemoveXattr(seq=1, path=b"f", name=b"u" * (MAX_NAME + 1)), id="xattr-name-too-long"),
+    pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"", uid=0, gid=0), id="symlink-target-empty"),
+    pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"a\0b", uid=0, gid=0), id="symlink-target-nul"),
+    pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"t" * (MAX_PATH + 1), uid=0, gid=0),
+                 id="symlink-target-too-long"),
+    pytest.param(lambda: tp.Remove(seq=1, path=b""), id="remove-root"),
+    pytest.param(lambda: tp.ListDir(seq=1, path=b"", after=b"x/y"), id="listdir-after-two-components"),
+    pytest.param(lambda: tp.ListDir(seq=1, path=b"", after=b".."), id="listdir-after-dotdot"),
+    pytest.param(lambda: tp.Listing(seq=1, more=0, entries=b"\x02.."), id="listing-dotdot"),
+    pytest.param(lambda: tp.Listing(seq=1, more=0, entries=b"\x01a\x00"), id="listing-truncated"),
+    pytest.param(lambda: tp.Hello(group_id=b"short", nonce=b"n" * 32), id="group-id-short"),
+    pytest.param(lambda: tp.Hello(group_id=b"g" * 16, nonce=b"n" * 33), id="nonce-long"),
+    pytest.param(lambda: Proof(proof=b"p" * 31), id="proof-short"),
+    pytest.param(lambda: tp.Error(message="x" * (MAX_TEXT + 1)), id="text-too-long"),
+    pytest.param(lambda: tp.Error(message="é" * (MAX_TEXT // 2 + 1)), id="text-too-long-in-utf8"),
+    pytest.param(lambda: tp.Error(message=b"bytes"), id="text-bytes"),
+    pytest.param(lambda: tp.Nack(seq=1, errno=1, message="\ud800"), id="text-lone-surrogate"),
+])
+def test_invalid_field_values_cannot_be_built(build) -> None:
+    with pytest.raises(tp.LocalProtocolError):
+        build()
+
+
+def test_frames_are_frozen() -> None:
+    frame = tp.Ack(seq=1)
+    with pytest.raises(AttributeError):
+        frame.seq = 2  # type: ignore[misc]
+
+
+def test_listing_entries_round_trip_and_refuse_unsafe_names() -> None:
+    entries = [tp.DirEntry(b"a", 0o40755, 0, 0, 4096, 1, 2), tp.DirEntry(b"\xff" * 255, 0o120777, 5, 6, 7, 8, 1)]
+    assert tp.decode_entries(tp.encode_entries(entries)) == entries
+    assert tp.Listing(seq=1, more=0, entries=tp.encode_entries(entries)).items() == entries
+    for bad in (b"..", b".", b"a/b", b"", b"a\0"):
+        with pytest.raises(tp.LocalProtocolError):
+            tp.encode_entries([tp.DirEntry(bad, 0, 0, 0, 0, 0, 0)])
+
+
+# --- the decoder refuses bad bytes as the peer's error ----------------------------
 
 
 @pytest.mark.parametrize("data, match", [
-    (_header(10, type_code=99) + b"\0" * 8, "unknown"),
-    (_header(10, version=9) + b"\0" * 8, "version"),
+    (_header(10, type_code=99) + b"\0" * 8, "unknown frame type 99"),
+    (_header(10, type_code=0) + b"\0" * 8, "unknown frame type 0"),
+    (_header(10, version=9) + b"\0" * 8, "version 9"),
+    (_header(10, version=0) + b"\0" * 8, "version 0"),
     (_header(MAX_FRAME + 1), "length"),
     (_header(1), "length"),
-    (_header(11) + b"\0" * 9, "trailing|length|bytes"),
-])
+    (_header(0), "length"),
+    (_header(11) + b"\0" * 9, "trailing"),
+    (_header(9) + b"\0" * 7, "truncated"),
+    (_header(2), "truncated"),
+], ids=["unknown-type", "type-zero", "future-version", "version-zero", "oversized", "length-1", "length-0",
+        "trailing-body-bytes", "short-body", "empty-body"])
 def test_malformed_frames_are_the_peers_error(data: bytes, match: str) -> None:
     decoder = tp.FrameDecoder()
     decoder.receive_data(data)
@@ -134,40 +301,129 @@ def test_malformed_frames_are_the_peers_error(data: bytes, match: str) -> None:
         decoder.next_frame()
 
 
-def test_oversized_length_is_refused_before_the_body_is_buffered() -> None:
+def test_decoder_rejects_wrong_version_from_the_header_alone() -> None:
     decoder = tp.FrameDecoder()
-    decoder.receive_data(_header(2**31))
-    with pytest.raises(tp.RemoteProtocolError):
+    decoder.receive_data(_header(1000, version=2))
+    with pytest.raises(tp.RemoteProtocolError, match="version"):
         decoder.next_frame()
-    assert decoder.buffered <= 6
 
 
-def test_stream_ending_inside_a_frame_is_an_error() -> None:
+def test_decoder_rejects_oversized_frame_before_buffering_the_body() -> None:
     decoder = tp.FrameDecoder()
-    decoder.receive_data(tp.encode(tp.Ack(seq=1))[:-1])
+    decoder.receive_data(_header(2**32 - 1))
+    with pytest.raises(tp.RemoteProtocolError, match="length"):
+        decoder.next_frame()
+    assert decoder.buffered == HEADER_SIZE
+
+
+def test_decoder_accepts_a_length_of_exactly_max_frame_without_waiting_for_more() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(_header(MAX_FRAME, type_code=tp.Write.TYPE))
+    assert decoder.next_frame() is None  # waits: the length is allowed
+
+
+@pytest.mark.parametrize("cut", [1, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 3])
+def test_stream_ending_inside_a_frame_is_an_error(cut: int) -> None:
+    data = tp.encode(tp.Ack(seq=1))
+    assert cut < len(data)
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(data[:cut])
+    assert decoder.next_frame() is None
     decoder.receive_data(b"")
-    with pytest.raises(tp.RemoteProtocolError):
+    with pytest.raises(tp.RemoteProtocolError, match="ended"):
         decoder.next_frame()
+
+
+def test_stream_ending_between_frames_is_clean() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(tp.encode(tp.Ack(seq=1)))
+    decoder.receive_data(b"")
+    assert decoder.next_frame() == tp.Ack(seq=1)
+    assert decoder.next_frame() is None
+
+
+def test_data_after_end_of_stream_is_our_bug() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(b"")
+    with pytest.raises(tp.LocalProtocolError):
+        decoder.receive_data(b"x")
 
 
 def test_a_decoded_path_is_validated_like_a_built_one() -> None:
     good = tp.encode(tp.Unlink(seq=1, path=b"xx/f"))
-    with pytest.raises(tp.RemoteProtocolError):
+    with pytest.raises(tp.RemoteProtocolError, match="invalid Unlink"):
         _decode_all(good.replace(b"xx/f", b"../f"))
 
 
+def test_a_decoded_value_out_of_range_is_the_peers_error() -> None:
+    raw = bytearray(tp.encode(tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_MODE)))
+    fields_at = HEADER_SIZE + 8 + 2 + 1
+    raw[fields_at:fields_at + 4] = (0).to_bytes(4, "big")
+    with pytest.raises(tp.RemoteProtocolError, match="SetAttr"):
+        _decode_all(bytes(raw))
+
+
+def test_decoded_text_that_is_not_utf8_is_the_peers_error() -> None:
+    raw = tp.encode(tp.Error(message="ab")).replace(b"ab", b"\xff\xfe")
+    with pytest.raises(tp.RemoteProtocolError, match="UTF-8"):
+        _decode_all(raw)
+
+
+def test_decoder_error_leaves_the_buffer_resizable() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(tp.encode(tp.Unlink(seq=1, path=b"xx/f")).replace(b"xx/f", b"../f"))
+    with pytest.raises(tp.RemoteProtocolError) as caught:
+        decoder.next_frame()
+    assert caught.value is not None  # the error (and its traceback) is still alive here
+    decoder.receive_data(b"more bytes")  # must not fail with BufferError
+    assert decoder.buffered > 0
+
+
+def test_a_long_stream_does_not_keep_consumed_bytes() -> None:
+    decoder = tp.FrameDecoder()
+    frame = tp.Write(seq=1, path=b"f", offset=0, data=b"x" * 1000)
+    data = tp.encode(frame)
+    for _ in range(200):
+        decoder.receive_data(data)
+        assert decoder.next_frame() == frame
+    assert len(decoder._buf) <= 2 * len(data)
+
+
+# --- properties ---------------------------------------------------------------------
+
+
+def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=2048), st.integers(min_value=1, max_value=64))
-def test_arbitrary_bytes_raise_only_the_protocol_error(data: bytes, chunk: int) -> None:
+@given(st.binary(max_size=2048), st.lists(st.integers(min_value=0, max_value=4096), max_size=20))
+def test_arbitrary_bytes_raise_only_the_remote_protocol_error(data: bytes, cuts: list[int]) -> None:
     try:
-        _decode_all(data, chunk)
+        _decode_chunks(_chunked(data, cuts))
+    except tp.RemoteProtocolError:
+        pass
+
+
+valid_headers = st.builds(
+    lambda length, type_code, body: _header(length, tp.PROTOCOL_VERSION, type_code) + body,
+    st.integers(min_value=2, max_value=300), st.sampled_from(sorted(FRAME_TYPES)), st.binary(max_size=300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_headers, st.lists(st.integers(min_value=0, max_value=1024), max_size=10))
+def test_plausible_headers_with_arbitrary_bodies_raise_only_the_remote_protocol_error(
+        data: bytes, cuts: list[int]) -> None:
+    try:
+        _decode_chunks(_chunked(data, cuts))
     except tp.RemoteProtocolError:
         pass
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(SAMPLES), st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=200))
-def test_corrupted_frames_raise_only_the_protocol_error(frame: tp.Frame, junk: bytes, at: int) -> None:
+def test_corrupted_frames_raise_only_the_remote_protocol_error(frame: tp.Frame, junk: bytes, at: int) -> None:
     data = bytearray(tp.encode(frame))
     at = min(at, len(data))
     data[at:at + len(junk)] = junk
@@ -183,6 +439,8 @@ paths = st.lists(components, min_size=1, max_size=5).map(b"/".join)
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+entries = st.lists(st.builds(tp.DirEntry, name=components, mode=u32, uid=u32, gid=u32, size=u64, mtime_ns=i64,
+                             nlink=u32), max_size=5)
 
 valid_frames = st.one_of(
     st.builds(tp.Write, seq=u64, path=paths, offset=u64, data=st.binary(max_size=5000)),
@@ -190,15 +448,22 @@ valid_frames = st.one_of(
               gid=u32, size=u64, atime_ns=i64, mtime_ns=i64),
     st.builds(tp.Rename, seq=u64, old=paths, new=paths, flags=st.integers(min_value=0, max_value=3)),
     st.builds(tp.Create, seq=u64, path=paths, mode=u32, uid=u32, gid=u32),
+    st.builds(tp.MkDir, seq=u64, path=paths | st.just(b""), mode=u32, uid=u32, gid=u32),
+    st.builds(tp.Link, seq=u64, target=paths, new=paths),
     st.builds(tp.Symlink, seq=u64, path=paths, target=st.binary(min_size=1, max_size=100).filter(
         lambda b: b"\0" not in b), uid=u32, gid=u32),
-    st.builds(tp.SetXattr, seq=u64, path=paths, name=components, value=st.binary(max_size=300)),
+    st.builds(tp.SetXattr, seq=u64, path=paths, name=st.binary(min_size=1, max_size=MAX_NAME).filter(
+        lambda b: b"\0" not in b), value=st.binary(max_size=300)),
+    st.builds(tp.Listing, seq=u64, more=st.integers(0, 255), entries=entries.map(tp.encode_entries)),
     st.builds(tp.Ack, seq=u64),
     st.builds(tp.Nack, seq=u64, errno=u32, message=st.text(max_size=50)),
+    st.builds(tp.Error, message=st.text(max_size=200)),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(valid_frames, min_size=1, max_size=5), st.integers(min_value=1, max_value=300))
-def test_valid_frames_round_trip(frames: list[tp.Frame], chunk: int) -> None:
-    assert _decode_all(b"".join(tp.encode(f) for f in frames), chunk) == frames
+@given(st.lists(valid_frames, min_size=1, max_size=5), st.lists(st.integers(min_value=0, max_value=30000),
+                                                               max_size=10))
+def test_generated_valid_frames_round_trip(frames: list[tp.Frame], cuts: list[int]) -> None:
+    data = b"".join(tp.encode(f) for f in frames)
+    assert _decode_chunks(_chunked(data, cuts)) == frames

@@ -1,0 +1,573 @@
+"""Tree: each replicated operation on a plain directory, confined to it.
+
+Runs as root (the suite requires it), so ownership changes are real.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import transport as tp
+from fsrep._tree import _APPLY, RESERVED, Tree
+from transport._frames import ATTR_ALL, OPERATION_TYPES
+
+XATTR = b"user.fsrep-test"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory next to the root, with a file the tree must never touch."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    victim = path / "victim"
+    victim.write_bytes(b"precious")
+    os.chmod(victim, 0o640)
+    os.setxattr(victim, XATTR, b"original")
+    return path
+
+
+@pytest.fixture
+def tree(root: Path) -> Iterator[Tree]:
+    t = Tree(root)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def _snapshot(top: Path) -> dict[str, tuple]:
+    """What an operation could change below *top*, links never followed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in ["", *dirnames, *filenames]:
+            p = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(p)
+            content: bytes | str | None = None
+            if stat.S_ISREG(st.st_mode):
+                content = Path(p).read_bytes()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(p)
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                                            st.st_ctime_ns, st.st_nlink, st.st_ino, content, xattrs)
+    return out
+
+
+def _mkfile(tree: Tree, path: bytes, data: bytes = b"", mode: int = 0o644) -> None:
+    tree.apply(tp.Create(seq=1, path=path, mode=mode, uid=0, gid=0))
+    if data:
+        tree.apply(tp.Write(seq=1, path=path, offset=0, data=data))
+
+
+def test_every_operation_but_listdir_has_a_handler() -> None:
+    assert set(OPERATION_TYPES) - set(_APPLY) == {tp.ListDir}
+    assert set(_APPLY) <= set(OPERATION_TYPES)
+
+
+# --- each operation on disk ---------------------------------------------------------
+
+
+def test_create_makes_an_empty_file_with_exact_mode_and_owner(tree: Tree, root: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        tree.apply(tp.Create(seq=1, path=b"f", mode=0o100_4755, uid=1234, gid=5678))
+    finally:
+        os.umask(old)
+    st = os.lstat(root / "f")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o4755
+    assert (st.st_uid, st.st_gid, st.st_size) == (1234, 5678, 0)
+
+
+def test_create_over_an_existing_entry_fails(tree: Tree, root: Path) -> None:
+    (root / "f").write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        tree.apply(tp.Create(seq=1, path=b"f", mode=0o644, uid=0, gid=0))
+    assert (root / "f").read_bytes() == b"keep"
+
+
+def test_write_puts_data_at_the_offset(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"hello world")
+    tree.apply(tp.Write(seq=2, path=b"f", offset=6, data=b"there"))
+    tree.apply(tp.Write(seq=3, path=b"f", offset=20, data=b"!"))
+    assert (root / "f").read_bytes() == b"hello there" + b"\0" * 9 + b"!"
+
+
+def test_write_to_an_existing_file_not_created_by_the_tree(tree: Tree, root: Path) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"abc")
+    tree.apply(tp.Write(seq=1, path=b"d/f", offset=1, data=b"X"))
+    assert (root / "d" / "f").read_bytes() == b"aXc"
+
+
+def test_write_to_a_missing_file_fails(tree: Tree) -> None:
+    with pytest.raises(FileNotFoundError):
+        tree.apply(tp.Write(seq=1, path=b"nope", offset=0, data=b"x"))
+
+
+def test_large_write_is_written_whole(tree: Tree, root: Path) -> None:
+    data = os.urandom(tp.MAX_DATA)
+    _mkfile(tree, b"big", data)
+    assert (root / "big").read_bytes() == data
+
+
+@pytest.mark.parametrize("fields, expect", [
+    (tp.ATTR_MODE, {"mode": 0o2711}),
+    (tp.ATTR_UID, {"uid": 42, "gid": 7}),
+    (tp.ATTR_GID, {"uid": 3, "gid": 43}),
+    (tp.ATTR_UID | tp.ATTR_GID, {"uid": 42, "gid": 43}),
+    (tp.ATTR_SIZE, {"size": 3}),
+    (tp.ATTR_TIMES, {"atime_ns": 1_000_000_123, "mtime_ns": 2_000_000_456}),
+    (ATTR_ALL, {"mode": 0o2711, "uid": 42, "gid": 43, "size": 3, "atime_ns": 1_000_000_123,
+                "mtime_ns": 2_000_000_456}),
+], ids=["mode", "uid", "gid", "owner", "size", "times", "all"])
+def test_setattr_changes_only_the_fields_it_names(tree: Tree, root: Path, fields: int, expect: dict) -> None:
+    _mkfile(tree, b"f", b"0123456789", mode=0o600)
+    os.chown(root / "f", 3, 7)
+    before = os.lstat(root / "f")
+    tree.apply(tp.SetAttr(seq=1, path=b"f", fields=fields, mode=0o100_2711, uid=42, gid=43, size=3,
+                          atime_ns=1_000_000_123, mtime_ns=2_000_000_456))
+    st = os.lstat(root / "f")
+    got = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "size": st.st_size,
+           "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns}
+    unchanged = {"mode": stat.S_IMODE(before.st_mode), "uid": before.st_uid, "gid": before.st_gid,
+                 "size": before.st_size}
+    for key, value in got.items():
+        if key in expect:
+            assert value == expect[key], key
+        elif key in unchanged:
+            assert value == unchanged[key], key
+
+
+def test_setattr_size_extends_with_zeros(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"ab")
+    tree.apply(tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_SIZE, size=5))
+    assert (root / "f").read_bytes() == b"ab\0\0\0"
+
+
+def test_setattr_on_a_directory_and_the_root(tree: Tree, root: Path) -> None:
+    tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o755, uid=0, gid=0))
+    tree.apply(tp.SetAttr(seq=2, path=b"d", fields=tp.ATTR_MODE, mode=0o700))
+    tree.apply(tp.SetAttr(seq=3, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID, mode=0o751, uid=99))
+    assert stat.S_IMODE(os.lstat(root / "d").st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(root).st_mode) == 0o751 and os.lstat(root).st_uid == 99
+
+
+def test_mknod_makes_a_fifo_with_mode_and_owner(tree: Tree, root: Path) -> None:
+    tree.apply(tp.MkNod(seq=1, path=b"fifo", mode=stat.S_IFIFO | 0o620, rdev=0, uid=11, gid=12))
+    st = os.lstat(root / "fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o620
+    assert (st.st_uid, st.st_gid) == (11, 12)
+
+
+def test_mknod_makes_a_device_node(tree: Tree, root: Path) -> None:
+    tree.apply(tp.MkNod(seq=1, path=b"null", mode=stat.S_IFCHR | 0o600, rdev=os.makedev(1, 3), uid=0, gid=0))
+    st = os.lstat(root / "null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+def test_mkdir_makes_a_directory_with_exact_mode_and_owner(tree: Tree, root: Path) -> None:
+    tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o2750, uid=21, gid=22))
+    tree.apply(tp.MkDir(seq=2, path=b"d/e", mode=0o700, uid=0, gid=0))
+    st = os.lstat(root / "d")
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o2750
+    assert (st.st_uid, st.st_gid) == (21, 22)
+    assert (root / "d" / "e").is_dir()
+
+
+def test_unlink_removes_a_file_but_not_a_directory(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"x")
+    tree.apply(tp.Unlink(seq=1, path=b"f"))
+    assert not (root / "f").exists()
+    (root / "d").mkdir()
+    with pytest.raises(OSError) as caught:
+        tree.apply(tp.Unlink(seq=2, path=b"d"))
+    assert caught.value.errno in (errno.EISDIR, errno.EPERM)
+    assert (root / "d").is_dir()
+
+
+def test_rmdir_removes_an_empty_directory_only(tree: Tree, root: Path) -> None:
+    (root / "d" / "e").mkdir(parents=True)
+    with pytest.raises(OSError) as caught:
+        tree.apply(tp.RmDir(seq=1, path=b"d"))
+    assert caught.value.errno == errno.ENOTEMPTY
+    tree.apply(tp.RmDir(seq=2, path=b"d/e"))
+    tree.apply(tp.RmDir(seq=3, path=b"d"))
+    assert list(root.iterdir()) == []
+
+
+def test_rename_moves_and_replaces(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"a", b"A")
+    _mkfile(tree, b"b", b"B")
+    (root / "d").mkdir()
+    tree.apply(tp.Rename(seq=1, old=b"a", new=b"d/a2"))
+    tree.apply(tp.Rename(seq=2, old=b"d/a2", new=b"b"))
+    assert sorted(p.name for p in root.iterdir()) == ["b", "d"]
+    assert (root / "b").read_bytes() == b"A"
+
+
+def test_rename_noreplace_refuses_an_existing_target(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"a", b"A")
+    _mkfile(tree, b"b", b"B")
+    with pytest.raises(FileExistsError):
+        tree.apply(tp.Rename(seq=1, old=b"a", new=b"b", flags=tp.RENAME_NOREPLACE))
+    tree.apply(tp.Rename(seq=2, old=b"a", new=b"c", flags=tp.RENAME_NOREPLACE))
+    assert (root / "b").read_bytes() == b"B" and (root / "c").read_bytes() == b"A"
+
+
+def test_rename_exchange_swaps_two_entries(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"a", b"A")
+    tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o755, uid=0, gid=0))
+    tree.apply(tp.Rename(seq=2, old=b"a", new=b"d", flags=tp.RENAME_EXCHANGE))
+    assert (root / "a").is_dir() and (root / "d").read_bytes() == b"A"
+
+
+def test_writes_follow_renames_of_the_file_and_its_directory(tree: Tree, root: Path) -> None:
+    tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o755, uid=0, gid=0))
+    _mkfile(tree, b"d/f", b"1")
+    tree.apply(tp.Rename(seq=2, old=b"d", new=b"e"))
+    tree.apply(tp.MkDir(seq=3, path=b"d", mode=0o755, uid=0, gid=0))
+    _mkfile(tree, b"d/f", b"new")
+    tree.apply(tp.Write(seq=4, path=b"e/f", offset=1, data=b"2"))
+    assert (root / "e" / "f").read_bytes() == b"12"
+    assert (root / "d" / "f").read_bytes() == b"new"
+
+
+def test_a_recreated_path_gets_the_writes_not_the_old_file(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"old")
+    os.link(root / "f", root / "keep")
+    tree.apply(tp.Unlink(seq=1, path=b"f"))
+    _mkfile(tree, b"f")
+    tree.apply(tp.Write(seq=2, path=b"f", offset=0, data=b"NEW"))
+    assert (root / "f").read_bytes() == b"NEW" and (root / "keep").read_bytes() == b"old"
+
+
+def test_writes_to_more_files_than_the_cache_holds_all_land(tree: Tree, root: Path) -> None:
+    names = [f"f{i}".encode() for i in range(150)]
+    for name in names:
+        _mkfile(tree, name)
+    for round_ in range(2):
+        for name in names:
+            tree.apply(tp.Write(seq=1, path=name, offset=round_, data=name[-1:]))
+    assert all((root / n.decode()).read_bytes() == n[-1:] * 2 for n in names)
+
+
+def test_rename_between_directories_deeper_than_the_cache(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"payload")
+    deep = b"/".join([b"d"] * 100)
+    (root / deep.decode()).mkdir(parents=True)
+    (root / "src").mkdir()
+    tree.apply(tp.Rename(seq=1, old=b"f", new=b"src/f"))
+    tree.forget_all()
+    tree.apply(tp.Rename(seq=2, old=b"src/f", new=deep + b"/moved"))
+    assert (root / deep.decode() / "moved").read_bytes() == b"payload"
+    assert list((root / "src").iterdir()) == []
+    tree.forget_all()
+    tree.apply(tp.Link(seq=3, target=deep + b"/moved", new=b"src/again"))
+    tree.forget_all()
+    tree.apply(tp.Link(seq=4, target=b"src/again", new=deep + b"/linked"))
+    assert os.lstat(root / deep.decode() / "linked").st_nlink == 3
+
+
+def test_link_adds_a_name_to_the_same_inode(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"a", b"A")
+    (root / "d").mkdir()
+    tree.apply(tp.Link(seq=1, target=b"a", new=b"d/b"))
+    assert os.lstat(root / "a").st_ino == os.lstat(root / "d" / "b").st_ino
+    assert os.lstat(root / "a").st_nlink == 2
+
+
+def test_link_of_a_symlink_links_the_symlink_itself(tree: Tree, root: Path, outside: Path) -> None:
+    os.symlink(outside / "victim", root / "s")
+    tree.apply(tp.Link(seq=1, target=b"s", new=b"s2"))
+    assert os.path.islink(root / "s2")
+    assert os.lstat(root / "s2").st_ino == os.lstat(root / "s").st_ino
+
+
+def test_symlink_stores_its_target_verbatim_and_owns_the_link(tree: Tree, root: Path) -> None:
+    tree.apply(tp.Symlink(seq=1, path=b"abs", target=b"/definitely/not/here", uid=31, gid=32))
+    tree.apply(tp.Symlink(seq=2, path=b"rel", target=b"../../x", uid=0, gid=0))
+    assert os.readlink(root / "abs") == "/definitely/not/here"
+    assert os.readlink(root / "rel") == "../../x"
+    st = os.lstat(root / "abs")
+    assert stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) == (31, 32)
+    assert tree.readlink(b"abs") == b"/definitely/not/here"
+
+
+def test_setxattr_and_removexattr(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f")
+    tree.apply(tp.SetXattr(seq=1, path=b"f", name=XATTR, value=b"\0value"))
+    tree.apply(tp.SetXattr(seq=2, path=b"", name=XATTR, value=b"on root"))
+    assert os.getxattr(root / "f", XATTR) == b"\0value"
+    assert tree.getxattr(b"", XATTR) == b"on root"
+    assert XATTR in tree.listxattr(b"f")
+    tree.apply(tp.RemoveXattr(seq=3, path=b"f", name=XATTR))
+    assert XATTR not in [os.fsencode(n) for n in os.listxattr(root / "f")]
+    with pytest.raises(OSError) as caught:
+        tree.apply(tp.RemoveXattr(seq=4, path=b"f", name=XATTR))
+    assert caught.value.errno == errno.ENODATA
+
+
+@pytest.mark.parametrize("path, whole", [(b"f", 0), (b"d", 0), (b"fifo", 0), (b"", 0), (b"", 1)])
+def test_fsync_of_files_directories_and_the_whole_tree(tree: Tree, root: Path, path: bytes, whole: int) -> None:
+    _mkfile(tree, b"f", b"x")
+    (root / "d").mkdir()
+    os.mkfifo(root / "fifo")
+    tree.apply(tp.Fsync(seq=1, path=path, whole=whole))
+
+
+def test_fsync_of_a_missing_file_fails(tree: Tree) -> None:
+    with pytest.raises(FileNotFoundError):
+        tree.apply(tp.Fsync(seq=1, path=b"nope"))
+
+
+def test_remove_drops_a_file_a_subtree_or_nothing(tree: Tree, root: Path) -> None:
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "f").write_bytes(b"x")
+    (root / "g").write_bytes(b"y")
+    tree.apply(tp.Remove(seq=1, path=b"d"))
+    tree.apply(tp.Remove(seq=2, path=b"g"))
+    tree.apply(tp.Remove(seq=3, path=b"never-was"))
+    assert list(root.iterdir()) == []
+
+
+def test_purge_empties_the_root_but_keeps_fsrep(tree: Tree, root: Path) -> None:
+    (root / RESERVED.decode()).mkdir()
+    (root / RESERVED.decode() / "state").write_bytes(b"s")
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "f").write_bytes(b"x")
+    os.symlink("d", root / "s")
+    tree.apply(tp.Purge(seq=1))
+    assert [p.name for p in root.iterdir()] == [".fsrep"]
+    assert (root / ".fsrep" / "state").read_bytes() == b"s"
+
+
+def test_entries_are_sorted_paged_and_hide_fsrep(tree: Tree, root: Path) -> None:
+    (root / RESERVED.decode()).mkdir()
+    for name in ("c", "a", "b"):
+        (root / name).write_bytes(name.encode() * 3)
+    entries, more = tree.entries(b"", b"", 10_000)
+    assert [e.name for e in entries] == [b"a", b"b", b"c"] and not more
+    assert entries[0].size == 3 and stat.S_ISREG(entries[0].mode) and entries[0].nlink == 1
+    first, more = tree.entries(b"", b"", 1)
+    assert [e.name for e in first] == [b"a"] and more
+    rest, more = tree.entries(b"", b"a", 10_000)
+    assert [e.name for e in rest] == [b"b", b"c"] and not more
+
+
+def test_listdir_hides_fsrep_only_at_the_root(tree: Tree, root: Path) -> None:
+    (root / ".fsrep").mkdir()
+    (root / "d" / ".fsrep").mkdir(parents=True)
+    assert tree.listdir(b"") == [b"d"]
+    assert tree.listdir(b"d") == [b".fsrep"]
+
+
+def test_fsrep_below_the_root_is_an_ordinary_name(tree: Tree, root: Path) -> None:
+    (root / "d").mkdir()
+    _mkfile(tree, b"d/.fsrep", b"ok")
+    assert (root / "d" / ".fsrep").read_bytes() == b"ok"
+
+
+# --- confinement --------------------------------------------------------------------
+
+
+@pytest.fixture(params=["absolute", "relative"])
+def escape(request: pytest.FixtureRequest, root: Path, outside: Path) -> Path:
+    """root/link and root/sub/link: symlinks to the outside directory."""
+    target = str(outside) if request.param == "absolute" else os.path.relpath(outside, root)
+    os.symlink(target, root / "link")
+    (root / "sub").mkdir()
+    os.symlink(str(outside) if request.param == "absolute" else os.path.relpath(outside, root / "sub"),
+               root / "sub" / "link")
+    (root / "mine").write_bytes(b"inside")
+    return outside
+
+
+THROUGH_A_LINK: list[Callable[[bytes], tp.Operation]] = [
+    lambda p: tp.Create(seq=1, path=p + b"/evil", mode=0o644, uid=0, gid=0),
+    lambda p: tp.Write(seq=1, path=p + b"/victim", offset=0, data=b"PWNED"),
+    lambda p: tp.MkDir(seq=1, path=p + b"/evil", mode=0o755, uid=0, gid=0),
+    lambda p: tp.MkNod(seq=1, path=p + b"/evil", mode=stat.S_IFIFO | 0o644, rdev=0, uid=0, gid=0),
+    lambda p: tp.Symlink(seq=1, path=p + b"/evil", target=b"/", uid=0, gid=0),
+    lambda p: tp.Unlink(seq=1, path=p + b"/victim"),
+    lambda p: tp.RmDir(seq=1, path=p + b"/victim"),
+    lambda p: tp.Remove(seq=1, path=p + b"/victim"),
+    lambda p: tp.Rename(seq=1, old=p + b"/victim", new=b"stolen"),
+    lambda p: tp.Rename(seq=1, old=b"mine", new=p + b"/planted"),
+    lambda p: tp.Rename(seq=1, old=b"mine", new=p + b"/victim", flags=tp.RENAME_EXCHANGE),
+    lambda p: tp.Link(seq=1, target=p + b"/victim", new=b"stolen"),
+    lambda p: tp.Link(seq=1, target=b"mine", new=p + b"/planted"),
+    lambda p: tp.SetAttr(seq=1, path=p + b"/victim", fields=tp.ATTR_MODE, mode=0o777),
+    lambda p: tp.SetAttr(seq=1, path=p + b"/victim", fields=tp.ATTR_UID | tp.ATTR_GID, uid=666, gid=666),
+    lambda p: tp.SetAttr(seq=1, path=p + b"/victim", fields=tp.ATTR_SIZE, size=0),
+    lambda p: tp.SetAttr(seq=1, path=p + b"/victim", fields=tp.ATTR_TIMES),
+    lambda p: tp.SetXattr(seq=1, path=p + b"/victim", name=XATTR, value=b"PWNED"),
+    lambda p: tp.RemoveXattr(seq=1, path=p + b"/victim", name=XATTR),
+    lambda p: tp.Fsync(seq=1, path=p + b"/victim"),
+]
+THROUGH_A_LINK_IDS = ["Create", "Write", "MkDir", "MkNod", "Symlink", "Unlink", "RmDir", "Remove", "Rename.old",
+                      "Rename.new", "Rename.exchange", "Link.target", "Link.new", "SetAttr.mode", "SetAttr.owner",
+                      "SetAttr.size", "SetAttr.times", "SetXattr", "RemoveXattr", "Fsync"]
+
+
+@pytest.mark.parametrize("parent", [b"link", b"sub/link"])
+@pytest.mark.parametrize("build", THROUGH_A_LINK, ids=THROUGH_A_LINK_IDS)
+def test_a_symlink_in_the_parent_chain_fails_and_nothing_changes_outside(
+        tree: Tree, root: Path, escape: Path, parent: bytes, build: Callable[[bytes], tp.Operation]) -> None:
+    before_outside, before_root = _snapshot(escape), _snapshot(root)
+    with pytest.raises(OSError) as caught:
+        tree.apply(build(parent))
+    assert caught.value.errno in (errno.ENOTDIR, errno.ELOOP)
+    assert _snapshot(escape) == before_outside
+    assert _snapshot(root) == before_root
+
+
+@pytest.mark.parametrize("read", [
+    lambda t: t.lstat(b"link/victim"), lambda t: t.listdir(b"link"), lambda t: t.readlink(b"link/victim"),
+    lambda t: t.getxattr(b"link/victim", XATTR), lambda t: t.listxattr(b"link/victim"),
+    lambda t: t.entries(b"link", b"", 1000), lambda t: os.close(t.open(b"link/victim", os.O_RDONLY)),
+], ids=["lstat", "listdir", "readlink", "getxattr", "listxattr", "entries", "open"])
+def test_reads_through_a_symlinked_parent_fail(tree: Tree, escape: Path, read) -> None:
+    with pytest.raises(OSError):
+        read(tree)
+
+
+LAST_IS_A_LINK: list[Callable[[], tp.Operation]] = [
+    lambda: tp.Write(seq=1, path=b"flink", offset=0, data=b"PWNED"),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_MODE, mode=0o777),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_UID | tp.ATTR_GID, uid=666, gid=666),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_SIZE, size=0),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_TIMES, atime_ns=0, mtime_ns=0),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=ATTR_ALL, mode=0o777, uid=666, gid=666, size=0),
+    lambda: tp.SetXattr(seq=1, path=b"flink", name=XATTR, value=b"PWNED"),
+    lambda: tp.RemoveXattr(seq=1, path=b"flink", name=XATTR),
+    lambda: tp.Create(seq=1, path=b"flink", mode=0o777, uid=666, gid=666),
+    lambda: tp.MkNod(seq=1, path=b"flink", mode=stat.S_IFIFO | 0o777, rdev=0, uid=0, gid=0),
+    lambda: tp.Fsync(seq=1, path=b"flink"),
+    lambda: tp.Unlink(seq=1, path=b"flink"),
+    lambda: tp.Remove(seq=1, path=b"flink"),
+    lambda: tp.Rename(seq=1, old=b"flink", new=b"moved"),
+    lambda: tp.Link(seq=1, target=b"flink", new=b"hard"),
+]
+LAST_IS_A_LINK_IDS = ["Write", "SetAttr.mode", "SetAttr.owner", "SetAttr.size", "SetAttr.times", "SetAttr.all",
+                      "SetXattr", "RemoveXattr", "Create", "MkNod", "Fsync", "Unlink", "Remove", "Rename", "Link"]
+
+
+@pytest.mark.parametrize("build", LAST_IS_A_LINK, ids=LAST_IS_A_LINK_IDS)
+def test_a_symlink_as_the_last_component_is_never_followed(
+        tree: Tree, root: Path, outside: Path, build: Callable[[], tp.Operation]) -> None:
+    os.symlink(outside / "victim", root / "flink")
+    before = _snapshot(outside)
+    try:
+        tree.apply(build())
+    except OSError:
+        pass  # refusing is fine; acting on the link itself is fine; following it is not
+    assert _snapshot(outside) == before
+    assert (outside / "victim").read_bytes() == b"precious"
+
+
+def test_a_write_through_a_symlink_is_refused(tree: Tree, root: Path, outside: Path) -> None:
+    os.symlink(outside / "victim", root / "flink")
+    with pytest.raises(OSError) as caught:
+        tree.apply(tp.Write(seq=1, path=b"flink", offset=0, data=b"PWNED"))
+    assert caught.value.errno == errno.ELOOP
+
+
+def test_directory_symlink_as_the_last_component_is_removed_not_followed(
+        tree: Tree, root: Path, escape: Path) -> None:
+    before = _snapshot(escape)
+    with pytest.raises(OSError):
+        tree.apply(tp.RmDir(seq=1, path=b"link"))
+    with pytest.raises(FileExistsError):
+        tree.apply(tp.MkDir(seq=1, path=b"link", mode=0o755, uid=0, gid=0))
+    tree.apply(tp.Remove(seq=2, path=b"link"))
+    tree.apply(tp.Purge(seq=3))
+    assert list(root.iterdir()) == []
+    assert _snapshot(escape) == before
+
+
+# --- the reserved name and unsafe paths ---------------------------------------------
+
+
+RESERVED_OPS: list[Callable[[bytes], tp.Operation]] = [
+    lambda p: tp.Create(seq=1, path=p, mode=0o644, uid=0, gid=0),
+    lambda p: tp.Write(seq=1, path=p, offset=0, data=b"x"),
+    lambda p: tp.MkDir(seq=1, path=p, mode=0o755, uid=0, gid=0),
+    lambda p: tp.Unlink(seq=1, path=p),
+    lambda p: tp.RmDir(seq=1, path=p),
+    lambda p: tp.Remove(seq=1, path=p),
+    lambda p: tp.Rename(seq=1, old=p, new=b"taken"),
+    lambda p: tp.Rename(seq=1, old=b"mine", new=p),
+    lambda p: tp.Link(seq=1, target=p, new=b"taken"),
+    lambda p: tp.Link(seq=1, target=b"mine", new=p),
+    lambda p: tp.Symlink(seq=1, path=p, target=b"x", uid=0, gid=0),
+    lambda p: tp.SetAttr(seq=1, path=p, fields=tp.ATTR_MODE, mode=0o777),
+    lambda p: tp.SetXattr(seq=1, path=p, name=XATTR, value=b"x"),
+    lambda p: tp.Fsync(seq=1, path=p),
+]
+RESERVED_IDS = ["Create", "Write", "MkDir", "Unlink", "RmDir", "Remove", "Rename.old", "Rename.new", "Link.target",
+                "Link.new", "Symlink", "SetAttr", "SetXattr", "Fsync"]
+
+
+@pytest.mark.parametrize("path", [b".fsrep", b".fsrep/state", b".fsrep/sub/state"])
+@pytest.mark.parametrize("build", RESERVED_OPS, ids=RESERVED_IDS)
+def test_no_operation_may_name_fsrep_at_the_root(tree: Tree, root: Path, path: bytes,
+                                                   build: Callable[[bytes], tp.Operation]) -> None:
+    (root / ".fsrep" / "sub").mkdir(parents=True)
+    (root / ".fsrep" / "state").write_bytes(b"s")
+    (root / ".fsrep" / "sub" / "state").write_bytes(b"s")
+    (root / "mine").write_bytes(b"m")
+    before = _snapshot(root)
+    with pytest.raises(OSError) as caught:
+        tree.apply(build(path))
+    assert caught.value.errno == errno.EPERM
+    assert _snapshot(root) == before
+
+
+@pytest.mark.parametrize("read", [
+    lambda t: t.lstat(b".fsrep"), lambda t: t.listdir(b".fsrep"), lambda t: t.lstat(b".fsrep/state"),
+    lambda t: t.entries(b".fsrep", b"", 1000),
+], ids=["lstat", "listdir", "lstat-inside", "entries"])
+def test_fsrep_cannot_be_read_through_the_tree(tree: Tree, root: Path, read) -> None:
+    (root / ".fsrep").mkdir()
+    (root / ".fsrep" / "state").write_bytes(b"s")
+    with pytest.raises(OSError) as caught:
+        read(tree)
+    assert caught.value.errno == errno.EPERM
+
+
+@pytest.mark.parametrize("path", [b"..", b"../x", b"a/../../x", b"/etc/passwd", b"./x", b"a//b"])
+def test_escaping_paths_cannot_even_be_built(path: bytes) -> None:
+    with pytest.raises(tp.LocalProtocolError):
+        tp.Write(seq=1, path=path, offset=0, data=b"x")
+    with pytest.raises(tp.LocalProtocolError):
+        tp.Rename(seq=1, old=b"a", new=path)
+
+
+@pytest.mark.parametrize("path", [b"..", b"../x", b"/etc"])
+def test_tree_reads_refuse_escaping_paths(tree: Tree, path: bytes) -> None:
+    with pytest.raises(tp.LocalProtocolError):
+        tree.lstat(path)
+    with pytest.raises(tp.LocalProtocolError):
+        tree.listdir(path)
+
+
+def test_the_root_itself_has_no_parent(tree: Tree) -> None:
+    with pytest.raises(OSError) as caught:
+        tree.at(b"")
+    assert caught.value.errno == errno.EINVAL
+    with pytest.raises(OSError):
+        tree.apply(tp.Unlink(seq=1, path=b""))
