@@ -73,28 +73,34 @@ class InodeTable:
         Raises:
             OSError(ESTALE): the inode is not known.
         """
+        found = self.chain(ino)
+        return None if found is None else found[0]
+
+    def chain(self, ino: int) -> tuple[bytes, list[int]] | None:
+        """(path, directories from the root down to the parent) of *ino*,
+        or None when it has no link left. Iterative: trees can be deeper
+        than Python's recursion limit.
+
+        Raises:
+            OSError(ESTALE): the inode is not known.
+        """
         if ino == ROOT:
-            return b""
+            return b"", []
         node = self.node(ino)
         for link in sorted(node.links):
-            path = self._resolve(link, depth=0)
-            if path is not None:
-                return path
-        return None
-
-    def _resolve(self, link: Link, depth: int) -> bytes | None:
-        parent, name = link
-        if parent == ROOT:
-            return name
-        if depth > 4096:
-            return None
-        node = self._nodes.get(parent)
-        if node is None:
-            return None
-        for up in sorted(node.links):
-            prefix = self._resolve(up, depth + 1)
-            if prefix is not None:
-                return prefix + b"/" + name
+            names = [link[1]]
+            dirs: list[int] = []
+            parent = link[0]
+            while parent != ROOT:
+                up = self._nodes.get(parent)
+                if up is None or not up.links or len(dirs) > 4096:
+                    break
+                dirs.append(parent)
+                parent, name = min(up.links)
+                names.append(name)
+            else:
+                dirs.append(ROOT)
+                return b"/".join(reversed(names)), dirs[::-1]
         return None
 
     def child_path(self, parent: int, name: bytes) -> bytes:

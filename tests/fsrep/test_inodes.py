@@ -86,3 +86,14 @@ def test_a_new_inode_at_a_known_name_replaces_the_old_entry() -> None:
     new = table.remember(61, ROOT, b"x")
     assert table.lookup_entry(ROOT, b"x") == new
     assert table.path(old) is None
+
+
+def test_chain_lists_the_directories_from_the_root_and_survives_deep_trees() -> None:
+    table = InodeTable(ROOT_ST_INO)
+    parent = ROOT
+    for depth in range(3000):
+        parent = table.remember(1000 + depth, parent, b"d")
+    leaf = table.remember(99999, parent, b"leaf")
+    path, dirs = table.chain(leaf)
+    assert path == b"d/" * 3000 + b"leaf"
+    assert dirs[0] == ROOT and dirs[-1] == parent and len(dirs) == 3001
