@@ -129,6 +129,24 @@ class GroupStore:
                                   f"remove it to start a new relationship") from None
         return records
 
+    def dirty_file(self, record: GroupRecord) -> Path:
+        return self.dir / f"{record.id}.dirty"
+
+    def save_dirty(self, record: GroupRecord, dirty: tracking.DirtySet) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tracking.save_state(self.dirty_file(record), tracking.DIRTY_KIND, dirty.to_payload())
+
+    def load_dirty(self, record: GroupRecord) -> tracking.DirtySet:
+        """The group's dirty set; when it is missing or damaged, one that
+        says "everything" — never an empty, clean set."""
+        try:
+            return tracking.DirtySet.from_payload(tracking.load_state(self.dirty_file(record),
+                                                                      tracking.DIRTY_KIND))
+        except (tracking.StateError, ValueError) as exc:
+            dirty = tracking.DirtySet()
+            dirty.mark_everything(f"dirty set unusable ({exc})")
+            return dirty
+
     def save(self, record: GroupRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tracking.save_state(self.file(record), GROUP_KIND, asdict(record))

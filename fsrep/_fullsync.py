@@ -21,6 +21,7 @@ import stat
 
 import trio
 
+import tracking
 import transport as tp
 
 from ._splitter import Relationship
@@ -82,6 +83,7 @@ async def full_resync(rel: Relationship, tree: Tree) -> None:
     for path, st in [*reversed(directories), (b"", root)]:
         rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
     rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
+    rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
     await rel.finish_resync()
     elapsed = trio.current_time() - progress.start
     log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,

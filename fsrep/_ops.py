@@ -30,10 +30,11 @@ import pyfuse3
 import trio
 
 import transport as tp
+from tracking import Marks
 
 from ._boundary import fuse_errors
 from ._inodes import ROOT, InodeTable
-from ._splitter import Relationship
+from ._splitter import NO_MARKS, Relationship
 from ._tree import RESERVED, Tree, proc_path
 
 TIMEOUT = 1.0
@@ -125,9 +126,45 @@ class Operations(pyfuse3.Operations):
                 mode |= stat.S_ISGID
         return ctx.uid, gid, mode
 
-    async def _replicate(self, apply: Any) -> None:
+    async def _replicate(self, apply: Any, marks: Marks) -> None:
         await self.group.admit()
-        await self.group.wait(self.group.split(apply))
+        await self.group.wait(self.group.split(apply, marks))
+
+    # --- what a mutation would leave dirty if it is not replicated ------------------
+
+    def _backing(self, ino: int) -> int:
+        """The backing st_ino of a FUSE inode (the mapping is its own inverse)."""
+        return self.inodes.fuse_ino(ino)
+
+    def _where(self, ino: int) -> tuple[bytes | None, tuple[int, ...]]:
+        """Path of *ino* and the backing inodes of the directories above it."""
+        found = self.inodes.chain(ino)
+        if found is None:
+            return None, ()
+        return found[0], tuple(self._backing(d) for d in found[1])
+
+    def _in_dirs(self, *parents: int) -> Marks:
+        """Marks of a namespace change in directories *parents*."""
+        dirs, ancestors = [], []
+        for parent in parents:
+            path, above = self._where(parent)
+            dirs.append((self._backing(parent), path or b""))
+            ancestors.extend(above)
+        return Marks(dirs=tuple(dirs), ancestors=tuple(ancestors))
+
+    def _on_file(self, ino: int, path: bytes, *, size_change: tuple[int, int] | None = None,
+                 write: tuple[int, int] | None = None) -> Marks:
+        """Marks of a change to one file: its data regions or its metadata."""
+        _, above = self._where(ino)
+        backing = self._backing(ino)
+        regions = []
+        if write is not None:
+            regions.append((backing, path, *write))
+        if size_change is not None and size_change[0] != size_change[1]:
+            low, high = sorted(size_change)
+            regions.append((backing, path, low, high - low))
+        meta = () if write is not None else ((backing, path),)
+        return Marks(regions=tuple(regions), meta=meta, ancestors=above)
 
     def _entry(self, parent: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
         st = self.tree.lstat(path)
@@ -145,7 +182,7 @@ class Operations(pyfuse3.Operations):
             op = frame(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid, **extra)
             self.tree.apply(op)
             return op
-        await self._replicate(apply)
+        await self._replicate(apply, self._in_dirs(parent))
         return self._entry(parent, name, path)
 
     def _apply_frame(self, op_of_seq: Any) -> Any:
@@ -202,8 +239,10 @@ class Operations(pyfuse3.Operations):
             if path is None:
                 self._setattr_unlinked(inode, bits, kw)
             else:
+                old_size = self.tree.lstat(path).st_size if bits & tp.ATTR_SIZE else 0
+                marks = self._on_file(inode, path, size_change=(old_size, kw["size"]) if bits & tp.ATTR_SIZE else None)
                 await self._replicate(self._apply_frame(
-                    lambda seq: tp.SetAttr(seq=seq, path=path, fields=bits, **kw)))
+                    lambda seq: tp.SetAttr(seq=seq, path=path, fields=bits, **kw)), marks)
         return self._attrs(self._stat_ino(inode))
 
     def _setattr_unlinked(self, inode: int, bits: int, kw: dict[str, int]) -> None:
@@ -248,7 +287,7 @@ class Operations(pyfuse3.Operations):
         path = self._child(parent_inode, name)
         uid, gid, _ = self._owner(path.rpartition(b"/")[0], ctx, stat.S_IFLNK)
         await self._replicate(self._apply_frame(
-            lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=uid, gid=gid)))
+            lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=uid, gid=gid)), self._in_dirs(parent_inode))
         return self._entry(parent_inode, name, path)
 
     @fuse_errors
@@ -256,7 +295,9 @@ class Operations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         target = self._existing_path(inode)
         new = self._child(new_parent_inode, new_name)
-        await self._replicate(self._apply_frame(lambda seq: tp.Link(seq=seq, target=target, new=new)))
+        into, on = self._in_dirs(new_parent_inode), self._on_file(inode, target)
+        marks = Marks(meta=on.meta, dirs=into.dirs, ancestors=into.ancestors + on.ancestors)
+        await self._replicate(self._apply_frame(lambda seq: tp.Link(seq=seq, target=target, new=new)), marks)
         return self._entry(new_parent_inode, new_name, new)
 
     async def _remove(self, parent_inode: int, name: bytes, frame: Any) -> None:
@@ -265,7 +306,7 @@ class Operations(pyfuse3.Operations):
         keep_fd = None
         if ino is not None and frame is tp.Unlink:
             keep_fd = self._open_fd_of(ino)
-        await self._replicate(self._apply_frame(lambda seq: frame(seq=seq, path=path)))
+        await self._replicate(self._apply_frame(lambda seq: frame(seq=seq, path=path)), self._in_dirs(parent_inode))
         self.inodes.unlinked(parent_inode, name)
         if ino is not None and keep_fd is not None and ino in self.inodes and self.inodes.path(ino) is None:
             self._unlinked_fds.setdefault(ino, keep_fd)
@@ -295,7 +336,8 @@ class Operations(pyfuse3.Operations):
         if not wire & tp.RENAME_EXCHANGE:
             replaced = self.inodes.lookup_entry(parent_inode_new, name_new)
             keep_fd = self._open_fd_of(replaced) if replaced is not None else None
-        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)))
+        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)),
+                              self._in_dirs(parent_inode_old, parent_inode_new))
         if wire & tp.RENAME_EXCHANGE:
             self.inodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
@@ -326,7 +368,7 @@ class Operations(pyfuse3.Operations):
                 def apply(seq: int | None) -> tp.Operation:
                     os.ftruncate(fd, 0)
                     return tp.SetAttr(seq=seq or 0, path=path, fields=tp.ATTR_SIZE, size=0)
-                await self._replicate(apply)
+                await self._replicate(apply, self._on_file(inode, path, size_change=(os.fstat(fd).st_size, 0)))
         except BaseException:
             os.close(fd)
             raise
@@ -350,7 +392,7 @@ class Operations(pyfuse3.Operations):
             return tp.Create(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid)
 
         try:
-            await self._replicate(apply)
+            await self._replicate(apply, self._in_dirs(parent_inode))
         except BaseException:
             for fd in opened:
                 os.close(fd)
@@ -366,7 +408,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        path = self._path(handle.ino)
+        path, _ = self._where(handle.ino)
         written = 0
 
         def apply(seq: int | None) -> tp.Operation | None:
@@ -383,7 +425,8 @@ class Operations(pyfuse3.Operations):
                 return None
             return tp.Write(seq=seq or 0, path=path, offset=off, data=buf[:written])
 
-        await self._replicate(apply)
+        marks = NO_MARKS if path is None else self._on_file(handle.ino, path, write=(off, len(buf)))
+        await self._replicate(apply, marks)
         if handle.sync:
             await self._fsync(handle.fd, path, handle.ino)
         return written
@@ -393,7 +436,8 @@ class Operations(pyfuse3.Operations):
         pending = None
         if path is not None:
             await self.group.admit()
-            pending = self.group.split(lambda seq: tp.Fsync(seq=seq or 0, path=path))
+            pending = self.group.split(lambda seq: tp.Fsync(seq=seq or 0, path=path),
+                                       Marks(ancestors=self._where(ino)[1]))
         await trio.to_thread.run_sync(os.fsync, fd)
         await self.group.wait(pending)
 
@@ -491,7 +535,7 @@ class Operations(pyfuse3.Operations):
             os.setxattr(self._unlinked_fd(inode), name, value)
             return
         await self._replicate(self._apply_frame(
-            lambda seq: tp.SetXattr(seq=seq, path=path, name=name, value=value)))
+            lambda seq: tp.SetXattr(seq=seq, path=path, name=name, value=value)), self._on_file(inode, path))
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -500,7 +544,8 @@ class Operations(pyfuse3.Operations):
             os.removexattr(self._unlinked_fd(inode), name)
             return
         try:
-            await self._replicate(self._apply_frame(lambda seq: tp.RemoveXattr(seq=seq, path=path, name=name)))
+            await self._replicate(self._apply_frame(lambda seq: tp.RemoveXattr(seq=seq, path=path, name=name)),
+                                  self._on_file(inode, path))
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None

@@ -21,9 +21,9 @@ import transport as tp
 
 from ._config import ConfigError, GroupRecord, GroupStore
 from ._control import serve_control
-from ._fullsync import full_resync
 from ._logs import setup_logging
 from ._ops import Operations
+from ._resync import resync
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
 from ._store import StoreLock, check_directory
@@ -44,7 +44,9 @@ class MountOptions:
     verbose: bool = False
 
 
-def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> GroupRecord:
+def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> tuple[GroupRecord, str]:
+    """The store's group (new if none) and, when tracking cannot say what
+    differs, why the whole tree must be compared."""
     records = groups.load_all()
     if not records:
         has_data = any(name != RESERVED.decode() for name in os.listdir(store))
@@ -54,7 +56,7 @@ def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> GroupRec
             record.stale_reason = "the store held data before fsrep replicated it (baseline needed)"
         log.info("new consistency group %s for %s%s", record.id, store,
                  " (existing data: replica needs a baseline)" if has_data else "")
-        return record
+        return record, record.stale_reason
     record = records[0]
     record.policy = opts.policy
     record.secondary = opts.secondary
@@ -62,7 +64,7 @@ def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> GroupRec
         record.stale = True
         record.stale_reason = "the primary daemon did not shut down cleanly"
         log.warning("group %s: previous daemon did not shut down cleanly; replica marked stale", record.id)
-    return record
+    return record, "" if record.clean_shutdown else "the primary daemon did not shut down cleanly"
 
 
 async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
@@ -78,8 +80,14 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
     groups = GroupStore(str(store))
-    record = _load_group(groups, store, opts)
+    record, compare_all = _load_group(groups, store, opts)
     rel = Relationship(record, groups, opts.key, opts.timeouts)
+    if record.stale:
+        rel.dirty = groups.load_dirty(record)
+        if compare_all:
+            rel.dirty.mark_everything(compare_all)
+        if rel.dirty.everything:
+            log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
     try:
         await rel.connect()
     except tp.AuthenticationError as exc:
@@ -91,7 +99,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                               f"mount time — start 'fsrep serve' there or mount with --policy sync") from None
         rel.link_lost(str(exc))
     tree = Tree(str(store))
-    rel.resync_hook = functools.partial(full_resync, rel, tree)
+    rel.resync_hook = functools.partial(resync, rel, tree, None)
     refusal = ""
     fuse_mounted = unmount = False
 
@@ -114,12 +122,12 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(rel.serve)
             if rel.conn is not None and record.stale:
-                log.info("group %s: replica is stale (%s); full resync before serving", record.id,
+                log.info("group %s: replica is stale (%s); resync before serving", record.id,
                          record.stale_reason)
                 try:
-                    await full_resync(rel, tree)
+                    await resync(rel, tree, None)
                 except tp.LinkDown as exc:
-                    log.warning("group %s: full resync failed: %s", record.id, exc)
+                    log.warning("group %s: resync failed: %s", record.id, exc)
             if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
                 refusal = (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict "
                            f"serves only InSync groups — mount with --policy sync to serve and resync")
@@ -128,6 +136,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             record.clean_shutdown = False
             groups.save(record)
             ops = Operations(tree, rel, writeback_cache=opts.writeback_cache)
+            rel.resync_hook = functools.partial(resync, rel, tree, ops.inodes)
             options = set(pyfuse3.default_options)
             options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
             pyfuse3.init(ops, str(mountpoint), options)

@@ -25,14 +25,16 @@ Caveats:
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+import tracking
 import transport as tp
 
 from ._config import GroupRecord, GroupStore
@@ -41,6 +43,7 @@ from ._state import RelationshipState, check_transition
 log = logging.getLogger(__name__)
 R = RelationshipState
 STABLE_SESSION = 10.0
+NO_MARKS = tracking.Marks()
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class Pending:
 
     seq: int
     nbytes: int
+    marks: tracking.Marks = NO_MARKS
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
 
@@ -79,20 +83,27 @@ class Relationship:
         self.next_seq = record.last_seq + 1
         self.acked_seq = record.last_seq
         self.replica_seq = 0
+        self.resync_bytes = 0
         self._inflight: collections.deque[Pending] = collections.deque()
         self._bytes_in_flight = 0
         self._last_progress = 0.0
         self._session_scope: trio.CancelScope | None = None
         self._closing = False
         self._gate: trio.Event | None = None
+        self.dirty = tracking.DirtySet()
+        self._dirty_changed = False
+        self._listings: dict[int, tuple[trio.Event, list[tp.Listing]]] = {}
         self.resync_hook: Callable[[], Awaitable[None]] | None = None
         self.last_error = ""
 
     # --- the write path ----------------------------------------------------------
 
-    def split(self, apply: Callable[[int | None], tp.Operation | None]) -> Pending | None:
-        """Apply one mutation locally and, when the group is InSync, queue it
-        for the secondary under the next sequence number.
+    def split(self, apply: Callable[[int | None], tp.Operation | None],
+              marks: tracking.Marks = NO_MARKS) -> Pending | None:
+        """Apply one mutation locally and queue it for the secondary under
+        the next sequence number — when the group is InSync, or Resyncing and
+        *marks* touch nothing still dirty. Otherwise the change is local only
+        and *marks* go into the dirty set.
 
         *apply(seq)* does the local change and returns the frame to send, or
         None when the change has nothing to replicate; it gets ``None`` when
@@ -105,18 +116,20 @@ class Relationship:
                 EIO under ``strict`` when the group cannot replicate.
         """
         conn = self.conn
-        if self.state is R.IN_SYNC and conn is not None:
-            seq = self.next_seq
-            op = apply(seq)
+        if conn is not None and (self.state is R.IN_SYNC or
+                                 (self.state is R.RESYNCING and not self.dirty.blocks(marks))):
+            op = apply(self.next_seq)
             if op is None:
                 return None
-            return self._queue_op(conn, op)
+            return self._queue_op(conn, op, marks)
         if self.record.policy == "strict":
             raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
                                      f"changes that cannot be replicated")
         if not self.record.stale:  # pragma: no cover - every way out of InSync marks stale first
             self._mark_stale("change made without a link")
         apply(None)
+        self.dirty.apply(marks)
+        self._dirty_changed = True
         return None
 
     async def wait(self, pending: Pending | None) -> None:
@@ -165,8 +178,14 @@ class Relationship:
         self.conn = None
         while self._inflight:
             pending = self._inflight.popleft()
+            self.dirty.apply(pending.marks)
             pending.done.set()
+        self._dirty_changed = True
         self._bytes_in_flight = 0
+        for slot in self._listings.values():
+            slot[0].set()
+        self._listings.clear()
+        self.save_dirty()
         if self._session_scope is not None:
             self._session_scope.cancel()
 
@@ -196,8 +215,14 @@ class Relationship:
         self.conn = conn
         self.last_error = ""
         self.replica_seq = welcome.last_seq
-        if not self.record.stale and welcome.last_seq != self.acked_seq:
-            self._mark_stale(f"replica at seq {welcome.last_seq}, primary at {self.acked_seq}")
+        if not self.acked_seq <= welcome.last_seq < self.next_seq:
+            # The replica lost acknowledged changes, or holds changes this
+            # primary never sent: tracking cannot say what differs.
+            reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
+            self.dirty.mark_everything(reason)
+            self._dirty_changed = True
+            self._mark_stale(reason)
+            self.save_dirty()
         if self.record.stale:
             self._set_state(R.OUT_OF_SYNC, f"replica needs a resync: {self.record.stale_reason}")
         else:
@@ -264,13 +289,18 @@ class Relationship:
             await conn.aclose()
 
     async def _resync(self) -> None:
-        """Resync a stale replica while holding new mutations at the gate."""
         assert self.resync_hook is not None
-        self._gate = trio.Event()
         try:
             await self.resync_hook()
         except tp.LinkDown as exc:
             log.warning("group %s: resync failed: %s", self.record.id, exc)
+
+    @contextlib.contextmanager
+    def holding_mutations(self) -> Iterator[None]:
+        """New mutations wait (in ``admit``) while this is open."""
+        self._gate = trio.Event()
+        try:
+            yield
         finally:
             self._gate.set()
             self._gate = None
@@ -287,6 +317,11 @@ class Relationship:
             event = await conn.receive_event(idle_timeout=idle)
             if isinstance(event, tp.Ack):
                 self._acked(event.seq)
+            elif isinstance(event, tp.Listing):
+                slot = self._listings.get(event.seq)
+                if slot is not None:
+                    slot[1].append(event)
+                    slot[0].set()
             elif isinstance(event, tp.Nack):
                 raise tp.LinkDown(f"secondary could not apply seq {event.seq}: "
                                   f"{errno.errorcode.get(event.errno, event.errno)} {event.message}")
@@ -330,9 +365,9 @@ class Relationship:
             raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
         return self._queue_op(self.conn, make(self.next_seq))
 
-    def _queue_op(self, conn: tp.Connection, op: tp.Operation) -> Pending:
+    def _queue_op(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
         self.next_seq = op.seq + 1
-        pending = Pending(op.seq, op.payload_size())
+        pending = Pending(op.seq, op.payload_size(), marks)
         if not self._inflight:
             self._last_progress = trio.current_time()
         self._inflight.append(pending)
@@ -343,15 +378,52 @@ class Relationship:
             self.link_lost(str(exc))
         return pending
 
+    async def list_dir(self, path: bytes) -> dict[bytes, tp.DirEntry]:
+        """The replica's entries of directory *path*, at this point of the
+        operation stream (all pages).
+
+        Raises:
+            LinkDown: the link was lost meanwhile.
+        """
+        entries: dict[bytes, tp.DirEntry] = {}
+        after = b""
+        while True:
+            event = trio.Event()
+            pending = self.send(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))
+            replies: list[tp.Listing] = []
+            self._listings[pending.seq] = (event, replies)
+            await event.wait()
+            self._listings.pop(pending.seq, None)
+            if not replies:
+                raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
+            for entry in replies[0].items():
+                entries[entry.name] = entry
+            if not replies[0].more or not entries:
+                return entries
+            after = max(entries)
+
+    def save_dirty(self) -> None:
+        """Persist the dirty set (atomically) if it changed."""
+        if not self._dirty_changed:
+            return
+        try:
+            self._groups.save_dirty(self.record, self.dirty)
+            self._dirty_changed = False
+        except OSError as exc:
+            log.error("group %s: cannot save the dirty set: %s", self.record.id, exc)
+
     async def throttle(self, max_bytes: int) -> None:
         """Wait until at most *max_bytes* of file data are in flight."""
         while self._bytes_in_flight > max_bytes and self._inflight:
             await self._inflight[0].done.wait()
 
-    async def finish_resync(self) -> None:
-        """Wait for every resync frame's ack; then the replica is current:
-        clear the stale mark durably and go InSync.
+    async def finish_resync(self) -> bool:
+        """Wait for every resync frame's ack; then, if nothing became dirty
+        meanwhile, the replica is current: clear the stale mark durably and
+        go InSync (the check and the switch are one step).
 
+        Returns:
+            False when more became dirty: run another pass.
         Raises:
             LinkDown: the link was lost before everything was acknowledged.
         """
@@ -362,11 +434,16 @@ class Relationship:
                 raise tp.LinkDown(f"resync interrupted: {self.last_error}")
         if self.state is not R.RESYNCING:
             raise tp.LinkDown(f"resync interrupted: {self.last_error}")
+        if self.dirty:
+            return False
         self.record.stale = False
         self.record.stale_reason = ""
         self.record.last_seq = self.acked_seq
+        self._dirty_changed = True
+        self.save_dirty()
         self._groups.save(self.record)
         self._set_state(R.IN_SYNC, "resync complete")
+        return True
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -390,6 +467,8 @@ class Relationship:
             self._session_scope.cancel()
         self.record.last_seq = self.acked_seq
         self.record.clean_shutdown = True
+        self._dirty_changed = True
+        self.save_dirty()
         self._groups.save(self.record)
         log.info("group %s: shut down cleanly at seq %d (%s)", self.record.id, self.record.last_seq,
                  self.state.value)
@@ -405,7 +484,8 @@ class Relationship:
             "last_acked_seq": self.acked_seq,
             "ops_in_flight": len(self._inflight),
             "bytes_in_flight": self._bytes_in_flight,
-            "dirty_bytes": 0,
+            "dirty_bytes": self.dirty.dirty_bytes,
+            "resync_bytes_sent": self.resync_bytes,
             "stale_reason": self.record.stale_reason if self.record.stale else "",
             "last_error": self.last_error,
         }

@@ -38,6 +38,7 @@ class Marks:
     regions: tuple[tuple[int, bytes, int, int], ...] = ()   # (ino, path, offset, length)
     meta: tuple[tuple[int, bytes], ...] = ()                # (ino, path)
     dirs: tuple[tuple[int, bytes], ...] = ()                # (directory ino, path)
+    ancestors: tuple[int, ...] = ()                         # directories that must be clean to replicate
 
     def __bool__(self) -> bool:
         return bool(self.regions or self.meta or self.dirs)
@@ -92,6 +93,18 @@ class DirtySet:
         return entry
 
     # --- questions ------------------------------------------------------------------
+
+    def blocks(self, marks: Marks) -> bool:
+        """True when *marks* touch something still dirty, so the mutation
+        must stay local (and dirty) during a resync: a dirty directory on
+        its way, a dirty region, or dirty metadata."""
+        if any(ino in self._dirs for ino in marks.ancestors):
+            return True
+        if any(ino in self._dirs for ino, _ in marks.dirs):
+            return True
+        if any(self.meta_dirty(ino) for ino, _ in marks.meta):
+            return True
+        return any(self.overlaps(ino, regions_for(offset, length)) for ino, _, offset, length in marks.regions)
 
     def __bool__(self) -> bool:
         return self.everything or bool(self._files) or bool(self._dirs)

@@ -1,0 +1,251 @@
+"""Bringing a stale replica back: quick resync from the dirty set, or a full
+resync when tracking cannot say what differs.
+
+How quick resync works (clients keep reading and writing throughout):
+
+1. Directories first, shallowest first. For a dirty directory the replica's
+   entries are listed at a point of the operation stream (ListDir); then, in
+   one step with no checkpoint, the primary's entries are compared with them
+   and the fix-ups are queued: Remove what the primary no longer has, create
+   what the replica lacks (new files get all their regions dirty, new
+   directories become dirty themselves), note size or attribute differences
+   as dirty metadata; the directory is then clean. While it was dirty, no
+   replicated operation touched it (the splitter keeps every mutation under
+   a dirty directory local), so the listing is still the replica's truth.
+2. Then data: for each dirty file, each run of dirty regions is read and
+   queued and marked clean in one step. A client write that lands before that
+   step is in the data read; one that lands after finds the region clean and
+   is replicated behind it in sequence order — so no write racing the copy of
+   its region is lost. Dirty metadata goes last, from a fresh lstat.
+3. When acks have caught up and nothing is dirty (checked in the same step
+   that switches state), the group is InSync.
+
+Caveats:
+- An entry created or renamed into a dirty directory is copied whole.
+- A hard link made while out of sync becomes a separate copy on the replica
+  unless its other name is created in the same resync.
+- Extended attributes removed while out of sync are not removed on the replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import trio
+
+import tracking
+import transport as tp
+
+from ._fullsync import full_resync
+from ._inodes import InodeTable
+from ._splitter import Relationship
+from ._tree import Tree
+
+log = logging.getLogger(__name__)
+CHUNK_REGIONS = 256  # 1 MiB per Write
+MAX_IN_FLIGHT = 32 * 1024 * 1024
+
+
+async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None) -> None:
+    """Quick resync when the dirty set can be trusted, full otherwise.
+
+    Raises:
+        LinkDown: the link failed; the group stays OutOfSync (stale).
+    """
+    if rel.dirty.everything:
+        log.info("group %s: full resync (%s); new changes wait until it is done", rel.record.id, rel.dirty.reason)
+        with rel.holding_mutations():
+            await full_resync(rel, tree)
+        return
+    await QuickResync(rel, tree, inodes).run()
+
+
+class QuickResync:
+    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None) -> None:
+        self.rel = rel
+        self.dirty = rel.dirty
+        self.tree = tree
+        self.inodes = inodes
+        self.placed: dict[int, bytes] = {}
+        self.bytes_sent = 0
+        self.started = 0.0
+
+    async def run(self) -> None:
+        rel = self.rel
+        log.info("group %s: quick resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
+                 len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
+        rel.begin_resync("quick resync from the dirty set")
+        self.started = trio.current_time()
+        while True:
+            if self.dirty.dirs():
+                await self._next_directory()
+            elif self.dirty.files():
+                await self._files()
+            elif await rel.finish_resync():
+                break
+        rel.resync_bytes += self.bytes_sent
+        log.info("group %s: quick resync complete: %d bytes of data in %.1fs", rel.record.id, self.bytes_sent,
+                 trio.current_time() - self.started)
+
+    # --- finding entries ---------------------------------------------------------
+
+    def resolve(self, ino: int) -> bytes | None:
+        """The current path of backing inode *ino*, or None if it is gone."""
+        candidates = [self.dirty.hint(ino)]
+        if self.inodes is not None:
+            fuse = self.inodes.fuse_ino(ino)
+            if fuse in self.inodes:
+                candidates.append(self.inodes.path(fuse))
+        for path in candidates:
+            if path is None:
+                continue
+            try:
+                if self.tree.lstat(path).st_ino == ino:
+                    return path
+            except OSError:
+                continue
+        return None
+
+    # --- directories -------------------------------------------------------------------
+
+    async def _next_directory(self) -> None:
+        found = []
+        for ino in self.dirty.dirs():
+            path = self.resolve(ino)
+            if path is None:
+                self.dirty.clean_dir(ino)  # gone: its parent was marked when it went
+                continue
+            found.append((path.count(b"/") + bool(path), path, ino))
+        if not found:
+            return
+        _, path, ino = min(found)
+        secondary = await self.rel.list_dir(path)
+        if self.resolve(ino) != path:
+            return  # moved meanwhile: its new parent is dirty; try again from there
+        self._reconcile(ino, path, secondary)
+
+    def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> None:
+        """Queue the fix-ups that make the replica's directory match. One
+        step: no checkpoint between reading the primary and queueing."""
+        send = self.rel.send
+        primary: dict[bytes, os.stat_result] = {}
+        for name in self.tree.listdir(path):
+            try:
+                primary[name] = self.tree.lstat(_join(path, name))
+            except FileNotFoundError:
+                continue
+        for child in sorted(_join(path, name) for name in set(secondary) - set(primary)):
+            send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
+        for name, st in sorted(primary.items()):
+            child = _join(path, name)
+            theirs = secondary.get(name)
+            same_kind = theirs is not None and stat.S_IFMT(theirs.mode) == stat.S_IFMT(st.st_mode)
+            if not same_kind or stat.S_ISLNK(st.st_mode):
+                if theirs is not None:
+                    send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
+                self._create(child, st)
+            elif stat.S_ISREG(st.st_mode) and theirs.size != st.st_size:
+                low, high = sorted((theirs.size, st.st_size))
+                self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
+                self.dirty.mark_meta(st.st_ino, child)
+            elif (theirs.mode, theirs.uid, theirs.gid) != (st.st_mode, st.st_uid, st.st_gid) or \
+                    (not stat.S_ISDIR(st.st_mode) and theirs.mtime_ns != st.st_mtime_ns):
+                self.dirty.mark_meta(st.st_ino, child)
+        self.dirty.clean_dir(ino)
+        self.dirty.mark_meta(ino, path)  # the directory's own times changed with its entries
+
+    def _create(self, path: bytes, st: os.stat_result) -> None:
+        send, mode = self.rel.send, st.st_mode
+        if stat.S_ISDIR(mode):
+            send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
+            self.dirty.mark_dir(st.st_ino, path)
+        elif stat.S_ISREG(mode):
+            first = self.placed.get(st.st_ino) if st.st_nlink > 1 else None
+            if first is not None and self.resolve(st.st_ino) is not None:
+                send(lambda seq: tp.Link(seq=seq, target=first, new=path))
+                return
+            send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
+            self.placed[st.st_ino] = path
+            if st.st_size:
+                self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
+        elif stat.S_ISLNK(mode):
+            target = self.tree.readlink(path)
+            send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
+        else:
+            send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid, gid=st.st_gid))
+        self.dirty.mark_meta(st.st_ino, path)
+
+    # --- data and attributes ------------------------------------------------------------
+
+    async def _files(self) -> None:
+        for ino in self.dirty.files():
+            if self.dirty.dirs():
+                return  # namespace first: a file's directory may have gone dirty again
+            await self._file(ino)
+
+    async def _file(self, ino: int) -> None:
+        for run in list(self.dirty.ranges(ino)):
+            for first in range(run.first, run.stop, CHUNK_REGIONS):
+                chunk = tracking.RegionRange(first, min(CHUNK_REGIONS, run.stop - first))
+                if not self._copy(ino, chunk):
+                    return
+                await self.rel.throttle(MAX_IN_FLIGHT)
+                if self.dirty.dirs():
+                    return
+        if self.dirty.meta_dirty(ino):
+            self._attributes(ino)
+
+    def _copy(self, ino: int, chunk: tracking.RegionRange) -> bool:
+        """Read, queue and mark clean one run of regions — one step."""
+        path = self.resolve(ino)
+        if path is None:
+            self.dirty.forget_file(ino)
+            return False
+        offset = chunk.first * tracking.REGION_SIZE
+        try:
+            fd = self.tree.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            self.dirty.forget_file(ino)
+            return False
+        try:
+            data = os.pread(fd, chunk.count * tracking.REGION_SIZE, offset)
+        finally:
+            os.close(fd)
+        if data:
+            self.rel.send(lambda seq: tp.Write(seq=seq, path=path, offset=offset, data=data))
+            self.bytes_sent += len(data)
+        self.dirty.clean_regions(ino, chunk)
+        return True
+
+    def _attributes(self, ino: int) -> None:
+        """Size, mode, owner, times and xattrs from a fresh lstat — one step."""
+        path = self.resolve(ino)
+        if path is None:
+            self.dirty.forget_file(ino)
+            return
+        st = self.tree.lstat(path)
+        send = self.rel.send
+        if not stat.S_ISLNK(st.st_mode):
+            fields = tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES
+            if stat.S_ISREG(st.st_mode):
+                fields |= tp.ATTR_SIZE
+            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=fields, mode=stat.S_IMODE(st.st_mode),
+                                        uid=st.st_uid, gid=st.st_gid, size=st.st_size, atime_ns=st.st_atime_ns,
+                                        mtime_ns=st.st_mtime_ns))
+            try:
+                for name in self.tree.listxattr(path):
+                    value = self.tree.getxattr(path, name)
+                    send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name,
+                                                                         value=value))
+            except OSError:
+                pass
+        else:
+            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID, uid=st.st_uid,
+                                        gid=st.st_gid))
+        self.dirty.clean_meta(ino)
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name

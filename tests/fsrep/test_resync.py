@@ -1,0 +1,114 @@
+"""Quick resync: after a link cut only what changed crosses the link, while
+clients keep writing; and the trees end identical."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+from tests.conftest import Cluster, wait_for
+
+MiB = 1024 * 1024
+
+
+def _log(cluster: Cluster) -> str:
+    return (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+
+
+def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
+    cluster.mount()
+    big = cluster.mnt / "disk.img"
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MiB))
+    cluster.secondary.stop()  # kill -9 would lose its position: a full resync
+    rng = random.Random(4)
+    offsets = sorted(rng.sample(range(64 * MiB // 4096), 40))
+    with open(big, "r+b") as f:
+        for region in offsets:
+            f.seek(region * 4096)
+            f.write(os.urandom(4096))
+    status = cluster.wait_state("OutOfSync")
+    assert status["dirty_bytes"] == 40 * 4096
+    cluster.secondary.start()
+    status = cluster.wait_state("InSync")
+    assert 40 * 4096 <= status["resync_bytes_sent"] <= 1.1 * 40 * 4096, status
+    assert "quick resync complete" in _log(cluster)
+    cluster.assert_replicated()
+
+
+def test_namespace_changes_while_out_of_sync(cluster: Cluster) -> None:
+    cluster.mount()
+    m = cluster.mnt
+    (m / "keep" / "deep").mkdir(parents=True)
+    (m / "keep" / "deep" / "f").write_bytes(os.urandom(100000))
+    (m / "old-dir").mkdir()
+    (m / "old-dir" / "inner").write_text("inner")
+    (m / "doomed").mkdir()
+    (m / "doomed" / "x").write_text("x")
+    (m / "replace-me").write_text("old")
+    (m / "chmod-me").write_text("c")
+    cluster.secondary.stop()  # kill -9 would lose its position: a full resync
+    (m / "old-dir").rename(m / "keep" / "new-dir")
+    (m / "doomed" / "x").unlink()
+    (m / "doomed").rmdir()
+    (m / "tmp").write_text("new contents")
+    os.rename(m / "tmp", m / "replace-me")
+    os.chmod(m / "chmod-me", 0o600)
+    os.setxattr(m / "chmod-me", "user.k", b"v")
+    (m / "fresh" / "sub").mkdir(parents=True)
+    (m / "fresh" / "sub" / "file").write_bytes(os.urandom(5000))
+    os.link(m / "fresh" / "sub" / "file", m / "fresh" / "hardlink")
+    os.symlink("fresh/sub/file", m / "link")
+    os.mkfifo(m / "fifo")
+    with open(m / "keep" / "deep" / "f", "r+b") as f:
+        f.truncate(50000)
+        f.seek(70000)
+        f.write(b"beyond")
+    cluster.wait_state("OutOfSync")
+    cluster.secondary.start()
+    cluster.wait_state("InSync")
+    cluster.assert_replicated()
+
+
+HAMMER = """
+import os, sys, random, time
+path, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rng = random.Random(seed)
+fd = os.open(path, os.O_WRONLY)
+deadline = time.monotonic() + seconds
+n = 0
+while time.monotonic() < deadline:
+    region = rng.randrange(0, 512)
+    os.pwrite(fd, os.urandom(rng.choice([100, 4096, 10000])), region * 4096 + rng.randrange(0, 4096))
+    n += 1
+os.close(fd)
+print(n)
+"""
+
+
+def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: Cluster) -> None:
+    cluster.mount()
+    target = cluster.mnt / "hot"
+    target.write_bytes(os.urandom(2 * MiB))
+    cluster.secondary.stop()  # kill -9 would lose its position: a full resync
+    with open(target, "r+b") as f:  # make most regions dirty, so the resync has work to race with
+        for region in range(0, 512, 2):
+            f.seek(region * 4096)
+            f.write(os.urandom(4096))
+    cluster.wait_state("OutOfSync")
+    writers = [subprocess.Popen([sys.executable, "-c", HAMMER, str(target), str(seed), "4"], stdout=subprocess.PIPE)
+               for seed in range(3)]
+    try:
+        cluster.secondary.start()
+        counts = [int(w.communicate(timeout=120)[0]) for w in writers]
+    finally:
+        for w in writers:
+            w.kill()
+    assert all(c > 0 for c in counts)
+    wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after the writers stopped", timeout=60)
+    log = _log(cluster)
+    assert "Resyncing" in log and "quick resync" in log
+    cluster.assert_replicated()
