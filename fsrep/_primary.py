@@ -17,6 +17,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+import tracking
 import transport as tp
 
 from ._config import ConfigError, GroupRecord, GroupStore
@@ -60,11 +61,31 @@ def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> tuple[Gr
     record = records[0]
     record.policy = opts.policy
     record.secondary = opts.secondary
-    if not record.clean_shutdown and not record.stale:
-        record.stale = True
-        record.stale_reason = "the primary daemon did not shut down cleanly"
-        log.warning("group %s: previous daemon did not shut down cleanly; replica marked stale", record.id)
-    return record, "" if record.clean_shutdown else "the primary daemon did not shut down cleanly"
+    return record, ""
+
+
+def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> None:
+    """What may differ, as far as the store's state can tell: the saved
+    dirty set if the replica was stale, plus — after a crash — every extent
+    the activity log held active. When that cannot be known, everything."""
+    record = rel.record
+    if record.stale:
+        rel.dirty = groups.load_dirty(record)
+    if baseline:
+        rel.dirty.mark_everything(baseline)
+    if not record.clean_shutdown:
+        try:
+            count = tracking.ActivityLog.recover(groups.load_activity(record), rel.dirty)
+            log.warning("group %s: the primary daemon did not shut down cleanly; %d active extents from the "
+                        "activity log are dirty", record.id, count)
+        except (tracking.StateError, ValueError) as exc:
+            rel.dirty.mark_everything(f"unclean shutdown and no usable activity log: {exc}")
+        rel.replica_may_be_ahead = True
+        if not record.stale:
+            record.stale = True
+            record.stale_reason = "the primary daemon did not shut down cleanly"
+    if rel.dirty.everything:
+        log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
 
 
 async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
@@ -80,14 +101,9 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
     groups = GroupStore(str(store))
-    record, compare_all = _load_group(groups, store, opts)
+    record, baseline = _load_group(groups, store, opts)
     rel = Relationship(record, groups, opts.key, opts.timeouts)
-    if record.stale:
-        rel.dirty = groups.load_dirty(record)
-        if compare_all:
-            rel.dirty.mark_everything(compare_all)
-        if rel.dirty.everything:
-            log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
+    _tracking_state(rel, groups, baseline)
     try:
         await rel.connect()
     except tp.AuthenticationError as exc:

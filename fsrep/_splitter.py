@@ -43,6 +43,7 @@ from ._state import RelationshipState, check_transition
 log = logging.getLogger(__name__)
 R = RelationshipState
 STABLE_SESSION = 10.0
+DIRTY_SAVE_INTERVAL = 1.0
 NO_MARKS = tracking.Marks()
 
 
@@ -92,6 +93,8 @@ class Relationship:
         self._gate: trio.Event | None = None
         self.dirty = tracking.DirtySet()
         self._dirty_changed = False
+        self.activity = tracking.ActivityLog()
+        self.replica_may_be_ahead = False  # after a crash: the replica may hold changes we lost count of
         self._listings: dict[int, tuple[trio.Event, list[tp.Listing]]] = {}
         self.resync_hook: Callable[[], Awaitable[None]] | None = None
         self.last_error = ""
@@ -118,6 +121,7 @@ class Relationship:
         conn = self.conn
         if conn is not None and (self.state is R.IN_SYNC or
                                  (self.state is R.RESYNCING and not self.dirty.blocks(marks))):
+            self._activate(marks, self.next_seq)
             op = apply(self.next_seq)
             if op is None:
                 return None
@@ -127,10 +131,20 @@ class Relationship:
                                      f"changes that cannot be replicated")
         if not self.record.stale:  # pragma: no cover - every way out of InSync marks stale first
             self._mark_stale("change made without a link")
+        self._activate(marks, tracking.LOCAL_SEQ)
         apply(None)
         self.dirty.apply(marks)
         self._dirty_changed = True
         return None
+
+    def _activate(self, marks: tracking.Marks, seq: int) -> None:
+        """Make *marks* durable in the activity log before the change is
+        applied, when they reach an extent not already active."""
+        if marks and self.activity.touch(marks, seq, self.acked_seq):
+            try:
+                self._groups.save_activity(self.record, self.activity)
+            except OSError as exc:
+                log.error("group %s: cannot save the activity log: %s", self.record.id, exc)
 
     async def wait(self, pending: Pending | None) -> None:
         """Wait until *pending* is acknowledged.
@@ -215,7 +229,8 @@ class Relationship:
         self.conn = conn
         self.last_error = ""
         self.replica_seq = welcome.last_seq
-        if not self.acked_seq <= welcome.last_seq < self.next_seq:
+        if not (self.acked_seq <= welcome.last_seq and
+                (welcome.last_seq < self.next_seq or self.replica_may_be_ahead)):
             # The replica lost acknowledged changes, or holds changes this
             # primary never sent: tracking cannot say what differs.
             reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
@@ -238,7 +253,18 @@ class Relationship:
         The backoff only resets after a session that lasted a while, so a
         peer that accepts and then drops us is retried slowly, never in a
         storm."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._save_dirty_periodically)
+            task_status.started()
+            await self._keep_linked()
+            nursery.cancel_scope.cancel()
+
+    async def _save_dirty_periodically(self) -> None:
+        while True:
+            await trio.sleep(DIRTY_SAVE_INTERVAL)
+            self.save_dirty()
+
+    async def _keep_linked(self) -> None:
         backoff = self.timeouts.backoff_min
         while not self._closing:
             resync = False
@@ -409,6 +435,7 @@ class Relationship:
         try:
             self._groups.save_dirty(self.record, self.dirty)
             self._dirty_changed = False
+            self.activity.settle()
         except OSError as exc:
             log.error("group %s: cannot save the dirty set: %s", self.record.id, exc)
 

@@ -8,6 +8,7 @@ that makes in-flight changes crash safe). All sans-IO but ``_persist``.
 
 from ._activity import ACTIVITY_KIND as ACTIVITY_KIND
 from ._activity import EXTENT_SIZE as EXTENT_SIZE
+from ._activity import LOCAL_SEQ as LOCAL_SEQ
 from ._activity import ActivityLog as ActivityLog
 from ._dirty import DIRTY_KIND as DIRTY_KIND
 from ._dirty import DirtySet as DirtySet

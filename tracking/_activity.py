@@ -22,6 +22,7 @@ from ._dirty import DirtySet, Marks
 from ._regions import REGION_SIZE, RegionRange
 
 EXTENT_SIZE = 4 * 1024 * 1024
+LOCAL_SEQ = 2**63  # the "seq" of a change kept local: active until the dirty set holding it is saved
 ACTIVITY_KIND = "fsrep-activity"
 HOT_EXTENTS = 256
 
@@ -67,6 +68,13 @@ class ActivityLog:
 
     def __len__(self) -> int:
         return len(self._active)
+
+    def settle(self) -> None:
+        """The dirty set was saved: local-only changes are in it, so their
+        extents may leave the hot set."""
+        for extent, (path, seq) in self._active.items():
+            if seq == LOCAL_SEQ:
+                self._active[extent] = (path, 0)
 
     def payload(self) -> dict[str, Any]:
         return {"extents": [[ino, ext, path.hex()] for (ino, ext), (path, _) in self._active.items()]}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,21 +112,44 @@ def test_strict_refuses_to_mount_without_the_secondary(cluster: Cluster) -> None
     assert not os.path.ismount(cluster.mnt)
 
 
-def test_kill_of_the_primary_daemon_leads_to_a_resync_at_remount(cluster: Cluster) -> None:
-    cluster.mount()
-    (cluster.mnt / "f").write_text("x")
-    pid = cluster.status()
-    lock = (cluster.primary_store / ".fsrep" / "lock").read_text().split()
-    os.kill(int(lock[2]), signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{lock[2]}").exists(), "the daemon to die")
-    os.system(f"fusermount3 -u -z {cluster.mnt}")
+KEEP_WRITING = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+for i in range(1_000_000):
+    os.pwrite(fd, os.urandom(4096), (i * 7919 % 256) * 4096)  # within the first MiB of the file
+"""
+
+
+def _kill_primary(cluster: Cluster) -> None:
+    pid = (cluster.primary_store / ".fsrep" / "lock").read_text().split()[2]
+    os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+    subprocess.run(["fusermount3", "-u", "-z", str(cluster.mnt)], check=True)
     cluster.mounted = False
+
+
+def test_kill_of_the_primary_during_writes_resyncs_only_the_active_extents(cluster: Cluster) -> None:
+    cluster.mount()
+    big = cluster.mnt / "big"
+    with open(big, "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(1024 * 1024))
+    cluster.umount()  # a clean restart: the activity log starts empty again
+    cluster.mount()
+    writer = subprocess.Popen([sys.executable, "-c", KEEP_WRITING, str(big)], stderr=subprocess.DEVNULL)
+    try:
+        start = cluster.status()["last_acked_seq"]
+        wait_for(lambda: cluster.status()["last_acked_seq"] > start + 200, "writes under way")
+        _kill_primary(cluster)
+    finally:
+        writer.kill()
+        writer.wait()
     cluster.mount()
     status = cluster.status()
-    assert pid["state"] == "InSync"
     assert status["state"] == "InSync"
     log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
-    assert "did not shut down cleanly" in log and "full resync complete" in log
+    assert "did not shut down cleanly" in log and "quick resync complete" in log
+    assert 0 < status["resync_bytes_sent"] <= 4 * 1024 * 1024, "more than the active extent crossed the link"
     cluster.assert_replicated()
 
 
