@@ -32,7 +32,9 @@ lint: deps
 	$(VENV)/bin/ruff check fsrep tracking transport tools tests bench
 
 bench: deps
+	@command -v rsync >/dev/null || (apt-get update -qq && apt-get install -y -qq rsync)
 	$(PY) bench/write.py
+	$(PY) bench/resync.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,119 +1,338 @@
 #!/usr/bin/env python3
-"""Write benchmark: sequential write, 4 KiB write+fsync latency and small
-file creation, for the raw store directory, fsrep with no secondary (local
-passthrough) and fsrep replicating to 127.0.0.1 — all measured in one run.
+"""Write benchmark for fsrep, every configuration measured in the same run:
 
-    .venv/bin/python bench/write.py [--size-mib 1024] [--fsync-writes 500] [--files 2000] [--json]
+  (a) raw       the store directory itself, no FUSE
+  (b) local     fsrep mounted with an unreachable secondary (local passthrough)
+  (c) repl      fsrep replicating to a secondary on 127.0.0.1
+  (d) repl-wb   as (c), mounted with --writeback-cache
+
+Workloads, in this order on each configuration (fresh stores every time):
+  fsync  4 KiB pwrite + fsync, COUNT times: mean and p99 microseconds per pair
+  seq    SIZE MiB in 1 MiB os.write() blocks, then fsync (timed): MiB/s
+  files  N new files of 1 KiB (open O_CREAT|O_EXCL, write, close): files/s
+
+Rounds are interleaved (a b c d, then d c b a, ...) and medians printed.
+After each replicated configuration the replica is compared with the
+primary store, and both daemons' logs are scanned for warnings and errors.
+
+example:
+  .venv/bin/python bench/write.py                 # defaults, a few minutes
+  .venv/bin/python bench/write.py --quick         # smoke run, seconds
+  .venv/bin/python bench/write.py --json --dir /srv/scratch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import platform
 import statistics
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import configuration, workdir  # noqa: E402
+from _common import (  # noqa: E402
+    UNREACHABLE,
+    BenchError,
+    Primary,
+    Secondary,
+    compare_trees,
+    cpu_seconds,
+    ensure_key,
+    install_signal_handlers,
+    log_notes,
+    mounted,
+    secondary,
+    workdir,
+)
 
-CONFIGS = ("raw", "local", "replicated", "replicated-wb")
 BLOCK = 1024 * 1024
+SMALL = 1024
+CONFIGS = {  # name: (letter, description, mount options or None for the raw directory)
+    "raw": ("a", "raw store directory (no FUSE)", None),
+    "local": ("b", "fsrep, no secondary (local passthrough)", ()),
+    "repl": ("c", "fsrep, replicating to 127.0.0.1", ()),
+    "repl-wb": ("d", "fsrep, replicating, --writeback-cache", ("--writeback-cache",)),
+}
+METRICS = {  # name: (column title, format, higher is better)
+    "seq_mib_s": ("seq MiB/s", "{:.1f}", True),
+    "fsync_mean_us": ("fsync mean us", "{:.0f}", False),
+    "fsync_p99_us": ("fsync p99 us", "{:.0f}", False),
+    "files_per_s": ("files/s", "{:.0f}", True),
+}
+AIM = 0.6
+
+
+# --- workloads ---------------------------------------------------------------------
 
 
 def sequential_write(root: Path, size_mib: int) -> float:
-    """MiB/s writing SIZE MiB in 1 MiB blocks, final fsync included."""
+    """MiB/s writing *size_mib* MiB in 1 MiB blocks; the final fsync is timed."""
     block = os.urandom(BLOCK)
-    fd = os.open(root / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    start = time.perf_counter()
-    for _ in range(size_mib):
-        os.write(fd, block)
-    os.fsync(fd)
-    elapsed = time.perf_counter() - start
-    os.close(fd)
-    os.unlink(root / "seq")
+    path = root / "seq"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.perf_counter()
+        for _ in range(size_mib):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    os.unlink(path)
     return size_mib / elapsed
 
 
 def fsync_writes(root: Path, count: int) -> tuple[float, float]:
-    """Mean and p99 microseconds of a 4 KiB write followed by fsync."""
+    """Mean and p99 (nearest rank) microseconds of a 4 KiB pwrite + fsync."""
     data = os.urandom(4096)
     fd = os.open(root / "fsync", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     samples = []
-    for i in range(count):
-        start = time.perf_counter()
-        os.pwrite(fd, data, i * 4096)
-        os.fsync(fd)
-        samples.append((time.perf_counter() - start) * 1e6)
-    os.close(fd)
+    try:
+        for i in range(count):
+            start = time.perf_counter()
+            os.pwrite(fd, data, i * 4096)
+            os.fsync(fd)
+            samples.append((time.perf_counter() - start) * 1e6)
+    finally:
+        os.close(fd)
     samples.sort()
-    return statistics.fmean(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return statistics.fmean(samples), samples[max(0, math.ceil(0.99 * len(samples)) - 1)]
 
 
 def small_files(root: Path, count: int) -> float:
-    """Files per second creating COUNT files of 1 KiB."""
-    data = os.urandom(1024)
-    (root / "small").mkdir()
+    """Files per second creating *count* files of 1 KiB in one directory."""
+    data = os.urandom(SMALL)
+    directory = root / "small"
+    directory.mkdir()
     start = time.perf_counter()
     for i in range(count):
-        fd = os.open(root / "small" / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, data)
-        os.close(fd)
+        fd = os.open(directory / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
     return count / (time.perf_counter() - start)
+
+
+# --- one configuration, one round ------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The figures and observations of one configuration in one round."""
+
+    config: str
+    figures: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU-s per wall-s during seq, per daemon
+    states: list[str] = field(default_factory=list)  # group state before and after the workloads
+    problems: list[str] = field(default_factory=list)
+    log_notes: Counter[str] = field(default_factory=Counter)
+
+
+def workloads(run: Run, root: Path, args: argparse.Namespace, pids: dict[str, int | None]) -> None:
+    mean, p99 = fsync_writes(root, args.fsync_writes)
+    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+    start = time.perf_counter()
+    run.figures["seq_mib_s"] = sequential_write(root, args.size_mib)
+    wall = time.perf_counter() - start
+    run.cpu = {who: (cpu_seconds(pid) - before[who]) / wall for who, pid in pids.items()}
+    run.figures["fsync_mean_us"], run.figures["fsync_p99_us"] = mean, p99
+    run.figures["files_per_s"] = small_files(root, args.files)
+
+
+def measure(config: str, base: Path, args: argparse.Namespace) -> Run:
+    """Fresh stores, the workloads, then every check; everything this
+    configuration started is stopped before returning."""
+    run = Run(config)
+    options = CONFIGS[config][2]
+    base.mkdir(parents=True)
+    os.sync()  # no dirty pages of the previous configuration
+    if options is None:
+        store = base / "store"
+        store.mkdir()
+        workloads(run, store, args, {})
+        return run
+    key = ensure_key(base / "key")
+    sec: Secondary | None = None
+    primary: Primary | None = None
+    group: dict[str, Any] = {}
+    try:
+        if config == "local":
+            with mounted(base / "primary", base / "mnt", key, UNREACHABLE, *options) as primary:
+                group = primary.status()
+                run.states.append(group["state"])
+                workloads(run, primary.mountpoint, args, {"primary": primary.pid})
+                run.states.append(primary.status()["state"])
+            if run.states[-1] != "OutOfSync":
+                run.problems.append(f"expected OutOfSync without a secondary, the group is {run.states[-1]}")
+        else:
+            with secondary(base / "secondary", key) as sec, \
+                    mounted(base / "primary", base / "mnt", key, sec.address, *options) as primary:
+                group = primary.status()
+                run.states.append(group["state"])
+                if group["state"] != "InSync":
+                    raise BenchError(f"{config}: the group is {group['state']} after mounting, not InSync "
+                                     f"({group.get('last_error') or group.get('stale_reason')}); "
+                                     f"see {primary.log}")
+                workloads(run, primary.mountpoint, args, {"primary": primary.pid, "secondary": sec.pid})
+                after = primary.status()
+                run.states.append(after["state"])
+                if after["state"] != "InSync":
+                    run.problems.append(f"the group left InSync during the run: {after['state']} "
+                                        f"({after.get('last_error') or after.get('stale_reason')}); "
+                                        f"these figures are not replicated ones")
+            # both daemons are stopped: the replica must equal the primary store
+            diff = compare_trees(primary.store, sec.replica(group["id"]))
+            if diff:
+                run.problems.append(f"replica differs from the primary store ({len(diff)} entries), "
+                                    f"e.g. {'; '.join(diff[:3])}")
+    finally:
+        if primary is not None:
+            run.log_notes.update({f"primary: {k}": v for k, v in log_notes(primary.log).items()})
+            run.problems += primary.cleanup_notes
+        if sec is not None:
+            run.log_notes.update({f"secondary: {k}": v for k, v in log_notes(sec.log).items()})
+    return run
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def ratio(metric: str, num: dict[str, float], den: dict[str, float]) -> float:
+    """num relative to den, as a throughput ratio (for latencies den/num)."""
+    if METRICS[metric][2]:
+        return num[metric] / den[metric]
+    return den[metric] / num[metric]
+
+
+def summarize(runs: list[Run], args: argparse.Namespace, base: Path, load_start: float) -> dict[str, Any]:
+    by_config = {c: [r for r in runs if r.config == c] for c in CONFIGS}
+    medians = {c: {m: statistics.median(r.figures[m] for r in rs) for m in METRICS} for c, rs in by_config.items()}
+    ratios = {}
+    for num in ("repl", "repl-wb"):
+        for den in ("raw", "local"):
+            label = f"{CONFIGS[num][0]}/{CONFIGS[den][0]}"
+            ratios[label] = {m: ratio(m, medians[num], medians[den]) for m in METRICS}
+    aim = ratios["c/b"]["seq_mib_s"]
+    notes: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
+    for r in runs:
+        notes[r.config].update(r.log_notes)
+    return {
+        "parameters": {"size_mib": args.size_mib, "fsync_writes": args.fsync_writes, "files": args.files,
+                       "file_size": SMALL, "rounds": args.rounds, "dir": str(base)},
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                 "loadavg_1min_start": load_start, "loadavg_1min_end": os.getloadavg()[0]},
+        "configurations": {c: {"letter": CONFIGS[c][0], "description": CONFIGS[c][1], "median": medians[c],
+                               "rounds": [r.figures for r in by_config[c]],
+                               "seq_cpu_per_wall_s": {who: statistics.median(r.cpu[who] for r in by_config[c])
+                                                      for who in by_config[c][0].cpu},
+                               "group_states": [r.states for r in by_config[c]],
+                               "problems": [p for r in by_config[c] for p in r.problems],
+                               "log_notes": dict(notes[c])}
+                           for c in CONFIGS},
+        "ratios": ratios,
+        "aim": {"what": f"replicated sequential write >= {AIM} x local passthrough", "ratio": aim,
+                "met": aim >= AIM, "ratio_writeback_cache": ratios["d/b"]["seq_mib_s"]},
+    }
+
+
+def print_report(s: dict[str, Any]) -> None:
+    p, confs = s["parameters"], s["configurations"]
+    h = s["host"]
+    print(f"\nfsrep write benchmark: medians of {p['rounds']} interleaved round(s); {h['cpus']} CPUs, "
+          f"kernel {h['kernel']}, load average {h['loadavg_1min_start']:.2f} at start, "
+          f"{h['loadavg_1min_end']:.2f} at end; stores under {p['dir']}")
+    print(f"  seq:   {p['size_mib']} MiB in 1 MiB writes + final fsync (timed)")
+    print(f"  fsync: {p['fsync_writes']} x (4 KiB pwrite + fsync), latency per pair")
+    print(f"  files: {p['files']} new files of {p['file_size']} bytes (open, write, close)\n")
+    head = f"{'configuration':<46}" + "".join(f"{METRICS[m][0]:>15}" for m in METRICS)
+    print(head)
+    print("-" * len(head))
+    for c in confs.values():
+        print(f"({c['letter']}) {c['description']:<42}"
+              + "".join(f"{METRICS[m][1].format(c['median'][m]):>15}" for m in METRICS))
+    if p["rounds"] > 1:
+        print("\nspread over the rounds (min..max)")
+        for c in confs.values():
+            print(f"({c['letter']}) " + "   ".join(
+                f"{METRICS[m][0]} {METRICS[m][1].format(min(r[m] for r in c['rounds']))}.."
+                f"{METRICS[m][1].format(max(r[m] for r in c['rounds']))}" for m in METRICS))
+    print("\nratios (higher is better; fsync columns are throughput-equivalent: "
+          "baseline latency / replicated latency)")
+    print(f"{'':<34}" + "".join(f"{METRICS[m][0]:>15}" for m in METRICS))
+    names = {"a": "raw", "b": "local", "c": "replicated", "d": "replicated-wb"}
+    for label, values in s["ratios"].items():
+        num, den = label.split("/")
+        print(f"{label}  ({names[num]} vs {names[den]})".ljust(34) + "".join(f"{values[m]:>15.2f}" for m in METRICS))
+    print("\ndaemon CPU during the sequential write (CPU seconds per wall-clock second; 1.00 = one core busy)")
+    for c in confs.values():
+        if c["seq_cpu_per_wall_s"]:
+            print(f"({c['letter']}) " + ", ".join(f"{who} {v:.2f}" for who, v in c["seq_cpu_per_wall_s"].items()))
+    print("\nchecks")
+    for name, c in confs.items():
+        states = sorted({" -> ".join(st) for st in c["group_states"] if st})
+        line = f"({c['letter']}) " + (f"group state {', '.join(states)}" if states else "no fsrep")
+        if name.startswith("repl") and not c["problems"]:
+            line += "; replica identical to the primary store after every round"
+        print(line)
+        for problem in c["problems"]:
+            print(f"    PROBLEM: {problem}")
+        for note, count in sorted(c["log_notes"].items()):
+            print(f"    log: {note}" + (f"  (x{count})" if count > 1 else ""))
+    aim = s["aim"]
+    print(f"\naim: {aim['what']}: {'MET' if aim['met'] else 'NOT MET'} "
+          f"(c/b = {aim['ratio']:.2f}; with --writeback-cache d/b = {aim['ratio_writeback_cache']:.2f})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", help="where to put the stores (default: a temp dir in /var/tmp)")
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--fsync-writes", type=int, default=500)
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dir", help="base directory; the stores go to a fresh directory inside it, removed "
+                                      "at the end (default: /var/tmp)")
+    parser.add_argument("--size-mib", type=int, default=1024, help="sequential write size (default 1024)")
+    parser.add_argument("--fsync-writes", type=int, default=500, help="4 KiB write+fsync pairs (default 500)")
+    parser.add_argument("--files", type=int, default=2000, help="small files to create (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 50 fsyncs, 200 files, 1 round")
+    parser.add_argument("--keep", action="store_true", help="keep the stores and logs afterwards")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
         args.size_mib, args.fsync_writes, args.files, args.rounds = 64, 50, 200, 1
-    samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in CONFIGS}
-    with workdir(args.dir) as base:
-        for round_ in range(args.rounds):
-            order = CONFIGS if round_ % 2 == 0 else tuple(reversed(CONFIGS))  # spread drift evenly
-            for kind in order:
-                os.sync()  # start each measurement without the previous one's dirty pages
-                with configuration(kind, base / f"r{round_}") as root:
-                    mean, p99 = fsync_writes(root, args.fsync_writes)
-                    samples[kind].append({
-                        "seq_write_mib_s": sequential_write(root, args.size_mib),
-                        "fsync_write_mean_us": mean,
-                        "fsync_write_p99_us": p99,
-                        "small_files_per_s": small_files(root, args.files),
-                    })
-                print(f"round {round_ + 1}/{args.rounds}: measured {kind}", file=sys.stderr, flush=True)
-    results = {kind: {metric: statistics.median(s[metric] for s in runs) for metric in runs[0]}
-               for kind, runs in samples.items()}
+    if min(args.size_mib, args.fsync_writes, args.files, args.rounds) < 1:
+        parser.error("sizes and counts must be at least 1")
+    install_signal_handlers()
+    load_start = os.getloadavg()[0]
+    runs: list[Run] = []
+    try:
+        with workdir(args.dir, keep=args.keep) as base:
+            for round_ in range(args.rounds):
+                order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
+                for config in order:
+                    started = time.monotonic()
+                    runs.append(measure(config, base / f"round{round_ + 1}" / config, args))
+                    print(f"round {round_ + 1}/{args.rounds}: {config:<8} {time.monotonic() - started:5.1f}s  "
+                          + "  ".join(f"{METRICS[m][0]} {METRICS[m][1].format(v)}"
+                                      for m, v in runs[-1].figures.items()), file=sys.stderr, flush=True)
+            summary = summarize(runs, args, base, load_start)
+    except BenchError as exc:
+        print(f"bench/write.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"bench/write.py: interrupted ({exc or 'SIGINT'}); everything started was stopped", file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(f"\nmedians of {args.rounds} interleaved rounds; sequential write {args.size_mib} MiB "
-          f"(1 MiB blocks, final fsync), {args.fsync_writes} x (4 KiB write + fsync), {args.files} small files\n")
-    print(f"{'configuration':<16}{'seq MiB/s':>12}{'fsync mean us':>16}{'fsync p99 us':>15}{'files/s':>10}")
-    for kind, r in results.items():
-        print(f"{kind:<16}{r['seq_write_mib_s']:>12.1f}{r['fsync_write_mean_us']:>16.0f}"
-              f"{r['fsync_write_p99_us']:>15.0f}{r['small_files_per_s']:>10.0f}")
-    print("\nratios (higher is better; for latency: baseline latency / replicated latency)")
-    for rep in ("replicated", "replicated-wb"):
-        for base_kind, label in (("raw", "c/a"), ("local", "c/b")):
-            r, b = results[rep], results[base_kind]
-            print(f"  {rep:<14} {label} ({base_kind:<5}): seq {r['seq_write_mib_s'] / b['seq_write_mib_s']:.2f}  "
-                  f"fsync {b['fsync_write_mean_us'] / r['fsync_write_mean_us']:.2f}  "
-                  f"files {r['small_files_per_s'] / b['small_files_per_s']:.2f}")
-    best = max(results["replicated"]["seq_write_mib_s"], results["replicated-wb"]["seq_write_mib_s"])
-    ratio = results["replicated"]["seq_write_mib_s"] / results["local"]["seq_write_mib_s"]
-    print(f"\naim: replicated sequential write >= 0.6 x local passthrough: "
-          f"{'MET' if ratio >= 0.6 else 'NOT MET'} ({ratio:.2f} default mode, "
-          f"{best / results['local']['seq_write_mib_s']:.2f} best mode)")
+        print(json.dumps(summary, indent=2))
+    else:
+        print_report(summary)
     return 0
 
 

@@ -86,6 +86,8 @@ async def full_resync(rel: Relationship, tree: Tree) -> None:
     rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
     await rel.finish_resync()
     elapsed = trio.current_time() - progress.start
+    rel.resync_bytes += progress.bytes
+    rel.last_resync_seconds = elapsed
     log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,
              progress.bytes, elapsed)
 

@@ -86,6 +86,7 @@ class QuickResync:
             elif await rel.finish_resync():
                 break
         rel.resync_bytes += self.bytes_sent
+        rel.last_resync_seconds = trio.current_time() - self.started
         log.info("group %s: quick resync complete: %d bytes of data in %.1fs", rel.record.id, self.bytes_sent,
                  trio.current_time() - self.started)
 

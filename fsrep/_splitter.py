@@ -85,6 +85,7 @@ class Relationship:
         self.acked_seq = record.last_seq
         self.replica_seq = 0
         self.resync_bytes = 0
+        self.last_resync_seconds = 0.0
         self._inflight: collections.deque[Pending] = collections.deque()
         self._bytes_in_flight = 0
         self._last_progress = 0.0
@@ -513,6 +514,7 @@ class Relationship:
             "bytes_in_flight": self._bytes_in_flight,
             "dirty_bytes": self.dirty.dirty_bytes,
             "resync_bytes_sent": self.resync_bytes,
+            "last_resync_seconds": round(self.last_resync_seconds, 3),
             "stale_reason": self.record.stale_reason if self.record.stale else "",
             "last_error": self.last_error,
         }
