@@ -147,15 +147,10 @@ class GroupStore:
             dirty.mark_everything(f"dirty set unusable ({exc})")
             return dirty
 
-    def activity_file(self, record: GroupRecord) -> Path:
-        return self.dir / f"{record.id}.activity"
-
-    def save_activity(self, record: GroupRecord, activity: tracking.ActivityLog) -> None:
-        tracking.save_state(self.activity_file(record), tracking.ACTIVITY_KIND, activity.payload())
-
-    def load_activity(self, record: GroupRecord) -> dict[str, object]:
-        """Raises tracking.StateError when missing or damaged."""
-        return tracking.load_state(self.activity_file(record), tracking.ACTIVITY_KIND)
+    def activity(self, record: GroupRecord) -> tracking.AlternatingState:
+        """Where the group's activity log lives (two files, saved in turn)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return tracking.AlternatingState(self.dir / f"{record.id}.activity", tracking.ACTIVITY_KIND)
 
     def save(self, record: GroupRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

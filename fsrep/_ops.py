@@ -379,11 +379,11 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
         uid, gid, mode = self._owner(path.rpartition(b"/")[0], ctx, mode & ~ctx.umask)
-        dir_fd, leaf = self.tree.at(path)
         opened: list[int] = []
 
         def apply(seq: int | None) -> tp.Operation:
             self.tree.forget(path)
+            dir_fd, leaf = self.tree.at(path)  # here, not before an await: cached descriptors can be evicted
             fd = os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | self._local_flags(flags),
                          stat.S_IMODE(mode), dir_fd=dir_fd)
             opened.append(fd)

@@ -75,7 +75,7 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         rel.dirty.mark_everything(baseline)
     if not record.clean_shutdown:
         try:
-            count = tracking.ActivityLog.recover(groups.load_activity(record), rel.dirty)
+            count = tracking.ActivityLog.recover(groups.activity(record).load(), rel.dirty)
             log.warning("group %s: the primary daemon did not shut down cleanly; %d active extents from the "
                         "activity log are dirty", record.id, count)
         except (tracking.StateError, ValueError) as exc:

@@ -115,8 +115,8 @@ class QuickResync:
         found = []
         for ino in self.dirty.dirs():
             path = self.resolve(ino)
-            if path is None:
-                self.dirty.clean_dir(ino)  # gone: its parent was marked when it went
+            if path is None or not stat.S_ISDIR(self.tree.lstat(path).st_mode):
+                self.dirty.clean_dir(ino)  # gone (its parent was marked then), or its number reused
                 continue
             found.append((path.count(b"/") + bool(path), path, ino))
         if not found:

@@ -95,6 +95,7 @@ class Relationship:
         self.dirty = tracking.DirtySet()
         self._dirty_changed = False
         self.activity = tracking.ActivityLog()
+        self._activity_file = groups.activity(record)
         self.replica_may_be_ahead = False  # after a crash: the replica may hold changes we lost count of
         self._listings: dict[int, tuple[trio.Event, list[tp.Listing]]] = {}
         self.resync_hook: Callable[[], Awaitable[None]] | None = None
@@ -143,7 +144,7 @@ class Relationship:
         applied, when they reach an extent not already active."""
         if marks and self.activity.touch(marks, seq, self.acked_seq):
             try:
-                self._groups.save_activity(self.record, self.activity)
+                self._activity_file.save(self.activity.payload())
             except OSError as exc:
                 log.error("group %s: cannot save the activity log: %s", self.record.id, exc)
 
@@ -350,6 +351,10 @@ class Relationship:
                     slot[1].append(event)
                     slot[0].set()
             elif isinstance(event, tp.Nack):
+                if self.state is R.RESYNCING:
+                    # The replica is not what the dirty set says: never retry the same steps forever.
+                    self.dirty.mark_everything(f"the replica refused resync step {event.seq}: {event.message}")
+                    self._dirty_changed = True
                 raise tp.LinkDown(f"secondary could not apply seq {event.seq}: "
                                   f"{errno.errorcode.get(event.errno, event.errno)} {event.message}")
             elif isinstance(event, tp.Ping):

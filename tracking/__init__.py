@@ -13,6 +13,7 @@ from ._activity import ActivityLog as ActivityLog
 from ._dirty import DIRTY_KIND as DIRTY_KIND
 from ._dirty import DirtySet as DirtySet
 from ._dirty import Marks as Marks
+from ._persist import AlternatingState as AlternatingState
 from ._persist import StateCorrupt as StateCorrupt
 from ._persist import StateError as StateError
 from ._persist import StateMissing as StateMissing

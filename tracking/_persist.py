@@ -88,3 +88,71 @@ def load_state(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if not isinstance(payload, dict) or doc.get("checksum") != _checksum(payload):
         raise StateCorrupt(f"{path}: checksum mismatch")
     return payload
+
+
+class AlternatingState:
+    """A state file written often and cheaply: two files used in turn,
+    rewritten in place with one fdatasync each, every save carrying a
+    generation. A crash in the middle of a save damages only the file being
+    written; the other holds the previous generation, which is what the
+    caller relied on until this save returned.
+
+    For the activity log, which is saved before the first write into every
+    newly active extent.
+    """
+
+    def __init__(self, base: str | os.PathLike[str], kind: str) -> None:
+        base = Path(base)
+        self.paths = (base.with_name(base.name + ".0"), base.with_name(base.name + ".1"))
+        self.kind = kind
+        self.generation = 0
+        try:
+            self.load()  # continue after the newest generation on disk
+        except StateError:
+            pass
+
+    def save(self, payload: dict[str, Any]) -> None:
+        self.generation += 1
+        path = self.paths[self.generation % 2]
+        body = {"generation": self.generation, "state": payload}
+        doc = {"format": self.kind, "version": STATE_VERSION, "checksum": _checksum(body), "payload": body}
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def load(self) -> dict[str, Any]:
+        """The newest intact generation.
+
+        Raises:
+            StateMissing: neither file exists.
+            StateCorrupt: neither file is intact.
+        """
+        found: list[tuple[int, dict[str, Any]]] = []
+        errors = []
+        for path in self.paths:
+            try:
+                body = load_state(path, self.kind)
+                found.append((int(body["generation"]), dict(body["state"])))
+            except StateMissing:
+                continue
+            except (StateCorrupt, KeyError, TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        if not found:
+            if errors:
+                raise StateCorrupt("; ".join(errors))
+            raise StateMissing(f"{self.paths[0]}: missing")
+        self.generation, payload = max(found, key=lambda item: item[0])
+        return payload

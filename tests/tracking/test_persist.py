@@ -126,3 +126,19 @@ def test_atomic_write_into_a_missing_directory_fails_and_creates_nothing(tmp_pat
 def test_atomic_write_accepts_str_paths(tmp_path: Path) -> None:
     atomic_write(str(tmp_path / "f"), b"x")
     assert (tmp_path / "f").read_bytes() == b"x"
+
+
+def test_alternating_state_survives_a_torn_save_and_continues_its_generations(tmp_path: Path) -> None:
+    from tracking import AlternatingState
+    state = AlternatingState(tmp_path / "log", "kind")
+    state.save({"n": 1})
+    state.save({"n": 2})
+    assert AlternatingState(tmp_path / "log", "kind").load() == {"n": 2}
+    newest = state.paths[state.generation % 2]
+    newest.write_bytes(newest.read_bytes()[:10])  # a crash in the middle of the last save
+    again = AlternatingState(tmp_path / "log", "kind")
+    assert again.load() == {"n": 1}
+    again.save({"n": 3})
+    assert AlternatingState(tmp_path / "log", "kind").load() == {"n": 3}
+    with pytest.raises(StateMissing):
+        AlternatingState(tmp_path / "other", "kind").load()
