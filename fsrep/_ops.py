@@ -152,6 +152,20 @@ class Operations(pyfuse3.Operations):
             ancestors.extend(above)
         return Marks(dirs=tuple(dirs), ancestors=tuple(ancestors))
 
+    def _moved(self, old: bytes, new: bytes) -> Marks:
+        """Marks of an entry renamed from *old* to *new*: the replica may hold
+        another entry of the same kind (even size) at *new*, so a moved file
+        is copied whole and a moved directory is compared entry by entry."""
+        try:
+            st = self.tree.lstat(old)
+        except OSError:
+            return Marks()
+        if stat.S_ISDIR(st.st_mode):
+            return Marks(dirs=((st.st_ino, new),))
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            return Marks(regions=((st.st_ino, new, 0, st.st_size),), meta=((st.st_ino, new),))
+        return Marks(meta=((st.st_ino, new),))
+
     def _on_file(self, ino: int, path: bytes, *, size_change: tuple[int, int] | None = None,
                  write: tuple[int, int] | None = None) -> Marks:
         """Marks of a change to one file: its data regions or its metadata."""
@@ -336,8 +350,13 @@ class Operations(pyfuse3.Operations):
         if not wire & tp.RENAME_EXCHANGE:
             replaced = self.inodes.lookup_entry(parent_inode_new, name_new)
             keep_fd = self._open_fd_of(replaced) if replaced is not None else None
-        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)),
-                              self._in_dirs(parent_inode_old, parent_inode_new))
+        marks = self._in_dirs(parent_inode_old, parent_inode_new)
+        moved = [self._moved(old, new)]
+        if wire & tp.RENAME_EXCHANGE:
+            moved.append(self._moved(new, old))
+        marks = Marks(regions=tuple(r for m in moved for r in m.regions), meta=tuple(x for m in moved for x in m.meta),
+                      dirs=marks.dirs + tuple(d for m in moved for d in m.dirs), ancestors=marks.ancestors)
+        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)), marks)
         if wire & tp.RENAME_EXCHANGE:
             self.inodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:

@@ -22,8 +22,8 @@ How quick resync works (clients keep reading and writing throughout):
 
 Caveats:
 - An entry created or renamed into a dirty directory is copied whole.
-- A hard link made while out of sync becomes a separate copy on the replica
-  unless its other name is created in the same resync.
+- A hard link made while out of sync (or a hard-linked file renamed) turns
+  the resync into a full one: which name the replica holds is not tracked.
 - Extended attributes removed while out of sync are not removed on the replica.
 """
 
@@ -68,7 +68,6 @@ class QuickResync:
         self.dirty = rel.dirty
         self.tree = tree
         self.inodes = inodes
-        self.placed: dict[int, bytes] = {}
         self.bytes_sent = 0
         self.started = 0.0
 
@@ -159,16 +158,17 @@ class QuickResync:
 
     def _create(self, path: bytes, st: os.stat_result) -> None:
         send, mode = self.rel.send, st.st_mode
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            # Which name the replica holds this inode under is not tracked: compare everything instead
+            # of breaking the hard link into two files.
+            reason = f"a hard link ({path!r}) changed while out of sync"
+            self.dirty.mark_everything(reason)
+            raise tp.LinkDown(reason)
         if stat.S_ISDIR(mode):
             send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
             self.dirty.mark_dir(st.st_ino, path)
         elif stat.S_ISREG(mode):
-            first = self.placed.get(st.st_ino) if st.st_nlink > 1 else None
-            if first is not None and self.resolve(st.st_ino) is not None:
-                send(lambda seq: tp.Link(seq=seq, target=first, new=path))
-                return
             send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-            self.placed[st.st_ino] = path
             if st.st_size:
                 self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
         elif stat.S_ISLNK(mode):
@@ -206,11 +206,14 @@ class QuickResync:
             return False
         offset = chunk.first * tracking.REGION_SIZE
         try:
-            fd = self.tree.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = self.tree.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError:
             self.dirty.forget_file(ino)
             return False
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
+                return False
             data = os.pread(fd, chunk.count * tracking.REGION_SIZE, offset)
         finally:
             os.close(fd)

@@ -20,6 +20,7 @@ sees a mismatch and resyncs instead of trusting it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
@@ -53,6 +54,7 @@ class Replica:
     last_saved: int
     session: trio.CancelScope | None = None
     session_done: trio.Event | None = None
+    conn: tp.Connection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def checkpoint(self) -> None:
@@ -122,7 +124,7 @@ class Secondary:
             if replica.session_done is not None:
                 await replica.session_done.wait()
         with trio.CancelScope() as scope:
-            replica.session, replica.session_done = scope, trio.Event()
+            replica.session, replica.session_done, replica.conn = scope, trio.Event(), conn
             try:
                 await self._session(conn, replica, peer)
             finally:
@@ -130,7 +132,7 @@ class Secondary:
                     await conn.aclose()
                     await trio.to_thread.run_sync(replica.checkpoint)
                 if replica.session is scope:
-                    replica.session = None
+                    replica.session = replica.conn = None
                 replica.session_done.set()
 
     async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
@@ -189,6 +191,11 @@ class Secondary:
                     await trio.to_thread.run_sync(replica.checkpoint)
                 except OSError as exc:
                     log.error("group %s: cannot save the replica position: %s", replica.id, exc)
+                    continue
+                if replica.conn is not None and replica.last_saved:
+                    # Tell the primary it may forget what it kept for a crash of ours (sent with the next reply).
+                    with contextlib.suppress(tp.LinkDown, tp.ProtocolError):
+                        replica.conn.enqueue(tp.Durable(seq=replica.last_saved))
 
     def close(self) -> None:
         for replica in self.replicas.values():

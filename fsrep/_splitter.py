@@ -97,6 +97,10 @@ class Relationship:
         self.activity = tracking.ActivityLog()
         self._activity_file = groups.activity(record)
         self.replica_may_be_ahead = False  # after a crash: the replica may hold changes we lost count of
+        # Acknowledged but not yet durable on the secondary: (seq, marks), to
+        # mark dirty again should the secondary crash and come back behind.
+        self._not_durable: collections.deque[tuple[int, tracking.Marks]] = collections.deque()
+        self.durable_seq = record.last_seq
         self._listings: dict[int, tuple[trio.Event, list[tp.Listing]]] = {}
         self.resync_hook: Callable[[], Awaitable[None]] | None = None
         self.last_error = ""
@@ -142,7 +146,7 @@ class Relationship:
     def _activate(self, marks: tracking.Marks, seq: int) -> None:
         """Make *marks* durable in the activity log before the change is
         applied, when they reach an extent not already active."""
-        if marks and self.activity.touch(marks, seq, self.acked_seq):
+        if marks and self.activity.touch(marks, seq, self.durable_seq):
             try:
                 self._activity_file.save(self.activity.payload())
             except OSError as exc:
@@ -211,6 +215,8 @@ class Relationship:
             self._bytes_in_flight -= pending.nbytes
             pending.ok = True
             pending.done.set()
+            if pending.marks:
+                self._not_durable.append((pending.seq, pending.marks))
         self.acked_seq = max(self.acked_seq, seq)
         self._last_progress = trio.current_time()
 
@@ -231,8 +237,20 @@ class Relationship:
         self.conn = conn
         self.last_error = ""
         self.replica_seq = welcome.last_seq
-        if not (self.acked_seq <= welcome.last_seq and
-                (welcome.last_seq < self.next_seq or self.replica_may_be_ahead)):
+        behind = self.durable_seq <= welcome.last_seq < self.acked_seq
+        if behind and not self.record.stale:
+            self._mark_stale(f"the secondary came back at seq {welcome.last_seq}, behind {self.acked_seq}")
+        if behind:
+            # It lost acknowledged changes it had not made durable; we kept their marks.
+            for seq, marks in self._not_durable:
+                if seq > welcome.last_seq:
+                    self.dirty.apply(marks)
+            self._dirty_changed = True
+            self.acked_seq = welcome.last_seq
+            log.info("group %s: the secondary lost changes after seq %d that it had not made durable; "
+                     "they are dirty", self.record.id, welcome.last_seq)
+        elif not (self.acked_seq <= welcome.last_seq and
+                  (welcome.last_seq < self.next_seq or self.replica_may_be_ahead)):
             # The replica lost acknowledged changes, or holds changes this
             # primary never sent: tracking cannot say what differs.
             reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
@@ -322,6 +340,13 @@ class Relationship:
             await self.resync_hook()
         except tp.LinkDown as exc:
             log.warning("group %s: resync failed: %s", self.record.id, exc)
+            if self.state is R.RESYNCING:
+                self.link_lost(f"resync abandoned: {exc}")
+        except Exception:
+            # Never retry the same failing steps forever: the next resync compares everything.
+            self.dirty.mark_everything("an internal error interrupted the last resync")
+            self._dirty_changed = True
+            raise
 
     @contextlib.contextmanager
     def holding_mutations(self) -> Iterator[None]:
@@ -345,6 +370,10 @@ class Relationship:
             event = await conn.receive_event(idle_timeout=idle)
             if isinstance(event, tp.Ack):
                 self._acked(event.seq)
+            elif isinstance(event, tp.Durable):
+                self.durable_seq = max(self.durable_seq, event.seq)
+                while self._not_durable and self._not_durable[0][0] <= event.seq:
+                    self._not_durable.popleft()
             elif isinstance(event, tp.Listing):
                 slot = self._listings.get(event.seq)
                 if slot is not None:

@@ -149,6 +149,13 @@ class DirtySet:
             entry.regions.discard(regions)
             self._drop_if_clean(ino, entry)
 
+    def drop_regions(self, ino: int) -> None:
+        """*ino* no longer holds file data (its number was reused)."""
+        entry = self._files.get(ino)
+        if entry is not None:
+            entry.regions = RegionSet()
+            self._drop_if_clean(ino, entry)
+
     def clean_meta(self, ino: int) -> None:
         entry = self._files.get(ino)
         if entry is not None:

@@ -27,6 +27,7 @@ from ._frames import Ack as Ack
 from ._frames import Close as Close
 from ._frames import Create as Create
 from ._frames import DirEntry as DirEntry
+from ._frames import Durable as Durable
 from ._frames import Error as Error
 from ._frames import Frame as Frame
 from ._frames import Fsync as Fsync

@@ -485,6 +485,16 @@ class Pong(Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Durable(Frame):
+    """Secondary -> primary: everything up to ``seq`` is on stable storage
+    and recorded as the replica's position (it survives a crash)."""
+
+    TYPE = 37
+    FIELDS = (("seq", U64),)
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Close(Frame):
     """Orderly end: the sender has nothing more after ``last_seq``."""
 
@@ -505,7 +515,7 @@ class Error(Frame):
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink, RmDir, Rename,
-                Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Ack, Nack, Ping,
+                Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Durable, Ack, Nack, Ping,
                 Pong, Close, Error)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

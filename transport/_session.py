@@ -30,6 +30,7 @@ from ._frames import (
     Ack,
     Challenge,
     Close,
+    Durable,
     Error,
     Frame,
     Hello,
@@ -63,8 +64,8 @@ RECEIVE = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
     },
     "secondary": {
         S.START: {Hello, Error},
@@ -84,8 +85,8 @@ SEND = {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
     },
 }
 
@@ -219,6 +220,8 @@ class PrimarySession(_Session):
             self.state = S.OPEN
             self.last_sent = self.last_acked = frame.last_seq
             return frame
+        if isinstance(frame, Durable) and frame.seq > self.last_sent:
+            raise RemoteProtocolError(f"Durable for seq {frame.seq} beyond {self.last_sent}")
         if isinstance(frame, Listing) and not self.last_acked < frame.seq <= self.last_sent:
             raise RemoteProtocolError(f"Listing for seq {frame.seq} outside {self.last_acked}..{self.last_sent}")
         if isinstance(frame, (Ack, Nack)):

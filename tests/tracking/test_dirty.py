@@ -96,3 +96,12 @@ def test_recovery_marks_every_active_extent_dirty() -> None:
     per_extent = EXTENT_SIZE // REGION_SIZE
     assert list(dirty.ranges(4)) == [RegionRange(per_extent, per_extent)]
     assert dirty.dir_dirty(2)
+
+
+def test_dropping_regions_keeps_dirty_metadata() -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(regions=((1, b"f", 0, 10),), meta=((1, b"f"),)))
+    dirty.drop_regions(1)
+    assert dirty.dirty_bytes == 0 and dirty.meta_dirty(1)
+    dirty.clean_meta(1)
+    assert not dirty

@@ -32,6 +32,7 @@ SAMPLES: list[tp.Frame] = [
     tp.RemoveXattr(seq=12, path=b"f", name=b"user.k"),
     tp.Fsync(seq=13, path=b"", whole=1),
     tp.Purge(seq=14),
+    tp.Durable(seq=20),
     tp.Remove(seq=18, path=b"gone/tree"),
     tp.ListDir(seq=19, path=b"d", after=b"m"),
     tp.Listing(seq=19, more=1, entries=tp.encode_entries([tp.DirEntry(b"n", 0o100644, 1, 2, 3, -4, 1)])),
