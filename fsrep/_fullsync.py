@@ -2,10 +2,11 @@
 it and sending the whole tree — namespace first within each directory, data
 as sparse-aware writes, then attributes.
 
-This is the fallback that is always correct: it needs no tracking, and runs
-before the filesystem is mounted, so nothing changes the store meanwhile.
-Dirty-region tracking (quick resync) makes the common case move only what
-changed.
+This is the fallback that is always correct: it needs no tracking. It runs
+before the filesystem is mounted or, when mounted, while new mutations wait
+at the gate (``Relationship.holding_mutations``), so nothing changes the
+store meanwhile. Quick resync (``_resync``) is the common case and moves
+only what changed.
 
 Caveats:
 - Directories' times are set after their contents, deepest first, so
