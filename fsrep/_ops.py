@@ -178,7 +178,7 @@ class Operations(pyfuse3.Operations):
             low, high = sorted(size_change)
             regions.append((backing, path, low, high - low))
         meta = () if write is not None else ((backing, path),)
-        return Marks(regions=tuple(regions), meta=meta, ancestors=above)
+        return Marks(regions=tuple(regions), meta=meta, ancestors=above, parent=above[-1] if above else None)
 
     def _entry(self, parent: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
         st = self.tree.lstat(path)

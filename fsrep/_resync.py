@@ -136,6 +136,7 @@ class QuickResync:
                 primary[name] = self.tree.lstat(_join(path, name))
             except FileNotFoundError:
                 continue
+        heads = self.dirty.heads_dirty(ino)  # after a crash: every file's first extent and metadata may differ
         for child in sorted(_join(path, name) for name in set(secondary) - set(primary)):
             send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
         for name, st in sorted(primary.items()):
@@ -146,6 +147,13 @@ class QuickResync:
                 if theirs is not None:
                     send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
                 self._create(child, st)
+            elif heads and stat.S_ISREG(st.st_mode):
+                size = max(st.st_size, theirs.size)
+                self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(0, min(size, tracking.EXTENT_SIZE)))
+                if theirs.size > tracking.EXTENT_SIZE or st.st_size > tracking.EXTENT_SIZE:
+                    low, high = sorted((theirs.size, st.st_size))
+                    self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
+                self.dirty.mark_meta(st.st_ino, child)
             elif stat.S_ISREG(st.st_mode) and theirs.size != st.st_size:
                 low, high = sorted((theirs.size, st.st_size))
                 self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))

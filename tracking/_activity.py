@@ -26,7 +26,9 @@ LOCAL_SEQ = 2**63  # the "seq" of a change kept local: active until the dirty se
 ACTIVITY_KIND = "fsrep-activity"
 HOT_EXTENTS = 256
 
-Extent = tuple[int, int]  # (ino, extent number); extent -1 stands for a directory's entries
+Extent = tuple[int, int]  # (ino, extent number), or (directory ino, ENTRIES | FILE_HEADS)
+ENTRIES = -1     # a directory's entries
+FILE_HEADS = -2  # the first extent and metadata of every file in a directory: one record for many small files
 
 
 class ActivityLog:
@@ -48,9 +50,17 @@ class ActivityLog:
             first = offset // EXTENT_SIZE
             last = (offset + max(length, 1) - 1) // EXTENT_SIZE
             for extent in range(first, last + 1):
-                needed |= self._activate((ino, extent), path, seq)
-        for ino, path in (*marks.meta, *marks.dirs):
-            needed |= self._activate((ino, -1), path, seq)
+                if extent == 0 and marks.parent is not None:
+                    needed |= self._activate((marks.parent, FILE_HEADS), _parent_path(path), seq)
+                else:
+                    needed |= self._activate((ino, extent), path, seq)
+        for ino, path in marks.meta:
+            if marks.parent is not None:
+                needed |= self._activate((marks.parent, FILE_HEADS), _parent_path(path), seq)
+            else:
+                needed |= self._activate((ino, ENTRIES), path, seq)
+        for ino, path in marks.dirs:
+            needed |= self._activate((ino, ENTRIES), path, seq)
         if needed:
             while len(self._active) > self._hot:
                 oldest = next(iter(self._active))
@@ -93,10 +103,16 @@ class ActivityLog:
             raise ValueError(f"not an activity log: {exc!r}") from None
         per_extent = EXTENT_SIZE // REGION_SIZE
         for ino, ext, path in extents:
-            if ext < 0:
+            if ext == FILE_HEADS:
+                dirty.mark_heads(ino, path)
+            elif ext < 0:
                 dirty.mark_dir(ino, path)
                 dirty.mark_meta(ino, path)
             else:
                 dirty.mark_regions(ino, path, RegionRange(ext * per_extent, per_extent))
                 dirty.mark_meta(ino, path)
         return len(extents)
+
+
+def _parent_path(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]

@@ -39,6 +39,7 @@ class Marks:
     meta: tuple[tuple[int, bytes], ...] = ()                # (ino, path)
     dirs: tuple[tuple[int, bytes], ...] = ()                # (directory ino, path)
     ancestors: tuple[int, ...] = ()                         # directories that must be clean to replicate
+    parent: int | None = None                               # the directory holding the file of regions/meta
 
     def __bool__(self) -> bool:
         return bool(self.regions or self.meta or self.dirs)
@@ -56,6 +57,7 @@ class DirtySet:
     def __init__(self) -> None:
         self._files: dict[int, _File] = {}
         self._dirs: set[int] = set()
+        self._heads: set[int] = set()  # directories whose files' first extents and metadata may differ
         self._hints: dict[int, bytes] = {}
         self.everything = False
         self.reason = ""
@@ -79,6 +81,15 @@ class DirtySet:
     def mark_dir(self, ino: int, path: bytes) -> None:
         self._dirs.add(ino)
         self._hints[ino] = path
+
+    def mark_heads(self, ino: int, path: bytes) -> None:
+        """Every file in directory *ino* may differ in its first extent and
+        metadata (the activity log's coarse record of small files)."""
+        self.mark_dir(ino, path)
+        self._heads.add(ino)
+
+    def heads_dirty(self, ino: int) -> bool:
+        return ino in self._heads
 
     def mark_everything(self, reason: str) -> None:
         """Tracking cannot say what differs: the whole tree must be compared."""
@@ -170,6 +181,7 @@ class DirtySet:
 
     def clean_dir(self, ino: int) -> None:
         self._dirs.discard(ino)
+        self._heads.discard(ino)
         if ino not in self._files:
             self._hints.pop(ino, None)
 
@@ -193,6 +205,7 @@ class DirtySet:
             "files": {str(ino): {"meta": f.meta, "runs": [[r.first, r.count] for r in f.regions.ranges()]}
                       for ino, f in self._files.items()},
             "dirs": sorted(self._dirs),
+            "heads": sorted(self._heads),
             "hints": {str(ino): path.hex() for ino, path in self._hints.items()},
         }
 
@@ -213,6 +226,7 @@ class DirtySet:
                 for first, count in f["runs"]:
                     entry.regions.add(RegionRange(int(first), int(count)))
             dirty._dirs = {int(ino) for ino in payload["dirs"]}
+            dirty._heads = {int(ino) for ino in payload.get("heads", [])} & dirty._dirs
             dirty._hints = {int(ino): bytes.fromhex(path) for ino, path in payload["hints"].items()}
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a dirty set: {exc!r}") from None

@@ -193,3 +193,31 @@ def test_resync_replaces_whatever_the_replica_held(cluster: Cluster) -> None:
     cluster.mount()
     assert cluster.status()["state"] == "InSync"
     cluster.assert_replicated()
+
+
+SMALL_FILES = """
+import os, sys
+root = sys.argv[1]
+for d in range(1000):
+    os.makedirs(os.path.join(root, f"d{d}"), exist_ok=True)
+    for i in range(50):
+        with open(os.path.join(root, f"d{d}", f"f{i}"), "wb") as f:
+            f.write(os.urandom(100 + i * 37))
+        os.chmod(os.path.join(root, f"d{d}", f"f{i}"), 0o640)
+"""
+
+
+def test_kill_of_the_primary_while_creating_small_files_ends_identical(cluster: Cluster) -> None:
+    cluster.mount()
+    writer = subprocess.Popen([sys.executable, "-c", SMALL_FILES, str(cluster.mnt)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: cluster.status()["last_acked_seq"] > 600, "files being created")
+        _kill_primary(cluster)
+    finally:
+        writer.kill()
+        writer.wait()
+    cluster.mount()
+    assert cluster.status()["state"] == "InSync"
+    log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+    assert "active extents from the activity log are dirty" in log and "quick resync complete" in log
+    cluster.assert_replicated()

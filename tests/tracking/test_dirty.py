@@ -105,3 +105,16 @@ def test_dropping_regions_keeps_dirty_metadata() -> None:
     assert dirty.dirty_bytes == 0 and dirty.meta_dirty(1)
     dirty.clean_meta(1)
     assert not dirty
+
+
+def test_small_files_in_one_directory_share_one_activity_record() -> None:
+    log = ActivityLog()
+    assert log.touch(Marks(regions=((100, b"d/a", 0, 10),), parent=7), seq=1, acked=0) is True
+    for i, ino in enumerate(range(101, 150)):
+        assert log.touch(Marks(regions=((ino, b"d/f%d" % ino, 0, 1000),), parent=7), seq=2 + i, acked=0) is False
+        assert log.touch(Marks(meta=((ino, b"d/f%d" % ino),), parent=7), seq=2 + i, acked=0) is False
+    dirty = DirtySet()
+    ActivityLog.recover(log.payload(), dirty)
+    assert dirty.dir_dirty(7) and dirty.heads_dirty(7) and dirty.hint(7) == b"d"
+    dirty.clean_dir(7)
+    assert not dirty.heads_dirty(7)
