@@ -90,6 +90,9 @@ def main() -> int:
         write_files(mnt, "while-cut", 30)
         os.rename(mnt / "before-cut" / "file000.bin", mnt / "while-cut" / "moved.bin")
         (mnt / "before-cut" / "file001.bin").unlink()
+        with open(mnt / "before-cut" / "file049.bin", "r+b") as f:  # 50 KiB file: rewrite one 4 KiB region
+            f.seek(8192)
+            f.write(os.urandom(4096))
         wait_for("OutOfSync", lambda: state(mnt)["state"] == "OutOfSync")
         fsrep("status", str(mnt))
 
@@ -97,6 +100,9 @@ def main() -> int:
         secondary, port = start_secondary(secondary_store, key, port)
         wait_for("InSync", lambda: state(mnt)["state"] == "InSync")
         fsrep("status", str(mnt))
+        group = state(mnt)
+        print(f"the resync sent {group['resync_bytes_sent']} bytes in {group['last_resync_seconds']:.2f}s: only "
+              f"what changed while the link was down", flush=True)
         (mnt / "after-resync.txt").write_text("replicated again\n")
 
         say("unmounting and comparing both trees by digest")
