@@ -219,6 +219,9 @@ class Relationship:
                 self._not_durable.append((pending.seq, pending.marks))
         self.acked_seq = max(self.acked_seq, seq)
         self._last_progress = trio.current_time()
+        for listed, (event, _) in self._listings.items():
+            if listed <= seq:
+                event.set()  # acked without its Listing: list_dir raises instead of waiting forever
 
     # --- the link --------------------------------------------------------------
 
