@@ -35,7 +35,7 @@ from tracking import Marks
 from ._boundary import fuse_errors
 from ._inodes import ROOT, InodeTable
 from ._splitter import NO_MARKS, Relationship
-from ._tree import RESERVED, Tree, proc_path
+from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
@@ -167,9 +167,11 @@ class Operations(pyfuse3.Operations):
         return Marks(meta=((st.st_ino, new),))
 
     def _on_file(self, ino: int, path: bytes, *, size_change: tuple[int, int] | None = None,
-                 write: tuple[int, int] | None = None) -> Marks:
-        """Marks of a change to one file: its data regions or its metadata."""
-        _, above = self._where(ino)
+                 write: tuple[int, int] | None = None, above: tuple[int, ...] | None = None) -> Marks:
+        """Marks of a change to one file: its data regions or its metadata.
+        *above* (the directories over it) is looked up unless the caller has it."""
+        if above is None:
+            above = self._where(ino)[1]
         backing = self._backing(ino)
         regions = []
         if write is not None:
@@ -427,7 +429,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        path, _ = self._where(handle.ino)
+        path, above = self._where(handle.ino)
         written = 0
 
         def apply(seq: int | None) -> tp.Operation | None:
@@ -444,7 +446,7 @@ class Operations(pyfuse3.Operations):
                 return None
             return tp.Write(seq=seq or 0, path=path, offset=off, data=buf[:written])
 
-        marks = NO_MARKS if path is None else self._on_file(handle.ino, path, write=(off, len(buf)))
+        marks = NO_MARKS if path is None else self._on_file(handle.ino, path, write=(off, len(buf)), above=above)
         await self._replicate(apply, marks)
         if handle.sync:
             await self._fsync(handle.fd, path, handle.ino)
@@ -570,5 +572,3 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
 
-
-__all__ = ["Operations", "proc_path"]

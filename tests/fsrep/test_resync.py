@@ -15,6 +15,12 @@ from tests.conftest import Cluster, wait_for
 MiB = 1024 * 1024
 
 
+def _write_random(path, mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MiB))
+
+
 def _log(cluster: Cluster) -> str:
     return (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
 
@@ -22,9 +28,7 @@ def _log(cluster: Cluster) -> str:
 def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "disk.img"
-    with open(big, "wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(MiB))
+    _write_random(big, 64)
     cluster.secondary.stop()  # kill -9 would lose its position: a full resync
     rng = random.Random(4)
     offsets = sorted(rng.sample(range(64 * MiB // 4096), 40))
@@ -119,9 +123,7 @@ def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: 
 def test_kill_of_the_secondary_after_a_checkpoint_resyncs_only_what_it_lost(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "big"
-    with open(big, "wb") as f:
-        for _ in range(32):
-            f.write(os.urandom(MiB))
+    _write_random(big, 32)
     position = cluster.status()["last_acked_seq"]
     # The secondary saves its position every 2 s; once it has, a kill loses only what came after.
     wait_for(lambda: _durable_position(cluster) >= position, "the secondary's checkpoint", timeout=30)
