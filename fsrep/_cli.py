@@ -18,8 +18,9 @@ from typing import Any
 import trio
 
 from ._config import POLICIES, ConfigError, parse_address, read_key, write_key
-from ._control import ControlError, request
+from ._control import ControlError, daemon_for, request
 from ._mounts import find_mount
+from ._progress import parse_rate
 from ._splitter import Timeouts
 from ._store import check_directory
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ack-timeout", type=float, default=Timeouts().ack, metavar="SECONDS",
                    help=f"declare the secondary unreachable after this long without an ack "
                         f"(default {Timeouts().ack:g})")
+    p.add_argument("--resync-rate-limit", default="0", metavar="BYTES/s",
+                   help="cap the data rate of resyncs the daemon starts by itself (suffix k, M, G; default: none)")
+    p.add_argument("--resync-stall-timeout", type=float, default=Timeouts().resync_stall, metavar="SECONDS",
+                   help=f"restart a resync that made no progress for this long (default "
+                        f"{Timeouts().resync_stall:g})")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
@@ -128,10 +134,17 @@ def _mount_options(args: argparse.Namespace) -> Any:
         raise CommandError(f"{args.mountpoint} is already an fsrep mount")
     if args.ack_timeout <= 0:
         raise CommandError("--ack-timeout must be positive")
+    if args.resync_stall_timeout <= 0:
+        raise CommandError("--resync-stall-timeout must be positive")
+    try:
+        rate_limit = parse_rate(args.resync_rate_limit)
+    except ValueError as exc:
+        raise CommandError(f"--resync-rate-limit: {exc}") from None
     key = read_key(args.key_file)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=args.secondary, key=key,
                         policy=args.policy, writeback_cache=args.writeback_cache,
-                        timeouts=Timeouts(ack=args.ack_timeout), verbose=args.verbose)
+                        timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout),
+                        resync_rate_limit=rate_limit, verbose=args.verbose)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -141,7 +154,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "fsrep", "mount", args.store, args.mountpoint, "--secondary", args.secondary,
            "--key-file", args.key_file, "--policy", args.policy, "--foreground", "--ready-fd", str(write_fd),
-           "--ack-timeout", str(args.ack_timeout)]
+           "--ack-timeout", str(args.ack_timeout), "--resync-stall-timeout", str(args.resync_stall_timeout),
+           "--resync-rate-limit", args.resync_rate_limit]
     cmd += ["--writeback-cache"] * args.writeback_cache + ["--verbose"] * args.verbose
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
         proc = subprocess.Popen(cmd, stdin=null_in, stdout=null_out, stderr=null_out, pass_fds=(write_fd,),
@@ -187,19 +201,8 @@ def _run_foreground(opts: Any, ready_fd: int | None) -> int:
     return 0
 
 
-def _daemon(mountpoint: str) -> tuple[Path, dict[str, Any]]:
-    mount = find_mount(mountpoint)
-    if mount is None:
-        raise CommandError(f"{mountpoint} is not an fsrep mount (see 'mount -t fuse.fsrep')")
-    meta = Path(mount.store, ".fsrep")
-    reply = request(meta, {"cmd": "status"})
-    if "error" in reply:
-        raise CommandError(reply["error"])
-    return meta, reply
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    _, reply = _daemon(args.mountpoint)
+    _, reply = daemon_for(args.mountpoint)
     if args.json:
         print(json.dumps({"groups": reply["groups"]}, indent=2))
         return 0
@@ -231,7 +234,7 @@ def _cell(value: Any) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    _, reply = _daemon(args.mountpoint)
+    _, reply = daemon_for(args.mountpoint)
     pid = int(reply["pid"])
     done = subprocess.run(["fusermount3", "-u", reply["mountpoint"]], capture_output=True, text=True)
     if done.returncode != 0:

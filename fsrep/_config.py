@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tracking
@@ -93,10 +93,21 @@ class GroupRecord:
     stale: bool = False
     stale_reason: str = ""
     clean_shutdown: bool = True
+    generations: list[str] = field(default_factory=list)  # hex ids, oldest first
 
     @property
     def group_id(self) -> bytes:
         return uuid.UUID(self.id).bytes
+
+    @property
+    def generation_ids(self) -> list[bytes]:
+        return [bytes.fromhex(g) for g in self.generations]
+
+    def new_generation(self) -> bytes:
+        """Start a new generation (the caller saves the record)."""
+        generation = tracking.generations.new_generation()
+        self.generations = [g.hex() for g in tracking.generations.extend(self.generation_ids, generation)]
+        return generation
 
 
 class GroupStore:
@@ -120,11 +131,13 @@ class GroupStore:
         for path in sorted(self.dir.glob("*.json")):
             try:
                 payload = tracking.load_state(path, GROUP_KIND)
-                records.append(GroupRecord(**payload))
+                record = GroupRecord(**payload)
+                record.generation_ids  # noqa: B018 - hex ids, or ValueError below
+                records.append(record)
             except tracking.StateError as exc:
                 raise ConfigError(f"{exc}; fsrep will not guess the replica's state — restore the file "
                                   f"or remove it to start a new relationship (full baseline)") from None
-            except TypeError:
+            except (TypeError, ValueError):
                 raise ConfigError(f"{path}: fields do not match this fsrep version; restore the file or "
                                   f"remove it to start a new relationship") from None
         return records

@@ -19,6 +19,9 @@ from typing import Any
 
 import trio
 
+from ._config import META_DIR
+from ._mounts import find_mount
+
 log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
@@ -79,6 +82,23 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
             break
         buf += data
     return buf.split(b"\n", 1)[0]
+
+
+def daemon_for(mountpoint: str) -> tuple[Path, dict[str, Any]]:
+    """The control directory of the daemon serving *mountpoint*, and its
+    status.
+
+    Raises:
+        ControlError: not an fsrep mount, or its daemon does not answer.
+    """
+    mount = find_mount(mountpoint)
+    if mount is None:
+        raise ControlError(f"{mountpoint} is not an fsrep mount (see 'mount -t fuse.fsrep')")
+    meta = Path(mount.store, META_DIR)
+    reply = request(meta, {"cmd": "status"})
+    if "error" in reply:
+        raise ControlError(reply["error"])
+    return meta, reply
 
 
 def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._progress import ResyncRun
 from ._splitter import Relationship
 from ._tree import Tree
 
@@ -35,31 +36,36 @@ REPORT_EVERY = 5.0
 
 
 class _Progress:
-    def __init__(self, group: str) -> None:
+    """Counts what a full resync sent, into the run the operator watches,
+    and logs a line every REPORT_EVERY seconds."""
+
+    def __init__(self, group: str, run: ResyncRun) -> None:
         self.group = group
-        self.bytes = 0
+        self.run = run
         self.entries = 0
+        self.first_bytes = run.copied_bytes
         self.start = self.last = trio.current_time()
 
     def tick(self, nbytes: int = 0, entries: int = 0) -> None:
-        self.bytes += nbytes
         self.entries += entries
         now = trio.current_time()
+        if nbytes:
+            self.run.copied(nbytes, now)
         if now - self.last >= REPORT_EVERY:
             self.last = now
-            rate = self.bytes / max(now - self.start, 1e-9)
-            log.info("group %s: full resync: %d entries, %d bytes sent (%.1f MiB/s)", self.group, self.entries,
-                     self.bytes, rate / 2**20)
+            log.info("group %s: full resync: %d entries, %d of %d bytes sent (%.1f MiB/s)", self.group, self.entries,
+                     self.run.copied_bytes, self.run.copy_total, self.run.rate(now) / 2**20)
 
 
-async def full_resync(rel: Relationship, tree: Tree) -> None:
+async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
     """Bring the replica of *rel* to the primary's state.
 
     Raises:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
-    rel.begin_resync("full resync of a stale replica")
-    progress = _Progress(rel.record.id)
+    rel.begin_resync(f"full resync: {rel.dirty.reason}")
+    run.copy_total = run.copied_bytes + _data_bytes(tree)
+    progress = _Progress(rel.record.id, run)
     rel.send(lambda seq: tp.Purge(seq=seq))
     hard_links: dict[int, bytes] = {}
     directories: list[tuple[bytes, os.stat_result]] = []
@@ -87,10 +93,11 @@ async def full_resync(rel: Relationship, tree: Tree) -> None:
     rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
     await rel.finish_resync()
     elapsed = trio.current_time() - progress.start
-    rel.resync_bytes += progress.bytes
+    sent = run.copied_bytes - progress.first_bytes
+    rel.resync_bytes += sent
     rel.last_resync_seconds = elapsed
     log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,
-             progress.bytes, elapsed)
+             sent, elapsed)
 
 
 def _times(seq: int, path: bytes, st: os.stat_result) -> tp.SetAttr:
@@ -138,6 +145,30 @@ async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_res
                 await rel.throttle(MAX_IN_FLIGHT)
     finally:
         os.close(fd)
+
+
+def _data_bytes(tree: Tree) -> int:
+    """Bytes of data (holes excluded, roughly: allocated blocks) under the
+    root — what a full copy will send, for its progress bar."""
+    total = 0
+    pending = [b""]
+    while pending:
+        parent = pending.pop()
+        try:
+            names = tree.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            path = parent + b"/" + name if parent else name
+            try:
+                st = tree.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(path)
+            elif stat.S_ISREG(st.st_mode):
+                total += min(st.st_size, st.st_blocks * 512)
+    return total
 
 
 def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:

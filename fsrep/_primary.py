@@ -24,6 +24,7 @@ from ._config import ConfigError, GroupRecord, GroupStore
 from ._control import serve_control
 from ._logs import setup_logging
 from ._ops import Operations
+from ._progress import MODES
 from ._resync import resync
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
@@ -42,6 +43,7 @@ class MountOptions:
     policy: str = "sync"
     writeback_cache: bool = False
     timeouts: Timeouts = Timeouts()
+    resync_rate_limit: int = 0  # bytes/s for resyncs the daemon starts itself; 0: none
     verbose: bool = False
 
 
@@ -84,8 +86,29 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         if not record.stale:
             record.stale = True
             record.stale_reason = "the primary daemon did not shut down cleanly"
+            record.new_generation()
     if rel.dirty.everything:
         log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
+
+
+def start_resync(rel: Relationship, req: dict[str, Any]) -> dict[str, Any]:
+    """The control socket's ``resync`` command: start or join a run."""
+    mode, rate_limit, group = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
+    if group not in (None, rel.record.id, "/" + rel.record.path):
+        return {"error": f"no consistency group {group!r} on this mount (groups: {rel.record.id})"}
+    if mode not in MODES:
+        return {"error": f"unknown resync mode {mode!r}: use one of {', '.join(MODES)}"}
+    if not isinstance(rate_limit, int) or isinstance(rate_limit, bool) or rate_limit < 0:
+        return {"error": f"rate limit must be a whole number of bytes per second, not {rate_limit!r}"}
+    if rel.conn is None:
+        return {"error": f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
+                         f"unreachable ({rel.last_error or 'not connected'}); a resync starts by itself when it is "
+                         f"back"}
+    try:
+        run = rel.request_resync(mode, reason="requested by fsrep-resync", rate_limit=rate_limit)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return {"group": rel.record.id, "run": run.id, "mode": run.mode, "rate_limit": run.rate_limit}
 
 
 async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
@@ -103,6 +126,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     groups = GroupStore(str(store))
     record, baseline = _load_group(groups, store, opts)
     rel = Relationship(record, groups, opts.key, opts.timeouts)
+    rel.default_rate_limit = opts.resync_rate_limit
     _tracking_state(rel, groups, baseline)
     try:
         await rel.connect()
@@ -123,6 +147,8 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
         if req.get("cmd") == "status":
             return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
                     "groups": [rel.statistics()]}
+        if req.get("cmd") == "resync":
+            return start_resync(rel, req)
         return {"error": f"unknown command {req.get('cmd')!r}"}
 
     async def on_signals() -> None:
@@ -140,10 +166,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             if rel.conn is not None and record.stale:
                 log.info("group %s: replica is stale (%s); resync before serving", record.id,
                          record.stale_reason)
-                try:
-                    await resync(rel, tree, None)
-                except tp.LinkDown as exc:
-                    log.warning("group %s: resync failed: %s", record.id, exc)
+                await rel.resync_now(f"the replica is stale: {record.stale_reason}")
             if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
                 refusal = (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict "
                            f"serves only InSync groups — mount with --policy sync to serve and resync")

@@ -20,6 +20,13 @@ How quick resync works (clients keep reading and writing throughout):
 3. When acks have caught up and nothing is dirty (checked in the same step
    that switches state), the group is InSync.
 
+A checksum resync (``fsrep-resync --mode checksum``, for when tracking
+cannot be trusted) first marks every directory dirty, so the namespace is
+compared in full; then, before copying, it compares every regular file
+region by region: in one step it digests a run of regions here and asks the
+secondary for the digests of the same regions at that point of the stream;
+regions whose digests differ become dirty and are copied like any other.
+
 Caveats:
 - An entry created or renamed into a dirty directory is copied whole.
 - A hard link made while out of sync (or a hard-linked file renamed) turns
@@ -32,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -40,6 +48,7 @@ import transport as tp
 
 from ._fullsync import full_resync
 from ._inodes import InodeTable
+from ._progress import ResyncRun
 from ._splitter import Relationship
 from ._tree import Tree
 
@@ -48,46 +57,150 @@ CHUNK_REGIONS = 256  # 1 MiB per Write
 MAX_IN_FLIGHT = 32 * 1024 * 1024
 
 
-async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None) -> None:
-    """Quick resync when the dirty set can be trusted, full otherwise.
+async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun) -> None:
+    """Run *run*: quick (or checksum) when the dirty set can be trusted,
+    full when asked or when it cannot.
 
     Raises:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
+    if run.mode == "full" and not rel.dirty.everything:
+        rel.mark_everything_dirty(f"full resync requested ({run.reason})")
     if rel.dirty.everything:
         log.info("group %s: full resync (%s); new changes wait until it is done", rel.record.id, rel.dirty.reason)
         with rel.holding_mutations():
-            await full_resync(rel, tree)
+            await full_resync(rel, tree, run)
         return
-    await QuickResync(rel, tree, inodes).run()
+    await QuickResync(rel, tree, inodes, run).run()
 
 
 class QuickResync:
-    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None) -> None:
+    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun) -> None:
         self.rel = rel
         self.dirty = rel.dirty
         self.tree = tree
         self.inodes = inodes
+        self.progress = run
         self.bytes_sent = 0
         self.started = 0.0
 
     async def run(self) -> None:
         rel = self.rel
-        log.info("group %s: quick resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
-                 len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
-        rel.begin_resync("quick resync from the dirty set")
+        verify = self.progress.mode == "checksum"
+        if verify:
+            self._mark_directories()
+        log.info("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
+                 self.progress.mode, len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
+        rel.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
         self.started = trio.current_time()
         while True:
             if self.dirty.dirs():
                 await self._next_directory()
+            elif verify:
+                await self._verify()
+                verify = False
             elif self.dirty.files():
                 await self._files()
             elif await rel.finish_resync():
                 break
         rel.resync_bytes += self.bytes_sent
         rel.last_resync_seconds = trio.current_time() - self.started
-        log.info("group %s: quick resync complete: %d bytes of data in %.1fs", rel.record.id, self.bytes_sent,
-                 trio.current_time() - self.started)
+        log.info("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
+                 self.bytes_sent, trio.current_time() - self.started,
+                 f"; {self.progress.checked_bytes} bytes compared by digest, "
+                 f"{self.progress.mismatched_bytes} differed" if self.progress.mode == "checksum" else "")
+
+    # --- checksum mode -------------------------------------------------------------
+
+    def _mark_directories(self) -> None:
+        """Every directory dirty: the whole namespace gets compared."""
+        pending = [b""]
+        while pending:
+            path = pending.pop()
+            try:
+                st = self.tree.lstat(path)
+                names = self.tree.listdir(path) if stat.S_ISDIR(st.st_mode) else []
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            self.dirty.mark_dir(st.st_ino, path)
+            for name in names:
+                child = _join(path, name)
+                try:
+                    if stat.S_ISDIR(self.tree.lstat(child).st_mode):
+                        pending.append(child)
+                except OSError:
+                    continue
+
+    def _regular_files(self) -> list[tuple[bytes, int, int]]:
+        """(path, inode, size) of each regular file (each inode once)."""
+        found: dict[int, tuple[bytes, int, int]] = {}
+        pending = [b""]
+        while pending:
+            path = pending.pop()
+            try:
+                names = self.tree.listdir(path)
+            except OSError:
+                continue
+            for name in names:
+                child = _join(path, name)
+                try:
+                    st = self.tree.lstat(child)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(child)
+                elif stat.S_ISREG(st.st_mode):
+                    found.setdefault(st.st_ino, (child, st.st_ino, st.st_size))
+        return sorted(found.values())
+
+    async def _verify(self) -> None:
+        """Compare every regular file with the replica's by region digests;
+        what differs becomes dirty."""
+        files = self._regular_files()
+        self.progress.check_total = sum(size for _, _, size in files)
+        step = tp.MAX_CHECKSUM_REGIONS * tracking.REGION_SIZE
+        for path, ino, size in files:
+            for offset in range(0, size, step):
+                asked = self._ask_digests(path, ino, offset, min(step, size - offset))
+                if asked is None:
+                    self.progress.checked(size - offset, 0, trio.current_time())
+                    break
+                mine, reply = asked
+                theirs = await reply()
+                assert isinstance(theirs, tp.Digests)
+                self._compare(path, ino, offset, mine, theirs.digests)
+
+    def _ask_digests(self, path: bytes, ino: int, offset: int,
+                     length: int) -> tuple[bytes, Callable[[], Awaitable[tp.Frame]]] | None:
+        """Digest regions here and ask for the replica's — one step. None
+        when the file is no longer at *path* (it moved or went; a move is
+        replicated like any change)."""
+        try:
+            st = self.tree.lstat(path)
+        except OSError:
+            return None
+        if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
+            return None
+        count = -(-length // tracking.REGION_SIZE)
+        mine = self.tree.digests(path, offset, count)
+        reply = self.rel.ask(lambda seq: tp.Checksum(seq=seq, path=path, offset=offset, count=count))
+        return mine, reply
+
+    def _compare(self, path: bytes, ino: int, offset: int, mine: bytes, theirs: bytes) -> None:
+        size = tp.DIGEST_SIZE
+        first = offset // tracking.REGION_SIZE
+        mismatched = 0
+        for i in range(len(mine) // size):
+            if mine[i * size:(i + 1) * size] != theirs[i * size:(i + 1) * size]:
+                self.rel.mark_stale("a checksum resync found regions that differ")
+                self.dirty.mark_regions(ino, path, tracking.RegionRange(first + i, 1))
+                mismatched += tracking.REGION_SIZE
+        if mismatched:
+            log.info("group %s: checksum: %d bytes of %r differ from the replica", self.rel.record.id,
+                     mismatched, path)
+        self.progress.checked(len(mine) // size * tracking.REGION_SIZE, mismatched, trio.current_time())
 
     # --- finding entries ---------------------------------------------------------
 
@@ -201,6 +314,9 @@ class QuickResync:
                 if not self._copy(ino, chunk):
                     return
                 await self.rel.throttle(MAX_IN_FLIGHT)
+                pause = self.progress.pause_for(chunk.count * tracking.REGION_SIZE, trio.current_time())
+                if pause:
+                    await trio.sleep(pause)
                 if self.dirty.dirs():
                     return
         if self.dirty.meta_dirty(ino):
@@ -228,6 +344,7 @@ class QuickResync:
         if data:
             self.rel.send(lambda seq: tp.Write(seq=seq, path=path, offset=offset, data=data))
             self.bytes_sent += len(data)
+            self.progress.copied(len(data), trio.current_time())
         self.dirty.clean_regions(ino, chunk)
         return True
 

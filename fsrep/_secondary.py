@@ -52,6 +52,7 @@ class Replica:
     state_file: Path
     last_applied: int
     last_saved: int
+    generations: list[bytes] = field(default_factory=list)  # the primary's, oldest first
     session: trio.CancelScope | None = None
     session_done: trio.Event | None = None
     conn: tp.Connection | None = None
@@ -61,11 +62,12 @@ class Replica:
         """Make the data durable, then record the position (never the
         other way round)."""
         with self.lock:
-            position = self.last_applied
+            position, generations = self.last_applied, list(self.generations)
             if position == self.last_saved:
                 return
             self.tree.sync()
-            tracking.save_state(self.state_file, REPLICA_KIND, {"id": self.id, "last_seq": position})
+            tracking.save_state(self.state_file, REPLICA_KIND, {"id": self.id, "last_seq": position,
+                                                                "generations": [g.hex() for g in generations]})
             self.last_saved = position
 
 
@@ -86,13 +88,15 @@ class Secondary:
         state_file = self.registry / f"{gid}.json"
         root = self.store / gid
         try:
-            last = int(tracking.load_state(state_file, REPLICA_KIND)["last_seq"])
+            state = tracking.load_state(state_file, REPLICA_KIND)
+            last = int(state["last_seq"])
+            generations = [bytes.fromhex(g) for g in state.get("generations", [])]
         except tracking.StateMissing:
-            last = 0
+            last, generations = 0, []
             root.mkdir(mode=0o755, exist_ok=True)
-            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0})
+            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
             log.info("new replica for group %s at %s", gid, root)
-        replica = Replica(gid, Tree(root), state_file, last, last)
+        replica = Replica(gid, Tree(root), state_file, last, last, generations)
         self.replicas[gid] = replica
         return replica
 
@@ -114,7 +118,7 @@ class Secondary:
             return
         try:
             replica = self.replica(group_id)
-        except (tracking.StateError, OSError, KeyError, ValueError) as exc:
+        except (tracking.StateError, OSError, KeyError, ValueError, TypeError) as exc:
             log.error("cannot open replica for %s: %s", peer, exc)
             await conn._fail(f"secondary cannot open the replica: {exc}")
             return
@@ -137,7 +141,8 @@ class Secondary:
 
     async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
         try:
-            await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0)))
+            await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0),
+                                       generations=tracking.generations.pack(replica.generations)))
             log.info("group %s: %s authenticated; replica at seq %d", replica.id, peer, replica.last_applied)
             while True:
                 event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
@@ -168,6 +173,12 @@ class Secondary:
             if isinstance(op, tp.ListDir):
                 entries, more = replica.tree.entries(op.path, op.after, tp.MAX_LISTING)
                 conn.enqueue(tp.Listing(seq=op.seq, more=int(more), entries=tp.encode_entries(entries)))
+            elif isinstance(op, tp.Generation):
+                replica.generations = tracking.generations.extend(replica.generations, op.generation)
+                log.info("group %s: replica now at generation %s (seq %d)", replica.id, op.generation.hex(), op.seq)
+            elif isinstance(op, tp.Checksum):
+                digests = replica.tree.digests(op.path, op.offset, op.count)
+                conn.enqueue(tp.Digests(seq=op.seq, digests=digests))
             elif op.BARRIER:
                 await trio.to_thread.run_sync(replica.tree.apply, op)
             else:

@@ -38,6 +38,7 @@ import tracking
 import transport as tp
 
 from ._config import GroupRecord, GroupStore
+from ._progress import ResyncRun, stronger
 from ._state import RelationshipState, check_transition
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Timeouts:
     ping: float = 2.0
     backoff_min: float = 0.5
     backoff_max: float = 30.0
+    resync_stall: float = 60.0  # no progress for this long: the resync is restarted
 
 
 class Relationship:
@@ -73,6 +75,8 @@ class Relationship:
     def __init__(self, record: GroupRecord, groups: GroupStore, key: bytes,
                  timeouts: Timeouts = Timeouts()) -> None:
         self.record = record
+        if not record.generations:
+            record.new_generation()  # a new group, or state from before generations were kept
         self._groups = groups
         self._key = key
         self.timeouts = timeouts
@@ -101,8 +105,16 @@ class Relationship:
         # mark dirty again should the secondary crash and come back behind.
         self._not_durable: collections.deque[tuple[int, tracking.Marks]] = collections.deque()
         self.durable_seq = record.last_seq
-        self._listings: dict[int, tuple[trio.Event, list[tp.Listing]]] = {}
-        self.resync_hook: Callable[[], Awaitable[None]] | None = None
+        self._replies: dict[int, tuple[trio.Event, list[tp.Frame]]] = {}
+        self.resync_hook: Callable[[ResyncRun], Awaitable[None]] | None = None
+        self.resync_run: ResyncRun | None = None  # the latest run, running or finished
+        self._resync_queued: ResyncRun | None = None
+        self._resync_wakeup = trio.Event()
+        self._run_ended = trio.Event()
+        self._run_ids = 0
+        self.default_rate_limit = 0  # bytes/s for runs not given one
+        self._seq_from_replica = False  # the next resync starts at the replica's position
+        self._catch_up_generation = False
         self.last_error = ""
 
     # --- the write path ----------------------------------------------------------
@@ -135,8 +147,9 @@ class Relationship:
         if self.record.policy == "strict":
             raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
                                      f"changes that cannot be replicated")
-        if not self.record.stale:  # pragma: no cover - every way out of InSync marks stale first
-            self._mark_stale("change made without a link")
+        if not self.record.stale:  # the first change a resync keeps local (or one made without a link)
+            self.mark_stale("changes were kept local during a resync" if self.state is R.RESYNCING
+                            else "change made without a link")
         self._activate(marks, tracking.LOCAL_SEQ)
         apply(None)
         self.dirty.apply(marks)
@@ -173,7 +186,7 @@ class Relationship:
         log.info("group %s: %s -> %s (%s)", self.record.id, self.state.value, new.value, why)
         self.state = new
 
-    def _mark_stale(self, reason: str) -> None:
+    def mark_stale(self, reason: str) -> None:
         """Durably record that the replica may lack changes. Written before
         any unreplicated change is applied locally."""
         if self.record.stale:
@@ -181,16 +194,24 @@ class Relationship:
         self.record.stale = True
         self.record.stale_reason = reason
         self.record.last_seq = self.acked_seq
+        self.record.new_generation()  # our data moves ahead of the replica's
         try:
             self._groups.save(self.record)
         except OSError as exc:
             log.error("group %s: cannot record that the replica is stale: %s", self.record.id, exc)
 
+    def mark_everything_dirty(self, reason: str) -> None:
+        """Tracking can no longer say what differs: compare the whole tree."""
+        self.mark_stale(reason)
+        self.dirty.mark_everything(reason)
+        self._dirty_changed = True
+        self.save_dirty()
+
     def link_lost(self, reason: str) -> None:
         """The secondary is unreachable: mark stale, go OutOfSync, fail every
         operation in flight and drop the connection. Never checkpoints."""
         self.last_error = reason
-        self._mark_stale(f"link lost: {reason}")
+        self.mark_stale(f"link lost: {reason}")
         if self.state is not R.OUT_OF_SYNC:
             self._set_state(R.OUT_OF_SYNC, reason)
         if self.conn is not None:
@@ -202,9 +223,15 @@ class Relationship:
             pending.done.set()
         self._dirty_changed = True
         self._bytes_in_flight = 0
-        for slot in self._listings.values():
+        for slot in self._replies.values():
             slot[0].set()
-        self._listings.clear()
+        self._replies.clear()
+        run = self.resync_run
+        if run is not None and run.running:
+            run.restarts += 1
+            run.started_at = None  # queued again: it resumes when the link is back
+            if self._resync_queued is None:
+                self._resync_queued = run
         self.save_dirty()
         if self._session_scope is not None:
             self._session_scope.cancel()
@@ -219,9 +246,11 @@ class Relationship:
                 self._not_durable.append((pending.seq, pending.marks))
         self.acked_seq = max(self.acked_seq, seq)
         self._last_progress = trio.current_time()
-        for listed, (event, _) in self._listings.items():
-            if listed <= seq:
-                event.set()  # acked without its Listing: list_dir raises instead of waiting forever
+        if self.state is R.RESYNCING and self.resync_run is not None:
+            self.resync_run.progressed(self._last_progress)
+        for asked, (event, _) in self._replies.items():
+            if asked <= seq:
+                event.set()  # acked without its reply: ask() raises instead of waiting forever
 
     # --- the link --------------------------------------------------------------
 
@@ -240,9 +269,11 @@ class Relationship:
         self.conn = conn
         self.last_error = ""
         self.replica_seq = welcome.last_seq
+        if self._refuse_by_generation(welcome):
+            return
         behind = self.durable_seq <= welcome.last_seq < self.acked_seq
         if behind and not self.record.stale:
-            self._mark_stale(f"the secondary came back at seq {welcome.last_seq}, behind {self.acked_seq}")
+            self.mark_stale(f"the secondary came back at seq {welcome.last_seq}, behind {self.acked_seq}")
         if behind:
             # It lost acknowledged changes it had not made durable; we kept their marks.
             for seq, marks in self._not_durable:
@@ -259,14 +290,42 @@ class Relationship:
             reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
             self.dirty.mark_everything(reason)
             self._dirty_changed = True
-            self._mark_stale(reason)
+            self.mark_stale(reason)
             self.save_dirty()
         if self.record.stale:
             self._set_state(R.OUT_OF_SYNC, f"replica needs a resync: {self.record.stale_reason}")
+            self._seq_from_replica = True
         else:
             self.next_seq = welcome.last_seq + 1
             self.acked_seq = welcome.last_seq
             self._set_state(R.IN_SYNC, "replica matches the primary")
+            if self._catch_up_generation:
+                self._send_generation(conn, self.record.generation_ids[-1])
+
+    def _refuse_by_generation(self, welcome: tp.Welcome) -> bool:
+        """Compare generation histories. When the replica holds data newer
+        than ours, or they are unrelated, never resync (either way): stay
+        connected, keep changes local and dirty, and say why — the operator
+        decides (``fsrep-resync --mode full`` discards the replica's side)."""
+        theirs = tracking.generations.unpack(welcome.generations)
+        verdict = tracking.generations.compare(self.record.generation_ids, theirs)
+        if verdict is tracking.Verdict.REPLICA_NEWER:
+            reason = ("the replica holds newer data than this primary (it was written to as a primary after "
+                      f"generation {self.record.generations[-1]})")
+        elif verdict is tracking.Verdict.UNRELATED and not (welcome.fresh or welcome.last_seq == 0):
+            reason = (f"the replica's generation {theirs[-1].hex()} is not in this primary's history, nor ours in "
+                      "its: cannot tell which side is newer")
+        else:
+            # A new replica, or one that missed our last Generation frame, learns where it stands.
+            self._catch_up_generation = verdict is not tracking.Verdict.SAME
+            return False
+        self.mark_stale(reason)
+        self.record.stale_reason = reason
+        self._groups.save(self.record)
+        self._set_state(R.OUT_OF_SYNC, "replica connected")
+        self._set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
+                                                "'fsrep-resync --mode full' (which discards the replica's changes)")
+        return True
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the link up until cancelled: run the session while
@@ -290,11 +349,9 @@ class Relationship:
     async def _keep_linked(self) -> None:
         backoff = self.timeouts.backoff_min
         while not self._closing:
-            resync = False
             if self.conn is None:
                 try:
                     await self.connect()
-                    resync = self.record.stale and self.resync_hook is not None
                 except tp.AuthenticationError as exc:
                     self.last_error = str(exc)
                     log.error("group %s: %s", self.record.id, exc)
@@ -308,7 +365,7 @@ class Relationship:
                     continue
             started = trio.current_time()
             try:
-                await self._run_session(self.conn, resync)
+                await self._run_session(self.conn)
             except Exception as exc:  # a bug must cost a reconnect, not the mount
                 log.exception("group %s: internal error in the replication session", self.record.id)
                 self.link_lost(f"internal error: {exc!r}")
@@ -318,15 +375,17 @@ class Relationship:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.timeouts.backoff_max)
 
-    async def _run_session(self, conn: tp.Connection, resync: bool = False) -> None:
+    async def _run_session(self, conn: tp.Connection) -> None:
         try:
             with trio.CancelScope() as self._session_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.serve_sender)
                     nursery.start_soon(self._pinger, conn)
                     nursery.start_soon(self._watchdog)
-                    if resync:
-                        nursery.start_soon(self._resync)
+                    if self.resync_hook is not None:
+                        if self.record.stale and self.state is not R.SPLIT_BRAIN:
+                            self.request_resync("quick", reason=f"the replica is stale: {self.record.stale_reason}")
+                        nursery.start_soon(self._resync_runner)
                     await self._reader(conn)
                     nursery.cancel_scope.cancel()
         except* tp.LinkDown as group:
@@ -337,19 +396,110 @@ class Relationship:
                 self.link_lost("session ended")
             await conn.aclose()
 
-    async def _resync(self) -> None:
+    # --- resync runs -----------------------------------------------------------------
+
+    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0) -> ResyncRun:
+        """Start a resync, or join the one running or queued (raising its
+        mode to *mode* if that does more). Returns the run that will do it.
+
+        Raises:
+            ValueError: unknown mode.
+        """
+        if self.state is R.SPLIT_BRAIN and mode != "full":
+            raise ValueError(f"group {self.record.id} is SplitBrain ({self.record.stale_reason}); only "
+                             f"'--mode full' resyncs it, discarding the replica's changes")
+        now = trio.current_time()
+        rate_limit = rate_limit or self.default_rate_limit
+        running = self.resync_run if self.resync_run is not None and self.resync_run.running else None
+        if running is not None and stronger(running.mode, mode) == running.mode and self._resync_queued is None:
+            if rate_limit:
+                running.rate_limit = ResyncRun(0, mode, "", rate_limit).rate_limit
+            return running
+        queued = self._resync_queued
+        if queued is not None:
+            queued.mode = stronger(queued.mode, mode)
+            queued.rate_limit = ResyncRun(0, queued.mode, "", rate_limit or queued.rate_limit).rate_limit
+            return queued
+        self._run_ids += 1
+        run = ResyncRun(self._run_ids, mode, reason, rate_limit, queued_at=now)
+        if mode == "quick" and self.state is R.IN_SYNC and not self.dirty:
+            run.start(now)
+            run.finish("InSync", now)
+            self.resync_run = run
+            return run
+        log.info("group %s: %s resync requested (%s)%s", self.record.id, mode, reason,
+                 f", limited to {run.rate_limit} bytes/s" if run.rate_limit else "")
+        self._resync_queued = run
+        self._resync_wakeup.set()
+        return run
+
+    async def _resync_runner(self) -> None:
+        """Run queued resyncs on this session, one at a time, each watched:
+        one that makes no progress for ``resync_stall`` seconds is reported
+        and restarted on a fresh session."""
         assert self.resync_hook is not None
         try:
-            await self.resync_hook()
-        except tp.LinkDown as exc:
-            log.warning("group %s: resync failed: %s", self.record.id, exc)
-            if self.state is R.RESYNCING:
-                self.link_lost(f"resync abandoned: {exc}")
-        except Exception:
-            # Never retry the same failing steps forever: the next resync compares everything.
-            self.dirty.mark_everything("an internal error interrupted the last resync")
-            self._dirty_changed = True
-            raise
+            await self._run_resyncs(self.resync_hook)
+        finally:
+            self._run_ended.set()
+            self._run_ended = trio.Event()
+
+    async def _run_resyncs(self, hook: Callable[[ResyncRun], Awaitable[None]]) -> None:
+        while True:
+            if self._resync_queued is None:
+                self._resync_wakeup = trio.Event()
+                await self._resync_wakeup.wait()
+                continue
+            run, self._resync_queued = self._resync_queued, None
+            self.resync_run = run
+            run.start(trio.current_time())
+            try:
+                await self._watched(run, hook)
+            except tp.LinkDown as exc:
+                log.warning("group %s: resync failed: %s", self.record.id, exc)
+                if self.state is R.RESYNCING or self.conn is not None:
+                    self.link_lost(f"resync abandoned: {exc}")
+                return
+            except Exception as exc:
+                # Never retry the same failing steps forever: the next resync compares everything.
+                self.dirty.mark_everything("an internal error interrupted the last resync")
+                self._dirty_changed = True
+                run.finish(f"failed: internal error {exc!r}", trio.current_time())
+                raise
+            if run.running:
+                run.finish("InSync", trio.current_time(), verified=run.mode == "checksum")
+            self._run_ended.set()
+            self._run_ended = trio.Event()
+
+    async def resync_now(self, reason: str) -> None:
+        """When connected to a stale replica: resync and wait until that
+        ended — InSync, or failed with the link."""
+        while self.conn is not None and self.record.stale and self.state is not R.SPLIT_BRAIN:
+            run = self.request_resync("quick", reason=reason)
+            while not run.finished and self.conn is not None:
+                await self._run_ended.wait()
+            if run.outcome != "InSync":
+                return
+
+    async def _watched(self, run: ResyncRun, hook: Callable[[ResyncRun], Awaitable[None]]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._resync_watchdog, run)
+                await hook(run)
+                nursery.cancel_scope.cancel()
+        except* tp.LinkDown as group:
+            raise group.exceptions[0] from None
+
+    async def _resync_watchdog(self, run: ResyncRun) -> None:
+        step = min(1.0, self.timeouts.resync_stall / 4)
+        while True:
+            await trio.sleep(step)
+            idle = trio.current_time() - run.last_progress
+            if idle > self.timeouts.resync_stall:
+                log.warning("group %s: the %s resync made no progress for %.0fs; restarting it on a new session",
+                            self.record.id, run.mode, idle)
+                self.link_lost(f"the resync made no progress for {idle:.0f}s")  # cancels this session
+                return
 
     @contextlib.contextmanager
     def holding_mutations(self) -> Iterator[None]:
@@ -377,8 +527,8 @@ class Relationship:
                 self.durable_seq = max(self.durable_seq, event.seq)
                 while self._not_durable and self._not_durable[0][0] <= event.seq:
                     self._not_durable.popleft()
-            elif isinstance(event, tp.Listing):
-                slot = self._listings.get(event.seq)
+            elif isinstance(event, (tp.Listing, tp.Digests)):
+                slot = self._replies.get(event.seq)
                 if slot is not None:
                     slot[1].append(event)
                     slot[0].set()
@@ -415,8 +565,12 @@ class Relationship:
         replica's position becomes the session's."""
         if self.conn is None:
             raise tp.LinkDown("not connected")
-        self.next_seq = self.replica_seq + 1
-        self.acked_seq = self.replica_seq
+        if self._seq_from_replica:
+            self.next_seq = self.replica_seq + 1
+            self.acked_seq = self.replica_seq
+            self._seq_from_replica = False
+        if self.state is R.IN_SYNC:
+            self._set_state(R.OUT_OF_SYNC, why)  # one step with the next: writes never see OutOfSync
         self._set_state(R.RESYNCING, why)
 
     def send(self, make: Callable[[int], tp.Operation]) -> Pending:
@@ -427,6 +581,8 @@ class Relationship:
         """
         if self.state is not R.RESYNCING or self.conn is None:
             raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
+        if self.resync_run is not None:
+            self.resync_run.progressed(trio.current_time())
         return self._queue_op(self.conn, make(self.next_seq))
 
     def _queue_op(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
@@ -442,6 +598,29 @@ class Relationship:
             self.link_lost(str(exc))
         return pending
 
+    def ask(self, make: Callable[[int], tp.Operation]) -> Callable[[], Awaitable[tp.Frame]]:
+        """Queue a resync question (ListDir, Checksum) now — in the caller's
+        step — and return what awaits its reply.
+
+        Raises:
+            LinkDown: the link was lost (now or before the reply came).
+        """
+        event = trio.Event()
+        replies: list[tp.Frame] = []
+        seq = self.send(make).seq
+        self._replies[seq] = (event, replies)
+
+        async def reply() -> tp.Frame:
+            try:
+                await event.wait()
+            finally:
+                self._replies.pop(seq, None)
+            if not replies:
+                raise tp.LinkDown(f"resync interrupted: {self.last_error or 'no reply from the secondary'}")
+            return replies[0]
+
+        return reply
+
     async def list_dir(self, path: bytes) -> dict[bytes, tp.DirEntry]:
         """The replica's entries of directory *path*, at this point of the
         operation stream (all pages).
@@ -452,17 +631,11 @@ class Relationship:
         entries: dict[bytes, tp.DirEntry] = {}
         after = b""
         while True:
-            event = trio.Event()
-            pending = self.send(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))
-            replies: list[tp.Listing] = []
-            self._listings[pending.seq] = (event, replies)
-            await event.wait()
-            self._listings.pop(pending.seq, None)
-            if not replies:
-                raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
-            for entry in replies[0].items():
+            listing = await self.ask(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))()
+            assert isinstance(listing, tp.Listing)
+            for entry in listing.items():
                 entries[entry.name] = entry
-            if not replies[0].more or not entries:
+            if not listing.more or not entries:
                 return entries
             after = max(entries)
 
@@ -504,11 +677,18 @@ class Relationship:
         self.record.stale = False
         self.record.stale_reason = ""
         self.record.last_seq = self.acked_seq
+        generation = self.record.new_generation()  # both sides meet again
         self._dirty_changed = True
         self.save_dirty()
         self._groups.save(self.record)
         self._set_state(R.IN_SYNC, "resync complete")
+        assert self.conn is not None
+        self._send_generation(self.conn, generation)
         return True
+
+    def _send_generation(self, conn: tp.Connection, generation: bytes) -> None:
+        self._catch_up_generation = False
+        self._queue_op(conn, tp.Generation(seq=self.next_seq, generation=generation))
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -539,6 +719,10 @@ class Relationship:
                  self.state.value)
 
     def statistics(self) -> dict[str, Any]:
+        dirty_bytes = self.dirty.dirty_bytes
+        run = self.resync_run
+        progress = run.snapshot(dirty_bytes, trio.current_time()) if run is not None else None
+        queued = self._resync_queued
         return {
             "id": self.record.id,
             "path": "/" + self.record.path,
@@ -549,7 +733,15 @@ class Relationship:
             "last_acked_seq": self.acked_seq,
             "ops_in_flight": len(self._inflight),
             "bytes_in_flight": self._bytes_in_flight,
-            "dirty_bytes": self.dirty.dirty_bytes,
+            "dirty_bytes": dirty_bytes,
+            "bytes_remaining": progress["bytes_remaining"] if progress and progress["running"] else dirty_bytes,
+            "bytes_per_second": progress["bytes_per_second"] if progress else 0,
+            "eta_seconds": progress["eta_seconds"] if progress and progress["running"] else None,
+            "percent": progress["percent"] if progress and progress["running"] else
+            (100.0 if self.state is R.IN_SYNC else 0.0),
+            "resync": progress,
+            "resync_queued": {"id": queued.id, "mode": queued.mode, "restarts": queued.restarts}
+            if queued is not None else None,
             "resync_bytes_sent": self.resync_bytes,
             "last_resync_seconds": round(self.last_resync_seconds, 3),
             "stale_reason": self.record.stale_reason if self.record.stale else "",

@@ -25,7 +25,7 @@ TRANSITIONS: dict[RelationshipState, frozenset[RelationshipState]] = {
     R.OUT_OF_SYNC: frozenset({R.RESYNCING, R.BASELINE, R.IN_SYNC, R.SPLIT_BRAIN, R.BROKEN}),
     R.RESYNCING: frozenset({R.IN_SYNC, R.OUT_OF_SYNC, R.BROKEN}),
     R.BROKEN: frozenset({R.BASELINE, R.RESYNCING}),
-    R.SPLIT_BRAIN: frozenset({R.RESYNCING, R.BASELINE, R.BROKEN}),
+    R.SPLIT_BRAIN: frozenset({R.RESYNCING, R.BASELINE, R.OUT_OF_SYNC, R.BROKEN}),
 }
 
 

@@ -33,6 +33,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import tracking
 import transport as tp
 
 RESERVED = b".fsrep"
@@ -195,6 +196,22 @@ class Tree:
                                    st.st_nlink))
             size += len(name) + 40
         return out, False
+
+    def digests(self, path: bytes, offset: int, count: int) -> bytes:
+        """Digests of *count* regions of regular file *path* from *offset*
+        (see ``tracking.region_digests``); a missing or non-regular entry
+        digests as empty."""
+        try:
+            fd = self.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO):
+                raise
+            return tracking.region_digests(b"", count)
+        try:
+            data = os.pread(fd, count * tracking.REGION_SIZE, offset) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        return tracking.region_digests(data, count)
 
     def getxattr(self, path: bytes, name: bytes) -> bytes:
         with self.entry(path) as fd:

@@ -2,10 +2,12 @@
 
 Layout: ``_regions`` (region numbers, roaring-bitmap region sets),
 ``_persist`` (the one atomic, versioned, checksummed way to write state),
-``_dirty`` (what may differ, per group) and ``_activity`` (the activity log
-that makes in-flight changes crash safe). All sans-IO but ``_persist``.
+``_dirty`` (what may differ, per group), ``_activity`` (the activity log
+that makes in-flight changes crash safe) and ``generations`` (which side
+holds the newest data). All sans-IO but ``_persist``.
 """
 
+from . import generations as generations
 from ._activity import ACTIVITY_KIND as ACTIVITY_KIND
 from ._activity import EXTENT_SIZE as EXTENT_SIZE
 from ._activity import LOCAL_SEQ as LOCAL_SEQ
@@ -24,4 +26,6 @@ from ._regions import REGION_SIZE as REGION_SIZE
 from ._regions import RegionOverflow as RegionOverflow
 from ._regions import RegionRange as RegionRange
 from ._regions import RegionSet as RegionSet
+from ._regions import region_digests as region_digests
 from ._regions import regions_for as regions_for
+from .generations import Verdict as Verdict

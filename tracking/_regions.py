@@ -10,10 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import xxhash
 from roaringbitmap import RoaringBitmap
 
 REGION_SIZE = 4096
 MAX_REGIONS = 2**32
+
+
+def region_digests(data: bytes, count: int) -> bytes:
+    """The xxh3-64 digest of each of *count* regions of *data* (which starts
+    at a region boundary), 8 bytes each, big-endian; a region past the end
+    of *data* digests as empty. Both sides of a checksum resync use this, so
+    equal digests mean equal regions."""
+    view = memoryview(data)
+    return b"".join(xxhash.xxh3_64_digest(view[i * REGION_SIZE:(i + 1) * REGION_SIZE]) for i in range(count))
 
 
 class RegionOverflow(ValueError):

@@ -23,6 +23,8 @@ PROTOCOL_VERSION = 1
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
+GENERATION_ID_SIZE = 16
+MAX_GENERATIONS = 32
 MAX_PATH = 4096
 MAX_NAME = 255
 MAX_DATA = 4 * 1024 * 1024
@@ -147,13 +149,22 @@ class Welcome(Frame):
     """Secondary -> primary: authenticated; where the replica stands.
 
     ``last_seq`` is the last sequence number the replica has durably applied;
-    ``fresh`` is 1 when the replica was created by this handshake.
+    ``fresh`` is 1 when the replica was created by this handshake;
+    ``generations`` is its generation id history, oldest first (16 bytes each).
     """
 
     TYPE = 4
-    FIELDS = (("last_seq", U64), ("fresh", U8))
+    FIELDS = (("last_seq", U64), ("fresh", U8), ("generations", BLOB))
     last_seq: int
     fresh: int
+    generations: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        size = len(self.generations)
+        if size % GENERATION_ID_SIZE or size > MAX_GENERATIONS * GENERATION_ID_SIZE:
+            raise LocalProtocolError(f"Welcome.generations must be at most {MAX_GENERATIONS} ids of "
+                                     f"{GENERATION_ID_SIZE} bytes")
 
 
 # --- operations --------------------------------------------------------------
@@ -381,6 +392,58 @@ class ListDir(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class Generation(Operation):
+    """The primary's data is now at ``generation``: the replica records it
+    in its history once everything before it is applied."""
+
+    TYPE = 27
+    FIELDS = (("seq", U64), ("generation", GROUP_ID))
+    seq: int
+    generation: bytes
+
+
+MAX_CHECKSUM_REGIONS = 4096
+DIGEST_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum(Operation):
+    """Ask for the xxh3-64 digests of ``count`` 4 KiB regions of file
+    ``path`` from byte ``offset``, at this point of the operation stream
+    (the primary digests its own copy in the same step it sends this).
+    The secondary answers with Digests before it acks."""
+
+    TYPE = 26
+    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("count", U32))
+    seq: int
+    path: bytes
+    offset: int
+    count: int
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not 0 < self.count <= MAX_CHECKSUM_REGIONS:
+            raise LocalProtocolError(f"Checksum.count must be 1..{MAX_CHECKSUM_REGIONS}")
+
+
+@dataclass(frozen=True, slots=True)
+class Digests(Frame):
+    """Secondary -> primary: one 8-byte digest per region asked for by
+    Checksum ``seq``."""
+
+    TYPE = 38
+    FIELDS = (("seq", U64), ("digests", BLOB))
+    seq: int
+    digests: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if len(self.digests) % DIGEST_SIZE or len(self.digests) > MAX_CHECKSUM_REGIONS * DIGEST_SIZE:
+            raise LocalProtocolError(f"Digests.digests must be whole {DIGEST_SIZE}-byte digests, "
+                                     f"at most {MAX_CHECKSUM_REGIONS}")
+
+
+@dataclass(frozen=True, slots=True)
 class DirEntry:
     """One entry of a Listing: what resync compares."""
 
@@ -515,7 +578,7 @@ class Error(Frame):
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink, RmDir, Rename,
-                Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Durable, Ack, Nack, Ping,
-                Pong, Close, Error)
+                Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
+                Generation, Durable, Ack, Nack, Ping, Pong, Close, Error)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

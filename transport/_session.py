@@ -30,6 +30,7 @@ from ._frames import (
     Ack,
     Challenge,
     Close,
+    Digests,
     Durable,
     Error,
     Frame,
@@ -64,8 +65,8 @@ RECEIVE = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, Durable, Ping, Pong, Close, Error},
     },
     "secondary": {
         S.START: {Hello, Error},
@@ -85,8 +86,8 @@ SEND = {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, Durable, Ping, Pong, Close, Error},
     },
 }
 
@@ -222,8 +223,9 @@ class PrimarySession(_Session):
             return frame
         if isinstance(frame, Durable) and frame.seq > self.last_sent:
             raise RemoteProtocolError(f"Durable for seq {frame.seq} beyond {self.last_sent}")
-        if isinstance(frame, Listing) and not self.last_acked < frame.seq <= self.last_sent:
-            raise RemoteProtocolError(f"Listing for seq {frame.seq} outside {self.last_acked}..{self.last_sent}")
+        if isinstance(frame, (Listing, Digests)) and not self.last_acked < frame.seq <= self.last_sent:
+            raise RemoteProtocolError(f"{type(frame).__name__} for seq {frame.seq} outside "
+                                      f"{self.last_acked}..{self.last_sent}")
         if isinstance(frame, (Ack, Nack)):
             if not self.last_acked <= frame.seq <= self.last_sent:
                 raise RemoteProtocolError(

@@ -54,6 +54,9 @@ async def connected(tmp_path: Path) -> AsyncIterator[tuple[InProcessSecondary, R
         rel = _relationship(tmp_path, server.port, "sync")
         await rel.connect()
         nursery.start_soon(rel.serve)
+        with trio.fail_after(10):  # the new replica learns the primary's generation first
+            while rel.statistics()["ops_in_flight"]:
+                await trio.sleep(0.01)
         yield server, rel, nursery
         nursery.cancel_scope.cancel()
 
@@ -67,6 +70,7 @@ def _stale_on_disk(rel: Relationship) -> bool:
 async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(tmp_path: Path) -> None:
     async with connected(tmp_path) as (server, rel, nursery):
         assert rel.state is RelationshipState.IN_SYNC
+        first = rel.next_seq  # after the new replica learned the primary's generation
         applied: list[int] = []
         pendings = []
         with trio.testing.assert_no_checkpoints():
@@ -79,11 +83,11 @@ async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(t
                     applied.append(seq)
                     return tp.Write(seq=seq, path=b"f", offset=i, data=bytes([i]))
                 pendings.append(rel.split(write))
-        assert applied == list(range(1, 102))
+        assert applied == list(range(first, first + 101))
         assert rel.statistics()["ops_in_flight"] == 101
         for pending in pendings:
             await rel.wait(pending)
-        assert rel.acked_seq == 101 and rel.statistics()["ops_in_flight"] == 0
+        assert rel.acked_seq == first + 100 and rel.statistics()["ops_in_flight"] == 0
         replica = tmp_path / "secondary" / rel.record.id / "f"
         assert replica.read_bytes() == bytes(range(100))
 
@@ -113,12 +117,13 @@ async def test_strict_refuses_before_applying_when_not_in_sync(tmp_path: Path) -
 
 async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> None:
     async with connected(tmp_path) as (server, rel, nursery):
+        first = rel.next_seq
 
         def fail(seq: int | None) -> tp.Operation:
             raise FileNotFoundError(errno.ENOENT, "gone")
         with pytest.raises(FileNotFoundError):
             rel.split(fail)
         pending = rel.split(lambda seq: tp.MkDir(seq=seq, path=b"d", mode=0o755, uid=0, gid=0))
-        assert pending.seq == 1
+        assert pending.seq == first
         await rel.wait(pending)
         assert os.path.isdir(tmp_path / "secondary" / rel.record.id / "d")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracking import REGION_SIZE, RegionOverflow, RegionRange, RegionSet, regions_for
+from tracking import REGION_SIZE, RegionOverflow, RegionRange, RegionSet, region_digests, regions_for
 from tracking._regions import MAX_REGIONS
 
 LAST = MAX_REGIONS - 1
@@ -138,3 +138,13 @@ def test_region_set_matches_a_plain_set(steps: list[tuple[bool, int, int]]) -> N
     assert sorted(r for rr in runs for r in range(rr.first, rr.stop)) == sorted(model)
     assert all(rr.count > 0 for rr in runs)
     assert all(a.stop < b.first for a, b in zip(runs, runs[1:], strict=False)), "runs are not maximal or ordered"
+
+
+def test_region_digests_tell_regions_apart() -> None:
+    data = bytes(4096) + b"x" * 4096 + b"tail"
+    digests = region_digests(data, 4)
+    parts = [digests[i * 8:(i + 1) * 8] for i in range(4)]
+    assert len(digests) == 32
+    assert parts[0] == region_digests(bytes(4096), 1)
+    assert len(set(parts)) == 4  # zeros, x's, a short tail, and nothing
+    assert parts[3] == region_digests(b"", 1)

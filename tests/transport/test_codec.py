@@ -36,6 +36,10 @@ SAMPLES: list[tp.Frame] = [
     tp.Remove(seq=18, path=b"gone/tree"),
     tp.ListDir(seq=19, path=b"d", after=b"m"),
     tp.Listing(seq=19, more=1, entries=tp.encode_entries([tp.DirEntry(b"n", 0o100644, 1, 2, 3, -4, 1)])),
+    tp.Checksum(seq=20, path=b"d/f", offset=8192, count=3),
+    tp.Generation(seq=21, generation=bytes(range(16))),
+    tp.Welcome(last_seq=7, fresh=0, generations=bytes(32)),
+    tp.Digests(seq=20, digests=bytes(24)),
     tp.Ack(seq=15),
     tp.Nack(seq=16, errno=28, message="No space left on device ✓"),
     tp.Ping(token=1),
@@ -176,9 +180,11 @@ PATH_FIELDS = [
     lambda p: tp.Fsync(seq=1, path=p),
     lambda p: tp.Remove(seq=1, path=p),
     lambda p: tp.ListDir(seq=1, path=p),
+    lambda p: tp.Checksum(seq=1, path=p, offset=0, count=1),
 ]
 PATH_FIELD_IDS = ["Write", "SetAttr", "Create", "MkNod", "MkDir", "RmDir", "Rename.old", "Rename.new", "Link.target",
-                  "Link.new", "Symlink", "SetXattr", "RemoveXattr", "Fsync", "Remove", "ListDir"]
+                  "Link.new", "Symlink", "SetXattr", "RemoveXattr", "Fsync", "Remove", "ListDir",
+                  "Checksum"]
 
 
 @pytest.mark.parametrize("build", PATH_FIELDS, ids=PATH_FIELD_IDS)
@@ -251,6 +257,12 @@ def test_data_over_max_data_cannot_be_built() -> None:
     pytest.param(lambda: tp.ListDir(seq=1, path=b"", after=b".."), id="listdir-after-dotdot"),
     pytest.param(lambda: tp.Listing(seq=1, more=0, entries=b"\x02.."), id="listing-dotdot"),
     pytest.param(lambda: tp.Listing(seq=1, more=0, entries=b"\x01a\x00"), id="listing-truncated"),
+    pytest.param(lambda: tp.Checksum(seq=1, path=b"f", offset=0, count=0), id="checksum-no-regions"),
+    pytest.param(lambda: tp.Checksum(seq=1, path=b"f", offset=0, count=tp.MAX_CHECKSUM_REGIONS + 1),
+                 id="checksum-too-many-regions"),
+    pytest.param(lambda: tp.Digests(seq=1, digests=b"1234567"), id="digests-partial"),
+    pytest.param(lambda: tp.Welcome(last_seq=1, fresh=0, generations=bytes(17)), id="welcome-partial-generation"),
+    pytest.param(lambda: tp.Generation(seq=1, generation=bytes(15)), id="generation-short"),
     pytest.param(lambda: tp.Hello(group_id=b"short", nonce=b"n" * 32), id="group-id-short"),
     pytest.param(lambda: tp.Hello(group_id=b"g" * 16, nonce=b"n" * 33), id="nonce-long"),
     pytest.param(lambda: Proof(proof=b"p" * 31), id="proof-short"),
@@ -456,6 +468,8 @@ valid_frames = st.one_of(
     st.builds(tp.SetXattr, seq=u64, path=paths, name=st.binary(min_size=1, max_size=MAX_NAME).filter(
         lambda b: b"\0" not in b), value=st.binary(max_size=300)),
     st.builds(tp.Listing, seq=u64, more=st.integers(0, 255), entries=entries.map(tp.encode_entries)),
+    st.builds(tp.Checksum, seq=u64, path=paths, offset=u64, count=st.integers(1, tp.MAX_CHECKSUM_REGIONS)),
+    st.builds(tp.Digests, seq=u64, digests=st.binary(max_size=80).map(lambda b: b[:len(b) // 8 * 8])),
     st.builds(tp.Ack, seq=u64),
     st.builds(tp.Nack, seq=u64, errno=u32, message=st.text(max_size=50)),
     st.builds(tp.Error, message=st.text(max_size=200)),

@@ -138,6 +138,16 @@ def test_listing_must_answer_an_unacked_operation() -> None:
         _pump(primary, tp.encode(listing))
 
 
+def test_digests_must_answer_an_unacked_operation() -> None:
+    primary, secondary = _open()
+    _pump(secondary, primary.send(tp.Checksum(seq=1, path=b"f", offset=0, count=2)))
+    digests = tp.Digests(seq=1, digests=bytes(16))
+    assert _pump(primary, secondary.send(digests)) == [digests]
+    _pump(primary, secondary.send(tp.Ack(seq=1)))
+    with pytest.raises(tp.RemoteProtocolError, match="Digests"):
+        _pump(primary, tp.encode(digests))
+
+
 @pytest.mark.parametrize("seq", [1, 3, 5])
 def test_a_gap_or_repeat_in_sequence_numbers_is_refused(seq: int) -> None:
     primary, secondary = _open()

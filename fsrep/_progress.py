@@ -1,0 +1,172 @@
+"""One resync run as the operator sees it: what was asked (mode, rate
+limit), how far it got, how fast, and how it ended.
+
+Pure bookkeeping — the caller passes the clock — so the arithmetic of rate,
+ETA and the rate limit is unit-tested without a link or a filesystem.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("quick", "checksum", "full")
+RATE_FLOOR = 1024 * 1024  # bytes/s: a rate limit below this would let a resync starve
+RATE_WINDOW = 10.0  # seconds of history behind bytes_per_second
+
+
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_rate(text: str) -> int:
+    """``50M``, ``800k``, ``1048576`` (bytes/s, binary units) -> bytes/s.
+
+    Raises:
+        ValueError: not a rate (the message says what is expected).
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?B)?(?:/s)?\s*", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a rate: use bytes per second, e.g. 50M or 800k")
+    return int(match.group(1)) * UNITS[match.group(2).lower()]
+
+
+def stronger(a: str, b: str) -> str:
+    """The mode that does at least what both do (full > checksum > quick)."""
+    return max(a, b, key=MODES.index)
+
+
+@dataclass(slots=True)
+class ResyncRun:
+    """A resync asked for by the daemon itself or by ``fsrep-resync``.
+
+    ``outcome`` is "" while the run is queued or running, then "InSync" or
+    the reason it failed. ``rate_limit`` is bytes/s of data, 0 for none.
+    """
+
+    id: int
+    mode: str
+    reason: str
+    rate_limit: int = 0
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: str = ""
+    verified: bool = False
+    restarts: int = 0
+    copied_bytes: int = 0  # data sent to the replica
+    checked_bytes: int = 0  # data compared by digest (checksum mode)
+    check_total: int = 0  # data to compare by digest
+    mismatched_bytes: int = 0
+    copy_total: int = 0  # full mode: the data the copy will send
+    last_progress: float = 0.0
+    _allowance: float = 0.0
+    _allowance_at: float = 0.0
+    _samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"resync mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.rate_limit:
+            self.rate_limit = max(self.rate_limit, RATE_FLOOR)
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.finished_at is None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def start(self, now: float) -> None:
+        self.started_at = self.last_progress = self._allowance_at = now
+        self._samples.clear()
+        self._samples.append((now, self.done_bytes()))
+
+    def progressed(self, now: float) -> None:
+        """Something moved (a frame sent, an ack received): the watchdog's
+        clock restarts."""
+        self.last_progress = now
+
+    def copied(self, nbytes: int, now: float) -> None:
+        self.copied_bytes += nbytes
+        self.last_progress = now
+        self._sample(now)
+
+    def checked(self, nbytes: int, mismatched: int, now: float) -> None:
+        self.checked_bytes += nbytes
+        self.mismatched_bytes += mismatched
+        self.last_progress = now
+        self._sample(now)
+
+    def finish(self, outcome: str, now: float, *, verified: bool = False) -> None:
+        self.outcome = outcome
+        self.verified = verified
+        self.finished_at = now
+
+    def pause_for(self, nbytes: int, now: float) -> float:
+        """Seconds to wait before sending *nbytes* more under the rate limit
+        (a token bucket holding at most one second of allowance)."""
+        if not self.rate_limit:
+            return 0.0
+        self._allowance = min(self._allowance + (now - self._allowance_at) * self.rate_limit, self.rate_limit)
+        self._allowance_at = now
+        self._allowance -= nbytes
+        return max(0.0, -self._allowance / self.rate_limit)
+
+    def done_bytes(self) -> int:
+        return self.copied_bytes + self.checked_bytes
+
+    def remaining_bytes(self, dirty_bytes: int) -> int:
+        """What is left: dirty data still to copy, data still to compare,
+        and for a full copy what it has not sent yet."""
+        left = dirty_bytes + max(self.check_total - self.checked_bytes, 0)
+        if self.mode == "full" and not self.finished:
+            left = max(left, self.copy_total - self.copied_bytes)
+        return 0 if self.outcome == "InSync" else left
+
+    def _sample(self, now: float) -> None:
+        if not self._samples or now - self._samples[-1][0] >= RATE_WINDOW / 40:
+            self._samples.append((now, self.done_bytes()))
+        while now - self._samples[0][0] > RATE_WINDOW:
+            self._samples.popleft()
+
+    def rate(self, now: float) -> float:
+        """Bytes/s (copied + compared) over about the last RATE_WINDOW
+        seconds; since the start while there is less history than a second."""
+        self._sample(now)
+        then, before = self._samples[0]
+        if now - then < 1.0 and self.started_at is not None:
+            then, before = self.started_at, 0
+        return (self.done_bytes() - before) / (now - then) if now > then else 0.0
+
+    def snapshot(self, dirty_bytes: int, now: float) -> dict[str, Any]:
+        """The status fields of this run."""
+        remaining = self.remaining_bytes(dirty_bytes)
+        rate = self.rate(now) if self.running else 0.0
+        done = self.done_bytes()
+        if self.outcome == "InSync":
+            percent = 100.0
+        else:
+            percent = 100.0 * done / (done + remaining) if done + remaining else 0.0
+        end = self.finished_at if self.finished_at is not None else now
+        return {
+            "id": self.id,
+            "mode": self.mode,
+            "reason": self.reason,
+            "running": self.running,
+            "finished": self.finished,
+            "outcome": self.outcome,
+            "verified": self.verified,
+            "restarts": self.restarts,
+            "rate_limit": self.rate_limit,
+            "bytes_copied": self.copied_bytes,
+            "bytes_checked": self.checked_bytes,
+            "bytes_mismatched": self.mismatched_bytes,
+            "bytes_remaining": remaining,
+            "bytes_per_second": round(rate),
+            "eta_seconds": round(remaining / rate, 1) if rate > 0 and remaining else (0.0 if not remaining else None),
+            "percent": round(percent, 1),
+            "elapsed_seconds": round(end - self.started_at, 3) if self.started_at is not None else 0.0,
+        }

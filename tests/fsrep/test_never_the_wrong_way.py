@@ -1,0 +1,94 @@
+"""Never resync the wrong way: generation histories on both sides decide the
+direction, and when the replica holds newer or unrelated data nothing is
+resynced until an operator says which side wins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import tracking
+from fsrep._digest import tree_digest
+from fsrep._secondary import REPLICA_KIND
+from tests.conftest import Cluster, run_fsrep
+
+RESYNC = [sys.executable, "-c", "import sys, tools.resync; sys.exit(tools.resync.main())"]
+
+
+def _replica_state(cluster: Cluster) -> tuple[object, dict]:
+    [path] = (cluster.secondary.store / ".fsrep" / "replicas").glob("*.json")
+    return path, tracking.load_state(path, REPLICA_KIND)
+
+
+def test_generations_advance_on_out_of_sync_and_resync(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "a").write_text("one")
+    cluster.umount()
+    _, state = _replica_state(cluster)
+    first = state["generations"]
+    assert len(first) == 1  # the replica holds the primary's first generation
+    cluster.secondary.stop()
+    cluster.mount()
+    (cluster.mnt / "a").write_text("two")  # OutOfSync: the primary starts a new generation
+    cluster.secondary.start()
+    cluster.wait_state("InSync")  # resync complete: another one, sent to the replica
+    cluster.umount()
+    _, state = _replica_state(cluster)
+    [group_file] = (cluster.primary_store / ".fsrep" / "groups").glob("*.json")
+    primary = tracking.load_state(group_file, "fsrep-group")["generations"]
+    assert len(primary) == 3 and primary[0] == first[0]  # first, OutOfSync, resynced
+    assert state["generations"] == [first[0], primary[2]]  # it never saw the OutOfSync one
+    cluster.assert_replicated()
+
+
+@pytest.mark.parametrize("history", ["newer", "unrelated"])
+def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cluster, history: str) -> None:
+    cluster.mount()
+    (cluster.mnt / "a").write_text("written while in sync")
+    cluster.umount()
+    cluster.secondary.stop()
+    path, state = _replica_state(cluster)
+    other = uuid.uuid4().hex
+    # As if the replica had been promoted and written to (newer), or came from another history.
+    state["generations"] = state["generations"] + [other] if history == "newer" else [other]
+    tracking.save_state(path, REPLICA_KIND, state)
+    replica = cluster.secondary.store / state["id"]
+    (replica / "theirs").write_text("a change made on the replica's side")
+    before = tree_digest(replica)
+    cluster.secondary.start()
+
+    cluster.mount()
+    status = cluster.wait_state("SplitBrain")
+    assert status["connected"]
+    assert ("newer data" if history == "newer" else "cannot tell") in status["stale_reason"]
+    (cluster.mnt / "b").write_text("kept local while the operator decides")
+    done = subprocess.run([*RESYNC, str(cluster.mnt)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--mode full" in done.stderr and done.stderr.count("\n") == 1
+    assert tree_digest(replica) == before  # nothing was resynced either way
+    assert "SplitBrain" in run_fsrep("status", str(cluster.mnt)).stdout
+
+    done = subprocess.run([*RESYNC, str(cluster.mnt), "--mode", "full"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (replica / "theirs").exists()
+    cluster.assert_replicated()
+
+
+def test_strict_refuses_to_mount_over_a_split_brain(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "a").write_text("x")
+    cluster.umount()
+    cluster.secondary.proc.send_signal(signal.SIGTERM)
+    cluster.secondary.proc.wait(timeout=30)
+    path, state = _replica_state(cluster)
+    state["generations"] = [uuid.uuid4().hex]
+    tracking.save_state(path, REPLICA_KIND, state)
+    cluster.secondary.start()
+    done = cluster.mount(policy="strict", check=False)
+    assert done.returncode == 1 and "SplitBrain" in done.stderr and "cannot tell" in done.stderr
+    assert not os.path.ismount(cluster.mnt)

@@ -1,0 +1,161 @@
+"""``fsrep-resync``: start (or join) a resync of a mounted group and follow
+it to the end with a progress bar.
+
+Exit 0 only when the group is InSync at the end and, for ``--mode
+checksum``, every region was compared. Any other end is one line on stderr
+and exit 1; the daemon keeps the resync going (or resumes it when the
+secondary is back) whether or not this command still watches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fsrep._control import ControlError, daemon_for, request
+from fsrep._progress import MODES, parse_rate
+
+PROG = "fsrep-resync"
+POLL = 0.25
+PLAIN_EVERY = 2.0
+
+
+class ResyncFailed(Exception):
+    """The resync did not end InSync (one line for the operator)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start or join a resync of a consistency group and show its progress.",
+        epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
+               "  fsrep-resync /mnt/data --json\n\n"
+               "modes: quick copies the regions tracking marked dirty; checksum compares every region by\n"
+               "xxh3 digest and copies those that differ; full re-copies everything (writers wait).\n"
+               "exit status: 0 when the group is InSync (and, for checksum, verified); 1 otherwise.")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("--group", metavar="ID", help="the consistency group (id or path; default: the only one)")
+    parser.add_argument("--mode", choices=MODES, default="quick")
+    parser.add_argument("--rate-limit", type=_rate, default=0, metavar="BYTES/s",
+                        help="cap the resync's data rate (suffix k, M, G; never below 1M)")
+    parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    return parser
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (ControlError, ResyncFailed) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: stopped watching; the resync goes on in the daemon", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    meta, _ = daemon_for(args.mountpoint)
+    reply = request(meta, {"cmd": "resync", "group": args.group, "mode": args.mode, "rate_limit": args.rate_limit})
+    if "error" in reply:
+        raise ResyncFailed(reply["error"])
+    run_id, group_id = reply["run"], reply["group"]
+    if not args.json:
+        limit = f", at most {reply['rate_limit']} bytes/s" if reply["rate_limit"] else ""
+        print(f"group {group_id}: {reply['mode']} resync (run {run_id}){limit}", flush=True)
+    with _Display(enabled=not args.json) as display:
+        while True:
+            group = _group(meta, group_id)
+            progress = group.get("resync") or {}
+            if progress.get("id") == run_id and progress.get("finished"):
+                display.update(progress)
+                return _outcome(group, progress, reply["mode"])
+            queued = group.get("resync_queued") or {}
+            if queued.get("id") == run_id and not group["connected"]:
+                raise ResyncFailed(f"the link to {group['secondary']} was lost ({group['last_error'] or 'no reason'})"
+                                   f"; the resync resumes by itself when it is back — run {PROG} again to follow it")
+            if progress.get("id") == run_id:
+                display.update(progress)
+            time.sleep(POLL)
+
+
+def _group(meta: Path, group_id: str) -> dict[str, Any]:
+    status = request(meta, {"cmd": "status"})
+    for group in status.get("groups", []):
+        if group["id"] == group_id:
+            return group
+    raise ResyncFailed(f"group {group_id} is gone from the daemon's status")
+
+
+def _outcome(group: dict[str, Any], progress: dict[str, Any], mode: str) -> dict[str, Any]:
+    if progress["outcome"] != "InSync" or group["state"] != "InSync":
+        raise ResyncFailed(f"the resync ended {progress['outcome'] or 'unfinished'}; the group is {group['state']}"
+                           f" ({group['stale_reason'] or group['last_error'] or 'see the daemon log'})")
+    if mode == "checksum" and not progress["verified"]:
+        raise ResyncFailed("the group is InSync but the checksum comparison did not complete; run it again")
+    summary = {"group": group["id"], "state": group["state"], **progress}
+    return summary
+
+
+class _Display:
+    """A rich progress bar on a terminal, a plain line every few seconds
+    otherwise, nothing for --json."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
+        self.bar: Any = None
+        self.task: Any = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> _Display:
+        if self.enabled and self.tty:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("resync", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, progress: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        done = progress["bytes_copied"] + progress["bytes_checked"]
+        total = done + progress["bytes_remaining"]
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total or None,
+                            description=f"{progress['mode']} resync")
+            return
+        now = time.monotonic()
+        if now - self.last_line >= PLAIN_EVERY or progress["finished"]:
+            self.last_line = now
+            eta = progress["eta_seconds"]
+            print(f"{progress['percent']:5.1f}%  copied {progress['bytes_copied']} B, compared "
+                  f"{progress['bytes_checked']} B, {progress['bytes_remaining']} B left, "
+                  f"{progress['bytes_per_second']} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
+                  + (f"  -> {progress['outcome']}" if progress["finished"] else ""), flush=True)
