@@ -63,8 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--secondary", required=True, metavar="HOST:PORT")
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
     p.add_argument("--policy", choices=POLICIES, default="sync",
-                   help="sync: keep serving when the secondary is unreachable (default); "
-                        "strict: fail changes with EIO instead")
+                   help="sync: every change returns once applied on both sides, and the mount keeps serving "
+                        "when the secondary is unreachable (default); strict: like sync, but changes fail with "
+                        "EIO when they cannot be replicated; semi-sync: changes return once applied here and "
+                        "sent, waiting only past --lag-budget (fsync waits for both sides); async: changes are "
+                        "shipped every --async-interval seconds (fsync is local)")
+    p.add_argument("--lag-budget", default="64M", metavar="BYTES",
+                   help="semi-sync and async: how much may be unacknowledged before changes wait (default 64M)")
+    p.add_argument("--async-interval", type=float, default=Timeouts().async_interval, metavar="SECONDS",
+                   help=f"async: how often changes are shipped (default {Timeouts().async_interval:g})")
     p.add_argument("--foreground", action="store_true", help="stay attached (logs on stderr)")
     p.add_argument("--writeback-cache", action="store_true",
                    help="let the kernel buffer writes (write() returns before replication; "
@@ -136,15 +143,22 @@ def _mount_options(args: argparse.Namespace) -> Any:
         raise CommandError("--ack-timeout must be positive")
     if args.resync_stall_timeout <= 0:
         raise CommandError("--resync-stall-timeout must be positive")
+    if args.async_interval <= 0:
+        raise CommandError("--async-interval must be positive")
     try:
         rate_limit = parse_rate(args.resync_rate_limit)
     except ValueError as exc:
         raise CommandError(f"--resync-rate-limit: {exc}") from None
+    try:
+        lag_budget = parse_rate(args.lag_budget)
+    except ValueError as exc:
+        raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=args.secondary, key=key,
                         policy=args.policy, writeback_cache=args.writeback_cache,
-                        timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout),
-                        resync_rate_limit=rate_limit, verbose=args.verbose)
+                        timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
+                                          async_interval=args.async_interval),
+                        resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -155,7 +169,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "fsrep", "mount", args.store, args.mountpoint, "--secondary", args.secondary,
            "--key-file", args.key_file, "--policy", args.policy, "--foreground", "--ready-fd", str(write_fd),
            "--ack-timeout", str(args.ack_timeout), "--resync-stall-timeout", str(args.resync_stall_timeout),
-           "--resync-rate-limit", args.resync_rate_limit]
+           "--resync-rate-limit", args.resync_rate_limit, "--lag-budget", args.lag_budget,
+           "--async-interval", str(args.async_interval)]
     cmd += ["--writeback-cache"] * args.writeback_cache + ["--verbose"] * args.verbose
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
         proc = subprocess.Popen(cmd, stdin=null_in, stdout=null_out, stderr=null_out, pass_fds=(write_fd,),
@@ -212,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     columns = [("group", "id"), ("path", "path"), ("state", "state"), ("policy", "policy"),
                ("secondary", "secondary"), ("connected", "connected"), ("acked seq", "last_acked_seq"),
                ("ops in flight", "ops_in_flight"), ("bytes in flight", "bytes_in_flight"),
-               ("dirty bytes", "dirty_bytes")]
+               ("dirty bytes", "dirty_bytes"), ("lag bytes", "lag_bytes"), ("lag s", "lag_seconds")]
     for title, _ in columns:
         table.add_column(title, overflow="fold")
     for group in reply["groups"]:
@@ -220,6 +235,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     for group in reply["groups"]:
+        run = group.get("resync")
+        if run and run["running"]:
+            eta = "-" if run["eta_seconds"] is None else f"{run['eta_seconds']:.0f}s"
+            console.print(f"group {group['id']}: {run['mode']} resync {run['percent']:.1f}%: "
+                          f"{run['bytes_remaining']} bytes left at {run['bytes_per_second']} bytes/s, ETA {eta}")
         if group.get("stale_reason"):
             console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
         if group.get("last_error"):

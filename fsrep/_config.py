@@ -15,7 +15,7 @@ import tracking
 KEY_BYTES = 32
 META_DIR = ".fsrep"
 GROUP_KIND = "fsrep-group"
-POLICIES = ("sync", "strict")
+POLICIES = ("sync", "strict", "semi-sync", "async")
 
 
 class ConfigError(Exception):

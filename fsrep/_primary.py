@@ -44,6 +44,7 @@ class MountOptions:
     writeback_cache: bool = False
     timeouts: Timeouts = Timeouts()
     resync_rate_limit: int = 0  # bytes/s for resyncs the daemon starts itself; 0: none
+    lag_budget: int = 64 * 1024 * 1024  # semi-sync and async: unacknowledged bytes before changes wait
     verbose: bool = False
 
 
@@ -127,6 +128,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     record, baseline = _load_group(groups, store, opts)
     rel = Relationship(record, groups, opts.key, opts.timeouts)
     rel.default_rate_limit = opts.resync_rate_limit
+    rel.lag_budget = opts.lag_budget
     _tracking_state(rel, groups, baseline)
     try:
         await rel.connect()

@@ -21,7 +21,7 @@ UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def parse_rate(text: str) -> int:
-    """``50M``, ``800k``, ``1048576`` (bytes/s, binary units) -> bytes/s.
+    """``50M``, ``800k``, ``1048576`` (bytes or bytes/s, binary units) -> an int.
 
     Raises:
         ValueError: not a rate (the message says what is expected).
@@ -61,6 +61,7 @@ class ResyncRun:
     mismatched_bytes: int = 0
     copy_total: int = 0  # full mode: the data the copy will send
     last_progress: float = 0.0
+    routine: bool = False  # started by policy async on its schedule: logged at debug level
     _allowance: float = 0.0
     _allowance_at: float = 0.0
     _samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)

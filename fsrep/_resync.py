@@ -89,7 +89,8 @@ class QuickResync:
         verify = self.progress.mode == "checksum"
         if verify:
             self._mark_directories()
-        log.info("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
+        say = log.debug if self.progress.routine else log.info
+        say("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
                  self.progress.mode, len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
         rel.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
         self.started = trio.current_time()
@@ -105,7 +106,7 @@ class QuickResync:
                 break
         rel.resync_bytes += self.bytes_sent
         rel.last_resync_seconds = trio.current_time() - self.started
-        log.info("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
+        say("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
                  self.bytes_sent, trio.current_time() - self.started,
                  f"; {self.progress.checked_bytes} bytes compared by digest, "
                  f"{self.progress.mismatched_bytes} differed" if self.progress.mode == "checksum" else "")

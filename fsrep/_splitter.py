@@ -9,13 +9,19 @@ are in flight at once. ``serve()`` owns the link: it connects, reads acks,
 pings an idle link, and declares the link lost when the connection drops or
 no ack arrives within the ack timeout while something is in flight.
 
-Policies (issue #3 scope):
+Policies:
 - ``sync``: with no usable link, mutations are applied locally only; the
   durable ``stale`` mark is written *before* the first such mutation, and the
   group is OutOfSync until a resync.
 - ``strict``: a mutation that cannot be replicated fails with EIO before it
   is applied locally; one in flight when the link fails returns EIO too
   (it was applied locally, and the group is marked stale).
+- ``semi-sync``: like ``sync``, but a mutation returns once applied locally
+  and queued; it waits only while the unacknowledged lag exceeds the byte
+  budget. fsync still waits for both sides.
+- ``async``: mutations are applied locally and marked dirty; every
+  ``async_interval`` seconds a quick resync ships what is dirty. fsync is
+  local. The lag (dirty bytes, seconds) is in status.
 
 Caveats:
 - A stale group stays OutOfSync after reconnecting: only a resync (dirty
@@ -46,6 +52,7 @@ R = RelationshipState
 STABLE_SESSION = 10.0
 DIRTY_SAVE_INTERVAL = 1.0
 NO_MARKS = tracking.Marks()
+OP_OVERHEAD = 256  # bytes an operation without data counts for in the semi-sync budget
 
 
 @dataclass(slots=True)
@@ -55,6 +62,7 @@ class Pending:
     seq: int
     nbytes: int
     marks: tracking.Marks = NO_MARKS
+    barrier: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     ok: bool = False
 
@@ -67,6 +75,7 @@ class Timeouts:
     backoff_min: float = 0.5
     backoff_max: float = 30.0
     resync_stall: float = 60.0  # no progress for this long: the resync is restarted
+    async_interval: float = 5.0  # policy async: how often dirty regions are shipped
 
 
 class Relationship:
@@ -113,6 +122,8 @@ class Relationship:
         self._run_ended = trio.Event()
         self._run_ids = 0
         self.default_rate_limit = 0  # bytes/s for runs not given one
+        self.lag_budget = 64 * 1024 * 1024  # semi-sync: writes wait while more than this is unacknowledged
+        self._lag_since: float | None = None  # when the first change still missing on the replica was made
         self._seq_from_replica = False  # the next resync starts at the replica's position
         self._catch_up_generation = False
         self.last_error = ""
@@ -137,7 +148,7 @@ class Relationship:
                 EIO under ``strict`` when the group cannot replicate.
         """
         conn = self.conn
-        if conn is not None and (self.state is R.IN_SYNC or
+        if conn is not None and ((self.state is R.IN_SYNC and self.record.policy != "async") or
                                  (self.state is R.RESYNCING and not self.dirty.blocks(marks))):
             self._activate(marks, self.next_seq)
             op = apply(self.next_seq)
@@ -147,9 +158,15 @@ class Relationship:
         if self.record.policy == "strict":
             raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
                                      f"changes that cannot be replicated")
-        if not self.record.stale:  # the first change a resync keeps local (or one made without a link)
-            self.mark_stale("changes were kept local during a resync" if self.state is R.RESYNCING
-                            else "change made without a link")
+        if not self.record.stale:  # the first change kept local: by a resync, by async, or without a link
+            if self.state is R.IN_SYNC:  # async
+                self.mark_stale("policy async: changes wait for the next shipment")
+                self._set_state(R.OUT_OF_SYNC, "policy async: changes wait for the next shipment", quiet=True)
+            else:
+                self.mark_stale("changes were kept local during a resync" if self.state is R.RESYNCING
+                                else "change made without a link")
+        if self._lag_since is None:
+            self._lag_since = trio.current_time()
         self._activate(marks, tracking.LOCAL_SEQ)
         apply(None)
         self.dirty.apply(marks)
@@ -166,12 +183,18 @@ class Relationship:
                 log.error("group %s: cannot save the activity log: %s", self.record.id, exc)
 
     async def wait(self, pending: Pending | None) -> None:
-        """Wait until *pending* is acknowledged.
+        """Wait until *pending* is acknowledged — under ``semi-sync`` and
+        ``async`` only while the lag exceeds the budget, unless it is a
+        barrier (fsync).
 
         Raises:
             OSError(EIO): under ``strict``, when the link was lost first.
         """
         if pending is None:
+            return
+        if self.record.policy in ("semi-sync", "async") and not pending.barrier:
+            while self._inflight and self._lag_bytes() > self.lag_budget:
+                await self._inflight[0].done.wait()
             return
         await pending.done.wait()
         if not pending.ok and self.record.policy == "strict":
@@ -179,11 +202,14 @@ class Relationship:
 
     # --- state -----------------------------------------------------------------
 
-    def _set_state(self, new: RelationshipState, why: str) -> None:
+    def _lag_bytes(self) -> int:
+        return self._bytes_in_flight + OP_OVERHEAD * len(self._inflight)
+
+    def _set_state(self, new: RelationshipState, why: str, *, quiet: bool = False) -> None:
         if new is self.state:
             return
         check_transition(self.state, new)
-        log.info("group %s: %s -> %s (%s)", self.record.id, self.state.value, new.value, why)
+        (log.debug if quiet else log.info)("group %s: %s -> %s (%s)", self.record.id, self.state.value, new.value, why)
         self.state = new
 
     def mark_stale(self, reason: str) -> None:
@@ -386,6 +412,8 @@ class Relationship:
                         if self.record.stale and self.state is not R.SPLIT_BRAIN:
                             self.request_resync("quick", reason=f"the replica is stale: {self.record.stale_reason}")
                         nursery.start_soon(self._resync_runner)
+                        if self.record.policy == "async":
+                            nursery.start_soon(self._ship_periodically)
                     await self._reader(conn)
                     nursery.cancel_scope.cancel()
         except* tp.LinkDown as group:
@@ -398,7 +426,7 @@ class Relationship:
 
     # --- resync runs -----------------------------------------------------------------
 
-    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0) -> ResyncRun:
+    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False) -> ResyncRun:
         """Start a resync, or join the one running or queued (raising its
         mode to *mode* if that does more). Returns the run that will do it.
 
@@ -421,17 +449,25 @@ class Relationship:
             queued.rate_limit = ResyncRun(0, queued.mode, "", rate_limit or queued.rate_limit).rate_limit
             return queued
         self._run_ids += 1
-        run = ResyncRun(self._run_ids, mode, reason, rate_limit, queued_at=now)
+        run = ResyncRun(self._run_ids, mode, reason, rate_limit, queued_at=now, routine=routine)
         if mode == "quick" and self.state is R.IN_SYNC and not self.dirty:
             run.start(now)
             run.finish("InSync", now)
             self.resync_run = run
             return run
-        log.info("group %s: %s resync requested (%s)%s", self.record.id, mode, reason,
+        (log.debug if routine else log.info)("group %s: %s resync requested (%s)%s", self.record.id, mode, reason,
                  f", limited to {run.rate_limit} bytes/s" if run.rate_limit else "")
         self._resync_queued = run
         self._resync_wakeup.set()
         return run
+
+    async def _ship_periodically(self) -> None:
+        """Policy async: a quick resync every ``async_interval`` seconds
+        ships what changed since the last one."""
+        while True:
+            await trio.sleep(self.timeouts.async_interval)
+            if self.record.stale and self.state is R.OUT_OF_SYNC and self._resync_queued is None:
+                self.request_resync("quick", reason="policy async: shipping what changed", routine=True)
 
     async def _resync_runner(self) -> None:
         """Run queued resyncs on this session, one at a time, each watched:
@@ -569,9 +605,10 @@ class Relationship:
             self.next_seq = self.replica_seq + 1
             self.acked_seq = self.replica_seq
             self._seq_from_replica = False
+        quiet = self.resync_run is not None and self.resync_run.routine
         if self.state is R.IN_SYNC:
-            self._set_state(R.OUT_OF_SYNC, why)  # one step with the next: writes never see OutOfSync
-        self._set_state(R.RESYNCING, why)
+            self._set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
+        self._set_state(R.RESYNCING, why, quiet=quiet)
 
     def send(self, make: Callable[[int], tp.Operation]) -> Pending:
         """Queue a resync frame (nothing applied locally). Never checkpoints.
@@ -587,7 +624,7 @@ class Relationship:
 
     def _queue_op(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
         self.next_seq = op.seq + 1
-        pending = Pending(op.seq, op.payload_size(), marks)
+        pending = Pending(op.seq, op.payload_size(), marks, op.BARRIER)
         if not self._inflight:
             self._last_progress = trio.current_time()
         self._inflight.append(pending)
@@ -681,7 +718,8 @@ class Relationship:
         self._dirty_changed = True
         self.save_dirty()
         self._groups.save(self.record)
-        self._set_state(R.IN_SYNC, "resync complete")
+        self._lag_since = None
+        self._set_state(R.IN_SYNC, "resync complete", quiet=self.resync_run is not None and self.resync_run.routine)
         assert self.conn is not None
         self._send_generation(self.conn, generation)
         return True
@@ -718,6 +756,13 @@ class Relationship:
         log.info("group %s: shut down cleanly at seq %d (%s)", self.record.id, self.record.last_seq,
                  self.state.value)
 
+    def _lag_seconds(self) -> float:
+        """How long the replica has been missing changes made here."""
+        now = trio.current_time()
+        if self.record.stale and self._lag_since is not None:
+            return round(now - self._lag_since, 3)
+        return round(now - self._last_progress, 3) if self._inflight else 0.0
+
     def statistics(self) -> dict[str, Any]:
         dirty_bytes = self.dirty.dirty_bytes
         run = self.resync_run
@@ -732,6 +777,8 @@ class Relationship:
             "connected": self.conn is not None,
             "last_acked_seq": self.acked_seq,
             "ops_in_flight": len(self._inflight),
+            "lag_bytes": self._lag_bytes() + (dirty_bytes if self.record.stale else 0),
+            "lag_seconds": self._lag_seconds(),
             "bytes_in_flight": self._bytes_in_flight,
             "dirty_bytes": dirty_bytes,
             "bytes_remaining": progress["bytes_remaining"] if progress and progress["running"] else dirty_bytes,
