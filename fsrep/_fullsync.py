@@ -90,6 +90,7 @@ async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
     for path, st in [*reversed(directories), (b"", root)]:
         rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
     rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
+    await rel.all_acked()  # until then, a lost link leaves "everything" dirty
     rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
     await rel.finish_resync()
     elapsed = trio.current_time() - progress.start

@@ -165,7 +165,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(rel.serve)
-            if rel.conn is not None and record.stale:
+            if rel.conn is not None and record.stale and opts.policy == "strict":  # others resync while serving
                 log.info("group %s: replica is stale (%s); resync before serving", record.id,
                          record.stale_reason)
                 await rel.resync_now(f"the replica is stale: {record.stale_reason}")

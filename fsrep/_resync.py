@@ -36,10 +36,12 @@ Caveats:
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -66,17 +68,56 @@ async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: 
     """
     if run.mode == "full" and not rel.dirty.everything:
         rel.mark_everything_dirty(f"full resync requested ({run.reason})")
+    directories: list[tuple[int, bytes]] = []
+    if rel.dirty.everything and run.mode != "full":
+        directories, hard_links = _scan_directories(tree)
+        if not hard_links:
+            # Never silently in sync, never a needless copy: compare everything by digest, clients writing on.
+            log.info("group %s: checksum resync of the whole tree (%s)", rel.record.id, rel.dirty.reason)
+            await QuickResync(rel, tree, inodes, run, directories).run()
+            return
     if rel.dirty.everything:
         log.info("group %s: full resync (%s); new changes wait until it is done", rel.record.id, rel.dirty.reason)
         with rel.holding_mutations():
             await full_resync(rel, tree, run)
         return
-    await QuickResync(rel, tree, inodes, run).run()
+    if run.mode == "checksum":
+        directories, _ = _scan_directories(tree)
+    await QuickResync(rel, tree, inodes, run, directories).run()
+
+
+def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
+    """Every directory (backing inode, path), and whether any other entry
+    has hard links (which a digest comparison cannot pair up)."""
+    directories: list[tuple[int, bytes]] = []
+    hard_links = False
+    pending = [(b"", tree.lstat(b""))]
+    while pending:
+        path, st = pending.pop()
+        directories.append((st.st_ino, path))
+        try:
+            names = tree.listdir(path)
+        except OSError:
+            continue
+        for name in names:
+            child = _join(path, name)
+            try:
+                child_st = tree.lstat(child)
+            except OSError:
+                continue
+            if stat.S_ISDIR(child_st.st_mode):
+                pending.append((child, child_st))
+            elif child_st.st_nlink > 1:
+                hard_links = True
+    return directories, hard_links
 
 
 class QuickResync:
-    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun) -> None:
+    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun,
+                 directories: Sequence[tuple[int, bytes]] = ()) -> None:
         self.rel = rel
+        self.directories = directories
+        self.created: set[int] = set()  # files this run created on the replica: their holes need no copy
         self.dirty = rel.dirty
         self.tree = tree
         self.inodes = inodes
@@ -86,9 +127,9 @@ class QuickResync:
 
     async def run(self) -> None:
         rel = self.rel
-        verify = self.progress.mode == "checksum"
-        if verify:
-            self._mark_directories()
+        verify = bool(self.directories)
+        for ino, path in self.directories:  # checksum: the whole namespace gets compared
+            self.dirty.mark_dir(ino, path)
         say = log.debug if self.progress.routine else log.info
         say("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
                  self.progress.mode, len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
@@ -100,6 +141,7 @@ class QuickResync:
             elif verify:
                 await self._verify()
                 verify = False
+                self.dirty.clean_everything()  # every file was compared: what differs is marked
             elif self.dirty.files():
                 await self._files()
             elif await rel.finish_resync():
@@ -109,30 +151,9 @@ class QuickResync:
         say("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
                  self.bytes_sent, trio.current_time() - self.started,
                  f"; {self.progress.checked_bytes} bytes compared by digest, "
-                 f"{self.progress.mismatched_bytes} differed" if self.progress.mode == "checksum" else "")
+                 f"{self.progress.mismatched_bytes} differed" if self.directories else "")
 
     # --- checksum mode -------------------------------------------------------------
-
-    def _mark_directories(self) -> None:
-        """Every directory dirty: the whole namespace gets compared."""
-        pending = [b""]
-        while pending:
-            path = pending.pop()
-            try:
-                st = self.tree.lstat(path)
-                names = self.tree.listdir(path) if stat.S_ISDIR(st.st_mode) else []
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            self.dirty.mark_dir(st.st_ino, path)
-            for name in names:
-                child = _join(path, name)
-                try:
-                    if stat.S_ISDIR(self.tree.lstat(child).st_mode):
-                        pending.append(child)
-                except OSError:
-                    continue
 
     def _regular_files(self) -> list[tuple[bytes, int, int]]:
         """(path, inode, size) of each regular file (each inode once)."""
@@ -163,6 +184,9 @@ class QuickResync:
         self.progress.check_total = sum(size for _, _, size in files)
         step = tp.MAX_CHECKSUM_REGIONS * tracking.REGION_SIZE
         for path, ino, size in files:
+            if self._wholly_dirty(ino, size):
+                self.progress.checked(size, 0, trio.current_time())  # copied whole anyway
+                continue
             for offset in range(0, size, step):
                 asked = self._ask_digests(path, ino, offset, min(step, size - offset))
                 if asked is None:
@@ -172,6 +196,10 @@ class QuickResync:
                 theirs = await reply()
                 assert isinstance(theirs, tp.Digests)
                 self._compare(path, ino, offset, mine, theirs.digests)
+
+    def _wholly_dirty(self, ino: int, size: int) -> bool:
+        regions = -(-size // tracking.REGION_SIZE)
+        return sum(run.count for run in self.dirty.ranges(ino)) >= regions
 
     def _ask_digests(self, path: bytes, ino: int, offset: int,
                      length: int) -> tuple[bytes, Callable[[], Awaitable[tp.Frame]]] | None:
@@ -243,7 +271,8 @@ class QuickResync:
     def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> None:
         """Queue the fix-ups that make the replica's directory match. One
         step: no checkpoint between reading the primary and queueing."""
-        send = self.rel.send
+        marks = tracking.Marks(dirs=((ino, path),))  # a fix-up lost with the link: compare it again
+        send = functools.partial(self.rel.send, marks=marks)
         primary: dict[bytes, os.stat_result] = {}
         for name in self.tree.listdir(path):
             try:
@@ -260,7 +289,7 @@ class QuickResync:
             if not same_kind or stat.S_ISLNK(st.st_mode):
                 if theirs is not None:
                     send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
-                self._create(child, st)
+                self._create(child, st, marks)
             elif heads and stat.S_ISREG(st.st_mode):
                 size = max(st.st_size, theirs.size)
                 self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(0, min(size, tracking.EXTENT_SIZE)))
@@ -278,8 +307,8 @@ class QuickResync:
         self.dirty.clean_dir(ino)
         self.dirty.mark_meta(ino, path)  # the directory's own times changed with its entries
 
-    def _create(self, path: bytes, st: os.stat_result) -> None:
-        send, mode = self.rel.send, st.st_mode
+    def _create(self, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
+        send, mode = functools.partial(self.rel.send, marks=marks), st.st_mode
         if not stat.S_ISDIR(mode) and st.st_nlink > 1:
             # Which name the replica holds this inode under is not tracked: compare everything instead
             # of breaking the hard link into two files.
@@ -293,6 +322,7 @@ class QuickResync:
             send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
             if st.st_size:
                 self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
+                self.created.add(st.st_ino)
         elif stat.S_ISLNK(mode):
             target = self.tree.readlink(path)
             send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
@@ -339,11 +369,14 @@ class QuickResync:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
                 return False
-            data = os.pread(fd, chunk.count * tracking.REGION_SIZE, offset)
+            length = chunk.count * tracking.REGION_SIZE
+            hole = ino in self.created and _in_hole(fd, offset, length)  # sparse files stay sparse
+            data = b"" if hole else os.pread(fd, length, offset)
         finally:
             os.close(fd)
         if data:
-            self.rel.send(lambda seq: tp.Write(seq=seq, path=path, offset=offset, data=data))
+            self.rel.send(lambda seq: tp.Write(seq=seq, path=path, offset=offset, data=data),
+                          tracking.Marks(regions=((ino, path, offset, len(data)),)))
             self.bytes_sent += len(data)
             self.progress.copied(len(data), trio.current_time())
         self.dirty.clean_regions(ino, chunk)
@@ -356,7 +389,7 @@ class QuickResync:
             self.dirty.forget_file(ino)
             return
         st = self.tree.lstat(path)
-        send = self.rel.send
+        send = functools.partial(self.rel.send, marks=tracking.Marks(meta=((ino, path),)))
         if not stat.S_ISLNK(st.st_mode):
             fields = tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES
             if stat.S_ISREG(st.st_mode):
@@ -375,6 +408,14 @@ class QuickResync:
             send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID, uid=st.st_uid,
                                         gid=st.st_gid))
         self.dirty.clean_meta(ino)
+
+
+def _in_hole(fd: int, offset: int, length: int) -> bool:
+    """True when bytes offset..offset+length of *fd* hold no data."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as exc:
+        return exc.errno == errno.ENXIO  # no data at or after offset
 
 
 def _join(parent: bytes, name: bytes) -> bytes:

@@ -610,8 +610,13 @@ class Relationship:
             self._set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
         self._set_state(R.RESYNCING, why, quiet=quiet)
 
-    def send(self, make: Callable[[int], tp.Operation]) -> Pending:
+    def send(self, make: Callable[[int], tp.Operation], marks: tracking.Marks = NO_MARKS) -> Pending:
         """Queue a resync frame (nothing applied locally). Never checkpoints.
+
+        *marks* say what becomes dirty again should the frame not reach the
+        replica: the link is lost before its ack, the secondary crashes
+        before making it durable, or this daemon crashes (the activity log
+        holds them until then).
 
         Raises:
             LinkDown: the link was lost; the group is OutOfSync again.
@@ -620,7 +625,8 @@ class Relationship:
             raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
         if self.resync_run is not None:
             self.resync_run.progressed(trio.current_time())
-        return self._queue_op(self.conn, make(self.next_seq))
+        self._activate(marks, self.next_seq)
+        return self._queue_op(self.conn, make(self.next_seq), marks)
 
     def _queue_op(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
         self.next_seq = op.seq + 1
@@ -692,6 +698,18 @@ class Relationship:
         while self._bytes_in_flight > max_bytes and self._inflight:
             await self._inflight[0].done.wait()
 
+    async def all_acked(self) -> None:
+        """Wait until everything sent is acknowledged.
+
+        Raises:
+            LinkDown: the link was lost first.
+        """
+        while self._inflight:
+            last = self._inflight[-1]
+            await last.done.wait()
+            if not last.ok:
+                raise tp.LinkDown(f"resync interrupted: {self.last_error}")
+
     async def finish_resync(self) -> bool:
         """Wait for every resync frame's ack; then, if nothing became dirty
         meanwhile, the replica is current: clear the stale mark durably and
@@ -702,11 +720,7 @@ class Relationship:
         Raises:
             LinkDown: the link was lost before everything was acknowledged.
         """
-        while self._inflight:
-            last = self._inflight[-1]
-            await last.done.wait()
-            if not last.ok:
-                raise tp.LinkDown(f"resync interrupted: {self.last_error}")
+        await self.all_acked()
         if self.state is not R.RESYNCING:
             raise tp.LinkDown(f"resync interrupted: {self.last_error}")
         if self.dirty:

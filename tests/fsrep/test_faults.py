@@ -165,8 +165,8 @@ def test_a_store_with_existing_data_gets_a_baseline(cluster: Cluster) -> None:
     os.mkfifo(store / "fifo")
     os.setxattr(store / "dir", "user.k", b"v")
     os.chown(store / "dir" / "deep", 1000, 1000)
-    cluster.mount()
-    assert cluster.status()["state"] == "InSync"
+    cluster.mount()  # serves at once; the baseline runs behind
+    cluster.wait_state("InSync")
     (cluster.mnt / "after").write_text("replicated normally")
     cluster.assert_replicated()
     replica = cluster.secondary.replica_root()
@@ -190,8 +190,8 @@ def test_resync_replaces_whatever_the_replica_held(cluster: Cluster) -> None:
     (cluster.mnt / "while-down").write_text("3")
     cluster.secondary.start()
     cluster.umount()
-    cluster.mount()
-    assert cluster.status()["state"] == "InSync"
+    cluster.mount()  # serves at once; the resync runs behind
+    cluster.wait_state("InSync")
     cluster.assert_replicated()
 
 
@@ -216,8 +216,8 @@ def test_kill_of_the_primary_while_creating_small_files_ends_identical(cluster: 
     finally:
         writer.kill()
         writer.wait()
-    cluster.mount()
-    assert cluster.status()["state"] == "InSync"
+    cluster.mount()  # serves at once; the resync runs behind
+    cluster.wait_state("InSync")
     log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
     assert "active extents from the activity log are dirty" in log and "quick resync complete" in log
     cluster.assert_replicated()

@@ -142,3 +142,34 @@ def test_kill_of_the_secondary_after_a_checkpoint_resyncs_only_what_it_lost(clus
 def _durable_position(cluster: Cluster) -> int:
     states = list((cluster.secondary.store / ".fsrep" / "replicas").glob("*.json"))
     return json.loads(states[0].read_text())["payload"]["last_seq"] if states else 0
+
+
+def test_baseline_of_an_existing_tree_while_it_is_written(cluster: Cluster) -> None:
+    store = cluster.primary_store
+    rng = random.Random(7)
+    for d in range(8):
+        (store / f"vm{d}" / "etc").mkdir(parents=True)
+        (store / f"vm{d}" / "disk.img").write_bytes(rng.randbytes(2 * MiB))
+        for i in range(20):
+            (store / f"vm{d}" / "etc" / f"conf{i}").write_text(f"setting {i}\n" * (i + 1))
+        os.symlink("disk.img", store / f"vm{d}" / "current")
+    with open(store / "sparse", "wb") as f:
+        f.seek(40 * MiB)
+        f.write(b"end")
+    cluster.mount()  # serves at once: the baseline runs behind, clients keep writing
+    for round_ in range(30):  # bounded: writes land before, during and after the baseline's copy
+        d = round_ % 8
+        with open(cluster.mnt / f"vm{d}" / "disk.img", "r+b") as f:
+            f.seek(rng.randrange(0, 2 * MiB - 4096))
+            f.write(rng.randbytes(4096))
+        (cluster.mnt / f"vm{d}" / "etc" / f"new{round_}").write_text("written during the baseline")
+        if round_ == 10:
+            os.rename(cluster.mnt / "vm1" / "etc", cluster.mnt / "vm1" / "etc.old")
+            (cluster.mnt / "vm1" / "etc").mkdir()
+        if round_ == 20:
+            (cluster.mnt / "vm2" / "etc" / "conf3").unlink()
+    cluster.wait_state("InSync", timeout=60)
+    log = _log(cluster)
+    assert "checksum resync of the whole tree" in log and "full resync" not in log
+    cluster.assert_replicated()
+    assert os.stat(cluster.secondary.replica_root() / "sparse").st_blocks < 1024, "the sparse file was filled"
