@@ -1,9 +1,11 @@
 """Fixtures that run the real thing: ``fsrep serve`` on 127.0.0.1 and
 ``fsrep mount`` through the CLI, and a digest of a whole tree to compare the
-primary store with the replica."""
+primary store with the replica. ``proxied`` puts a FaultProxy (tests/proxy.py)
+between the two, to cut, stall or slow the link."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fsrep._digest import tree_differences, tree_digest
+from tests.proxy import FaultProxy, ProxyError
 
 FSREP = [sys.executable, "-m", "fsrep"]
 DEADLINE = 30.0
@@ -90,6 +93,12 @@ class Cluster:
     key: Path = field(init=False)
     secondary: Secondary = field(init=False)
     mounted: bool = False
+    proxy: FaultProxy | None = None  # when set, mount() reaches the secondary through it
+
+    @property
+    def secondary_address(self) -> str:
+        """Where the primary connects: the proxy when there is one."""
+        return self.proxy.address if self.proxy is not None else self.secondary.address
 
     def __post_init__(self) -> None:
         self.primary_store = self.base / "primary"
@@ -101,7 +110,7 @@ class Cluster:
         self.secondary = Secondary(self.base / "secondary", self.key)
 
     def mount(self, *extra: str, policy: str = "sync", check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = run_fsrep("mount", str(self.primary_store), str(self.mnt), "--secondary", self.secondary.address,
+        done = run_fsrep("mount", str(self.primary_store), str(self.mnt), "--secondary", self.secondary_address,
                          "--key-file", str(self.key), "--policy", policy, *extra, check=check)
         self.mounted = done.returncode == 0
         return done
@@ -194,3 +203,19 @@ def mounted(cluster: Cluster) -> Cluster:
     cluster.mount()
     assert cluster.status()["state"] == "InSync"
     return cluster
+
+
+@pytest.fixture
+def proxied(cluster: Cluster) -> Iterator[Cluster]:
+    """A running secondary behind a FaultProxy (``proxied.proxy``), not yet
+    mounted: ``mount()`` connects through the proxy. At teardown the link is
+    restored (so the daemon can drain), the primary unmounted, then the
+    proxy closed — whether the test passed or not."""
+    with FaultProxy(cluster.secondary.address) as proxy:
+        cluster.proxy = proxy
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(ProxyError):  # a failed proxy raises again when closed
+                proxy.restore()
+            cluster.cleanup()
