@@ -615,8 +615,8 @@ class Relationship:
 
         *marks* say what becomes dirty again should the frame not reach the
         replica: the link is lost before its ack, the secondary crashes
-        before making it durable, or this daemon crashes (the activity log
-        holds them until then).
+        before making it durable, or this daemon crashes (the saved dirty
+        set keeps them until the secondary reports them durable).
 
         Raises:
             LinkDown: the link was lost; the group is OutOfSync again.
@@ -625,7 +625,7 @@ class Relationship:
             raise tp.LinkDown(f"resync interrupted: {self.last_error or 'link lost'}")
         if self.resync_run is not None:
             self.resync_run.progressed(trio.current_time())
-        self._activate(marks, self.next_seq)
+        self._dirty_changed = True  # what it cleans stays in the saved dirty set until durable there
         return self._queue_op(self.conn, make(self.next_seq), marks)
 
     def _queue_op(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
@@ -682,12 +682,24 @@ class Relationship:
                 return entries
             after = max(entries)
 
+    def _dirty_to_save(self) -> tracking.DirtySet:
+        """The dirty set plus what frames not yet durable on the secondary
+        would leave dirty: after a crash of this daemon, their fate is
+        unknown. (Client changes in flight are in the activity log.)"""
+        pending = [p.marks for p in self._inflight if p.marks] + [marks for _, marks in self._not_durable]
+        if not pending:
+            return self.dirty
+        saved = tracking.DirtySet.from_payload(self.dirty.to_payload())
+        for marks in pending:
+            saved.apply(marks)
+        return saved
+
     def save_dirty(self) -> None:
         """Persist the dirty set (atomically) if it changed."""
         if not self._dirty_changed:
             return
         try:
-            self._groups.save_dirty(self.record, self.dirty)
+            self._groups.save_dirty(self.record, self._dirty_to_save())
             self._dirty_changed = False
             self.activity.settle()
         except OSError as exc:
