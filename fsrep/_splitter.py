@@ -817,6 +817,7 @@ class Relationship:
             if queued is not None else None,
             "resync_bytes_sent": self.resync_bytes,
             "last_resync_seconds": round(self.last_resync_seconds, 3),
+            "generation": self.record.generations[-1],
             "stale_reason": self.record.stale_reason if self.record.stale else "",
             "last_error": self.last_error,
         }
