@@ -144,6 +144,9 @@ async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_res
                 offset += len(data)
                 progress.tick(nbytes=len(data))
                 await rel.throttle(MAX_IN_FLIGHT)
+                pause = progress.run.pause_for(len(data), trio.current_time())
+                if pause:
+                    await trio.sleep(pause)
     finally:
         os.close(fd)
 

@@ -101,6 +101,9 @@ def start_resync(rel: Relationship, req: dict[str, Any]) -> dict[str, Any]:
         return {"error": f"unknown resync mode {mode!r}: use one of {', '.join(MODES)}"}
     if not isinstance(rate_limit, int) or isinstance(rate_limit, bool) or rate_limit < 0:
         return {"error": f"rate limit must be a whole number of bytes per second, not {rate_limit!r}"}
+    if mode == "checksum" and rel.record.policy == "strict" and rel.state is RelationshipState.IN_SYNC:
+        return {"error": f"group {rel.record.id} uses policy strict: while a checksum resync compares "
+                         f"directories, changes in them would fail with EIO — remount with --policy sync to run it"}
     if rel.conn is None:
         return {"error": f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
                          f"unreachable ({rel.last_error or 'not connected'}); a resync starts by itself when it is "

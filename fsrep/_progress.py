@@ -62,6 +62,7 @@ class ResyncRun:
     copy_total: int = 0  # full mode: the data the copy will send
     last_progress: float = 0.0
     routine: bool = False  # started by policy async on its schedule: logged at debug level
+    _done_at_start: int = 0
     _allowance: float = 0.0
     _allowance_at: float = 0.0
     _samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
@@ -82,6 +83,7 @@ class ResyncRun:
 
     def start(self, now: float) -> None:
         self.started_at = self.last_progress = self._allowance_at = now
+        self._done_at_start = self.done_bytes()
         self._samples.clear()
         self._samples.append((now, self.done_bytes()))
 
@@ -139,7 +141,7 @@ class ResyncRun:
         self._sample(now)
         then, before = self._samples[0]
         if now - then < 1.0 and self.started_at is not None:
-            then, before = self.started_at, 0
+            then, before = self.started_at, self._done_at_start
         return (self.done_bytes() - before) / (now - then) if now > then else 0.0
 
     def snapshot(self, dirty_bytes: int, now: float) -> dict[str, Any]:

@@ -189,7 +189,10 @@ class QuickResync:
                 continue
             for offset in range(0, size, step):
                 asked = self._ask_digests(path, ino, offset, min(step, size - offset))
-                if asked is None:
+                if asked is None:  # moved or gone meanwhile: what was not compared is copied instead
+                    self.rel.mark_stale("a checksum resync could not compare a file that moved")
+                    self.dirty.mark_regions(ino, path, tracking.regions_for(offset, size - offset))
+                    self.dirty.mark_meta(ino, path)
                     self.progress.checked(size - offset, 0, trio.current_time())
                     break
                 mine, reply = asked
@@ -199,7 +202,7 @@ class QuickResync:
 
     def _wholly_dirty(self, ino: int, size: int) -> bool:
         regions = -(-size // tracking.REGION_SIZE)
-        return sum(run.count for run in self.dirty.ranges(ino)) >= regions
+        return sum(max(0, min(run.stop, regions) - run.first) for run in self.dirty.ranges(ino)) >= regions
 
     def _ask_digests(self, path: bytes, ino: int, offset: int,
                      length: int) -> tuple[bytes, Callable[[], Awaitable[tp.Frame]]] | None:

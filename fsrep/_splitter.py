@@ -121,6 +121,7 @@ class Relationship:
         self._resync_wakeup = trio.Event()
         self._run_ended = trio.Event()
         self._run_ids = 0
+        self._recent_runs: collections.deque[ResyncRun] = collections.deque(maxlen=8)
         self.default_rate_limit = 0  # bytes/s for runs not given one
         self.lag_budget = 64 * 1024 * 1024  # semi-sync: writes wait while more than this is unacknowledged
         self._lag_since: float | None = None  # when the first change still missing on the replica was made
@@ -252,12 +253,7 @@ class Relationship:
         for slot in self._replies.values():
             slot[0].set()
         self._replies.clear()
-        run = self.resync_run
-        if run is not None and run.running:
-            run.restarts += 1
-            run.started_at = None  # queued again: it resumes when the link is back
-            if self._resync_queued is None:
-                self._resync_queued = run
+        self._interrupted(self.resync_run)
         self.save_dirty()
         if self._session_scope is not None:
             self._session_scope.cancel()
@@ -348,6 +344,7 @@ class Relationship:
         self.mark_stale(reason)
         self.record.stale_reason = reason
         self._groups.save(self.record)
+        self._seq_from_replica = True  # a full resync, if the operator asks, starts at the replica's position
         self._set_state(R.OUT_OF_SYNC, "replica connected")
         self._set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
                                                 "'fsrep-resync --mode full' (which discards the replica's changes)")
@@ -452,7 +449,7 @@ class Relationship:
         run = ResyncRun(self._run_ids, mode, reason, rate_limit, queued_at=now, routine=routine)
         if mode == "quick" and self.state is R.IN_SYNC and not self.dirty:
             run.start(now)
-            run.finish("InSync", now)
+            self._finish_run(run, "InSync")
             self.resync_run = run
             return run
         (log.debug if routine else log.info)("group %s: %s resync requested (%s)%s", self.record.id, mode, reason,
@@ -460,6 +457,24 @@ class Relationship:
         self._resync_queued = run
         self._resync_wakeup.set()
         return run
+
+    def _interrupted(self, run: ResyncRun | None) -> None:
+        """A running *run* lost its link: it resumes when the link is back —
+        or, when another run is queued already, that one does its work."""
+        if run is None or not run.running:
+            return
+        queued = self._resync_queued
+        if queued is None:
+            run.restarts += 1
+            run.started_at = None
+            self._resync_queued = run
+        else:
+            queued.mode = stronger(queued.mode, run.mode)
+            self._finish_run(run, f"superseded by run {queued.id}")
+
+    def _finish_run(self, run: ResyncRun, outcome: str, *, verified: bool = False) -> None:
+        run.finish(outcome, trio.current_time(), verified=verified)
+        self._recent_runs.append(run)
 
     async def _ship_periodically(self) -> None:
         """Policy async: a quick resync every ``async_interval`` seconds
@@ -487,6 +502,9 @@ class Relationship:
                 await self._resync_wakeup.wait()
                 continue
             run, self._resync_queued = self._resync_queued, None
+            if self.state is R.SPLIT_BRAIN and run.mode != "full":
+                self._finish_run(run, f"refused: the group is SplitBrain ({self.record.stale_reason})")
+                continue
             self.resync_run = run
             run.start(trio.current_time())
             try:
@@ -495,15 +513,16 @@ class Relationship:
                 log.warning("group %s: resync failed: %s", self.record.id, exc)
                 if self.state is R.RESYNCING or self.conn is not None:
                     self.link_lost(f"resync abandoned: {exc}")
+                self._interrupted(run)  # when the link was gone before the run began
                 return
             except Exception as exc:
                 # Never retry the same failing steps forever: the next resync compares everything.
                 self.dirty.mark_everything("an internal error interrupted the last resync")
                 self._dirty_changed = True
-                run.finish(f"failed: internal error {exc!r}", trio.current_time())
+                self._finish_run(run, f"failed: internal error {exc!r}")
                 raise
             if run.running:
-                run.finish("InSync", trio.current_time(), verified=run.mode == "checksum")
+                self._finish_run(run, "InSync", verified=run.mode == "checksum")
             self._run_ended.set()
             self._run_ended = trio.Event()
 
@@ -711,12 +730,13 @@ class Relationship:
             await self._inflight[0].done.wait()
 
     async def all_acked(self) -> None:
-        """Wait until everything sent is acknowledged.
+        """Wait until everything sent so far is acknowledged (not what
+        clients send meanwhile: under semi-sync that may never pause).
 
         Raises:
             LinkDown: the link was lost first.
         """
-        while self._inflight:
+        if self._inflight:
             last = self._inflight[-1]
             await last.done.wait()
             if not last.ok:
@@ -815,6 +835,8 @@ class Relationship:
             "resync": progress,
             "resync_queued": {"id": queued.id, "mode": queued.mode, "restarts": queued.restarts}
             if queued is not None else None,
+            "resync_recent": [{"id": r.id, "mode": r.mode, "outcome": r.outcome, "verified": r.verified}
+                              for r in self._recent_runs],
             "resync_bytes_sent": self.resync_bytes,
             "last_resync_seconds": round(self.last_resync_seconds, 3),
             "generation": self.record.generations[-1],

@@ -84,7 +84,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if progress.get("id") == run_id and progress.get("finished"):
                 display.update(progress)
                 return _outcome(group, progress, reply["mode"])
+            recent = {r["id"]: r for r in group.get("resync_recent", [])}
+            if run_id in recent and progress.get("id") != run_id:  # ended while another run took over
+                ended = recent[run_id]
+                return _outcome(group, {**progress, **ended, "id": run_id}, reply["mode"])
             queued = group.get("resync_queued") or {}
+            if progress.get("id") != run_id and queued.get("id") != run_id:
+                raise ResyncFailed(f"run {run_id} is no longer known to the daemon; see its log")
             if queued.get("id") == run_id and not group["connected"]:
                 raise ResyncFailed(f"the link to {group['secondary']} was lost ({group['last_error'] or 'no reason'})"
                                    f"; the resync resumes by itself when it is back — run {PROG} again to follow it")

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from ._errors import LocalProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: generations in Welcome; Checksum, Digests, Generation
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16

@@ -56,6 +56,7 @@ def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cl
     other = uuid.uuid4().hex
     # As if the replica had been promoted and written to (newer), or came from another history.
     state["generations"] = state["generations"] + [other] if history == "newer" else [other]
+    state["last_seq"] += 5  # it went on applying changes from somewhere else
     tracking.save_state(path, REPLICA_KIND, state)
     replica = cluster.secondary.store / state["id"]
     (replica / "theirs").write_text("a change made on the replica's side")

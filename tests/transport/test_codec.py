@@ -316,7 +316,7 @@ def test_malformed_frames_are_the_peers_error(data: bytes, match: str) -> None:
 
 def test_decoder_rejects_wrong_version_from_the_header_alone() -> None:
     decoder = tp.FrameDecoder()
-    decoder.receive_data(_header(1000, version=2))
+    decoder.receive_data(_header(1000, version=tp.PROTOCOL_VERSION + 1))
     with pytest.raises(tp.RemoteProtocolError, match="version"):
         decoder.next_frame()
 
