@@ -165,3 +165,7 @@ class _Display:
                   f"{progress['bytes_checked']} B, {progress['bytes_remaining']} B left, "
                   f"{progress['bytes_per_second']} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
                   + (f"  -> {progress['outcome']}" if progress["finished"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
