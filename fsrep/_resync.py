@@ -31,7 +31,6 @@ Caveats:
 - An entry created or renamed into a dirty directory is copied whole.
 - A hard link made while out of sync (or a hard-linked file renamed) turns
   the resync into a full one: which name the replica holds is not tracked.
-- Extended attributes removed while out of sync are not removed on the replica.
 """
 
 from __future__ import annotations
@@ -401,10 +400,12 @@ class QuickResync:
                                         uid=st.st_uid, gid=st.st_gid, size=st.st_size, atime_ns=st.st_atime_ns,
                                         mtime_ns=st.st_mtime_ns))
             try:
-                for name in self.tree.listxattr(path):
+                names = self.tree.listxattr(path)
+                for name in names:
                     value = self.tree.getxattr(path, name)
                     send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name,
                                                                          value=value))
+                send(lambda seq: tp.KeepXattrs(seq=seq, path=path, names=b"\0".join(names)))
             except OSError:
                 pass
         else:

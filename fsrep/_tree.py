@@ -344,6 +344,19 @@ class Tree:
         with self.entry(op.path) as fd:
             os.removexattr(proc_path(fd), op.name)
 
+    def _keepxattrs(self, op: tp.KeepXattrs) -> None:
+        keep = set(op.name_list())
+        with self.entry(op.path) as fd:
+            where = proc_path(fd)
+            for name in os.listxattr(where):
+                if os.fsencode(name) in keep:
+                    continue
+                try:
+                    os.removexattr(where, name)
+                except OSError as exc:  # one this host's kernel or policy keeps (security.*): not ours to drop
+                    if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.ENODATA):
+                        raise
+
     def _fsync(self, op: tp.Fsync) -> None:
         if op.whole:
             self.sync()
@@ -385,7 +398,7 @@ def _purge(tree: Tree, op: tp.Purge) -> None:
 _APPLY = {
     tp.Write: Tree._write, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
     tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
-    tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link,
+    tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link, tp.KeepXattrs: Tree._keepxattrs,
     tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,
     tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync, tp.Purge: _purge, tp.Remove: _remove,
 }

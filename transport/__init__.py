@@ -37,6 +37,7 @@ from ._frames import Frame as Frame
 from ._frames import Fsync as Fsync
 from ._frames import Generation as Generation
 from ._frames import Hello as Hello
+from ._frames import KeepXattrs as KeepXattrs
 from ._frames import Link as Link
 from ._frames import ListDir as ListDir
 from ._frames import Listing as Listing

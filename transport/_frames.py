@@ -392,6 +392,27 @@ class ListDir(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class KeepXattrs(Operation):
+    """Remove every extended attribute of ``path`` not named in ``names``
+    (NUL-separated): how resync drops attributes removed while out of sync."""
+
+    TYPE = 28
+    FIELDS = (("seq", U64), ("path", PATH), ("names", BLOB))
+    seq: int
+    path: bytes
+    names: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        for name in self.name_list():
+            if not 0 < len(name) <= MAX_NAME:
+                raise LocalProtocolError(f"KeepXattrs.names holds a name of {len(name)} bytes")
+
+    def name_list(self) -> list[bytes]:
+        return self.names.split(b"\0") if self.names else []
+
+
+@dataclass(frozen=True, slots=True)
 class Generation(Operation):
     """The primary's data is now at ``generation``: the replica records it
     in its history once everything before it is applied."""
@@ -579,6 +600,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, SetAttr, Create, MkNod, MkDir, Unlink, RmDir, Rename,
                 Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
-                Generation, Durable, Ack, Nack, Ping, Pong, Close, Error)
+                Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

@@ -173,3 +173,20 @@ def test_baseline_of_an_existing_tree_while_it_is_written(cluster: Cluster) -> N
     assert "checksum resync of the whole tree" in log and "full resync" not in log
     cluster.assert_replicated()
     assert os.stat(cluster.secondary.replica_root() / "sparse").st_blocks < 1024, "the sparse file was filled"
+
+
+def test_extended_attributes_removed_while_out_of_sync_are_removed_on_the_replica(cluster: Cluster) -> None:
+    cluster.mount()
+    f = cluster.mnt / "f"
+    f.write_text("x")
+    os.setxattr(f, "user.gone", b"1")
+    os.setxattr(f, "user.kept", b"2")
+    cluster.secondary.stop()
+    os.removexattr(f, "user.gone")
+    os.setxattr(f, "user.kept", b"changed")
+    cluster.wait_state("OutOfSync")
+    cluster.secondary.start()
+    cluster.wait_state("InSync")
+    replica = cluster.secondary.replica_root() / "f"
+    assert os.listxattr(replica) == ["user.kept"] and os.getxattr(replica, "user.kept") == b"changed"
+    cluster.assert_replicated()

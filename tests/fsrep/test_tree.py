@@ -571,3 +571,13 @@ def test_the_root_itself_has_no_parent(tree: Tree) -> None:
     assert caught.value.errno == errno.EINVAL
     with pytest.raises(OSError):
         tree.apply(tp.Unlink(seq=1, path=b""))
+
+
+def test_keepxattrs_removes_the_others(tree: Tree, root: Path) -> None:
+    (root / "f").write_text("x")
+    for name in ("user.a", "user.b", "user.c"):
+        os.setxattr(root / "f", name, b"v")
+    tree.apply(tp.KeepXattrs(seq=1, path=b"f", names=b"user.b"))
+    assert os.listxattr(root / "f") == ["user.b"]
+    tree.apply(tp.KeepXattrs(seq=2, path=b"f", names=b""))
+    assert os.listxattr(root / "f") == []

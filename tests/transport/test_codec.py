@@ -38,6 +38,7 @@ SAMPLES: list[tp.Frame] = [
     tp.Listing(seq=19, more=1, entries=tp.encode_entries([tp.DirEntry(b"n", 0o100644, 1, 2, 3, -4, 1)])),
     tp.Checksum(seq=20, path=b"d/f", offset=8192, count=3),
     tp.Generation(seq=21, generation=bytes(range(16))),
+    tp.KeepXattrs(seq=22, path=b"f", names=b"user.a\0trusted.b"),
     tp.Welcome(last_seq=7, fresh=0, generations=bytes(32)),
     tp.Digests(seq=20, digests=bytes(24)),
     tp.Ack(seq=15),
@@ -181,10 +182,11 @@ PATH_FIELDS = [
     lambda p: tp.Remove(seq=1, path=p),
     lambda p: tp.ListDir(seq=1, path=p),
     lambda p: tp.Checksum(seq=1, path=p, offset=0, count=1),
+    lambda p: tp.KeepXattrs(seq=1, path=p, names=b""),
 ]
 PATH_FIELD_IDS = ["Write", "SetAttr", "Create", "MkNod", "MkDir", "RmDir", "Rename.old", "Rename.new", "Link.target",
                   "Link.new", "Symlink", "SetXattr", "RemoveXattr", "Fsync", "Remove", "ListDir",
-                  "Checksum"]
+                  "Checksum", "KeepXattrs"]
 
 
 @pytest.mark.parametrize("build", PATH_FIELDS, ids=PATH_FIELD_IDS)
@@ -263,6 +265,7 @@ def test_data_over_max_data_cannot_be_built() -> None:
     pytest.param(lambda: tp.Digests(seq=1, digests=b"1234567"), id="digests-partial"),
     pytest.param(lambda: tp.Welcome(last_seq=1, fresh=0, generations=bytes(17)), id="welcome-partial-generation"),
     pytest.param(lambda: tp.Generation(seq=1, generation=bytes(15)), id="generation-short"),
+    pytest.param(lambda: tp.KeepXattrs(seq=1, path=b"f", names=b"user.a\0\0user.b"), id="keepxattrs-empty-name"),
     pytest.param(lambda: tp.Hello(group_id=b"short", nonce=b"n" * 32), id="group-id-short"),
     pytest.param(lambda: tp.Hello(group_id=b"g" * 16, nonce=b"n" * 33), id="nonce-long"),
     pytest.param(lambda: Proof(proof=b"p" * 31), id="proof-short"),
