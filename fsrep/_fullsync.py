@@ -69,20 +69,11 @@ async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
     rel.send(lambda seq: tp.Purge(seq=seq))
     hard_links: dict[int, bytes] = {}
     directories: list[tuple[bytes, os.stat_result]] = []
-    pending_dirs = [b""]
-    while pending_dirs:
-        parent = pending_dirs.pop()
-        for name in sorted(tree.listdir(parent)):
-            path = parent + b"/" + name if parent else name
-            try:
-                st = tree.lstat(path)
-            except FileNotFoundError:
-                continue
-            await _send_entry(rel, tree, path, st, hard_links, progress)
-            if stat.S_ISDIR(st.st_mode):
-                pending_dirs.append(path)
-                directories.append((path, st))
-            progress.tick(entries=1)
+    for path, st in tree.walk():
+        await _send_entry(rel, tree, path, st, hard_links, progress)
+        if stat.S_ISDIR(st.st_mode):
+            directories.append((path, st))
+        progress.tick(entries=1)
     root = tree.lstat(b"")
     rel.send(lambda seq: tp.SetAttr(seq=seq, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID,
                                     mode=stat.S_IMODE(root.st_mode), uid=root.st_uid, gid=root.st_gid))
@@ -154,25 +145,7 @@ async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_res
 def _data_bytes(tree: Tree) -> int:
     """Bytes of data (holes excluded, roughly: allocated blocks) under the
     root — what a full copy will send, for its progress bar."""
-    total = 0
-    pending = [b""]
-    while pending:
-        parent = pending.pop()
-        try:
-            names = tree.listdir(parent)
-        except OSError:
-            continue
-        for name in names:
-            path = parent + b"/" + name if parent else name
-            try:
-                st = tree.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                pending.append(path)
-            elif stat.S_ISREG(st.st_mode):
-                total += min(st.st_size, st.st_blocks * 512)
-    return total
+    return sum(min(st.st_size, st.st_blocks * 512) for _, st in tree.walk() if stat.S_ISREG(st.st_mode))
 
 
 def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:

@@ -32,6 +32,11 @@ def parse_rate(text: str) -> int:
     return int(match.group(1)) * UNITS[match.group(2).lower()]
 
 
+def clamp_rate(rate_limit: int) -> int:
+    """A rate limit as applied: 0 (none) or at least RATE_FLOOR."""
+    return max(rate_limit, RATE_FLOOR) if rate_limit else 0
+
+
 def stronger(a: str, b: str) -> str:
     """The mode that does at least what both do (full > checksum > quick)."""
     return max(a, b, key=MODES.index)
@@ -70,8 +75,7 @@ class ResyncRun:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"resync mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.rate_limit:
-            self.rate_limit = max(self.rate_limit, RATE_FLOOR)
+        self.rate_limit = clamp_rate(self.rate_limit)
 
     @property
     def running(self) -> bool:

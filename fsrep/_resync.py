@@ -88,26 +88,13 @@ async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: 
 def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
     """Every directory (backing inode, path), and whether any other entry
     has hard links (which a digest comparison cannot pair up)."""
-    directories: list[tuple[int, bytes]] = []
+    directories = [(tree.lstat(b"").st_ino, b"")]
     hard_links = False
-    pending = [(b"", tree.lstat(b""))]
-    while pending:
-        path, st = pending.pop()
-        directories.append((st.st_ino, path))
-        try:
-            names = tree.listdir(path)
-        except OSError:
-            continue
-        for name in names:
-            child = _join(path, name)
-            try:
-                child_st = tree.lstat(child)
-            except OSError:
-                continue
-            if stat.S_ISDIR(child_st.st_mode):
-                pending.append((child, child_st))
-            elif child_st.st_nlink > 1:
-                hard_links = True
+    for path, st in tree.walk():
+        if stat.S_ISDIR(st.st_mode):
+            directories.append((st.st_ino, path))
+        elif st.st_nlink > 1:
+            hard_links = True
     return directories, hard_links
 
 
@@ -157,23 +144,9 @@ class QuickResync:
     def _regular_files(self) -> list[tuple[bytes, int, int]]:
         """(path, inode, size) of each regular file (each inode once)."""
         found: dict[int, tuple[bytes, int, int]] = {}
-        pending = [b""]
-        while pending:
-            path = pending.pop()
-            try:
-                names = self.tree.listdir(path)
-            except OSError:
-                continue
-            for name in names:
-                child = _join(path, name)
-                try:
-                    st = self.tree.lstat(child)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append(child)
-                elif stat.S_ISREG(st.st_mode):
-                    found.setdefault(st.st_ino, (child, st.st_ino, st.st_size))
+        for path, st in self.tree.walk():
+            if stat.S_ISREG(st.st_mode):
+                found.setdefault(st.st_ino, (path, st.st_ino, st.st_size))
         return sorted(found.values())
 
     async def _verify(self) -> None:

@@ -44,7 +44,7 @@ import tracking
 import transport as tp
 
 from ._config import GroupRecord, GroupStore
-from ._progress import ResyncRun, stronger
+from ._progress import ResyncRun, clamp_rate, stronger
 from ._state import RelationshipState, check_transition
 
 log = logging.getLogger(__name__)
@@ -438,12 +438,12 @@ class Relationship:
         running = self.resync_run if self.resync_run is not None and self.resync_run.running else None
         if running is not None and stronger(running.mode, mode) == running.mode and self._resync_queued is None:
             if rate_limit:
-                running.rate_limit = ResyncRun(0, mode, "", rate_limit).rate_limit
+                running.rate_limit = clamp_rate(rate_limit)
             return running
         queued = self._resync_queued
         if queued is not None:
             queued.mode = stronger(queued.mode, mode)
-            queued.rate_limit = ResyncRun(0, queued.mode, "", rate_limit or queued.rate_limit).rate_limit
+            queued.rate_limit = clamp_rate(rate_limit or queued.rate_limit)
             return queued
         self._run_ids += 1
         run = ResyncRun(self._run_ids, mode, reason, rate_limit, queued_at=now, routine=routine)

@@ -178,6 +178,27 @@ class Tree:
             names = [n for n in names if n != RESERVED]
         return names
 
+    def walk(self) -> Iterator[tuple[bytes, os.stat_result]]:
+        """Every entry under the root (not the root itself) with its lstat:
+        a directory before its children, names in order within a directory.
+        Entries that vanish meanwhile are skipped."""
+        pending = [b""]
+        while pending:
+            parent = pending.pop()
+            try:
+                names = sorted(self.listdir(parent))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                path = parent + b"/" + name if parent else name
+                try:
+                    st = self.lstat(path)
+                except FileNotFoundError:
+                    continue
+                yield path, st
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(path)
+
     def entries(self, path: bytes, after: bytes, max_bytes: int) -> tuple[list[tp.DirEntry], bool]:
         """Entries of directory *path* with names after *after*, in name
         order, at most about *max_bytes* of them encoded; and whether more

@@ -23,7 +23,9 @@ from fsrep._digest import tree_differences, tree_digest
 from tests.proxy import FaultProxy, ProxyError
 
 FSREP = [sys.executable, "-m", "fsrep"]
+RESYNC = [sys.executable, "-m", "tools.resync"]
 DEADLINE = 30.0
+MiB = 1024 * 1024
 
 
 def run_fsrep(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -31,6 +33,17 @@ def run_fsrep(*args: str, check: bool = True, timeout: float = 90) -> subprocess
     if check and done.returncode != 0:
         raise AssertionError(f"fsrep {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done
+
+
+def fsrep_resync(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``fsrep-resync`` and return what it did (the caller checks the exit)."""
+    return subprocess.run([*RESYNC, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def write_random(path: Path, mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MiB))
 
 
 def wait_for(predicate, what: str, timeout: float = DEADLINE, step: float = 0.05):
@@ -133,6 +146,9 @@ class Cluster:
             self.umount()
         assert_same_tree(self.primary_store, self.secondary.replica_root())
         self.assert_no_errors_logged()
+
+    def primary_log(self) -> str:
+        return (self.primary_store / ".fsrep" / "fsrep.log").read_text()
 
     def assert_no_errors_logged(self) -> None:
         for log in (self.primary_store / ".fsrep" / "fsrep.log", self.secondary.store / ".fsrep" / "serve.log"):

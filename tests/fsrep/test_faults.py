@@ -147,7 +147,7 @@ def test_kill_of_the_primary_during_writes_resyncs_only_the_active_extents(clust
     cluster.mount()
     status = cluster.status()
     assert status["state"] == "InSync"
-    log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+    log = cluster.primary_log()
     assert "did not shut down cleanly" in log and "quick resync complete" in log
     assert 0 < status["resync_bytes_sent"] <= 4 * 1024 * 1024, "more than the active extent crossed the link"
     cluster.assert_replicated()
@@ -218,7 +218,7 @@ def test_kill_of_the_primary_while_creating_small_files_ends_identical(cluster: 
         writer.wait()
     cluster.mount()  # serves at once; the resync runs behind
     cluster.wait_state("InSync")
-    log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+    log = cluster.primary_log()
     assert "active extents from the activity log are dirty" in log and "quick resync complete" in log
     cluster.assert_replicated()
 

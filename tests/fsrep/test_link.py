@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.conftest import Cluster, wait_for
+from tests.conftest import Cluster, wait_for, write_random
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -72,21 +72,13 @@ class _Writer:
             raise AssertionError(f"the writer failed: {self.error!r}") from self.error
 
 
-def _write_random(path: Path, mib: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(MiB))
-
-
-def _log(cluster: Cluster) -> str:
-    return (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
 
 
 def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster) -> None:
     proxied.mount()
     assert proxied.status()["state"] == "InSync"
     big = proxied.mnt / "big"
-    _write_random(big, 4)
+    write_random(big, 4)
     with _Writer(proxied.mnt, big) as writer:
         writer.wait_rounds(20, "writes under way")
         proxied.proxy.cut()
@@ -101,7 +93,7 @@ def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster
     status = proxied.status()
     assert status["state"] == "InSync", status
     assert status["dirty_bytes"] == 0, status
-    assert "quick resync complete" in _log(proxied)
+    assert "quick resync complete" in proxied.primary_log()
     proxied.assert_replicated()
 
 
@@ -109,7 +101,7 @@ def test_stalled_link_goes_out_of_sync_after_the_ack_timeout_and_recovers(proxie
     proxied.mount("--ack-timeout", "1")
     (proxied.mnt / "before").write_bytes(os.urandom(10 * KiB))
     big = proxied.mnt / "big"
-    _write_random(big, 1)
+    write_random(big, 1)
     proxied.proxy.stall()
     with _Writer(proxied.mnt, big, seed=2) as writer:  # the first write waits for the ack timeout
         status = proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
@@ -141,7 +133,7 @@ def test_a_slow_link_still_replicates_and_stays_in_sync(proxied: Cluster) -> Non
     assert time.monotonic() - started >= 20 * 2 * delay, "the delay was not applied"
     assert proxied.status()["state"] == "InSync"
     (m / "dir" / "deep").mkdir(parents=True)
-    _write_random(m / "dir" / "deep" / "big", 8)
+    write_random(m / "dir" / "deep" / "big", 8)
     assert proxied.status()["state"] == "InSync"
     (m / "small0").rename(m / "dir" / "moved")
     (m / "small1").unlink()
@@ -154,14 +146,14 @@ def test_a_slow_link_still_replicates_and_stays_in_sync(proxied: Cluster) -> Non
     assert status["state"] == "InSync", status
     assert status["connected"], status
     assert status["resync_bytes_sent"] == 0, "a resync ran: the link was lost at some point"
-    assert "-> OutOfSync" not in _log(proxied), "the group left InSync on a slow link"
+    assert "-> OutOfSync" not in proxied.primary_log(), "the group left InSync on a slow link"
     proxied.assert_replicated()
 
 
 def test_resync_after_a_cut_carries_about_the_dirty_bytes(proxied: Cluster) -> None:
     proxied.mount()
     big = proxied.mnt / "disk.img"
-    _write_random(big, 64)
+    write_random(big, 64)
     assert proxied.status()["state"] == "InSync"
     proxied.proxy.cut()
     before = proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)["resync_bytes_sent"]
@@ -187,7 +179,7 @@ def test_resync_after_a_cut_carries_about_the_dirty_bytes(proxied: Cluster) -> N
 def test_link_cut_during_a_resync_loses_nothing_that_was_in_flight(proxied: Cluster) -> None:
     proxied.mount("--resync-rate-limit", "2M")  # 1 MiB resync writes, one every half second
     big = proxied.mnt / "big"
-    _write_random(big, 8)
+    write_random(big, 8)
     proxied.proxy.cut()
     proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
     with open(big, "r+b") as f:

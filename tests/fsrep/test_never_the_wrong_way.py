@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -15,9 +13,7 @@ import pytest
 import tracking
 from fsrep._digest import tree_digest
 from fsrep._secondary import REPLICA_KIND
-from tests.conftest import Cluster, run_fsrep
-
-RESYNC = [sys.executable, "-c", "import sys, tools.resync; sys.exit(tools.resync.main())"]
+from tests.conftest import Cluster, fsrep_resync, run_fsrep
 
 
 def _replica_state(cluster: Cluster) -> tuple[object, dict]:
@@ -68,13 +64,12 @@ def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cl
     assert status["connected"]
     assert ("newer data" if history == "newer" else "cannot tell") in status["stale_reason"]
     (cluster.mnt / "b").write_text("kept local while the operator decides")
-    done = subprocess.run([*RESYNC, str(cluster.mnt)], capture_output=True, text=True, timeout=60)
+    done = fsrep_resync(str(cluster.mnt), timeout=60)
     assert done.returncode == 1 and "--mode full" in done.stderr and done.stderr.count("\n") == 1
     assert tree_digest(replica) == before  # nothing was resynced either way
     assert "SplitBrain" in run_fsrep("status", str(cluster.mnt)).stdout
 
-    done = subprocess.run([*RESYNC, str(cluster.mnt), "--mode", "full"], capture_output=True, text=True,
-                          timeout=120)
+    done = fsrep_resync(str(cluster.mnt), "--mode", "full")
     assert done.returncode == 0, done.stderr
     assert not (replica / "theirs").exists()
     cluster.assert_replicated()

@@ -10,25 +10,17 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import Cluster, wait_for
+from tests.conftest import Cluster, wait_for, write_random
 
 MiB = 1024 * 1024
 
 
-def _write_random(path, mib: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(MiB))
-
-
-def _log(cluster: Cluster) -> str:
-    return (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
 
 
 def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "disk.img"
-    _write_random(big, 64)
+    write_random(big, 64)
     cluster.secondary.stop()  # kill -9 would lose its position: a full resync
     rng = random.Random(4)
     offsets = sorted(rng.sample(range(64 * MiB // 4096), 40))
@@ -41,7 +33,7 @@ def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
     cluster.secondary.start()
     status = cluster.wait_state("InSync")
     assert 40 * 4096 <= status["resync_bytes_sent"] <= 1.1 * 40 * 4096, status
-    assert "quick resync complete" in _log(cluster)
+    assert "quick resync complete" in cluster.primary_log()
     cluster.assert_replicated()
 
 
@@ -115,7 +107,7 @@ def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: 
             w.kill()
     assert all(c > 0 for c in counts)
     wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after the writers stopped", timeout=60)
-    log = _log(cluster)
+    log = cluster.primary_log()
     assert "Resyncing" in log and "quick resync" in log
     cluster.assert_replicated()
 
@@ -123,7 +115,7 @@ def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: 
 def test_kill_of_the_secondary_after_a_checkpoint_resyncs_only_what_it_lost(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "big"
-    _write_random(big, 32)
+    write_random(big, 32)
     position = cluster.status()["last_acked_seq"]
     # The secondary saves its position every 2 s; once it has, a kill loses only what came after.
     wait_for(lambda: _durable_position(cluster) >= position, "the secondary's checkpoint", timeout=30)
@@ -134,7 +126,7 @@ def test_kill_of_the_secondary_after_a_checkpoint_resyncs_only_what_it_lost(clus
     cluster.secondary.stop(signal.SIGKILL)
     cluster.secondary.start()
     status = cluster.wait_state("InSync")
-    assert "lost changes after seq" in _log(cluster)
+    assert "lost changes after seq" in cluster.primary_log()
     assert status["resync_bytes_sent"] <= 1024 * 1024, "more than the lost changes crossed the link"
     cluster.assert_replicated()
 
@@ -169,7 +161,7 @@ def test_baseline_of_an_existing_tree_while_it_is_written(cluster: Cluster) -> N
         if round_ == 20:
             (cluster.mnt / "vm2" / "etc" / "conf3").unlink()
     cluster.wait_state("InSync", timeout=60)
-    log = _log(cluster)
+    log = cluster.primary_log()
     assert "checksum resync of the whole tree" in log and "full resync" not in log
     cluster.assert_replicated()
     assert os.stat(cluster.secondary.replica_root() / "sparse").st_blocks < 1024, "the sparse file was filled"

@@ -8,18 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import Cluster, run_fsrep, wait_for
+from tests.conftest import Cluster, fsrep_resync, run_fsrep, wait_for
 
-RESYNC = [sys.executable, "-c", "import sys, tools.resync; sys.exit(tools.resync.main())"]
 MiB = 1024 * 1024
-
-
-def fsrep_resync(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RESYNC, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _corrupt(path: Path, offsets: list[int]) -> None:
@@ -111,7 +104,7 @@ def test_a_resync_that_stalls_is_reported_and_restarted(cluster: Cluster) -> Non
              "the restarted resync to finish")
     status = cluster.status()
     assert status["resync"]["mode"] == "checksum" and status["resync"]["restarts"] >= 1
-    log = (cluster.primary_store / ".fsrep" / "fsrep.log").read_text()
+    log = cluster.primary_log()
     assert "made no progress" in log
     cluster.assert_replicated()
 
