@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ._config import POLICIES, ConfigError, parse_address, read_key, write_key
+from ._config import POLICIES, ConfigError, declared_groups, parse_address, read_key, write_key
 from ._control import ControlError, daemon_for, request
 from ._mounts import find_mount
 from ._progress import parse_rate
@@ -57,12 +57,26 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mount", help="mount a primary store, replicating to a secondary", formatter_class=fmt,
                        epilog="example:\n  fsrep mount /srv/data /mnt/data --secondary 127.0.0.1:7700 "
-                              "--key-file /etc/fsrep.key --policy sync")
+                              "--key-file /etc/fsrep.key --policy sync\n"
+                              "  fsrep mount /srv/data /mnt/data --secondary 127.0.0.1:7700 --key-file /etc/fsrep.key "
+                              "--group vms/vm1 --group vms/vm2\n"
+                              "  fsrep mount /srv/data /mnt/data --key-file /etc/fsrep.key --config /etc/fsrep.toml\n\n"
+                              "a config file declares consistency groups (subtrees replicated as one unit each,\n"
+                              "with their own policy and secondary); the rest of the mount is the default group:\n"
+                              "  secondary = \"backup:7700\"      # default for every group\n"
+                              "  policy = \"sync\"\n"
+                              "  [[group]]\n"
+                              "  path = \"vms/vm1\"\n"
+                              "  policy = \"semi-sync\"           # optional\n"
+                              "  secondary = \"backup2:7700\"     # optional")
     p.add_argument("store", metavar="STORE", help="the primary store (a plain directory)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--secondary", required=True, metavar="HOST:PORT")
+    p.add_argument("--secondary", metavar="HOST:PORT", help="the secondary (required unless the config names one)")
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
-    p.add_argument("--policy", choices=POLICIES, default="sync",
+    p.add_argument("--config", metavar="FILE", help="a TOML file declaring consistency groups (see below)")
+    p.add_argument("--group", action="append", default=[], metavar="PATH",
+                   help="declare the subtree PATH a consistency group of its own (repeatable)")
+    p.add_argument("--policy", choices=POLICIES, default=None,
                    help="sync: every change returns once applied on both sides, and the mount keeps serving "
                         "when the secondary is unreachable (default); strict: like sync, but changes fail with "
                         "EIO when they cannot be replicated; semi-sync: changes return once applied here and "
@@ -99,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except (CommandError, ConfigError, ControlError) as exc:
@@ -134,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _mount_options(args: argparse.Namespace) -> Any:
     from ._primary import MountOptions
-    parse_address(args.secondary, what="--secondary")
+    specs = declared_groups(args.config, args.group, args.policy, args.secondary)
     check_directory(args.store, "store")
     check_directory(args.mountpoint, "mount point")
     if find_mount(args.mountpoint) is not None:
@@ -154,8 +170,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
-    return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=args.secondary, key=key,
-                        policy=args.policy, writeback_cache=args.writeback_cache,
+    return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
+                        policy=specs[0].policy, groups=tuple(specs), writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
                         resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)
@@ -166,12 +182,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         return _run_foreground(opts, args.ready_fd)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "fsrep", "mount", args.store, args.mountpoint, "--secondary", args.secondary,
-           "--key-file", args.key_file, "--policy", args.policy, "--foreground", "--ready-fd", str(write_fd),
-           "--ack-timeout", str(args.ack_timeout), "--resync-stall-timeout", str(args.resync_stall_timeout),
-           "--resync-rate-limit", args.resync_rate_limit, "--lag-budget", args.lag_budget,
-           "--async-interval", str(args.async_interval)]
-    cmd += ["--writeback-cache"] * args.writeback_cache + ["--verbose"] * args.verbose
+    cmd = [sys.executable, "-m", "fsrep", *args.argv, "--foreground", "--ready-fd", str(write_fd)]
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
         proc = subprocess.Popen(cmd, stdin=null_in, stdout=null_out, stderr=null_out, pass_fds=(write_fd,),
                                 start_new_session=True)
@@ -180,9 +191,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         line = ready.readline().decode(errors="replace").strip()
     if line == "ready":
         status = request(Path(opts.store, ".fsrep"), {"cmd": "status"})
+        print(f"mounted {opts.store} on {opts.mountpoint} (pid {proc.pid})")
         for group in status.get("groups", []):
-            print(f"mounted {opts.store} on {opts.mountpoint} (pid {proc.pid}); group {group['id']} is "
-                  f"{group['state']}, policy {group['policy']}, secondary {group['secondary']}")
+            print(f"  group {group['id']} ({group['path']}) is {group['state']}, policy {group['policy']}, "
+                  f"secondary {group['secondary']}")
         return 0
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,104 @@ def parse_address(text: str, *, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what} must be HOST:PORT (for example 127.0.0.1:7700), not {text!r}")
     return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A consistency group the operator declares: a subtree of the mount
+    (``""`` is the default group, the rest of the mount) and its policy and
+    secondary."""
+
+    path: str
+    policy: str
+    secondary: str
+
+
+_TOP_KEYS = {"secondary", "policy", "group"}
+_GROUP_KEYS = {"path", "policy", "secondary"}
+
+
+def check_group_path(text: str, *, what: str) -> str:
+    """A group's subtree, normalised (``vms/vm1``).
+
+    Raises:
+        ConfigError: empty, with ``.`` or ``..`` parts, or inside ``.fsrep``
+            (a leading ``/`` means the mount's root and is dropped).
+    """
+    stripped = text.strip("/")
+    parts = stripped.split("/")
+    if not stripped or any(part in ("", ".", "..") for part in parts) or parts[0] == META_DIR or "\0" in text:
+        raise ConfigError(f"{what}: a group path must name a subdirectory of the mount (like vms/vm1: "
+                          f"no '.', '..' or empty parts, not inside {META_DIR}), not {text!r}")
+    return stripped
+
+
+def declared_groups(config: str | None, flags: list[str], policy: str | None,
+                    secondary: str | None) -> list[GroupSpec]:
+    """Every consistency group of a mount, the default group first: those
+    of the TOML file *config* and of ``--group`` *flags*. The mount's
+    *policy* and *secondary* (command-line flags, which win over the file's
+    top-level settings) apply where a group names none.
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, has unknown keys,
+            or declares groups that overlap (one path inside another).
+    """
+    table: dict = {}
+    if config is not None:
+        try:
+            with open(config, "rb") as f:
+                table = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+        unknown = set(table) - _TOP_KEYS
+        if unknown:
+            raise ConfigError(f"config file {config}: unknown setting {sorted(unknown)[0]!r} "
+                              f"(known: {', '.join(sorted(_TOP_KEYS))})")
+    where = f"config file {config}" if config else "--group"
+    policy = _policy(policy or table.get("policy", "sync"), where)
+    secondary = secondary or table.get("secondary")
+    if secondary is None:
+        raise ConfigError("no secondary: give --secondary HOST:PORT or 'secondary' in the config file")
+    parse_address(_string(secondary, where, "secondary"), what=f"{where}: secondary")
+    entries = table.get("group", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{where}: 'group' must be an array of tables ([[group]] sections)")
+    specs = [GroupSpec("", policy, secondary)]
+    for entry in entries:
+        unknown = set(entry) - _GROUP_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown group setting {sorted(unknown)[0]!r} "
+                              f"(known: {', '.join(sorted(_GROUP_KEYS))})")
+        if "path" not in entry:
+            raise ConfigError(f"{where}: every [[group]] needs a path (a subdirectory of the mount)")
+        group_secondary = _string(entry.get("secondary", secondary), where, "secondary")
+        parse_address(group_secondary, what=f"{where}: secondary of group {entry['path']!r}")
+        specs.append(GroupSpec(check_group_path(_string(entry["path"], where, "path"), what=where),
+                               _policy(entry.get("policy", policy), where), group_secondary))
+    specs += [GroupSpec(check_group_path(flag, what="--group"), policy, secondary) for flag in flags]
+    paths = [spec.path for spec in specs[1:]]
+    for path in paths:
+        if paths.count(path) > 1:
+            raise ConfigError(f"group {path!r} is declared twice")
+        for other in paths:
+            if other.startswith(path + "/"):
+                raise ConfigError(f"groups {path!r} and {other!r} overlap: one group cannot hold another")
+    return specs
+
+
+def _string(value: object, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
+    return value
+
+
+def _policy(value: object, where: str) -> str:
+    if value not in POLICIES:
+        raise ConfigError(f"{where}: unknown policy {value!r} (use one of {', '.join(POLICIES)})")
+    return str(value)
 
 
 @dataclass(slots=True)
@@ -164,6 +263,11 @@ class GroupStore:
         """Where the group's activity log lives (two files, saved in turn)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         return tracking.AlternatingState(self.dir / f"{record.id}.activity", tracking.ACTIVITY_KIND)
+
+    def remove(self, record: GroupRecord) -> None:
+        """Forget a group: its record, dirty set and activity log."""
+        for path in self.dir.glob(f"{record.id}.*"):
+            path.unlink(missing_ok=True)
 
     def save(self, record: GroupRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

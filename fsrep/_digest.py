@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 
 import xxhash
 
@@ -22,15 +23,17 @@ def _content(path: str) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(root: str | os.PathLike[str]) -> dict[str, Entry]:
-    """Digest every entry below *root*; ``.fsrep`` at the root is skipped."""
+def tree_digest(root: str | os.PathLike[str], skip: Iterable[str] = ()) -> dict[str, Entry]:
+    """Digest every entry below *root*; ``.fsrep`` at the root is skipped,
+    and so are the directories *skip* (relative paths: the roots of other
+    consistency groups, when *root* is the default group's)."""
     result: dict[str, Entry] = {}
     first_path: dict[int, str] = {}
+    skipped = {".fsrep", *skip}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d != ".fsrep"]
+        dirnames[:] = [d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped]
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
@@ -52,9 +55,11 @@ def tree_digest(root: str | os.PathLike[str]) -> dict[str, Entry]:
     return result
 
 
-def tree_differences(a: str | os.PathLike[str], b: str | os.PathLike[str], limit: int = 10) -> list[str]:
-    """Human-readable differences between two trees (empty when equal)."""
-    da, db = tree_digest(a), tree_digest(b)
+def tree_differences(a: str | os.PathLike[str], b: str | os.PathLike[str], limit: int = 10,
+                     skip: Iterable[str] = ()) -> list[str]:
+    """Human-readable differences between two trees (empty when equal);
+    *skip* as for ``tree_digest``, in both."""
+    da, db = tree_digest(a, skip), tree_digest(b, skip)
     out = [f"only in {a}: {p}" for p in sorted(set(da) - set(db))[:limit]]
     out += [f"only in {b}: {p}" for p in sorted(set(db) - set(da))[:limit]]
     out += [f"differs: {p}: {da[p]} != {db[p]}" for p in sorted(k for k in set(da) & set(db) if da[k] != db[k])[:limit]]

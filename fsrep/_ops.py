@@ -5,8 +5,13 @@ How this works: reads are served from the store. Each mutating handler
 builds the replicated frame from the inode's current path, and hands the
 splitter a plain function that applies the change locally and returns that
 frame; then it awaits the secondary's ack. Handlers stay thin: path and inode
-bookkeeping live in ``InodeTable``, confinement in ``Tree``, ordering in
+bookkeeping live in ``InodeTable``, confinement in ``Tree``, which
+consistency group a path belongs to in ``Groups``, ordering in
 ``Relationship``, error mapping in ``fuse_errors``.
+
+Paths: ``self.tree`` is the whole store and serves reads by mount path; a
+mutation is applied through its group's tree, and its frame and dirty marks
+carry the path relative to that group's root.
 
 Caveats:
 - Changes to a file unlinked while open are local only (the replica no
@@ -33,8 +38,8 @@ import transport as tp
 from tracking import Marks
 
 from ._boundary import fuse_errors
+from ._groups import Group, Groups
 from ._inodes import ROOT, InodeTable
-from ._splitter import NO_MARKS, Relationship
 from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
@@ -53,13 +58,13 @@ class Handle:
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 handlers for one mount (one consistency group for now)."""
+    """pyfuse3 handlers for one mount and its consistency groups."""
 
-    def __init__(self, tree: Tree, group: Relationship, *, writeback_cache: bool = False) -> None:
+    def __init__(self, tree: Tree, groups: Groups, *, writeback_cache: bool = False) -> None:
         super().__init__()
         self.enable_writeback_cache = writeback_cache
         self.tree = tree
-        self.group = group
+        self.groups = groups
         self.inodes = InodeTable(os.stat(tree.root_fd).st_ino)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, tuple[int, list[bytes] | None]] = {}
@@ -126,9 +131,10 @@ class Operations(pyfuse3.Operations):
                 mode |= stat.S_ISGID
         return ctx.uid, gid, mode
 
-    async def _replicate(self, apply: Any, marks: Marks) -> None:
-        await self.group.admit()
-        await self.group.wait(self.group.split(apply, marks))
+    @staticmethod
+    async def _replicate(group: Group, apply: Any, marks: Marks) -> None:
+        await group.rel.admit()
+        await group.rel.wait(group.rel.split(apply, marks))
 
     # --- what a mutation would leave dirty if it is not replicated ------------------
 
@@ -136,26 +142,36 @@ class Operations(pyfuse3.Operations):
         """The backing st_ino of a FUSE inode (the mapping is its own inverse)."""
         return self.inodes.fuse_ino(ino)
 
-    def _where(self, ino: int) -> tuple[bytes | None, tuple[int, ...]]:
-        """Path of *ino* and the backing inodes of the directories above it."""
+    def _above(self, group: Group, ino: int) -> tuple[int, ...]:
+        """Backing inodes of the directories of *group* above *ino*."""
         found = self.inodes.chain(ino)
         if found is None:
-            return None, ()
-        return found[0], tuple(self._backing(d) for d in found[1])
+            return ()
+        return tuple(self._backing(d) for d in found[1][group.depth:])
 
-    def _in_dirs(self, *parents: int) -> Marks:
-        """Marks of a namespace change in directories *parents*."""
+    def _locate(self, ino: int) -> tuple[Group, bytes, tuple[int, ...]] | None:
+        """The group of *ino*, its path there and the group's directories
+        above it (one walk up the inode table); None once it was unlinked."""
+        found = self.inodes.chain(ino)
+        if found is None:
+            return None
+        group, rel = self.groups.route(found[0])
+        return group, rel, tuple(self._backing(d) for d in found[1][group.depth:])
+
+    def _in_dirs(self, group: Group, *parents: int) -> Marks:
+        """Marks of a namespace change in directories *parents* of *group*."""
         dirs, ancestors = [], []
         for parent in parents:
-            path, above = self._where(parent)
-            dirs.append((self._backing(parent), path or b""))
-            ancestors.extend(above)
+            path = self.inodes.path(parent)
+            dirs.append((self._backing(parent), group.relative(path or b"")))
+            ancestors.extend(self._above(group, parent))
         return Marks(dirs=tuple(dirs), ancestors=tuple(ancestors))
 
     def _moved(self, old: bytes, new: bytes) -> Marks:
-        """Marks of an entry renamed from *old* to *new*: the replica may hold
-        another entry of the same kind (even size) at *new*, so a moved file
-        is copied whole and a moved directory is compared entry by entry."""
+        """Marks of an entry renamed from mount path *old* to *new* (a path
+        in its group): the replica may hold another entry of the same kind
+        (even size) at *new*, so a moved file is copied whole and a moved
+        directory is compared entry by entry."""
         try:
             st = self.tree.lstat(old)
         except OSError:
@@ -166,12 +182,13 @@ class Operations(pyfuse3.Operations):
             return Marks(regions=((st.st_ino, new, 0, st.st_size),), meta=((st.st_ino, new),))
         return Marks(meta=((st.st_ino, new),))
 
-    def _on_file(self, ino: int, path: bytes, *, size_change: tuple[int, int] | None = None,
+    def _on_file(self, ino: int, group: Group, path: bytes, *, size_change: tuple[int, int] | None = None,
                  write: tuple[int, int] | None = None, above: tuple[int, ...] | None = None) -> Marks:
-        """Marks of a change to one file: its data regions or its metadata.
-        *above* (the directories over it) is looked up unless the caller has it."""
+        """Marks of a change to one file (*path* in *group*): its data
+        regions or its metadata. *above* (the group's directories over it)
+        is looked up unless the caller has it."""
         if above is None:
-            above = self._where(ino)[1]
+            above = self._above(group, ino)
         backing = self._backing(ino)
         regions = []
         if write is not None:
@@ -191,21 +208,20 @@ class Operations(pyfuse3.Operations):
                     frame: Any, **extra: Any) -> pyfuse3.EntryAttributes:
         """Shared body of mkdir, mknod: build the frame, apply it on both sides."""
         path = self._child(parent, name)
+        group, rel = self.groups.claim(path, errno.EEXIST)
         parent_path = path.rpartition(b"/")[0]
         uid, gid, mode = self._owner(parent_path, ctx, mode & ~ctx.umask)
-
-        def apply(seq: int | None) -> tp.Operation:
-            op = frame(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid, **extra)
-            self.tree.apply(op)
-            return op
-        await self._replicate(apply, self._in_dirs(parent))
+        await self._replicate(group, self._apply_frame(
+            group, lambda seq: frame(seq=seq, path=rel, mode=mode, uid=uid, gid=gid, **extra)),
+            self._in_dirs(group, parent))
         return self._entry(parent, name, path)
 
-    def _apply_frame(self, op_of_seq: Any) -> Any:
+    @staticmethod
+    def _apply_frame(group: Group, op_of_seq: Any) -> Any:
         """An apply function for frames the Tree applies on both sides alike."""
         def apply(seq: int | None) -> tp.Operation:
             op = op_of_seq(seq or 0)
-            self.tree.apply(op)
+            group.tree.apply(op)
             return op
         return apply
 
@@ -255,10 +271,12 @@ class Operations(pyfuse3.Operations):
             if path is None:
                 self._setattr_unlinked(inode, bits, kw)
             else:
+                group, rel = self.groups.route(path)
                 old_size = self.tree.lstat(path).st_size if bits & tp.ATTR_SIZE else 0
-                marks = self._on_file(inode, path, size_change=(old_size, kw["size"]) if bits & tp.ATTR_SIZE else None)
-                await self._replicate(self._apply_frame(
-                    lambda seq: tp.SetAttr(seq=seq, path=path, fields=bits, **kw)), marks)
+                marks = self._on_file(inode, group, rel,
+                                      size_change=(old_size, kw["size"]) if bits & tp.ATTR_SIZE else None)
+                await self._replicate(group, self._apply_frame(
+                    group, lambda seq: tp.SetAttr(seq=seq, path=rel, fields=bits, **kw)), marks)
         return self._attrs(self._stat_ino(inode))
 
     def _setattr_unlinked(self, inode: int, bits: int, kw: dict[str, int]) -> None:
@@ -301,9 +319,11 @@ class Operations(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
+        group, rel = self.groups.claim(path, errno.EEXIST)
         uid, gid, _ = self._owner(path.rpartition(b"/")[0], ctx, stat.S_IFLNK)
-        await self._replicate(self._apply_frame(
-            lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=uid, gid=gid)), self._in_dirs(parent_inode))
+        await self._replicate(group, self._apply_frame(
+            group, lambda seq: tp.Symlink(seq=seq, path=rel, target=target, uid=uid, gid=gid)),
+            self._in_dirs(group, parent_inode))
         return self._entry(parent_inode, name, path)
 
     @fuse_errors
@@ -311,18 +331,23 @@ class Operations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         target = self._existing_path(inode)
         new = self._child(new_parent_inode, new_name)
-        into, on = self._in_dirs(new_parent_inode), self._on_file(inode, target)
+        self.groups.claim(new, errno.EEXIST)
+        group, rel_target, rel_new = self.groups.same(target, new)
+        into, on = self._in_dirs(group, new_parent_inode), self._on_file(inode, group, rel_target)
         marks = Marks(meta=on.meta, dirs=into.dirs, ancestors=into.ancestors + on.ancestors)
-        await self._replicate(self._apply_frame(lambda seq: tp.Link(seq=seq, target=target, new=new)), marks)
+        await self._replicate(group, self._apply_frame(
+            group, lambda seq: tp.Link(seq=seq, target=rel_target, new=rel_new)), marks)
         return self._entry(new_parent_inode, new_name, new)
 
     async def _remove(self, parent_inode: int, name: bytes, frame: Any) -> None:
         path = self._child(parent_inode, name)
+        group, rel = self.groups.claim(path, errno.EBUSY)
         ino = self.inodes.lookup_entry(parent_inode, name)
         keep_fd = None
         if ino is not None and frame is tp.Unlink:
             keep_fd = self._open_fd_of(ino)
-        await self._replicate(self._apply_frame(lambda seq: frame(seq=seq, path=path)), self._in_dirs(parent_inode))
+        await self._replicate(group, self._apply_frame(group, lambda seq: frame(seq=seq, path=rel)),
+                              self._in_dirs(group, parent_inode))
         self.inodes.unlinked(parent_inode, name)
         if ino is not None and keep_fd is not None and ino in self.inodes and self.inodes.path(ino) is None:
             self._unlinked_fds.setdefault(ino, keep_fd)
@@ -346,19 +371,21 @@ class Operations(pyfuse3.Operations):
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
+        group, rel_old, rel_new = self.groups.same(old, new)
         wire = (tp.RENAME_NOREPLACE if flags & pyfuse3.RENAME_NOREPLACE else 0) | \
                (tp.RENAME_EXCHANGE if flags & pyfuse3.RENAME_EXCHANGE else 0)
         replaced = None
         if not wire & tp.RENAME_EXCHANGE:
             replaced = self.inodes.lookup_entry(parent_inode_new, name_new)
             keep_fd = self._open_fd_of(replaced) if replaced is not None else None
-        marks = self._in_dirs(parent_inode_old, parent_inode_new)
-        moved = [self._moved(old, new)]
+        marks = self._in_dirs(group, parent_inode_old, parent_inode_new)
+        moved = [self._moved(old, rel_new)]
         if wire & tp.RENAME_EXCHANGE:
-            moved.append(self._moved(new, old))
+            moved.append(self._moved(new, rel_old))
         marks = Marks(regions=tuple(r for m in moved for r in m.regions), meta=tuple(x for m in moved for x in m.meta),
                       dirs=marks.dirs + tuple(d for m in moved for d in m.dirs), ancestors=marks.ancestors)
-        await self._replicate(self._apply_frame(lambda seq: tp.Rename(seq=seq, old=old, new=new, flags=wire)), marks)
+        await self._replicate(group, self._apply_frame(
+            group, lambda seq: tp.Rename(seq=seq, old=rel_old, new=rel_new, flags=wire)), marks)
         if wire & tp.RENAME_EXCHANGE:
             self.inodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
@@ -386,10 +413,13 @@ class Operations(pyfuse3.Operations):
         fd = self.tree.open(path, self._local_flags(flags))
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+                group, rel = self.groups.route(path)
+
                 def apply(seq: int | None) -> tp.Operation:
                     os.ftruncate(fd, 0)
-                    return tp.SetAttr(seq=seq or 0, path=path, fields=tp.ATTR_SIZE, size=0)
-                await self._replicate(apply, self._on_file(inode, path, size_change=(os.fstat(fd).st_size, 0)))
+                    return tp.SetAttr(seq=seq or 0, path=rel, fields=tp.ATTR_SIZE, size=0)
+                await self._replicate(group, apply,
+                                      self._on_file(inode, group, rel, size_change=(os.fstat(fd).st_size, 0)))
         except BaseException:
             os.close(fd)
             raise
@@ -399,21 +429,22 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
+        group, rel = self.groups.claim(path, errno.EEXIST)
         uid, gid, mode = self._owner(path.rpartition(b"/")[0], ctx, mode & ~ctx.umask)
         opened: list[int] = []
 
         def apply(seq: int | None) -> tp.Operation:
-            self.tree.forget(path)
-            dir_fd, leaf = self.tree.at(path)  # here, not before an await: cached descriptors can be evicted
+            group.tree.forget(rel)
+            dir_fd, leaf = group.tree.at(rel)  # here, not before an await: cached descriptors can be evicted
             fd = os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | self._local_flags(flags),
                          stat.S_IMODE(mode), dir_fd=dir_fd)
             opened.append(fd)
             os.fchown(fd, uid, gid)
             os.fchmod(fd, stat.S_IMODE(mode))
-            return tp.Create(seq=seq or 0, path=path, mode=mode, uid=uid, gid=gid)
+            return tp.Create(seq=seq or 0, path=rel, mode=mode, uid=uid, gid=gid)
 
         try:
-            await self._replicate(apply, self._in_dirs(parent_inode))
+            await self._replicate(group, apply, self._in_dirs(group, parent_inode))
         except BaseException:
             for fd in opened:
                 os.close(fd)
@@ -429,7 +460,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        path, above = self._where(handle.ino)
+        found = self._locate(handle.ino)
+        group, rel, above = found if found is not None else (self.groups.default, b"", ())
         written = 0
 
         def apply(seq: int | None) -> tp.Operation | None:
@@ -442,25 +474,28 @@ class Operations(pyfuse3.Operations):
                     if not written:
                         raise
                     break
-            if path is None:
+            if found is None:
                 return None
-            return tp.Write(seq=seq or 0, path=path, offset=off, data=buf[:written])
+            return tp.Write(seq=seq or 0, path=rel, offset=off, data=buf[:written])
 
-        marks = NO_MARKS if path is None else self._on_file(handle.ino, path, write=(off, len(buf)), above=above)
-        await self._replicate(apply, marks)
+        marks = Marks() if found is None else \
+            self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above)
+        await self._replicate(group, apply, marks)
         if handle.sync:
-            await self._fsync(handle.fd, path, handle.ino)
+            await self._fsync(handle.fd, self._path(handle.ino), handle.ino)
         return written
 
     async def _fsync(self, fd: int, path: bytes | None, ino: int) -> None:
         """A barrier: durable locally and on the secondary before returning."""
-        pending = None
-        if path is not None:
-            await self.group.admit()
-            pending = self.group.split(lambda seq: tp.Fsync(seq=seq or 0, path=path),
-                                       Marks(ancestors=self._where(ino)[1]))
+        if path is None:
+            await trio.to_thread.run_sync(os.fsync, fd)
+            return
+        group, rel = self.groups.route(path)
+        await group.rel.admit()
+        pending = group.rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=rel),
+                                  Marks(ancestors=self._above(group, ino)))
         await trio.to_thread.run_sync(os.fsync, fd)
-        await self.group.wait(pending)
+        await group.rel.wait(pending)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -555,8 +590,10 @@ class Operations(pyfuse3.Operations):
         if path is None:
             os.setxattr(self._unlinked_fd(inode), name, value)
             return
-        await self._replicate(self._apply_frame(
-            lambda seq: tp.SetXattr(seq=seq, path=path, name=name, value=value)), self._on_file(inode, path))
+        group, rel = self.groups.route(path)
+        await self._replicate(group, self._apply_frame(
+            group, lambda seq: tp.SetXattr(seq=seq, path=rel, name=name, value=value)),
+            self._on_file(inode, group, rel))
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -564,9 +601,10 @@ class Operations(pyfuse3.Operations):
         if path is None:
             os.removexattr(self._unlinked_fd(inode), name)
             return
+        group, rel = self.groups.route(path)
         try:
-            await self._replicate(self._apply_frame(lambda seq: tp.RemoveXattr(seq=seq, path=path, name=name)),
-                                  self._on_file(inode, path))
+            await self._replicate(group, self._apply_frame(
+                group, lambda seq: tp.RemoveXattr(seq=seq, path=rel, name=name)), self._on_file(inode, group, rel))
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None

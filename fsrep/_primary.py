@@ -20,8 +20,9 @@ import trio
 import tracking
 import transport as tp
 
-from ._config import ConfigError, GroupRecord, GroupStore
+from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
+from ._groups import Group, Groups
 from ._logs import setup_logging
 from ._ops import Operations
 from ._progress import MODES
@@ -29,7 +30,7 @@ from ._resync import resync
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
 from ._store import StoreLock, check_directory
-from ._tree import RESERVED, Tree
+from ._tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,53 @@ class MountOptions:
     resync_rate_limit: int = 0  # bytes/s for resyncs the daemon starts itself; 0: none
     lag_budget: int = 64 * 1024 * 1024  # semi-sync and async: unacknowledged bytes before changes wait
     verbose: bool = False
+    groups: tuple[GroupSpec, ...] = ()  # declared groups, the default group first; none: the whole mount
+
+    @property
+    def specs(self) -> tuple[GroupSpec, ...]:
+        return self.groups or (GroupSpec("", self.policy, self.secondary),)
 
 
-def _load_group(groups: GroupStore, store: Path, opts: MountOptions) -> tuple[GroupRecord, str]:
-    """The store's group (new if none) and, when tracking cannot say what
+def _group_trees(store: Path, specs: tuple[GroupSpec, ...]) -> tuple[Tree, list[Tree]]:
+    """The whole store's tree and one per group (the default group's hides
+    the others' roots). A declared group's root is made if missing.
+
+    Raises:
+        ConfigError: a group's root is not a directory of the store.
+    """
+    mount_tree = Tree(str(store))
+    trees = []
+    for spec in specs[1:]:
+        root = store / spec.path
+        try:
+            root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if root.is_symlink() or not root.is_dir() or root.resolve() != store.resolve() / spec.path:
+                raise NotADirectoryError
+        except OSError:
+            mount_tree.close()
+            for tree in trees:
+                tree.close()
+            raise ConfigError(f"group {spec.path!r}: {root} must be a directory of the store (not a file or "
+                              f"a symlink); move what is there or declare another path") from None
+        trees.append(mount_tree.subtree(spec.path.encode()))
+    hidden = [spec.path.encode() for spec in specs[1:]]
+    return mount_tree, [mount_tree.subtree(hidden=hidden), *trees]
+
+
+def _load_group(records: dict[str, GroupRecord], spec: GroupSpec, tree: Tree) -> tuple[GroupRecord, str]:
+    """The group's record (new if none) and, when tracking cannot say what
     differs, why the whole tree must be compared."""
-    records = groups.load_all()
-    if not records:
-        has_data = any(name != RESERVED.decode() for name in os.listdir(store))
-        record = GroupRecord(id=str(uuid.uuid4()), path="", policy=opts.policy, secondary=opts.secondary)
-        if has_data:
+    record = records.pop(spec.path, None)
+    if record is None:
+        record = GroupRecord(id=str(uuid.uuid4()), path=spec.path, policy=spec.policy, secondary=spec.secondary)
+        if next(tree.walk(), None) is not None:
             record.stale = True
-            record.stale_reason = "the store held data before fsrep replicated it (baseline needed)"
-        log.info("new consistency group %s for %s%s", record.id, store,
-                 " (existing data: replica needs a baseline)" if has_data else "")
+            record.stale_reason = "the group held data before fsrep replicated it (baseline needed)"
+        log.info("new consistency group %s for /%s%s", record.id, spec.path,
+                 " (existing data: replica needs a baseline)" if record.stale else "")
         return record, record.stale_reason
-    record = records[0]
-    record.policy = opts.policy
-    record.secondary = opts.secondary
+    record.policy = spec.policy
+    record.secondary = spec.secondary
     return record, ""
 
 
@@ -92,11 +122,40 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
 
 
-def start_resync(rel: Relationship, req: dict[str, Any]) -> dict[str, Any]:
+def _subtree_moved(owner: Group, path: str, reason: str) -> None:
+    """The subtree at mount path *path* moved into or out of *owner*'s
+    replica (a group declared or retired): compare the directory holding
+    it, so the resync creates or removes it there."""
+    parent = owner.relative(path.encode()).rpartition(b"/")[0]
+    try:
+        ino = owner.tree.lstat(parent).st_ino
+    except OSError:
+        ino, parent = owner.tree.lstat(b"").st_ino, b""
+    owner.rel.mark_dirty(tracking.Marks(dirs=((ino, parent),)), reason)
+
+
+def _retire(groups: GroupStore, records: dict[str, GroupRecord], mount: Groups) -> None:
+    """Groups of the store the operator no longer declares: their subtrees
+    join the groups that now own them, and their state is removed."""
+    for path, record in records.items():
+        owner, _ = mount.route(path.encode())
+        log.warning("group %s (/%s) is no longer declared: its subtree joins group %s (/%s); its replica on "
+                    "%s is no longer updated", record.id, path, owner.rel.record.id, owner.rel.record.path,
+                    record.secondary)
+        if not owner.rel.dirty.everything:
+            _subtree_moved(owner, path, f"group /{path} was retired; its subtree joined this group")
+        groups.remove(record)
+
+
+def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
     """The control socket's ``resync`` command: start or join a run."""
-    mode, rate_limit, group = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
-    if group not in (None, rel.record.id, "/" + rel.record.path):
-        return {"error": f"no consistency group {group!r} on this mount (groups: {rel.record.id})"}
+    mode, rate_limit, name = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
+    group = mount.find(name)
+    if group is None:
+        known = ", ".join(f"{g.rel.record.id} (/{g.rel.record.path})" for g in mount.all)
+        what = "this mount has several groups; name one" if name is None else f"no consistency group {name!r}"
+        return {"error": f"{what} (groups: {known})"}
+    rel = group.rel
     if mode not in MODES:
         return {"error": f"unknown resync mode {mode!r}: use one of {', '.join(MODES)}"}
     if not isinstance(rate_limit, int) or isinstance(rate_limit, bool) or rate_limit < 0:
@@ -115,6 +174,78 @@ def start_resync(rel: Relationship, req: dict[str, Any]) -> dict[str, Any]:
     return {"group": rel.record.id, "run": run.id, "mode": run.mode, "rate_limit": run.rate_limit}
 
 
+def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[Tree, Groups]:
+    """Every group of the mount with its tree, record and tracking state,
+    not yet connected."""
+    specs = opts.specs
+    mount_tree, trees = _group_trees(store, specs)
+    records = {record.path: record for record in groups.load_all()}
+    known_store = bool(records)
+    opened, moved = [], []
+    for spec, tree in zip(specs, trees, strict=True):
+        if spec.path and known_store and spec.path not in records:
+            moved.append(spec.path)
+        record, baseline = _load_group(records, spec, tree)
+        rel = Relationship(record, groups, opts.key, opts.timeouts)
+        rel.default_rate_limit = opts.resync_rate_limit
+        rel.lag_budget = opts.lag_budget
+        _tracking_state(rel, groups, baseline)
+        opened.append(Group(rel, tree, spec.path.encode()))
+    mount = Groups(opened)
+    for path in moved:  # its data may still be in the replica of the group that held it before
+        owner = mount.route(path.rpartition("/")[0].encode())[0]
+        if not owner.rel.dirty.everything:
+            _subtree_moved(owner, path, f"group /{path} was declared; its subtree left this group")
+    _retire(groups, records, mount)
+    return mount_tree, mount
+
+
+async def _connect(group: Group, errors: list[str]) -> None:
+    """Connect one group; a strict group must reach its secondary. What
+    stops the mount goes into *errors*."""
+    rel, record = group.rel, group.rel.record
+    try:
+        await rel.connect()
+    except tp.AuthenticationError as exc:
+        errors.append(f"secondary {record.secondary} refused authentication ({exc}); "
+                      f"use the key file the secondary was started with")
+    except tp.LinkDown as exc:
+        if record.policy == "strict":
+            errors.append(f"cannot reach secondary {record.secondary} ({exc}); policy strict needs it at mount "
+                          f"time — start 'fsrep serve' there or mount with --policy sync")
+        rel.link_lost(str(exc))
+
+
+async def _connect_all(mount: Groups) -> None:
+    """Connect every group at once (an unreachable secondary costs one
+    connect timeout, not one per group).
+
+    Raises:
+        ConfigError: a group cannot be mounted as configured.
+    """
+    errors: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for group in mount.all:
+            nursery.start_soon(_connect, group, errors)
+    if errors:
+        raise ConfigError(errors[0])
+
+
+async def _ready_to_serve(group: Group) -> str:
+    """Under strict, resync a stale group before serving; the refusal, if
+    the group still cannot be served."""
+    rel, record = group.rel, group.rel.record
+    if record.policy != "strict":
+        return ""
+    if rel.conn is not None and record.stale:  # other policies resync while serving
+        log.info("group %s: replica is stale (%s); resync before serving", record.id, record.stale_reason)
+        await rel.resync_now(f"the replica is stale: {record.stale_reason}")
+    if rel.state is not RelationshipState.IN_SYNC:
+        return (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict serves only "
+                f"InSync groups — mount with --policy sync to serve and resync")
+    return ""
+
+
 async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     """Mount and serve until unmounted or told to stop.
 
@@ -128,32 +259,20 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
     groups = GroupStore(str(store))
-    record, baseline = _load_group(groups, store, opts)
-    rel = Relationship(record, groups, opts.key, opts.timeouts)
-    rel.default_rate_limit = opts.resync_rate_limit
-    rel.lag_budget = opts.lag_budget
-    _tracking_state(rel, groups, baseline)
     try:
-        await rel.connect()
-    except tp.AuthenticationError as exc:
-        raise ConfigError(f"secondary {opts.secondary} refused authentication ({exc}); "
-                          f"use the key file the secondary was started with") from None
-    except tp.LinkDown as exc:
-        if opts.policy == "strict":
-            raise ConfigError(f"cannot reach secondary {opts.secondary} ({exc}); policy strict needs it at "
-                              f"mount time — start 'fsrep serve' there or mount with --policy sync") from None
-        rel.link_lost(str(exc))
-    tree = Tree(str(store))
-    rel.resync_hook = functools.partial(resync, rel, tree, None)
+        mount_tree, mount = _open_groups(opts, store, groups)
+    except BaseException:
+        lock.release()
+        raise
     refusal = ""
     fuse_mounted = unmount = False
 
     async def control(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("cmd") == "status":
             return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
-                    "groups": [rel.statistics()]}
+                    "groups": [group.rel.statistics() for group in mount.all]}
         if req.get("cmd") == "resync":
-            return start_resync(rel, req)
+            return start_resync(mount, req)
         return {"error": f"unknown command {req.get('cmd')!r}"}
 
     async def on_signals() -> None:
@@ -166,39 +285,47 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 return
 
     try:
+        await _connect_all(mount)
+        for group in mount.all:
+            group.rel.resync_hook = functools.partial(resync, group.rel, group.tree, None)
         async with trio.open_nursery() as nursery:
-            await nursery.start(rel.serve)
-            if rel.conn is not None and record.stale and opts.policy == "strict":  # others resync while serving
-                log.info("group %s: replica is stale (%s); resync before serving", record.id,
-                         record.stale_reason)
-                await rel.resync_now(f"the replica is stale: {record.stale_reason}")
-            if opts.policy == "strict" and rel.state is not RelationshipState.IN_SYNC:
-                refusal = (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict "
-                           f"serves only InSync groups — mount with --policy sync to serve and resync")
+            for group in mount.all:
+                await nursery.start(group.rel.serve)
+            for group in mount.all:
+                refusal = refusal or await _ready_to_serve(group)
+            if refusal:
                 nursery.cancel_scope.cancel()
                 return
-            record.clean_shutdown = False
-            groups.save(record)
-            ops = Operations(tree, rel, writeback_cache=opts.writeback_cache)
-            rel.resync_hook = functools.partial(resync, rel, tree, ops.inodes)
+            for group in mount.all:
+                group.rel.record.clean_shutdown = False
+                groups.save(group.rel.record)
+            ops = Operations(mount_tree, mount, writeback_cache=opts.writeback_cache)
+            for group in mount.all:
+                group.rel.resync_hook = functools.partial(resync, group.rel, group.tree, group.locator(ops.inodes))
             options = set(pyfuse3.default_options)
             options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
             pyfuse3.init(ops, str(mountpoint), options)
             fuse_mounted = True
-            log.info("mounted %s on %s; group %s is %s (policy %s, secondary %s)", store, mountpoint, record.id,
-                     rel.state.value, record.policy, record.secondary)
+            for group in mount.all:
+                record = group.rel.record
+                log.info("mounted %s on %s; group %s (/%s) is %s (policy %s, secondary %s)", store, mountpoint,
+                         record.id, record.path, group.rel.state.value, record.policy, record.secondary)
             await nursery.start(serve_control, lock.meta, control)
             nursery.start_soon(on_signals)
             ready("ready")
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             log.info("filesystem unmounted; draining")
             with trio.CancelScope(shield=True):
-                await rel.drain_and_close(timeout=30)
+                async with trio.open_nursery() as draining:
+                    for group in mount.all:
+                        draining.start_soon(functools.partial(group.rel.drain_and_close, timeout=30))
             nursery.cancel_scope.cancel()
     finally:
         if fuse_mounted:
             pyfuse3.close(unmount=unmount)
-        tree.close()
+        for group in mount.all:
+            group.tree.close()
+        mount_tree.close()
         lock.release()
         if refusal:
             raise ConfigError(refusal)

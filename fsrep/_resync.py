@@ -48,7 +48,6 @@ import tracking
 import transport as tp
 
 from ._fullsync import full_resync
-from ._inodes import InodeTable
 from ._progress import ResyncRun
 from ._splitter import Relationship
 from ._tree import Tree
@@ -58,7 +57,7 @@ CHUNK_REGIONS = 256  # 1 MiB per Write
 MAX_IN_FLIGHT = 32 * 1024 * 1024
 
 
-async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun) -> None:
+async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
     """Run *run*: quick (or checksum) when the dirty set can be trusted,
     full when asked or when it cannot.
 
@@ -73,7 +72,7 @@ async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: 
         if not hard_links:
             # Never silently in sync, never a needless copy: compare everything by digest, clients writing on.
             log.info("group %s: checksum resync of the whole tree (%s)", rel.record.id, rel.dirty.reason)
-            await QuickResync(rel, tree, inodes, run, directories).run()
+            await QuickResync(rel, tree, locate, run, directories).run()
             return
     if rel.dirty.everything:
         log.info("group %s: full resync (%s); new changes wait until it is done", rel.record.id, rel.dirty.reason)
@@ -82,7 +81,7 @@ async def resync(rel: Relationship, tree: Tree, inodes: InodeTable | None, run: 
         return
     if run.mode == "checksum":
         directories, _ = _scan_directories(tree)
-    await QuickResync(rel, tree, inodes, run, directories).run()
+    await QuickResync(rel, tree, locate, run, directories).run()
 
 
 def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
@@ -99,14 +98,14 @@ def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
 
 
 class QuickResync:
-    def __init__(self, rel: Relationship, tree: Tree, inodes: InodeTable | None, run: ResyncRun,
+    def __init__(self, rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun,
                  directories: Sequence[tuple[int, bytes]] = ()) -> None:
         self.rel = rel
         self.directories = directories
         self.created: set[int] = set()  # files this run created on the replica: their holes need no copy
         self.dirty = rel.dirty
         self.tree = tree
-        self.inodes = inodes
+        self.locate = locate  # where the mount last saw a backing inode, relative to the group
         self.progress = run
         self.bytes_sent = 0
         self.started = 0.0
@@ -211,10 +210,8 @@ class QuickResync:
     def resolve(self, ino: int) -> bytes | None:
         """The current path of backing inode *ino*, or None if it is gone."""
         candidates = [self.dirty.hint(ino)]
-        if self.inodes is not None:
-            fuse = self.inodes.fuse_ino(ino)
-            if fuse in self.inodes:
-                candidates.append(self.inodes.path(fuse))
+        if self.locate is not None:
+            candidates.append(self.locate(ino))
         for path in candidates:
             if path is None:
                 continue

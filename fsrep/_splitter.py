@@ -227,6 +227,14 @@ class Relationship:
         except OSError as exc:
             log.error("group %s: cannot record that the replica is stale: %s", self.record.id, exc)
 
+    def mark_dirty(self, marks: tracking.Marks, reason: str) -> None:
+        """Record a difference made outside the write path (a group declared
+        or retired moves a subtree between replicas)."""
+        self.mark_stale(reason)
+        self.dirty.apply(marks)
+        self._dirty_changed = True
+        self.save_dirty()
+
     def mark_everything_dirty(self, reason: str) -> None:
         """Tracking can no longer say what differs: compare the whole tree."""
         self.mark_stale(reason)

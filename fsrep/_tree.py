@@ -19,6 +19,11 @@ Caveats:
   rmdirs drop them all, unlinks and creates drop the path concerned.
 - ``.fsrep`` at the root is reserved for fsrep's own state: no operation may
   name it.
+- On the primary, one store holds several consistency groups: the mount's
+  tree and one tree per group (``subtree``) share one family, so a rename or
+  rmdir through any of them drops the descriptors all of them cached. The
+  default group's tree *hides* the other groups' roots: it neither lists nor
+  reaches them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import os
 import shutil
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import tracking
 import transport as tp
@@ -67,15 +72,26 @@ def proc_path(fd: int) -> str:
 class Tree:
     """Operations on the tree below *root*, confined to it."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, hidden: Iterable[bytes] = (),
+                 family: list[Tree] | None = None) -> None:
         self.root = os.fspath(root)
         self.root_fd = os.open(self.root, _DIR_FLAGS)
+        self.hidden = frozenset(hidden)
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
         self._files: OrderedDict[bytes, int] = OrderedDict()
+        self._family = family if family is not None else []
+        self._family.append(self)
+
+    def subtree(self, path: bytes = b"", *, hidden: Iterable[bytes] = ()) -> Tree:
+        """A tree rooted at *path* of this one (a consistency group's), in
+        the same family; *hidden* paths (relative to it) are out of its reach."""
+        root = os.path.join(self.root, os.fsdecode(path)) if path else self.root
+        return Tree(root, hidden=hidden, family=self._family)
 
     def close(self) -> None:
-        self.forget_all()
+        self._forget_own()
         os.close(self.root_fd)
+        self._family.remove(self)
 
     def sync(self) -> None:
         """syncfs() the filesystem holding the tree (needs a real fd, not O_PATH)."""
@@ -88,6 +104,12 @@ class Tree:
     # --- descriptor caches ------------------------------------------------
 
     def forget_all(self) -> None:
+        """Drop every cached descriptor of the family: after a rename or a
+        removal, a cached path may name another entry, or none."""
+        for tree in self._family:
+            tree._forget_own()
+
+    def _forget_own(self) -> None:
         for cache in (self._dirs, self._files):
             for fd in cache.values():
                 os.close(fd)
@@ -124,6 +146,8 @@ class Tree:
             raise OSError(errno.EINVAL, "the group root has no parent")
         if path.partition(b"/")[0] == RESERVED:
             raise OSError(errno.EPERM, ".fsrep is reserved for fsrep's own state")
+        if self.hidden and self.is_hidden(path):
+            raise OSError(errno.EXDEV, "the path belongs to another consistency group")
         parent, _, name = path.rpartition(b"/")
         return self._dir(parent), name
 
@@ -176,7 +200,13 @@ class Tree:
             os.close(fd)
         if not path:
             names = [n for n in names if n != RESERVED]
+        if self.hidden:
+            names = [n for n in names if (path + b"/" + n if path else n) not in self.hidden]
         return names
+
+    def is_hidden(self, path: bytes) -> bool:
+        """Whether *path* is, or is below, a hidden root."""
+        return any(path == h or path.startswith(h + b"/") for h in self.hidden)
 
     def walk(self) -> Iterator[tuple[bytes, os.stat_result]]:
         """Every entry under the root (not the root itself) with its lstat:

@@ -132,10 +132,15 @@ class Cluster:
         run_fsrep("umount", str(self.mnt))
         self.mounted = False
 
-    def status(self) -> dict:
+    def groups(self) -> dict[str, dict]:
+        """Every group's status, by path ("/" for the default group)."""
         groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]
-        assert len(groups) == 1
-        return groups[0]
+        return {group["path"]: group for group in groups}
+
+    def status(self) -> dict:
+        groups = self.groups()
+        assert len(groups) == 1, f"expected one group, found {sorted(groups)}"
+        return groups["/"]
 
     def wait_state(self, state: str, timeout: float = DEADLINE) -> dict:
         return wait_for(lambda: (s := self.status())["state"] == state and s, f"state {state}", timeout)

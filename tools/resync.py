@@ -1,8 +1,9 @@
 """``fsrep-resync``: start (or join) a resync of a mounted group and follow
-it to the end with a progress bar.
+it to the end with a progress bar. Without ``--group``, every group of the
+mount is resynced (all started at once, followed one after the other).
 
-Exit 0 only when the group is InSync at the end and, for ``--mode
-checksum``, every region was compared. Any other end is one line on stderr
+Exit 0 only when every group resynced is InSync at the end and, for
+``--mode checksum``, every region was compared. Any other end is one line on stderr
 and exit 1; the daemon keeps the resync going (or resumes it when the
 secondary is back) whether or not this command still watches.
 """
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                "xxh3 digest and copies those that differ; full re-copies everything (writers wait).\n"
                "exit status: 0 when the group is InSync (and, for checksum, verified); 1 otherwise.")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    parser.add_argument("--group", metavar="ID", help="the consistency group (id or path; default: the only one)")
+    parser.add_argument("--group", metavar="ID", help="the consistency group (id or path, like /vms/vm1; "
+                                                       "default: every group of the mount)")
     parser.add_argument("--mode", choices=MODES, default="quick")
     parser.add_argument("--rate-limit", type=_rate, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
@@ -69,10 +71,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    meta, _ = daemon_for(args.mountpoint)
-    reply = request(meta, {"cmd": "resync", "group": args.group, "mode": args.mode, "rate_limit": args.rate_limit})
-    if "error" in reply:
-        raise ResyncFailed(reply["error"])
+    """Resync the group named, or every group; the outcome of one group, or
+    ``{"groups": [...]}`` for several."""
+    meta, status = daemon_for(args.mountpoint)
+    names = [args.group] if args.group is not None else [group["id"] for group in status["groups"]]
+    replies, outcomes, failures = [], [], []
+    for name in names:  # start them all first: groups resync side by side
+        reply = request(meta, {"cmd": "resync", "group": name, "mode": args.mode, "rate_limit": args.rate_limit})
+        if "error" in reply:
+            failures.append(reply["error"])
+        else:
+            replies.append(reply)
+    for reply in replies:
+        try:
+            outcomes.append(_follow(meta, reply, args))
+        except ResyncFailed as exc:
+            failures.append(f"group {reply['group']}: {exc}" if len(names) > 1 else str(exc))
+    if failures:
+        raise ResyncFailed("; ".join(failures))
+    return outcomes[0] if len(outcomes) == 1 else {"groups": outcomes}
+
+
+def _follow(meta: Path, reply: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Show one group's run until it ends; its outcome."""
     run_id, group_id = reply["run"], reply["group"]
     if not args.json:
         limit = f", at most {reply['rate_limit']} bytes/s" if reply["rate_limit"] else ""

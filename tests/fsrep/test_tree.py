@@ -581,3 +581,38 @@ def test_keepxattrs_removes_the_others(tree: Tree, root: Path) -> None:
     assert os.listxattr(root / "f") == ["user.b"]
     tree.apply(tp.KeepXattrs(seq=2, path=b"f", names=b""))
     assert os.listxattr(root / "f") == []
+
+
+# --- one store, several consistency groups ---------------------------------------------
+
+
+def test_the_default_groups_tree_neither_lists_nor_reaches_a_hidden_group_root(root: Path, tree: Tree) -> None:
+    (root / "vms" / "vm1").mkdir(parents=True)
+    (root / "vms" / "vm1" / "disk").write_bytes(b"vm")
+    (root / "vms" / "notes").write_bytes(b"n")
+    default = tree.subtree(hidden=[b"vms/vm1"])
+    try:
+        assert default.listdir(b"vms") == [b"notes"]
+        assert [path for path, _ in default.walk()] == [b"vms", b"vms/notes"]
+        for path in (b"vms/vm1", b"vms/vm1/disk"):
+            with pytest.raises(OSError) as caught:
+                default.lstat(path)
+            assert caught.value.errno == errno.EXDEV
+        assert tree.listdir(b"vms") != default.listdir(b"vms"), "the whole store's tree must list everything"
+    finally:
+        default.close()
+
+
+def test_a_rename_through_one_groups_tree_drops_what_the_others_cached(root: Path, tree: Tree) -> None:
+    (root / "g" / "a" / "sub").mkdir(parents=True)
+    group = tree.subtree(b"g")
+    try:
+        tree.lstat(b"g/a/sub")  # caches the descriptors of g and g/a
+        group.apply(tp.Rename(seq=1, old=b"a", new=b"b", flags=0))
+        (root / "g" / "a").mkdir()  # a new directory where the cached one was
+        (root / "g" / "a" / "other").mkdir()
+        (root / "g" / "a" / "other" / "x").write_bytes(b"")
+        # g/a/other is reached through the cached descriptor of g/a, unless the rename dropped it.
+        assert tree.listdir(b"g/a/other") == [b"x"]
+    finally:
+        group.close()

@@ -1,0 +1,49 @@
+"""Declared consistency groups: what a config file and ``--group`` flags
+give, without mounting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fsrep._config import ConfigError, GroupSpec, declared_groups
+
+
+def test_groups_take_the_mounts_settings_unless_they_name_their_own(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('secondary = "file:1"\npolicy = "semi-sync"\n'
+                      '[[group]]\npath = "/vms/vm1/"\n'
+                      '[[group]]\npath = "vm2"\npolicy = "strict"\nsecondary = "other:2"\n')
+    specs = declared_groups(str(config), ["vm3"], None, None)
+    assert specs == [GroupSpec("", "semi-sync", "file:1"), GroupSpec("vms/vm1", "semi-sync", "file:1"),
+                     GroupSpec("vm2", "strict", "other:2"), GroupSpec("vm3", "semi-sync", "file:1")]
+
+
+def test_command_line_flags_win_over_the_files_top_level(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('secondary = "file:1"\npolicy = "async"\n[[group]]\npath = "a"\n')
+    specs = declared_groups(str(config), [], "sync", "flag:7")
+    assert specs == [GroupSpec("", "sync", "flag:7"), GroupSpec("a", "sync", "flag:7")]
+
+
+def test_without_declarations_the_mount_is_one_group() -> None:
+    assert declared_groups(None, [], None, "h:1") == [GroupSpec("", "sync", "h:1")]
+
+
+@pytest.mark.parametrize("path", ["", "/", ".", "a/../b", "a//b", ".fsrep", ".fsrep/x", "a/./b"])
+def test_a_group_path_must_name_a_subdirectory(path: str) -> None:
+    with pytest.raises(ConfigError, match="subdirectory of the mount"):
+        declared_groups(None, [path], None, "h:1")
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file .*missing.toml"):
+        declared_groups(str(tmp_path / "missing.toml"), [], None, "h:1")
+
+
+def test_a_bad_secondary_in_a_group_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('[[group]]\npath = "a"\nsecondary = "nohostport"\n')
+    with pytest.raises(ConfigError, match="secondary of group 'a'"):
+        declared_groups(str(config), [], None, "h:1")

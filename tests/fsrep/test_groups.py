@@ -1,0 +1,187 @@
+"""Declared consistency groups on real mounts: each group has its own
+session, state, tracking and replica (``SECONDARY/<group-id>/``), so a cut
+link stops one group only; a change never spans two groups; declaring or
+retiring a group moves its subtree between replicas."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from fsrep._digest import tree_differences
+from tests.conftest import Cluster, assert_same_tree, fsrep_resync, run_fsrep, wait_for, write_random
+from tests.proxy import FaultProxy
+
+KiB = 1024
+RECONNECT_DEADLINE = 30.0
+NOTICE_DEADLINE = 10.0
+
+
+def mount_with_config(cluster: Cluster, config: str, *extra: str) -> None:
+    path = cluster.base / "fsrep.toml"
+    path.write_text(config)
+    run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key),
+              "--config", str(path), *extra)
+    cluster.mounted = True
+
+
+def assert_group_replicated(cluster: Cluster, groups: dict[str, dict]) -> None:
+    """Each group's subtree of the primary store equals its replica; the
+    default group's replica holds none of the declared groups' subtrees."""
+    declared = [path.strip("/") for path in groups if path != "/"]
+    for path, group in groups.items():
+        replica = cluster.secondary.store / group["id"]
+        if path == "/":
+            differences = tree_differences(cluster.primary_store, replica, skip=declared)
+        else:
+            differences = tree_differences(cluster.primary_store / path.strip("/"), replica)
+        assert not differences, f"group {path} differs from its replica:\n" + "\n".join(differences)
+    assert not any((cluster.secondary.store / groups["/"]["id"] / d).exists() for d in declared), \
+        "a declared group's subtree is in the default group's replica"
+
+
+def test_several_groups_one_cut_and_the_others_stay_in_sync(cluster: Cluster) -> None:
+    with FaultProxy(cluster.secondary.address) as proxy:
+        mount_with_config(cluster, f'secondary = "{cluster.secondary.address}"\n'
+                                   f'[[group]]\npath = "vms/vm1"\nsecondary = "{proxy.address}"\n'
+                                   f'[[group]]\npath = "vm2"\n')
+        groups = cluster.groups()
+        assert sorted(groups) == ["/", "/vm2", "/vms/vm1"], groups
+        assert {g["state"] for g in groups.values()} == {"InSync"}, groups
+        assert len({g["id"] for g in groups.values()}) == 3, "groups share an id"
+        vm1, vm2 = cluster.mnt / "vms" / "vm1", cluster.mnt / "vm2"
+        for root in (cluster.mnt, vm1, vm2):
+            write_random(root / "disk", 2)
+        proxy.cut()
+        for root in (cluster.mnt, vm1, vm2):  # vm1's write goes local and dirty; the others replicate
+            with open(root / "disk", "r+b") as f:
+                os.pwrite(f.fileno(), b"x" * 3 * KiB, 100 * KiB)
+            (root / "during").write_bytes(os.urandom(5 * KiB))
+        wait_for(lambda: cluster.groups()["/vms/vm1"]["state"] == "OutOfSync", "vm1 out of sync",
+                 timeout=NOTICE_DEADLINE)
+        groups = cluster.groups()
+        assert groups["/"]["state"] == "InSync" and groups["/vm2"]["state"] == "InSync", groups
+        assert groups["/vms/vm1"]["dirty_bytes"] > 0, groups["/vms/vm1"]
+        # What the other groups wrote is on their replicas already, the link of vm1 still cut.
+        for path in ("/", "/vm2"):
+            assert (cluster.secondary.store / groups[path]["id"] / "during").read_bytes() == \
+                ((cluster.mnt if path == "/" else vm2) / "during").read_bytes()
+        assert not (cluster.secondary.store / groups["/vms/vm1"]["id"] / "during").exists()
+        proxy.restore()
+        wait_for(lambda: cluster.groups()["/vms/vm1"]["connected"], "vm1 reconnected", timeout=RECONNECT_DEADLINE)
+        done = fsrep_resync(str(cluster.mnt), "--json", timeout=RECONNECT_DEADLINE * 3)  # every group
+        assert done.returncode == 0, done.stderr
+        outcome = json.loads(done.stdout)
+        assert sorted(g["group"] for g in outcome["groups"]) == sorted(g["id"] for g in groups.values())
+        groups = cluster.groups()
+        assert {g["state"] for g in groups.values()} == {"InSync"}, groups
+        cluster.umount()
+    assert_group_replicated(cluster, groups)
+    cluster.assert_no_errors_logged()
+
+
+def test_a_change_never_spans_two_groups(cluster: Cluster) -> None:
+    cluster.mount("--group", "vms/vm1", "--group", "vm2")
+    vm1, vm2 = cluster.mnt / "vms" / "vm1", cluster.mnt / "vm2"
+    (vm1 / "a").write_bytes(b"one")
+    (cluster.mnt / "b").write_bytes(b"two")
+    (vm1 / "dir").mkdir()
+    cases = [
+        (errno.EXDEV, lambda: os.rename(vm1 / "a", vm2 / "a")),
+        (errno.EXDEV, lambda: os.rename(cluster.mnt / "b", vm1 / "b")),
+        (errno.EXDEV, lambda: os.link(vm1 / "a", cluster.mnt / "a")),
+        (errno.EBUSY, lambda: os.rename(vm2, cluster.mnt / "elsewhere")),
+        (errno.EBUSY, lambda: os.rename(cluster.mnt / "vms", cluster.mnt / "elsewhere")),
+        (errno.EBUSY, lambda: os.rmdir(vm2)),
+        (errno.EBUSY, lambda: os.rename(vm1 / "dir", vm2)),
+        (errno.EEXIST, lambda: os.mkdir(vm2)),
+    ]
+    for code, change in cases:
+        with pytest.raises(OSError) as caught:
+            change()
+        assert caught.value.errno == code, (caught.value, code)
+    os.rename(vm1 / "a", vm1 / "dir" / "a2")  # within a group: fine
+    os.link(vm1 / "dir" / "a2", vm1 / "hard")
+    os.chmod(vm1, 0o750)  # a group's root belongs to its group
+    os.setxattr(vm2, "user.note", b"root of vm2")
+    groups = cluster.groups()
+    assert {g["state"] for g in groups.values()} == {"InSync"}, groups
+    assert (cluster.secondary.store / groups["/vms/vm1"]["id"] / "dir" / "a2").read_bytes() == b"one"
+    replica_vm2 = cluster.secondary.store / groups["/vm2"]["id"]
+    assert os.getxattr(replica_vm2, "user.note") == b"root of vm2"
+    assert (cluster.secondary.store / groups["/vms/vm1"]["id"]).stat().st_mode & 0o777 == 0o750
+    cluster.umount()
+    assert_group_replicated(cluster, groups)
+    cluster.assert_no_errors_logged()
+
+
+def test_declaring_and_retiring_a_group_moves_its_subtree_between_replicas(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "vm1").mkdir()
+    write_random(cluster.mnt / "vm1" / "disk", 1)
+    (cluster.mnt / "vm1" / "conf").write_text("cpus=2\n")
+    (cluster.mnt / "other").write_bytes(os.urandom(8 * KiB))
+    default_id = cluster.status()["id"]
+    cluster.umount()
+
+    cluster.mount("--group", "vm1")
+    groups = wait_for(lambda: (g := cluster.groups()) and all(x["state"] == "InSync" for x in g.values()) and g,
+                      "every group InSync after declaring vm1", timeout=RECONNECT_DEADLINE)
+    assert groups["/"]["id"] == default_id, "the default group changed identity"
+    (cluster.mnt / "vm1" / "conf").write_text("cpus=4\n")
+    cluster.umount()
+    assert_group_replicated(cluster, groups)
+
+    cluster.mount()  # vm1 is no longer declared: its subtree joins the default group again
+    wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after retiring vm1", timeout=RECONNECT_DEADLINE)
+    assert "group /vm1 was retired" in cluster.primary_log()
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.store / default_id)  # vm1's old replica stays
+    cluster.assert_no_errors_logged()
+
+
+def test_resync_of_one_group_by_path(cluster: Cluster) -> None:
+    cluster.mount("--group", "vm1")
+    (cluster.mnt / "vm1" / "f").write_bytes(os.urandom(10 * KiB))
+    done = fsrep_resync(str(cluster.mnt), "--group", "/vm1", "--mode", "checksum", "--json")
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["group"] == cluster.groups()["/vm1"]["id"] and outcome["verified"], outcome
+    done = fsrep_resync(str(cluster.mnt), "--group", "nope")
+    assert done.returncode == 1 and "no consistency group 'nope'" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize(("config", "flags", "message"), [
+    ('[[group]]\npath = "a"\n[[group]]\npath = "a/b"\n', [], "overlap"),
+    ('[[group]]\npath = "../x"\n', [], "subdirectory of the mount"),
+    ('[[group]]\npath = "a"\npolicy = "fast"\n', [], "unknown policy 'fast'"),
+    ('[[group]]\npath = "a"\nsize = 3\n', [], "unknown group setting 'size'"),
+    ('groups = 1\n', [], "unknown setting 'groups'"),
+    ('[[group\n', [], "not valid TOML"),
+    ('', ["--group", ".fsrep/x"], "subdirectory of the mount"),
+    ('[[group]]\npath = "a"\n', ["--group", "a"], "declared twice"),
+])
+def test_bad_group_declarations_get_one_line(cluster: Cluster, config: str, flags: list[str], message: str) -> None:
+    path = cluster.base / "bad.toml"
+    path.write_text(config)
+    done = run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key),
+                     "--secondary", cluster.secondary.address, "--config", str(path), *flags, check=False)
+    assert done.returncode == 1, done
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_mount_without_a_secondary_is_refused(cluster: Cluster) -> None:
+    done = run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key),
+                     check=False)
+    assert done.returncode == 1 and "no secondary" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_group_root_that_is_a_file_is_refused(cluster: Cluster) -> None:
+    (cluster.primary_store / "vm1").write_bytes(b"not a directory")
+    done = cluster.mount("--group", "vm1", check=False)
+    assert done.returncode == 1 and "must be a directory of the store" in done.stderr, done.stderr
