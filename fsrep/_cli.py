@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ._config import POLICIES, ConfigError, declared_groups, parse_address, read_key, write_key
+from ._config import POLICIES, ConfigError, check_group_path, declared_groups, parse_address, read_key, write_key
 from ._control import ControlError, daemon_for, request
 from ._mounts import find_mount
 from ._progress import parse_rate
@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="a TOML file declaring consistency groups (see below)")
     p.add_argument("--group", action="append", default=[], metavar="PATH",
                    help="declare the subtree PATH a consistency group of its own (repeatable)")
+    p.add_argument("--retire", action="append", default=[], metavar="PATH",
+                   help="retire the group at PATH that an earlier mount declared: its subtree joins the group "
+                        "that holds it now (repeatable)")
     p.add_argument("--policy", choices=POLICIES, default=None,
                    help="sync: every change returns once applied on both sides, and the mount keeps serving "
                         "when the secondary is unreachable (default); strict: like sync, but changes fail with "
@@ -151,6 +154,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _mount_options(args: argparse.Namespace) -> Any:
     from ._primary import MountOptions
     specs = declared_groups(args.config, args.group, args.policy, args.secondary)
+    retire = tuple(check_group_path(path, what="--retire") for path in args.retire)
+    declared = [spec.path for spec in specs]
+    if any(path in declared for path in retire):
+        raise CommandError(f"--retire {next(p for p in retire if p in declared)}: the group is also declared")
     check_directory(args.store, "store")
     check_directory(args.mountpoint, "mount point")
     if find_mount(args.mountpoint) is not None:
@@ -171,7 +178,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
         raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
-                        policy=specs[0].policy, groups=tuple(specs), writeback_cache=args.writeback_cache,
+                        policy=specs[0].policy, groups=tuple(specs), retire=retire,
+                        writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
                         resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)

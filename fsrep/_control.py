@@ -61,6 +61,9 @@ async def serve_control(meta_dir: Path, handler: Handler, *,
                 reply = await handler(json.loads(request))
             except (ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reply = {"error": f"bad request: {exc}"}
+            except Exception as exc:  # a request we did not foresee: answer it, never take the mount down
+                log.exception("control request failed")
+                reply = {"error": f"the request failed: {type(exc).__name__}: {exc} (see the daemon log)"}
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 

@@ -75,6 +75,7 @@ class Groups:
         self.all = groups
         self.default = groups[0]
         self._declared = groups[1:]
+        self.roots = frozenset(group.prefix for group in self._declared)  # mount paths of the declared roots
 
     def route(self, path: bytes) -> tuple[Group, bytes]:
         """The group that owns mount path *path*, and the path within it."""

@@ -15,7 +15,10 @@ carry the path relative to that group's root.
 
 Caveats:
 - Changes to a file unlinked while open are local only (the replica no
-  longer has the file).
+  longer has the file), and wait for no group.
+- A write of ``FRAME_FIRST`` bytes or more is handed to the socket before
+  it is applied here, so both hosts write at the same time (see
+  ``Relationship.split``).
 - The daemon runs as root with ``default_permissions``: the kernel checks
   permissions; new entries are chowned to the caller, with the parent's group
   when the parent is setgid.
@@ -43,6 +46,7 @@ from ._inodes import ROOT, InodeTable
 from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
+FRAME_FIRST = 128 * 1024  # writes this large are sent before they are applied here, to overlap both hosts
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
@@ -54,7 +58,6 @@ def _removed() -> OSError:
 class Handle:
     fd: int
     ino: int
-    sync: bool
 
 
 class Operations(pyfuse3.Operations):
@@ -109,8 +112,13 @@ class Operations(pyfuse3.Operations):
             raise _removed()
         return fd
 
+    def _reserved(self, parent: int, name: bytes) -> bool:
+        """Whether *name* in *parent* is ``.fsrep`` at the root of the mount
+        or of a group (where the group's replica keeps its state)."""
+        return name == RESERVED and (parent == ROOT or self.inodes.path(parent) in self.groups.roots)
+
     def _child(self, parent: int, name: bytes) -> bytes:
-        if parent == ROOT and name == RESERVED:
+        if self._reserved(parent, name):
             raise OSError(errno.EPERM, ".fsrep is reserved")
         return self.inodes.child_path(parent, name)
 
@@ -144,10 +152,8 @@ class Operations(pyfuse3.Operations):
 
     def _above(self, group: Group, ino: int) -> tuple[int, ...]:
         """Backing inodes of the directories of *group* above *ino*."""
-        found = self.inodes.chain(ino)
-        if found is None:
-            return ()
-        return tuple(self._backing(d) for d in found[1][group.depth:])
+        found = self._locate(ino)
+        return found[2] if found is not None else ()
 
     def _locate(self, ino: int) -> tuple[Group, bytes, tuple[int, ...]] | None:
         """The group of *ino*, its path there and the group's directories
@@ -229,7 +235,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if parent_inode == ROOT and name == RESERVED:
+        if self._reserved(parent_inode, name):
             raise OSError(errno.ENOENT, "hidden")
         if name == b".":
             return self._attrs(self._stat_ino(parent_inode))
@@ -403,7 +409,7 @@ class Operations(pyfuse3.Operations):
         return flags
 
     def _new_handle(self, fd: int, ino: int, flags: int) -> pyfuse3.FileInfo:
-        self._handles[fd] = Handle(fd, ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        self._handles[fd] = Handle(fd, ino)
         self.inodes.opened(ino)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
@@ -461,7 +467,10 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         found = self._locate(handle.ino)
-        group, rel, above = found if found is not None else (self.groups.default, b"", ())
+        if found is None:  # unlinked while open: the replica no longer has the file
+            return os.pwrite(fh, buf, off)
+        group, rel, above = found
+        first = len(buf) >= FRAME_FIRST
         written = 0
 
         def apply(seq: int | None) -> tp.Operation | None:
@@ -469,21 +478,23 @@ class Operations(pyfuse3.Operations):
             view = memoryview(buf)
             while written < len(buf):
                 try:
-                    written += os.pwrite(fh, view[written:], off + written)
+                    # Sent first: in steps, handing the socket more of the frame between them.
+                    written += os.pwrite(fh, view[written:written + FRAME_FIRST] if first else view[written:],
+                                         off + written)
                 except OSError:
-                    if not written:
+                    if not written or first:  # sent first: the replica has it all, so no short write here
                         raise
                     break
-            if found is None:
-                return None
+                if first:
+                    group.rel.push()
             return tp.Write(seq=seq or 0, path=rel, offset=off, data=buf[:written])
 
-        marks = Marks() if found is None else \
-            self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above)
-        await self._replicate(group, apply, marks)
-        if handle.sync:
-            await self._fsync(handle.fd, self._path(handle.ino), handle.ino)
-        return written
+        marks = self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above)
+        await group.rel.admit()
+        await group.rel.wait(group.rel.split(
+            apply, marks, frame_first=(lambda seq: tp.Write(seq=seq, path=rel, offset=off, data=buf)) if first
+            else None))
+        return written  # O_SYNC and O_DSYNC: the kernel follows each write with an fsync request
 
     async def _fsync(self, fd: int, path: bytes | None, ino: int) -> None:
         """A barrier: durable locally and on the secondary before returning."""
@@ -537,6 +548,8 @@ class Operations(pyfuse3.Operations):
         path = self._existing_path(inode)
         if names is None or start_id == 0:
             names = sorted(self.tree.listdir(path))
+            if path in self.groups.roots:
+                names = [name for name in names if name != RESERVED]
             self._dirs[fh] = (inode, names)
         for index in range(start_id, len(names)):
             name = names[index]

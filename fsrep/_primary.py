@@ -20,6 +20,7 @@ import trio
 import tracking
 import transport as tp
 
+from . import _declare as declare
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
 from ._groups import Group, Groups
@@ -48,9 +49,11 @@ class MountOptions:
     lag_budget: int = 64 * 1024 * 1024  # semi-sync and async: unacknowledged bytes before changes wait
     verbose: bool = False
     groups: tuple[GroupSpec, ...] = ()  # declared groups, the default group first; none: the whole mount
+    retire: tuple[str, ...] = ()  # paths of groups the store knows that are to be retired
 
     @property
     def specs(self) -> tuple[GroupSpec, ...]:
+        """Every group to mount, the default group first."""
         return self.groups or (GroupSpec("", self.policy, self.secondary),)
 
 
@@ -62,20 +65,17 @@ def _group_trees(store: Path, specs: tuple[GroupSpec, ...]) -> tuple[Tree, list[
         ConfigError: a group's root is not a directory of the store.
     """
     mount_tree = Tree(str(store))
-    trees = []
-    for spec in specs[1:]:
-        root = store / spec.path
-        try:
-            root.mkdir(mode=0o755, parents=True, exist_ok=True)
-            if root.is_symlink() or not root.is_dir() or root.resolve() != store.resolve() / spec.path:
-                raise NotADirectoryError
-        except OSError:
-            mount_tree.close()
-            for tree in trees:
-                tree.close()
-            raise ConfigError(f"group {spec.path!r}: {root} must be a directory of the store (not a file or "
-                              f"a symlink); move what is there or declare another path") from None
-        trees.append(mount_tree.subtree(spec.path.encode()))
+    trees: list[Tree] = []
+    try:
+        for spec in specs[1:]:
+            created = declare.make_root(mount_tree, spec.path)
+            if created:
+                log.info("group /%s: made %s in the store", spec.path, ", ".join(map(os.fsdecode, created)))
+            trees.append(mount_tree.subtree(spec.path.encode()))
+    except BaseException:
+        for tree in [*trees, mount_tree]:
+            tree.close()
+        raise
     hidden = [spec.path.encode() for spec in specs[1:]]
     return mount_tree, [mount_tree.subtree(hidden=hidden), *trees]
 
@@ -85,6 +85,8 @@ def _load_group(records: dict[str, GroupRecord], spec: GroupSpec, tree: Tree) ->
     differs, why the whole tree must be compared."""
     record = records.pop(spec.path, None)
     if record is None:
+        if spec.path:
+            declare.check_links(tree, spec.path)
         record = GroupRecord(id=str(uuid.uuid4()), path=spec.path, policy=spec.policy, secondary=spec.secondary)
         if next(tree.walk(), None) is not None:
             record.stale = True
@@ -122,34 +124,11 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
 
 
-def _subtree_moved(owner: Group, path: str, reason: str) -> None:
-    """The subtree at mount path *path* moved into or out of *owner*'s
-    replica (a group declared or retired): compare the directory holding
-    it, so the resync creates or removes it there."""
-    parent = owner.relative(path.encode()).rpartition(b"/")[0]
-    try:
-        ino = owner.tree.lstat(parent).st_ino
-    except OSError:
-        ino, parent = owner.tree.lstat(b"").st_ino, b""
-    owner.rel.mark_dirty(tracking.Marks(dirs=((ino, parent),)), reason)
-
-
-def _retire(groups: GroupStore, records: dict[str, GroupRecord], mount: Groups) -> None:
-    """Groups of the store the operator no longer declares: their subtrees
-    join the groups that now own them, and their state is removed."""
-    for path, record in records.items():
-        owner, _ = mount.route(path.encode())
-        log.warning("group %s (/%s) is no longer declared: its subtree joins group %s (/%s); its replica on "
-                    "%s is no longer updated", record.id, path, owner.rel.record.id, owner.rel.record.path,
-                    record.secondary)
-        if not owner.rel.dirty.everything:
-            _subtree_moved(owner, path, f"group /{path} was retired; its subtree joined this group")
-        groups.remove(record)
-
-
 def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
     """The control socket's ``resync`` command: start or join a run."""
     mode, rate_limit, name = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
+    if name is not None and not isinstance(name, str):
+        return {"error": f"a group is named by its id or path, not {name!r}"}
     group = mount.find(name)
     if group is None:
         known = ", ".join(f"{g.rel.record.id} (/{g.rel.record.path})" for g in mount.all)
@@ -192,11 +171,9 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         _tracking_state(rel, groups, baseline)
         opened.append(Group(rel, tree, spec.path.encode()))
     mount = Groups(opened)
+    declare.retire(groups, records, mount, opts.retire)
     for path in moved:  # its data may still be in the replica of the group that held it before
-        owner = mount.route(path.rpartition("/")[0].encode())[0]
-        if not owner.rel.dirty.everything:
-            _subtree_moved(owner, path, f"group /{path} was declared; its subtree left this group")
-    _retire(groups, records, mount)
+        declare.left(mount.route(path.rpartition("/")[0].encode())[0], path)
     return mount_tree, mount
 
 
@@ -211,8 +188,9 @@ async def _connect(group: Group, errors: list[str]) -> None:
                       f"use the key file the secondary was started with")
     except tp.LinkDown as exc:
         if record.policy == "strict":
-            errors.append(f"cannot reach secondary {record.secondary} ({exc}); policy strict needs it at mount "
-                          f"time — start 'fsrep serve' there or mount with --policy sync")
+            errors.append(f"group /{record.path}: cannot reach secondary {record.secondary} ({exc}); policy "
+                          f"strict needs it at mount time — start 'fsrep serve' there, or give the group policy "
+                          f"sync")
         rel.link_lost(str(exc))
 
 
@@ -241,8 +219,8 @@ async def _ready_to_serve(group: Group) -> str:
         log.info("group %s: replica is stale (%s); resync before serving", record.id, record.stale_reason)
         await rel.resync_now(f"the replica is stale: {record.stale_reason}")
     if rel.state is not RelationshipState.IN_SYNC:
-        return (f"group {record.id} is {rel.state.value} ({record.stale_reason}); policy strict serves only "
-                f"InSync groups — mount with --policy sync to serve and resync")
+        return (f"group {record.id} (/{record.path}) is {rel.state.value} ({record.stale_reason}); policy strict "
+                f"serves only InSync groups — give the group policy sync to serve and resync")
     return ""
 
 

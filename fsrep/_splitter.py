@@ -132,7 +132,8 @@ class Relationship:
     # --- the write path ----------------------------------------------------------
 
     def split(self, apply: Callable[[int | None], tp.Operation | None],
-              marks: tracking.Marks = NO_MARKS) -> Pending | None:
+              marks: tracking.Marks = NO_MARKS, *,
+              frame_first: Callable[[int], tp.Operation] | None = None) -> Pending | None:
         """Apply one mutation locally and queue it for the secondary under
         the next sequence number — when the group is InSync, or Resyncing and
         *marks* touch nothing still dirty. Otherwise the change is local only
@@ -141,6 +142,12 @@ class Relationship:
         *apply(seq)* does the local change and returns the frame to send, or
         None when the change has nothing to replicate; it gets ``None`` when
         the change is local only. It must not checkpoint.
+
+        *frame_first(seq)*, for large writes, builds the frame before the
+        local change: it goes to the socket first, so the secondary applies
+        it while this side does. Should the local change then fail, the
+        replica holds what this side does not: the link is dropped, and the
+        resync that follows copies this side's data (the marks) over it.
 
         Returns:
             The Pending to await, or None when nothing was sent.
@@ -152,6 +159,15 @@ class Relationship:
         if conn is not None and ((self.state is R.IN_SYNC and self.record.policy != "async") or
                                  (self.state is R.RESYNCING and not self.dirty.blocks(marks))):
             self._activate(marks, self.next_seq)
+            if frame_first is not None:
+                pending = self._queue_op(conn, frame_first(self.next_seq), marks)
+                self.push()
+                try:
+                    apply(pending.seq)
+                except OSError as exc:
+                    self.link_lost(f"a local write failed after it was sent ({exc}); the resync repairs the replica")
+                    raise
+                return pending
             op = apply(self.next_seq)
             if op is None:
                 return None
@@ -173,6 +189,11 @@ class Relationship:
         self.dirty.apply(marks)
         self._dirty_changed = True
         return None
+
+    def push(self) -> None:
+        """Hand queued frames to the socket now (see ``Connection.push_now``)."""
+        if self.conn is not None:
+            self.conn.push_now()
 
     def _activate(self, marks: tracking.Marks, seq: int) -> None:
         """Make *marks* durable in the activity log before the change is

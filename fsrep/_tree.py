@@ -18,7 +18,8 @@ Caveats:
 - Small LRU caches keep parent-directory and file descriptors; renames and
   rmdirs drop them all, unlinks and creates drop the path concerned.
 - ``.fsrep`` at the root is reserved for fsrep's own state: no operation may
-  name it.
+  name it. Every group's tree has its own root, so on the primary ``.fsrep``
+  is reserved at the root of the mount and of every declared group.
 - On the primary, one store holds several consistency groups: the mount's
   tree and one tree per group (``subtree``) share one family, so a rename or
   rmdir through any of them drops the descriptors all of them cached. The

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RECEIVE_CHUNK = 1024 * 1024
 _COALESCE_BELOW = 256 * 1024
+_IOV_MAX = 1024
 
 
 @contextlib.contextmanager
@@ -42,7 +44,7 @@ class Connection:
         self.stream = stream
         self.session = session
         self.peer = peer
-        self._queue: list[bytes] = []
+        self._queue: list[bytes | memoryview] = []
         self._queued_bytes = 0
         self._wakeup = trio.Event()
         self._send_lock = trio.Lock()
@@ -57,6 +59,28 @@ class Connection:
         self._queue.extend(parts)
         self._queued_bytes += sum(len(p) for p in parts)
         self._wakeup.set()
+
+    def push_now(self) -> None:
+        """Hand what is queued to the socket at once, without blocking, when
+        no send is under way: the peer starts on it while this side goes on
+        working (a large write is applied on both hosts at the same time).
+        What the socket does not take, and any error, is left to the sender
+        task. Never checkpoints."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is None or self._closed or not self._queue or self._send_lock.locked():
+            return
+        try:
+            sent = os.writev(sock.fileno(), self._queue[:_IOV_MAX])
+        except OSError:  # full (EAGAIN), or broken: the sender task meets it and reports it
+            return
+        self._queued_bytes -= sent
+        taken = 0
+        while taken < len(self._queue) and sent >= len(self._queue[taken]):
+            sent -= len(self._queue[taken])
+            taken += 1
+        del self._queue[:taken]
+        if sent:
+            self._queue[0] = memoryview(self._queue[0])[sent:]
 
     async def flush(self) -> None:
         """Write everything queued so far."""

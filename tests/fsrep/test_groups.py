@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from fsrep._control import request
 from fsrep._digest import tree_differences
 from tests.conftest import Cluster, assert_same_tree, fsrep_resync, run_fsrep, wait_for, write_random
 from tests.proxy import FaultProxy
@@ -135,7 +136,9 @@ def test_declaring_and_retiring_a_group_moves_its_subtree_between_replicas(clust
     cluster.umount()
     assert_group_replicated(cluster, groups)
 
-    cluster.mount()  # vm1 is no longer declared: its subtree joins the default group again
+    done = cluster.mount(check=False)  # forgetting a group is refused: its tracking would be lost
+    assert done.returncode == 1 and "--retire vm1" in done.stderr, done.stderr
+    cluster.mount("--retire", "vm1")  # its subtree joins the default group again
     wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after retiring vm1", timeout=RECONNECT_DEADLINE)
     assert "group /vm1 was retired" in cluster.primary_log()
     cluster.umount()
@@ -184,4 +187,107 @@ def test_a_mount_without_a_secondary_is_refused(cluster: Cluster) -> None:
 def test_a_group_root_that_is_a_file_is_refused(cluster: Cluster) -> None:
     (cluster.primary_store / "vm1").write_bytes(b"not a directory")
     done = cluster.mount("--group", "vm1", check=False)
-    assert done.returncode == 1 and "must be a directory of the store" in done.stderr, done.stderr
+    assert done.returncode == 1 and "plain directories of the store" in done.stderr, done.stderr
+
+
+def all_in_sync(cluster: Cluster) -> dict[str, dict] | bool:
+    groups = cluster.groups()
+    return all(g["state"] == "InSync" for g in groups.values()) and groups
+
+
+def test_a_retired_groups_subtree_is_copied_whole_into_the_default_replica(cluster: Cluster) -> None:
+    """The default replica's copy of vm1 is from before vm1 was declared:
+    same sizes, other bytes. Retiring vm1 must refresh it, not trust it."""
+    cluster.mount()
+    (cluster.mnt / "vm1").mkdir()
+    (cluster.mnt / "vm1" / "f").write_bytes(b"A" * 8192)
+    default_id = cluster.status()["id"]
+    cluster.umount()
+    cluster.secondary.stop()
+    cluster.mount("--group", "vm1")  # sync: serves OutOfSync without its secondary
+    (cluster.mnt / "vm1" / "f").write_bytes(b"B" * 8192)
+    cluster.umount()
+    cluster.secondary.start()
+    cluster.mount("--retire", "vm1")
+    cluster.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    cluster.umount()
+    assert (cluster.secondary.store / default_id / "vm1" / "f").read_bytes() == b"B" * 8192
+    assert_same_tree(cluster.primary_store, cluster.secondary.store / default_id)
+
+
+def test_declaring_a_nested_group_makes_its_parents_on_the_default_replica(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "x").write_bytes(b"x")
+    cluster.umount()
+    cluster.mount("--group", "vms/vm1")  # vms does not exist yet: the mount makes it
+    wait_for(lambda: all_in_sync(cluster), "every group InSync", timeout=RECONNECT_DEADLINE)
+    (cluster.mnt / "vms" / "notes").write_bytes(b"default group, next to vm1")
+    groups = cluster.groups()
+    assert groups["/"]["state"] == "InSync", groups
+    cluster.umount()
+    assert "whole tree" not in cluster.primary_log().split("vms/vm1 was declared")[-1]
+    assert_group_replicated(cluster, groups)
+    cluster.assert_no_errors_logged()
+
+
+def test_a_write_to_an_unlinked_file_of_a_group_does_not_depend_on_the_default_group(cluster: Cluster) -> None:
+    with FaultProxy(cluster.secondary.address) as proxy:
+        mount_with_config(cluster, f'secondary = "{proxy.address}"\npolicy = "strict"\n'
+                                   f'[[group]]\npath = "vm1"\npolicy = "sync"\n'
+                                   f'secondary = "{cluster.secondary.address}"\n')
+        fd = os.open(cluster.mnt / "vm1" / "scratch", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            os.unlink(cluster.mnt / "vm1" / "scratch")
+            proxy.cut()
+            wait_for(lambda: cluster.groups()["/"]["state"] != "InSync", "default group out of sync",
+                     timeout=NOTICE_DEADLINE)
+            assert os.pwrite(fd, b"data", 0) == 4
+            assert os.pread(fd, 4, 0) == b"data"
+            assert cluster.groups()["/vm1"]["state"] == "InSync"
+        finally:
+            os.close(fd)
+            proxy.restore()
+        wait_for(lambda: cluster.groups()["/"]["connected"], "default group reconnected", timeout=RECONNECT_DEADLINE)
+        cluster.umount()
+
+
+def test_a_group_path_through_a_symlink_is_refused_and_nothing_is_made_outside(cluster: Cluster) -> None:
+    outside = cluster.base / "outside"
+    outside.mkdir()
+    (cluster.primary_store / "vms").symlink_to(outside)
+    done = cluster.mount("--group", "vms/vm1", check=False)
+    assert done.returncode == 1 and "plain directories of the store" in done.stderr, done.stderr
+    assert not (outside / "vm1").exists(), "the mount made a directory outside the store"
+
+
+def test_a_resync_request_naming_a_group_by_number_gets_an_error(cluster: Cluster) -> None:
+    cluster.mount()
+    reply = request(cluster.primary_store / ".fsrep", {"cmd": "resync", "group": 5})
+    assert "not 5" in reply.get("error", ""), reply
+    assert cluster.status()["state"] == "InSync"
+
+
+def test_a_hard_link_across_a_new_group_boundary_is_refused(cluster: Cluster) -> None:
+    cluster.mount()
+    (cluster.mnt / "vm1").mkdir()
+    (cluster.mnt / "vm1" / "disk").write_bytes(b"A" * 8192)
+    os.link(cluster.mnt / "vm1" / "disk", cluster.mnt / "backup")
+    cluster.umount()
+    done = cluster.mount("--group", "vm1", check=False)
+    assert done.returncode == 1 and "vm1/disk has a hard link outside the group" in done.stderr, done.stderr
+
+
+def test_dot_fsrep_is_reserved_at_every_group_root(cluster: Cluster) -> None:
+    (cluster.primary_store / "vm1" / ".fsrep").mkdir(parents=True)
+    done = cluster.mount("--group", "vm1", check=False)
+    assert done.returncode == 1 and "reserved for fsrep's state" in done.stderr, done.stderr
+    (cluster.primary_store / "vm1" / ".fsrep").rmdir()
+    cluster.mount("--group", "vm1")
+    with pytest.raises(PermissionError):
+        (cluster.mnt / "vm1" / ".fsrep").mkdir()
+    (cluster.mnt / "vm1" / "sub").mkdir()
+    (cluster.mnt / "vm1" / "sub" / ".fsrep").mkdir()  # below a group's root it is an ordinary name
+    assert ".fsrep" not in os.listdir(cluster.mnt / "vm1")
+    assert {g["state"] for g in cluster.groups().values()} == {"InSync"}
+    cluster.umount()
+    cluster.assert_no_errors_logged()
