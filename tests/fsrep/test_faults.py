@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, run_fsrep, wait_for
+from tests.conftest import Cluster, assert_same_tree, run_fsrep, wait_for
 
 
 def test_wrong_key_is_refused_and_nothing_is_applied(cluster: Cluster, tmp_path: Path) -> None:
@@ -241,3 +241,30 @@ def test_kill_of_both_daemons_during_a_resync_loses_nothing(cluster: Cluster) ->
     cluster.mount()
     cluster.wait_state("InSync")
     cluster.assert_replicated()
+
+
+def test_a_large_write_that_fails_here_after_it_was_sent_is_repaired_on_the_replica(cluster: Cluster) -> None:
+    """A large write goes to the secondary before the local disk: when the
+    local disk is full, the replica has data the primary lacks; the link is
+    dropped and the resync copies the primary's version back over it."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "fsrep-test-full", str(cluster.primary_store)],
+                   check=True)
+    try:
+        cluster.mount()
+        (cluster.mnt / "small").write_bytes(os.urandom(1024 * 1024))
+        data = os.urandom(4 * 1024 * 1024)
+        with pytest.raises(OSError) as caught:
+            with open(cluster.mnt / "big", "wb") as f:
+                f.write(data)
+        assert caught.value.errno == errno.ENOSPC
+        wait_for(lambda: "a local write failed after it was sent" in cluster.primary_log(), "the link dropped")
+        (cluster.mnt / "small").unlink()  # room again, so the resync can finish
+        cluster.wait_state("InSync", timeout=60)
+        cluster.umount()
+        assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+        errors = [line for line in cluster.primary_log().splitlines() if " ERROR " in line or "Traceback" in line]
+        assert all("No space left on device" in line for line in errors), errors  # its own state: same disk
+    finally:
+        if cluster.mounted:
+            cluster.umount()
+        subprocess.run(["umount", str(cluster.primary_store)], check=False)

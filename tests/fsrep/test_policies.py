@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
-from tests.conftest import Cluster, run_fsrep
+from tests.conftest import DEADLINE, Cluster, run_fsrep, wait_for
 
 MiB = 1024 * 1024
 
@@ -30,6 +31,38 @@ def test_semi_sync_returns_before_the_ack_and_reports_the_lag(cluster: Cluster) 
     status = cluster.status()
     assert status["ops_in_flight"] == 0 and status["lag_bytes"] == 0
     assert "semi-sync" in run_fsrep("status", str(cluster.mnt)).stdout
+    cluster.assert_replicated()
+
+
+def test_semi_sync_writes_wait_once_the_lag_budget_is_spent(cluster: Cluster) -> None:
+    cluster.mount("--lag-budget", "1M", "--ack-timeout", "60", policy="semi-sync")
+    (cluster.mnt / "warm").write_bytes(b"x")
+    chunk, budget = 256 * 1024, MiB
+    done: list[int] = []
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with open(cluster.mnt / "f", "wb") as f:
+                for i in range(16):  # 4 MiB: four times the budget
+                    f.write(os.urandom(chunk))
+                    done.append(i)
+        except BaseException as exc:  # reported by the test thread
+            failed.append(exc)
+
+    cluster.secondary.proc.send_signal(signal.SIGSTOP)  # acks stop: the lag can only grow
+    thread = threading.Thread(target=writer, daemon=True)
+    try:
+        thread.start()
+        status = wait_for(lambda: (s := cluster.status())["lag_bytes"] >= budget and s, "the budget spent")
+        for _ in range(3):  # however long it tries, the writer stays within one write past the budget
+            assert len(done) <= budget // chunk + 1, (len(done), status)
+            assert thread.is_alive() and cluster.status()["lag_bytes"] <= budget + chunk + 4096
+    finally:
+        cluster.secondary.proc.send_signal(signal.SIGCONT)
+    thread.join(timeout=DEADLINE)
+    assert not thread.is_alive() and not failed, failed
+    assert len(done) == 16
     cluster.assert_replicated()
 
 

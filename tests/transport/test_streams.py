@@ -81,6 +81,39 @@ async def test_good_key_opens_the_session_and_operations_and_acks_flow() -> None
     assert received == ops
 
 
+async def test_push_now_hands_frames_to_the_socket_in_order_and_flush_sends_the_rest() -> None:
+    """Frames pushed without the sender task, one larger than the socket
+    takes at once, arrive whole and in order once flush sends the rest."""
+    ops = [_unlink(6), tp.Write(seq=7, path=b"f", offset=0, data=bytes(range(256)) * 12_000), _unlink(8)]
+    received: list[tp.Frame] = []
+    first_arrived, all_arrived = trio.Event(), trio.Event()
+
+    async def secondary(listener: trio.SocketListener) -> None:
+        stream = await listener.accept()
+        conn, _ = await tp.accept_secondary_session(stream, KEY, "primary", TIMEOUT)
+        await conn.send(tp.Welcome(last_seq=5, fresh=0))
+        for _ in ops:
+            received.append(await conn.receive_event(idle_timeout=TIMEOUT))
+            first_arrived.set()
+        all_arrived.set()
+        await conn.aclose()
+
+    with trio.fail_after(5):
+        async with _listening() as (listener, port), trio.open_nursery() as nursery:
+            nursery.start_soon(secondary, listener)
+            conn, _ = await tp.open_primary_connection(LOCALHOST, port, KEY, GROUP, TIMEOUT)
+            conn.enqueue(ops[0])
+            conn.push_now()
+            await first_arrived.wait()  # no flush, no sender task: push_now sent it
+            for op in ops[1:]:
+                conn.enqueue(op)
+                conn.push_now()
+            await conn.flush()
+            await all_arrived.wait()
+            await conn.aclose()
+    assert received == ops
+
+
 async def test_wrong_key_is_an_authentication_error_on_the_primary_and_link_down_on_the_secondary() -> None:
     outcome: dict[str, BaseException] = {}
 
