@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 
+from fsrep._control import request
 from tests.conftest import Cluster, fsrep_resync, run_fsrep, wait_for
 
 MiB = 1024 * 1024
@@ -87,6 +88,30 @@ def test_progress_is_in_status_while_a_limited_resync_runs(cluster: Cluster) -> 
     result = json.loads(joined.stdout)
     assert result["rate_limit"] == MiB and result["id"] == running["resync"]["id"]
     assert result["bytes_copied"] == 4 * MiB
+    cluster.assert_replicated()
+
+
+def test_a_run_cut_off_by_a_link_loss_is_superseded_by_the_stronger_run_queued(cluster: Cluster) -> None:
+    cluster.mount("--resync-rate-limit", "1M")
+    f = cluster.mnt / "f"
+    f.write_bytes(bytes(4 * MiB))
+    cluster.secondary.stop(signal.SIGKILL)
+    wait_for(lambda: not cluster.status()["connected"], "the link loss to be noticed")
+    f.write_bytes(os.urandom(4 * MiB))
+    cluster.secondary.start()
+    quick = wait_for(lambda: (s := cluster.status())["state"] == "Resyncing" and s["resync"]["running"]
+                     and s["resync"], "the automatic quick resync to be under way")  # 4 s at 1 MiB/s
+    reply = request(cluster.primary_store / ".fsrep", {"cmd": "resync", "mode": "checksum"})
+    assert reply["mode"] == "checksum" and reply["run"] != quick["id"], reply  # queued behind the quick run
+    cluster.secondary.stop(signal.SIGKILL)
+    status = wait_for(lambda: (s := cluster.status())["resync_recent"] and s, "the quick run to end")
+    ended = {run["id"]: run for run in status["resync_recent"]}
+    assert ended[quick["id"]]["outcome"] == f"superseded by run {reply['run']}", ended
+    cluster.secondary.start()
+    final = wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["resync"]["finished"] and s,
+                     "the checksum run to finish")
+    assert final["resync"]["id"] == reply["run"] and final["resync"]["mode"] == "checksum"
+    assert final["resync"]["verified"], final["resync"]
     cluster.assert_replicated()
 
 
