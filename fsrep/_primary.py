@@ -124,8 +124,10 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
 
 
-def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
-    """The control socket's ``resync`` command: start or join a run."""
+async def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
+    """The control socket's ``resync`` command: start or join a run — and,
+    when the secondary is not connected, try it at once first (an operator
+    who asks for a resync has usually just brought it back)."""
     mode, rate_limit, name = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
     if name is not None and not isinstance(name, str):
         return {"error": f"a group is named by its id or path, not {name!r}"}
@@ -142,6 +144,7 @@ def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
     if mode == "checksum" and rel.record.policy == "strict" and rel.state is RelationshipState.IN_SYNC:
         return {"error": f"group {rel.record.id} uses policy strict: while a checksum resync compares "
                          f"directories, changes in them would fail with EIO — remount with --policy sync to run it"}
+    await rel.reconnect_now()
     if rel.conn is None:
         return {"error": f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
                          f"unreachable ({rel.last_error or 'not connected'}); a resync starts by itself when it is "
@@ -250,7 +253,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
                     "groups": [group.rel.statistics() for group in mount.all]}
         if req.get("cmd") == "resync":
-            return start_resync(mount, req)
+            return await start_resync(mount, req)
         return {"error": f"unknown command {req.get('cmd')!r}"}
 
     async def on_signals() -> None:

@@ -120,6 +120,8 @@ class Relationship:
         self._resync_queued: ResyncRun | None = None
         self._resync_wakeup = trio.Event()
         self._run_ended = trio.Event()
+        self._reconnect_wakeup = trio.Event()  # cuts a backoff short (reconnect_now)
+        self._attempted = trio.Event()  # set after each connection attempt
         self._run_ids = 0
         self._recent_runs: collections.deque[ResyncRun] = collections.deque(maxlen=8)
         self.default_rate_limit = 0  # bytes/s for runs not given one
@@ -398,6 +400,21 @@ class Relationship:
             await trio.sleep(DIRTY_SAVE_INTERVAL)
             self.save_dirty()
 
+    async def reconnect_now(self) -> None:
+        """Try the secondary at once rather than at the end of the backoff
+        (the operator says it is back); return when that attempt has ended."""
+        if self.conn is not None or self._closing:
+            return
+        attempted = self._attempted
+        self._reconnect_wakeup.set()
+        with trio.move_on_after(self.timeouts.connect + 1):
+            await attempted.wait()
+
+    async def _back_off(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self._reconnect_wakeup.wait()
+        self._reconnect_wakeup = trio.Event()
+
     async def _keep_linked(self) -> None:
         backoff = self.timeouts.backoff_min
         while not self._closing:
@@ -411,8 +428,10 @@ class Relationship:
                     if str(exc) != self.last_error:
                         log.info("group %s: reconnect failed: %s", self.record.id, exc)
                     self.last_error = str(exc)
+                self._attempted.set()
+                self._attempted = trio.Event()
                 if self.conn is None:
-                    await trio.sleep(backoff)
+                    await self._back_off(backoff)
                     backoff = min(backoff * 2, self.timeouts.backoff_max)
                     continue
             started = trio.current_time()
@@ -424,7 +443,7 @@ class Relationship:
             if trio.current_time() - started > STABLE_SESSION:
                 backoff = self.timeouts.backoff_min
             elif not self._closing:
-                await trio.sleep(backoff)
+                await self._back_off(backoff)
                 backoff = min(backoff * 2, self.timeouts.backoff_max)
 
     async def _run_session(self, conn: tp.Connection) -> None:

@@ -78,6 +78,7 @@ class FaultProxy:
         self._token: trio.lowlevel.TrioToken | None = None
         self._main_scope: trio.CancelScope | None = None
         self._links: set[_Link] = set()
+        self._accepted = 0
         self._cut = False
         self._flowing: trio.Event | None = None
         self._delay = 0.0
@@ -139,6 +140,12 @@ class FaultProxy:
     def connections(self) -> int:
         """Connections open (or being opened) through the proxy."""
         return self._call_sync(lambda: len(self._links))
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted since the start, those closed at once
+        during a cut included: the primary's connection attempts."""
+        return self._call_sync(lambda: self._accepted)
 
     def reset_counters(self) -> None:
         self._call_sync(self._reset_counters)
@@ -249,6 +256,7 @@ class FaultProxy:
 
     async def _handle(self, client: trio.SocketStream) -> None:
         """One accepted connection, until either side closes it or a cut."""
+        self._accepted += 1
         if self._cut:
             await client.aclose()
             return

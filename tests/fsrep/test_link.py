@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.conftest import Cluster, wait_for, write_random
+from tests.conftest import Cluster, fsrep_resync, wait_for, write_random
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -193,4 +193,21 @@ def test_link_cut_during_a_resync_loses_nothing_that_was_in_flight(proxied: Clus
     assert status["dirty_bytes"] > 0, f"the cut did not interrupt the resync: {status}"
     proxied.proxy.restore()
     proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    proxied.assert_replicated()
+
+
+def test_fsrep_resync_reconnects_at_once_instead_of_waiting_out_the_backoff(proxied: Cluster) -> None:
+    proxied.mount()
+    write_random(proxied.mnt / "f", 1)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    with open(proxied.mnt / "f", "r+b") as f:
+        f.write(os.urandom(64 * KiB))
+    attempts = proxied.proxy.accepted
+    # Three refused attempts: the backoff has doubled to 2 s and more before the next.
+    wait_for(lambda: proxied.proxy.accepted >= attempts + 3, "reconnect attempts", timeout=RECONNECT_DEADLINE)
+    proxied.proxy.restore()
+    done = fsrep_resync(str(proxied.mnt), "--json")
+    assert done.returncode == 0, done.stderr  # without the immediate attempt: "unreachable", exit 1
+    assert proxied.status()["state"] == "InSync"
     proxied.assert_replicated()
