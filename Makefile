@@ -31,10 +31,10 @@ test: deps
 lint: deps
 	$(VENV)/bin/ruff check fsrep tracking transport tools tests bench
 
+# bench/run.py installs what it misses (fio, GlusterFS, rsync, iproute2) itself.
 bench: deps
-	@command -v rsync >/dev/null || (apt-get update -qq && apt-get install -y -qq rsync)
-	$(PY) bench/write.py
-	$(PY) bench/resync.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -84,10 +84,13 @@ def shielded() -> Iterator[None]:
 # --- small helpers ------------------------------------------------------------------
 
 
-def run_fsrep(*args: str, timeout: float = CLI_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_fsrep(*args: str, timeout: float = CLI_TIMEOUT, check: bool = True,
+              prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """Run the fsrep CLI in its own session (a Ctrl-C on the terminal is
-    ours to handle, not the CLI's)."""
-    done = subprocess.run([*FSREP, *args], capture_output=True, text=True, timeout=timeout,
+    ours to handle, not the CLI's). *prefix* runs it through another command,
+    e.g. ``nsenter --net=...`` so that a daemon it starts lives in a network
+    namespace."""
+    done = subprocess.run([*prefix, *FSREP, *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, start_new_session=True)
     if check and done.returncode != 0:
         raise BenchError(f"fsrep {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
@@ -172,7 +175,7 @@ def log_notes(path: Path) -> Counter[str]:
         if len(parts) == 4 and parts[2] in ("WARNING", "ERROR", "CRITICAL"):
             message = re.sub(r"\[\d+\]", "", parts[3])  # the pid
             message = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "GROUP", message)
-            message = re.sub(r"(127\.0\.0\.1):\d{4,5}\b", r"\1:PORT", message)
+            message = re.sub(r"(\d+\.\d+\.\d+\.\d+):\d{4,5}\b", r"\1:PORT", message)
             notes[f"{parts[2]} {message}"] += 1
         elif line.startswith("Traceback"):
             notes["Traceback (see the log)"] += 1
@@ -210,9 +213,18 @@ def ensure_key(key: Path) -> Path:
 
 @dataclass
 class Secondary:
+    """A running ``fsrep serve``; ``stop()`` and ``start()`` take it down and
+    bring it back on the same address, as an outage of the secondary host."""
+
     store: Path
+    key: Path
     address: str
-    pid: int
+    prefix: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def log(self) -> Path:
@@ -221,39 +233,55 @@ class Secondary:
     def replica(self, group_id: str) -> Path:
         return self.store / group_id
 
-
-@contextlib.contextmanager
-def secondary(store: Path, key: Path) -> Iterator[Secondary]:
-    """``fsrep serve STORE --listen 127.0.0.1:0``, stopped with SIGTERM."""
-    store.mkdir(parents=True, exist_ok=True)
-    out_path = store.parent / f"{store.name}.stdout"
-    err_path = store.parent / f"{store.name}.stderr"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([*FSREP, "serve", str(store), "--listen", "127.0.0.1:0", "--key-file", str(key)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-    try:
+    def start(self) -> None:
+        """Start ``fsrep serve`` on ``address`` (port 0: any) and wait until it
+        listens; ``address`` is then the one it listens on."""
+        out_path = self.store.parent / f"{self.store.name}.stdout"
+        err_path = self.store.parent / f"{self.store.name}.stderr"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            self.proc = subprocess.Popen([*self.prefix, *FSREP, "serve", str(self.store), "--listen", self.address,
+                                          "--key-file", str(self.key)],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             first = out_path.read_text(errors="replace").partition("\n")
             if first[1] and first[0].startswith("listening on "):
-                address = first[0].removeprefix("listening on ").strip()
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited {proc.returncode}" if proc.returncode is not None else "did not start in time"
+                self.address = first[0].removeprefix("listening on ").strip()
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited {self.proc.returncode}" if self.proc.returncode is not None \
+                    else "did not start in time"
                 raise BenchError(f"fsrep serve {why}: {err_path.read_text(errors='replace').strip()[-500:]} "
-                                 f"(see {store}/.fsrep/serve.log)")
+                                 f"(see {self.log})")
             time.sleep(0.02)
-        yield Secondary(store, address, proc.pid)
-    finally:
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL; a no-op when it is not running."""
         with shielded():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    print(f"warning: fsrep serve pid {proc.pid} ignored SIGTERM; killing it", file=sys.stderr)
-                    proc.kill()
-                    proc.wait(timeout=10)
+            proc, self.proc = self.proc, None
+            if proc is None or proc.poll() is not None:
+                return
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                print(f"warning: fsrep serve pid {proc.pid} ignored SIGTERM; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def secondary(store: Path, key: Path, listen: str = "127.0.0.1:0",
+              prefix: Sequence[str] = ()) -> Iterator[Secondary]:
+    """``fsrep serve STORE --listen LISTEN`` (run through *prefix*, if any),
+    stopped with SIGTERM at the end."""
+    store.mkdir(parents=True, exist_ok=True)
+    sec = Secondary(store, key, listen, tuple(prefix))
+    try:
+        sec.start()
+        yield sec
+    finally:
+        sec.stop()
 
 
 # --- a primary ------------------------------------------------------------------------
@@ -313,15 +341,16 @@ def _unmount(primary: Primary) -> None:
 
 
 @contextlib.contextmanager
-def mounted(store: Path, mountpoint: Path, key: Path, secondary_address: str, *extra: str) -> Iterator[Primary]:
-    """``fsrep mount STORE MOUNTPOINT --secondary ADDRESS EXTRA...``; always
-    unmounted and its daemon gone at the end."""
+def mounted(store: Path, mountpoint: Path, key: Path, secondary_address: str, *extra: str,
+            prefix: Sequence[str] = ()) -> Iterator[Primary]:
+    """``fsrep mount STORE MOUNTPOINT --secondary ADDRESS EXTRA...`` (run
+    through *prefix*, if any); always unmounted and its daemon gone at the end."""
     store.mkdir(parents=True, exist_ok=True)
     mountpoint.mkdir(parents=True, exist_ok=True)
     primary = Primary(store.resolve(), mountpoint.resolve())
     try:
         run_fsrep("mount", str(primary.store), str(primary.mountpoint), "--secondary", secondary_address,
-                  "--key-file", str(key), *extra)
+                  "--key-file", str(key), *extra, prefix=prefix)
         primary.pid = _daemon_pid(primary)
         yield primary
     finally:
