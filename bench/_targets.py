@@ -70,13 +70,22 @@ class Site:
 # --- fsrep ---------------------------------------------------------------------------------
 
 
+def _control(primary: Primary, message: dict[str, Any]) -> dict[str, Any]:
+    """One request to the daemon's control socket; its refusal or silence
+    is a BenchError."""
+    try:
+        reply = request(primary.store / ".fsrep", message)
+    except ControlError as exc:
+        raise BenchError(f"{primary.mountpoint}: {message['cmd']}: {exc}") from None
+    if "error" in reply:
+        raise BenchError(f"{primary.mountpoint}: the daemon refused {message['cmd']}: {reply['error']}")
+    return reply
+
+
 def _group(primary: Primary) -> dict[str, Any]:
     """The group's status, as ``fsrep status --json`` prints it, read from
     the control socket directly (a CLI run takes longer than the poll step)."""
-    reply = request(primary.store / ".fsrep", {"cmd": "status"})
-    if "error" in reply:
-        raise BenchError(f"fsrep status: {reply['error']}")
-    return reply["groups"][0]
+    return _control(primary, {"cmd": "status"})["groups"][0]
 
 
 def wait_state(primary: Primary, state: str, timeout: float) -> dict[str, Any]:
@@ -98,9 +107,8 @@ def fsrep_back(primary: Primary, sec: Secondary) -> dict[str, float]:
     sent_before = group["resync_bytes_sent"]
     sec.start()  # returns once it listens: the secondary is back
     start = time.perf_counter()
-    with contextlib.suppress(ControlError):  # refused while still connecting: the daemon resyncs by itself
-        request(primary.store / ".fsrep", {"cmd": "resync", "group": group["id"], "mode": "quick",
-                                           "rate_limit": None})
+    _control(primary, {"cmd": "resync", "group": group["id"], "mode": "quick",
+                       "rate_limit": 0})  # 0: no limit, fsrep-resync's default
     after = wait_state(primary, "InSync", REPAIR_TIMEOUT)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "resync_s": after["last_resync_seconds"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -63,13 +64,19 @@ class Sizes:
 def fio(*options: str) -> dict[str, Any]:
     """Run fio with *options*; the JSON of its only (grouped) job."""
     argv = ["fio", "--output-format=json", "--ioengine=psync", "--fallocate=none", "--group_reporting", *options]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=FIO_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"fio {' '.join(options)} did not finish in {FIO_TIMEOUT:g}s") from None
-    if done.returncode != 0:
-        raise BenchError(f"fio {' '.join(options)}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout[done.stdout.index("{"):])["jobs"][0]
+        out, err = proc.communicate(timeout=FIO_TIMEOUT)
+    except BaseException as exc:  # a timeout or an interrupt: fio's job processes go too, or the mount stays busy
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"fio {' '.join(options)} did not finish in {FIO_TIMEOUT:g}s") from None
+        raise
+    if proc.returncode != 0:
+        raise BenchError(f"fio {' '.join(options)}: exit {proc.returncode}: {err.strip()[-300:]}")
+    return json.loads(out[out.index("{"):])["jobs"][0]
 
 
 def seq_write(root: Path, sizes: Sizes) -> dict[str, float]:

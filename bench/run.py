@@ -177,7 +177,10 @@ def install(plan: Plan) -> None:
 
 def run(plan: Plan) -> None:
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(workdir(plan.base, keep=plan.keep))
+        try:
+            base = stack.enter_context(workdir(plan.base, keep=plan.keep))
+        except OSError as exc:
+            raise BenchError(f"cannot make the work directory under {plan.base or '/var/tmp'}: {exc}") from None
         env = Env(base, ensure_key(base / "key"), base / "source.tar")
         if any("real" in workloads_of(t) for t in plan.targets):
             plan.tarball = wl.make_tarball(Path(sysconfig.get_paths()["purelib"]), env.tarball,
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         run(plan)
         summary = summarize(plan)
         paths = _report.write_all(summary, plan.out)
-    except BenchError as exc:
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:  # set-up steps not wrapped in a BenchError
         print(f"bench/run.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
