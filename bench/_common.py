@@ -1,6 +1,8 @@
-"""Shared machinery for the benchmarks: a work directory, a secondary on
-127.0.0.1, primaries mounted through the real ``fsrep`` CLI, and cleanup of
-every process and mount started, also on errors, Ctrl-C and SIGTERM.
+"""Shared machinery for the benchmarks: a work directory, a secondary (on
+127.0.0.1 unless told otherwise; it can be stopped and started again, as an
+outage), primaries mounted through the real ``fsrep`` CLI (either one run
+through ``nsenter`` when it must live in a network namespace), and cleanup
+of every process and mount started, also on errors, Ctrl-C and SIGTERM.
 
 Cleanup of a primary, in order: ``fsrep umount``; SIGTERM (then SIGKILL) to
 a daemon of that store still alive (found by its command line, so a daemon
