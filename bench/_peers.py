@@ -67,9 +67,12 @@ def quiet(*argv: str, timeout: float = 60) -> None:
 
 # --- a link with a round-trip time ------------------------------------------------------
 
-NS_A, NS_B = "fsrep-bench-a", "fsrep-bench-b"
-DEV_A, DEV_B = "fsrbdla", "fsrbdlb"
-ADDR_A, ADDR_B = "10.231.0.1", "10.231.0.2"
+# Named after this process, so that two runs (a full one and the test suite's
+# smoke run) never share or remove each other's namespaces and devices.
+NS_PREFIX = "fsrep-bench-"
+NS_A, NS_B = f"{NS_PREFIX}{os.getpid()}-a", f"{NS_PREFIX}{os.getpid()}-b"
+DEV_A, DEV_B = f"fsrb{os.getpid()}a", f"fsrb{os.getpid()}b"  # at most 15 characters
+ADDR_A, ADDR_B = "10.231.0.1", "10.231.0.2"  # inside the namespaces only
 LINK_MTU = 65000  # few, large packets: the relay is not the bottleneck
 
 _RTT_PROBE = """
@@ -116,6 +119,14 @@ def _remove_namespaces() -> None:
             quiet("ip", "netns", "del", ns)
 
 
+def _remove_stale_namespaces() -> None:
+    """Namespaces of earlier runs whose process is gone (killed with SIGKILL)."""
+    for path in Path("/run/netns").glob(f"{NS_PREFIX}*"):
+        pid = path.name.removeprefix(NS_PREFIX).split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            quiet("ip", "netns", "del", path.name)
+
+
 def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -153,7 +164,7 @@ def measure_rtt(link: Link, probes: int = 30) -> float:
 def delayed_link(one_way_us: int = 500) -> Iterator[Link]:
     """Namespaces NS_A and NS_B joined by a delay line holding each packet
     *one_way_us* microseconds; removed, with the relay, at the end."""
-    _remove_namespaces()  # left by a run that was killed with SIGKILL
+    _remove_stale_namespaces()
     relay = subprocess.Popen([sys.executable, str(HERE / "_delayline.py"), DEV_A, DEV_B, "--delay-us",
                               str(one_way_us)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)

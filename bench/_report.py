@@ -167,7 +167,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"then round 2, ...; the target order alternates).", "",
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory_gib']:.0f} GiB RAM, kernel "
         f"{facts['kernel']}, Python {facts['python']}, fio {facts['fio']}, {facts['glusterfs']}; fsrep commit "
-        f"`{facts['commit']}`. Stores under {p['dir']}.", "",
+        f"`{facts['commit']}`. Stores under {p['dir']}. Load average (1 min) {facts['loadavg_start']:.2f} at the "
+        f"start, {facts['loadavg_end']:.2f} at the end (above 0 means something else ran too: compare only "
+        "numbers of one run).", "",
         "## Aims", "", *aims_lines(summary["aims"]), "",
         "## Targets", "",
         *[f"- `{t}`: {summary['target_descriptions'][t]}" for t in targets], "",

@@ -71,8 +71,10 @@ class Plan:
     keep: bool
     results: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
     tarball: dict[str, int] = field(default_factory=dict)
     rtt_ms: float | None = None
+    load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
 # --- one target, one round --------------------------------------------------------------
@@ -138,6 +140,7 @@ def measure(target: str, round_no: int, plan: Plan, env: Env) -> None:
     figures and checks go into *plan*."""
     checks = plan.checks.setdefault(target, {"replica_equal": [], "problems": [], "log_notes": {}, "states": []})
     site = None
+    workload = "set-up"
     try:
         with open_target(target, env, round_no) as site:
             for workload in workloads_of(target):
@@ -145,11 +148,17 @@ def measure(target: str, round_no: int, plan: Plan, env: Env) -> None:
                 try:
                     figures = run_workload(workload, target, site, plan, env)
                 except (OSError, subprocess.SubprocessError, sqlite3.Error) as exc:
-                    raise BenchError(f"{target}, {workload}: {exc}") from None
+                    raise BenchError(str(exc)) from None
                 plan.results.setdefault(target, {}).setdefault(workload, []).append(figures)
                 print(f"round {round_no}/{plan.rounds} {target:<15} {workload:<12} "
                       f"{time.monotonic() - started:6.1f}s  "
                       + "  ".join(f"{k} {v:.4g}" for k, v in figures.items()), file=sys.stderr, flush=True)
+            workload = "checks"
+    except BenchError as exc:  # this target's round is lost; the others go on and the report says so
+        failure = f"round {round_no}, {workload}: {exc}"
+        plan.failures.append(f"{target}: {failure}")
+        checks["problems"].append(f"FAILED {failure}")
+        print(f"round {round_no}/{plan.rounds} {target:<15} FAILED {workload}: {exc}", file=sys.stderr, flush=True)
     finally:
         if site is not None:
             if site.replica_equal is not None:
@@ -209,7 +218,7 @@ def _first_line(argv: list[str], default: str = "not installed") -> str:
     return default
 
 
-def machine() -> dict[str, Any]:
+def machine(plan: Plan) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], "unknown")
@@ -217,6 +226,7 @@ def machine() -> dict[str, Any]:
         commit += " (with uncommitted changes)"
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "python": platform.python_version(),
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+            "loadavg_start": plan.load_start, "loadavg_end": os.getloadavg()[0],
             "fio": _first_line(["fio", "--version"]), "glusterfs": _first_line(["glusterfs", "--version"]),
             "commit": commit}
 
@@ -263,7 +273,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
     medians = _report.medians(plan.results)
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(plan),
         "parameters": {"rounds": plan.rounds, "dir": plan.base or "/var/tmp", **plan.sizes.__dict__,
                        "tarball": plan.tarball, "rtt_ms": plan.rtt_ms},
         "targets": plan.targets,
@@ -333,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"PROBLEM {problem}")
     print(f"\n{time.monotonic() - started:.0f}s; report: {', '.join(str(p) for p in paths)}")
+    if plan.failures:
+        print(f"bench/run.py: error: {len(plan.failures)} target round(s) failed; first: {plan.failures[0]}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
