@@ -16,9 +16,9 @@ carry the path relative to that group's root.
 Caveats:
 - Changes to a file unlinked while open are local only (the replica no
   longer has the file), and wait for no group.
-- A write of ``FRAME_FIRST`` bytes or more is handed to the socket before
-  it is applied here, so both hosts write at the same time (see
-  ``Relationship.split``).
+- A write of ``FRAME_FIRST`` bytes or more goes in pieces of that size,
+  each handed to the socket before it is applied here, so both hosts write
+  at the same time (see ``Relationship.split``).
 - The daemon runs as root with ``default_permissions``: the kernel checks
   permissions; new entries are chowned to the caller, with the parent's group
   when the parent is setgid.
@@ -47,6 +47,8 @@ from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
 FRAME_FIRST = 128 * 1024  # writes this large are sent before they are applied here, to overlap both hosts
+CAPABILITY = b"security.capability"
+NO_CAPS_LIMIT = 100_000  # inodes remembered without capabilities; forgotten all at once past this
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
@@ -73,6 +75,9 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, tuple[int, list[bytes] | None]] = {}
         self._dir_ids = itertools.count(1)
         self._unlinked_fds: dict[int, int] = {}
+        # Inodes known to have no file capabilities: the kernel asks before
+        # every write, and the answer changes only through setxattr here.
+        self._no_caps: set[int] = set()
 
     # --- helpers -------------------------------------------------------------------
 
@@ -470,7 +475,44 @@ class Operations(pyfuse3.Operations):
         if found is None:  # unlinked while open: the replica no longer has the file
             return os.pwrite(fh, buf, off)
         group, rel, above = found
-        first = len(buf) >= FRAME_FIRST
+        await group.rel.admit()
+        if len(buf) < FRAME_FIRST:
+            return await self._write_small(fh, off, buf, group, rel,
+                                           self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above))
+        # In pieces of FRAME_FIRST bytes, each a frame of its own that goes to
+        # the socket before this side writes it: the secondary writes one
+        # piece while this side writes the next. All are queued in this one
+        # step, so their sequence numbers follow each other.
+        view = memoryview(buf)
+        written = 0
+        pending = None
+        for start in range(0, len(buf), FRAME_FIRST):
+            piece = view[start:start + FRAME_FIRST]
+
+            def apply(seq: int | None, piece: memoryview = piece, at: int = off + start) -> tp.Operation:
+                done = 0
+                while done < len(piece):
+                    done += os.pwrite(fh, piece[done:], at + done)
+                return tp.Write(seq=seq or 0, path=rel, offset=at, data=piece)
+
+            def frame(seq: int, piece: memoryview = piece, at: int = off + start) -> tp.Operation:
+                return tp.Write(seq=seq, path=rel, offset=at, data=piece)
+
+            try:
+                pending = group.rel.split(apply, self._on_file(handle.ino, group, rel, write=(off + start, len(piece)),
+                                                               above=above), frame_first=frame) or pending
+            except OSError:
+                if not written:
+                    raise
+                break  # a short write: what was written is on both sides
+            written += len(piece)
+        await group.rel.wait(pending)
+        return written  # O_SYNC and O_DSYNC: the kernel follows each write with an fsync request
+
+    @staticmethod
+    async def _write_small(fh: int, off: int, buf: bytes, group: Group, rel: bytes, marks: Marks) -> int:
+        """A write of less than FRAME_FIRST bytes: one frame, sent after
+        it was applied here (a short local write sends what it wrote)."""
         written = 0
 
         def apply(seq: int | None) -> tp.Operation | None:
@@ -478,23 +520,15 @@ class Operations(pyfuse3.Operations):
             view = memoryview(buf)
             while written < len(buf):
                 try:
-                    # Sent first: in steps, handing the socket more of the frame between them.
-                    written += os.pwrite(fh, view[written:written + FRAME_FIRST] if first else view[written:],
-                                         off + written)
+                    written += os.pwrite(fh, view[written:], off + written)
                 except OSError:
-                    if not written or first:  # sent first: the replica has it all, so no short write here
+                    if not written:
                         raise
                     break
-                if first:
-                    group.rel.push()
             return tp.Write(seq=seq or 0, path=rel, offset=off, data=buf[:written])
 
-        marks = self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above)
-        await group.rel.admit()
-        await group.rel.wait(group.rel.split(
-            apply, marks, frame_first=(lambda seq: tp.Write(seq=seq, path=rel, offset=off, data=buf)) if first
-            else None))
-        return written  # O_SYNC and O_DSYNC: the kernel follows each write with an fsync request
+        await group.rel.wait(group.rel.split(apply, marks))
+        return written
 
     async def _fsync(self, fd: int, path: bytes | None, ino: int) -> None:
         """A barrier: durable locally and on the secondary before returning."""
@@ -580,15 +614,22 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        caps = name == CAPABILITY
+        if caps and inode in self._no_caps:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         path = self._path(inode)
-        if path is None:
-            return os.getxattr(self._unlinked_fd(inode), name)
         try:
+            if path is None:
+                return os.getxattr(self._unlinked_fd(inode), name)
             return self.tree.getxattr(path, name)
         except OSError as exc:
-            if exc.errno == errno.ENODATA:
-                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
-            raise
+            if exc.errno != errno.ENODATA:
+                raise
+        if caps:
+            if len(self._no_caps) >= NO_CAPS_LIMIT:
+                self._no_caps.clear()
+            self._no_caps.add(inode)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -599,6 +640,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name == CAPABILITY:
+            self._no_caps.discard(inode)
         path = self._path(inode)
         if path is None:
             os.setxattr(self._unlinked_fd(inode), name, value)

@@ -173,7 +173,9 @@ class Relationship:
             op = apply(self.next_seq)
             if op is None:
                 return None
-            return self._queue_op(conn, op, marks)
+            pending = self._queue_op(conn, op, marks)
+            self.push()  # on its way now, not after the sender task's turn: that is latency
+            return pending
         if self.record.policy == "strict":
             raise OSError(errno.EIO, f"group {self.record.id} is {self.state.value}; policy strict refuses "
                                      f"changes that cannot be replicated")

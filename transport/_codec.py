@@ -13,6 +13,11 @@ Caveats:
 - The length is checked against MAX_FRAME before any of the body is
   buffered, so a peer cannot make us hold more than one frame's worth.
 - Nothing but RemoteProtocolError leaves the decoder, whatever the bytes.
+- A frame of ``LARGE_FRAME`` bytes or more is gathered in a buffer of its
+  own, which the caller may receive into directly (``receive_buffer``); the
+  frame's ``VIEWS`` fields (file data) are then views of that buffer, not
+  copies. The buffer belongs to that frame alone, so nothing else received
+  ever changes them.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ _INTS = {U8: struct.Struct(">B"), U32: struct.Struct(">I"), U64: struct.Struct("
 _LEN16 = struct.Struct(">H")
 _LEN32 = struct.Struct(">I")
 _FIXED = {NONCE: NONCE_SIZE, PROOF: PROOF_SIZE, GROUP_ID: GROUP_ID_SIZE}
+LARGE_FRAME = 64 * 1024
 
 
 def encode(frame: Frame) -> bytes:
@@ -85,8 +91,10 @@ def encode_parts(frame: Frame) -> list[bytes]:
     return parts
 
 
-def decode_body(type_code: int, body: memoryview) -> Frame:
-    """Build the frame of *type_code* from its body bytes.
+def decode_body(type_code: int, body: memoryview, *, views: bool = False) -> Frame:
+    """Build the frame of *type_code* from its body bytes. With *views*,
+    the frame's ``VIEWS`` fields are views of *body* instead of copies: the
+    caller guarantees *body* never changes.
 
     Raises:
         RemoteProtocolError: unknown type, truncated or trailing bytes, or a
@@ -98,6 +106,7 @@ def decode_body(type_code: int, body: memoryview) -> Frame:
     values = {}
     pos = 0
     end = len(body)
+    keep = cls.VIEWS if views else ()
 
     def take(n: int) -> memoryview:
         nonlocal pos
@@ -123,7 +132,8 @@ def decode_body(type_code: int, body: memoryview) -> Frame:
         elif kind == NAME:
             values[name] = bytes(take(take(1)[0]))
         elif kind == BLOB:
-            values[name] = bytes(take(_LEN32.unpack(take(4))[0]))
+            blob = take(_LEN32.unpack(take(4))[0])
+            values[name] = blob if name in keep else bytes(blob)
         else:
             values[name] = bytes(take(_FIXED[kind]))
     if pos != end:
@@ -139,13 +149,17 @@ class FrameDecoder:
 
     Usage: ``receive_data(chunk)`` then ``next_frame()`` until it returns
     None. ``receive_data(b"")`` marks the end of the stream; a frame cut
-    short by it is an error.
+    short by it is an error. While a large frame is being gathered,
+    ``receive_buffer()`` is where its remaining bytes go: receive into it
+    and report the count with ``received(n)``, which saves a copy.
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        self._large: bytearray | None = None  # a large frame being gathered, header included
+        self._filled = 0
 
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:
@@ -153,14 +167,34 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
+        if self._large is not None and self._filled < len(self._large):
+            take = min(len(data), len(self._large) - self._filled)
+            self._large[self._filled:self._filled + take] = memoryview(data)[:take]
+            self._filled += take
+            if take == len(data):
+                return
+            data = data[take:]
         if self._pos and self._pos >= len(self._buf) // 2:
             del self._buf[:self._pos]
             self._pos = 0
         self._buf += data
 
+    def receive_buffer(self) -> memoryview | None:
+        """The rest of the large frame being gathered, to receive into
+        (then call ``received``); None when bytes go to ``receive_data``."""
+        if self._large is None or self._filled == len(self._large) or self._eof:
+            return None
+        return memoryview(self._large)[self._filled:]
+
+    def received(self, count: int) -> None:
+        """*count* bytes were put at the start of ``receive_buffer()``."""
+        if self._large is None or not 0 < count <= len(self._large) - self._filled:
+            raise LocalProtocolError(f"received({count}) does not fit the receive buffer")
+        self._filled += count
+
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._filled
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame, or None if more bytes are needed.
@@ -169,6 +203,13 @@ class FrameDecoder:
             RemoteProtocolError: the bytes are not a valid frame, or the
                 stream ended inside one.
         """
+        if self._large is not None:
+            if self._filled < len(self._large):
+                if self._eof:
+                    raise RemoteProtocolError("stream ended inside a frame")
+                return None
+            large, self._large, self._filled = self._large, None, 0
+            return self._decode(large[5], memoryview(large)[HEADER_SIZE:], views=True)
         avail = len(self._buf) - self._pos
         if avail < HEADER_SIZE:
             if self._eof and avail:
@@ -182,17 +223,27 @@ class FrameDecoder:
         if avail < 4 + length:
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame")
+            if length >= LARGE_FRAME:  # gathered apart: everything buffered belongs to it
+                self._large = bytearray(4 + length)
+                self._large[:avail] = memoryview(self._buf)[self._pos:]
+                self._filled = avail
+                self._buf.clear()
+                self._pos = 0
             return None
         start = self._pos + HEADER_SIZE
         stop = self._pos + 4 + length
+        with memoryview(self._buf) as view:
+            frame = self._decode(type_code, view[start:stop])
+        self._pos = stop
+        return frame
+
+    @staticmethod
+    def _decode(type_code: int, body: memoryview, *, views: bool = False) -> Frame:
         try:
-            with memoryview(self._buf) as view:
-                frame = decode_body(type_code, view[start:stop])
+            return decode_body(type_code, body, views=views)
         except RemoteProtocolError as exc:
             message = str(exc)
-        else:
-            self._pos = stop
-            return frame
-        # Raised afresh out here: the first error's traceback holds views of
-        # the buffer, which would keep it from ever being resized again.
+        # Raised afresh, and without *body*: the first error's traceback holds
+        # views of the buffer, which would keep it from ever being resized.
+        del body
         raise RemoteProtocolError(message)

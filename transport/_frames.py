@@ -97,6 +97,7 @@ class Frame:
 
     TYPE: ClassVar[int]
     FIELDS: ClassVar[tuple[tuple[str, str], ...]]
+    VIEWS: ClassVar[tuple[str, ...]] = ()  # blob fields a large frame decodes as views of its own buffer
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -173,10 +174,11 @@ class Welcome(Frame):
 class Write(Operation):
     TYPE = 10
     FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("data", BLOB))
+    VIEWS = ("data",)
     seq: int
     path: bytes
     offset: int
-    data: bytes
+    data: bytes | memoryview
 
     def payload_size(self) -> int:
         return len(self.data)

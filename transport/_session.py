@@ -119,6 +119,15 @@ class _Session:
             self.state = S.ERROR
             raise
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next received bytes may go directly, to save a copy
+        (see ``FrameDecoder.receive_buffer``); None: use ``receive_data``."""
+        return None if self.state is S.ERROR else self._decoder.receive_buffer()
+
+    def received(self, count: int) -> None:
+        """*count* bytes were received into ``receive_buffer()``."""
+        self._decoder.received(count)
+
     def data_to_send(self) -> bytes:
         """Bytes the session produced by itself (handshake replies)."""
         out = b"".join(self._outgoing)

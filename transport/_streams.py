@@ -69,10 +69,16 @@ class Connection:
         sock = getattr(self.stream, "socket", None)
         if sock is None or self._closed or not self._queue or self._send_lock.locked():
             return
-        try:
-            sent = os.writev(sock.fileno(), self._queue[:_IOV_MAX])
-        except OSError:  # full (EAGAIN), or broken: the sender task meets it and reports it
-            return
+        with contextlib.suppress(OSError):  # full (EAGAIN), or broken: the sender task meets it and reports it
+            self._write_some(sock.fileno())
+
+    def _write_some(self, fd: int) -> None:
+        """One writev of the head of the queue; drops what it took.
+
+        Raises:
+            OSError: BlockingIOError when the socket is full, or the link failed.
+        """
+        sent = os.writev(fd, self._queue[:_IOV_MAX])
         self._queued_bytes -= sent
         taken = 0
         while taken < len(self._queue) and sent >= len(self._queue[taken]):
@@ -83,13 +89,24 @@ class Connection:
             self._queue[0] = memoryview(self._queue[0])[sent:]
 
     async def flush(self) -> None:
-        """Write everything queued so far."""
+        """Write everything queued so far: straight from the queued pieces
+        with writev on a socket (no copy into one buffer), else piece by
+        piece with small ones joined."""
         async with self._send_lock:
+            sock = getattr(self.stream, "socket", None)
+            if sock is not None:
+                with _link_errors(f"send to {self.peer}"):
+                    while self._queue:
+                        try:
+                            self._write_some(sock.fileno())
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(sock)
+                return
             while self._queue:
                 batch, self._queue = self._queue, []
                 self._queued_bytes = 0
                 with _link_errors(f"send to {self.peer}"):
-                    small: list[bytes] = []
+                    small: list[bytes | memoryview] = []
                     for chunk in batch:
                         if len(chunk) < _COALESCE_BELOW:
                             small.append(chunk)
@@ -141,14 +158,23 @@ class Connection:
                 return event
             if self._queue:
                 await self.flush()
+            into = self.session.receive_buffer()
+            sock = getattr(self.stream, "socket", None)
             with trio.move_on_after(idle_timeout if idle_timeout is not None else float("inf")) as scope:
                 with _link_errors(f"receive from {self.peer}"):
-                    data = await self.stream.receive_some(RECEIVE_CHUNK)
+                    if into is not None and sock is not None:  # the rest of a large frame, in place
+                        count = await sock.recv_into(into)
+                        if count:
+                            self.session.received(count)
+                        data = b"" if not count else None
+                    else:
+                        data = await self.stream.receive_some(RECEIVE_CHUNK)
             if scope.cancelled_caught:
                 raise LinkDown(f"{self.peer} silent for {idle_timeout:g}s")
-            if not data:
-                raise LinkDown(f"{self.peer} closed the connection")
-            self.session.receive_data(data)
+            if data is not None:
+                if not data:
+                    raise LinkDown(f"{self.peer} closed the connection")
+                self.session.receive_data(data)
 
     def next_buffered_event(self) -> Frame | None:
         """The next frame already received, without I/O (None if none).

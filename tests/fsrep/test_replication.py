@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import sqlite3
 import subprocess
 import sys
@@ -95,6 +96,30 @@ def test_chmod_chown_utime_and_xattrs(mounted: Cluster) -> None:
     replica = mounted.secondary.replica_root()
     mounted.assert_replicated()
     assert os.stat(replica / "f").st_mtime_ns == 2_000_000_000
+
+
+# A version 2 file capability granting cap_net_bind_service (bit 10), permitted and effective.
+CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
+
+
+def test_file_capabilities_set_after_writes_are_dropped_by_the_next_write_on_both_sides(mounted: Cluster) -> None:
+    """The kernel asks for security.capability before each write; the
+    answer "none", remembered from the first writes, must not outlive a
+    setxattr that adds one: the next write still drops it, here and on
+    the replica."""
+    f = mounted.mnt / "tool"
+    with open(f, "wb", buffering=0) as out:
+        for _ in range(3):
+            out.write(b"x" * 4096)
+    os.setxattr(f, "security.capability", CAPABILITY)
+    assert os.getxattr(f, "security.capability") == CAPABILITY
+    with open(f, "r+b", buffering=0) as out:
+        out.write(b"y")
+    with pytest.raises(OSError) as info:
+        os.getxattr(f, "security.capability")
+    assert info.value.errno == errno.ENODATA
+    mounted.assert_replicated()
+    assert "security.capability" not in os.listxattr(mounted.secondary.replica_root() / "tool")
 
 
 def test_file_unlinked_while_open(mounted: Cluster) -> None:

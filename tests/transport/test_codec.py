@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import transport as tp
-from transport._codec import HEADER_SIZE, MAX_FRAME
+from transport._codec import HEADER_SIZE, LARGE_FRAME, MAX_FRAME
 from transport._frames import FRAME_TYPES, MAX_NAME, MAX_PATH, MAX_TEXT, MAX_XATTR_VALUE, Challenge, Proof
 
 SAMPLES: list[tp.Frame] = [
@@ -403,6 +403,77 @@ def test_a_long_stream_does_not_keep_consumed_bytes() -> None:
         decoder.receive_data(data)
         assert decoder.next_frame() == frame
     assert len(decoder._buf) <= 2 * len(data)
+
+
+def _large_write(seq: int = 1) -> tp.Write:
+    return tp.Write(seq=seq, path=b"d/f", offset=4096, data=bytes(range(256)) * (LARGE_FRAME // 256 + 7))
+
+
+def test_a_large_frame_received_in_place_decodes_its_data_as_a_view_of_its_own_buffer() -> None:
+    """recv_into the receive buffer: the data is not copied, and bytes
+    received after it (the next frame) never change it."""
+    frame, after = _large_write(), tp.Unlink(seq=2, path=b"g")
+    wire = tp.encode(frame) + tp.encode(after)
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(wire[:100])
+    assert decoder.next_frame() is None
+    pos = 100
+    while (into := decoder.receive_buffer()) is not None:
+        count = min(len(into), 5000)
+        into[:count] = wire[pos:pos + count]
+        decoder.received(count)
+        pos += count
+    assert pos == len(tp.encode(frame))
+    got = decoder.next_frame()
+    assert isinstance(got, tp.Write) and isinstance(got.data, memoryview)
+    assert got == frame
+    decoder.receive_data(wire[pos:])
+    assert decoder.next_frame() == after
+    assert bytes(got.data) == frame.data and decoder.buffered == 0
+
+
+def test_a_large_frame_fed_with_receive_data_keeps_what_follows_it() -> None:
+    frames = [_large_write(1), tp.Unlink(seq=2, path=b"g"), _large_write(3)]
+    wire = b"".join(tp.encode(f) for f in frames)
+    decoder = tp.FrameDecoder()
+    got: list[tp.Frame] = []
+    for start in range(0, len(wire), 7000):
+        decoder.receive_data(wire[start:start + 7000])
+        while (frame := decoder.next_frame()) is not None:
+            got.append(frame)
+    assert got == frames and decoder.buffered == 0
+
+
+def test_received_more_than_the_receive_buffer_is_our_bug() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(tp.encode(_large_write())[:10])
+    decoder.next_frame()
+    into = decoder.receive_buffer()
+    assert into is not None
+    with pytest.raises(tp.LocalProtocolError):
+        decoder.received(len(into) + 1)
+
+
+def test_stream_ending_inside_a_large_frame_is_an_error() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(tp.encode(_large_write())[:-1])
+    assert decoder.next_frame() is None
+    decoder.receive_data(b"")
+    assert decoder.receive_buffer() is None
+    with pytest.raises(tp.RemoteProtocolError, match="ended inside"):
+        decoder.next_frame()
+
+
+def test_a_large_frame_other_than_write_decodes_its_blobs_as_bytes() -> None:
+    frame = tp.SetXattr(seq=1, path=b"f", name=b"user.big", value=b"v" * MAX_XATTR_VALUE)
+    wire = tp.encode(frame)
+    assert len(wire) >= LARGE_FRAME
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(wire[:50])
+    decoder.next_frame()
+    decoder.receive_data(wire[50:])
+    got = decoder.next_frame()
+    assert got == frame and isinstance(got.value, bytes)
 
 
 # --- properties ---------------------------------------------------------------------
