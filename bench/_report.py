@@ -90,6 +90,40 @@ AIMS = [  # (what, (target, workload, metric), reference target, comparison, bou
 ]
 
 
+# Why an aim can be missed on this kind of machine, and what it would take:
+# from profiles of both daemons (py-spy --native, strace -c) during each
+# workload. Printed under an aim the run missed.
+WHY_MISSED = {
+    "seq_write": (
+        "Without the kernel's writeback cache a writer's 1 MiB write() is one FUSE request, and the next "
+        "comes only when it returns, after the secondary's ack: the chain is serial. The primary daemon "
+        "is CPU-bound on it (py-spy during dd: the loopback TCP send, in which the kernel also does the "
+        "receiver's half, ~11%; pyfuse3 copying the request into bytes ~8%; the local pwrite; Python per "
+        "frame). fsrep alone copies each byte 4 times, replicated 6 (the secondary receives in place and "
+        "writes; the primary sends each 128 KiB piece before writing it, so both hosts write at once), "
+        "with the writer and both daemons sharing 2 cores. What it would take: the data path out of the "
+        "interpreter (splice/vmsplice from /dev/fuse to the socket, a compiled splitter), or "
+        "`--writeback-cache`, where the kernel batches and pipelines writes (write() then only fills the "
+        "page cache; fsync and close still mean durable/applied on both sides, see the README)."),
+    "write_fsync": (
+        "A replicated 4 KiB write+fsync is two round trips (the write, then the fsync barrier, whose local "
+        "and remote fsyncs run at once), and each round trip passes through two Python event loops: the "
+        "pyfuse3 request, the send, the secondary's receive, apply and ack, the ack's receive, the reply — "
+        "about 0.1 ms of interpreter time per step on this machine, plus a thread hop per fsync on each "
+        "side; a Python TCP ping-pong alone costs 25-45 µs here. GlusterFS takes the same hops in C. What "
+        "it would take: a compiled data path (or a C FUSE front end that hands only metadata to Python)."),
+    "files": (
+        "Each new file is two replicated round trips (create, then the write), each paying the per-request "
+        "interpreter cost described for the write+fsync latency; GlusterFS's create also goes to both bricks "
+        "but in C. What it would take: the same compiled data path."),
+    "repair": (
+        "Repair time has a floor of a few tens of milliseconds (reconnect, authentication, generation "
+        "check, the resync run's bookkeeping, then InSync) before any byte moves; on small files rsync's "
+        "whole run is close to that floor. The bytes themselves move at about the dirty bytes (1.0× in "
+        "bench/resync.py)."),
+}
+
+
 def aims(m: Medians) -> list[dict[str, Any]]:
     """Each aim with its measured ratio and met (True/False), or met None
     when one side was not measured in this run."""
@@ -150,6 +184,8 @@ def aims_lines(results: list[dict[str, Any]]) -> list[str]:
         got = "" if aim["ratio"] is None else \
             f": {aim['target']} = {aim['ratio']:.2f} {relation} (needs {aim['op']} {aim['bound']:g})"
         lines.append(f"- {box} {aim['aim']} — **{verdict}**{got}")
+        if aim["met"] is False and aim["workload"] in WHY_MISSED:
+            lines.append(f"  - why, and what it would take: {WHY_MISSED[aim['workload']]}")
     return lines
 
 

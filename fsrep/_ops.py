@@ -462,6 +462,7 @@ class Operations(pyfuse3.Operations):
             raise
         st = os.fstat(opened[0])
         ino = self.inodes.remember(st.st_ino, parent_inode, name)
+        self._without_caps(ino)  # a new file has none
         return self._new_handle(opened[0], ino, flags), self._attrs(st)
 
     @fuse_errors
@@ -530,22 +531,25 @@ class Operations(pyfuse3.Operations):
         await group.rel.wait(group.rel.split(apply, marks))
         return written
 
-    async def _fsync(self, fd: int, path: bytes | None, ino: int) -> None:
-        """A barrier: durable locally and on the secondary before returning."""
+    async def _fsync(self, fd: int, path: bytes | None, ino: int, datasync: bool) -> None:
+        """A barrier: durable locally and on the secondary before returning
+        (the data only with *datasync*, as fdatasync: no journal commit for
+        an overwrite that changes no size)."""
+        sync = os.fdatasync if datasync else os.fsync
         if path is None:
-            await trio.to_thread.run_sync(os.fsync, fd)
+            await trio.to_thread.run_sync(sync, fd)
             return
         group, rel = self.groups.route(path)
         await group.rel.admit()
-        pending = group.rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=rel),
+        pending = group.rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=rel, datasync=int(datasync)),
                                   Marks(ancestors=self._above(group, ino)))
-        await trio.to_thread.run_sync(os.fsync, fd)
+        await trio.to_thread.run_sync(sync, fd)
         await group.rel.wait(pending)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handles[fh]
-        await self._fsync(fh, self._path(handle.ino), handle.ino)
+        await self._fsync(fh, self._path(handle.ino), handle.ino, datasync)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
@@ -606,7 +610,7 @@ class Operations(pyfuse3.Operations):
         path = self._existing_path(inode)
         fd = self.tree.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            await self._fsync(fd, path, inode)
+            await self._fsync(fd, path, inode, datasync)
         finally:
             os.close(fd)
 
@@ -626,10 +630,13 @@ class Operations(pyfuse3.Operations):
             if exc.errno != errno.ENODATA:
                 raise
         if caps:
-            if len(self._no_caps) >= NO_CAPS_LIMIT:
-                self._no_caps.clear()
-            self._no_caps.add(inode)
+            self._without_caps(inode)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    def _without_caps(self, inode: int) -> None:
+        if len(self._no_caps) >= NO_CAPS_LIMIT:
+            self._no_caps.clear()
+        self._no_caps.add(inode)
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

@@ -415,8 +415,9 @@ class Tree:
             return
         fd = self.open(op.path, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.fsync(fd)
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                (os.fdatasync if op.datasync else os.fsync)(fd)
         finally:
             os.close(fd)
 

@@ -81,14 +81,14 @@ class RegionSet:
 
     def ranges(self) -> Iterator[RegionRange]:
         """Maximal runs of consecutive regions, in order."""
-        start = prev = None
+        start = prev = -1  # no run yet
         for r in self._bitmap:
-            if start is None:
+            if start < 0:
                 start = prev = r
             elif r == prev + 1:
                 prev = r
             else:
                 yield RegionRange(start, prev - start + 1)
                 start = prev = r
-        if start is not None:
+        if start >= 0:
             yield RegionRange(start, prev - start + 1)

@@ -161,7 +161,7 @@ class FrameDecoder:
         self._large: bytearray | None = None  # a large frame being gathered, header included
         self._filled = 0
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._eof and data:
             raise LocalProtocolError("data received after end of stream")
         if not data:

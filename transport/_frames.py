@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from ._errors import LocalProtocolError
 
-PROTOCOL_VERSION = 2  # 2: generations in Welcome; Checksum, Digests, Generation
+PROTOCOL_VERSION = 3  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -338,14 +338,16 @@ class RemoveXattr(Operation):
 @dataclass(frozen=True, slots=True)
 class Fsync(Operation):
     """Barrier: the secondary makes ``path`` durable before acking it
-    (``b""`` with ``whole=1``: the whole replica)."""
+    (``b""`` with ``whole=1``: the whole replica); with ``datasync=1`` its
+    data only, as fdatasync(2) does."""
 
     TYPE = 22
     BARRIER = True
-    FIELDS = (("seq", U64), ("path", PATH), ("whole", U8))
+    FIELDS = (("seq", U64), ("path", PATH), ("whole", U8), ("datasync", U8))
     seq: int
     path: bytes
     whole: int = 0
+    datasync: int = 0
 
 
 @dataclass(frozen=True, slots=True)

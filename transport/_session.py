@@ -60,8 +60,10 @@ class SessionState(enum.Enum):
 S = SessionState
 _OPS = "operation"
 
+Kinds = dict[str, dict[SessionState, set[object]]]
+
 # role -> state -> frame kinds the peer may send us
-RECEIVE = {
+RECEIVE: Kinds = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
@@ -76,7 +78,7 @@ RECEIVE = {
     },
 }
 # role -> state -> frame kinds we may send
-SEND = {
+SEND: Kinds = {
     "primary": {
         S.START: {Hello},
         S.OPEN: {_OPS, Ping, Pong, Close, Error},
@@ -111,7 +113,7 @@ class _Session:
         self.state = S.START
         self.group_id: bytes | None = None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed received bytes; ``b""`` means the peer closed the stream."""
         try:
             self._decoder.receive_data(data)
@@ -204,6 +206,7 @@ class PrimarySession(_Session):
         self.last_acked = 0
 
     def start(self) -> bytes:
+        assert self.group_id is not None  # set in __init__
         return self.send(Hello(group_id=self.group_id, nonce=self._nonce))
 
     def _sent(self, frame: Frame) -> None:

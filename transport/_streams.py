@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 RECEIVE_CHUNK = 1024 * 1024
 _COALESCE_BELOW = 256 * 1024
 _IOV_MAX = 1024
+_YIELD_EVERY = 16  # receives between yields to the scheduler while bytes keep arriving
 
 
 @contextlib.contextmanager
@@ -50,6 +51,7 @@ class Connection:
         self._send_lock = trio.Lock()
         self._closed = False
         self._pending_error: ProtocolError | None = None
+        self._receives = 0
 
     def enqueue(self, frame: Frame) -> None:
         """Queue *frame* for sending. Never checkpoints."""
@@ -92,8 +94,16 @@ class Connection:
         """Write everything queued so far: straight from the queued pieces
         with writev on a socket (no copy into one buffer), else piece by
         piece with small ones joined."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is not None and not self._send_lock.locked():
+            # Usually the socket takes it all at once: no trip through the scheduler then.
+            with _link_errors(f"send to {self.peer}"), contextlib.suppress(BlockingIOError):
+                while self._queue:
+                    self._write_some(sock.fileno())
+            if not self._queue:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return
         async with self._send_lock:
-            sock = getattr(self.stream, "socket", None)
             if sock is not None:
                 with _link_errors(f"send to {self.peer}"):
                     while self._queue:
@@ -158,23 +168,53 @@ class Connection:
                 return event
             if self._queue:
                 await self.flush()
-            into = self.session.receive_buffer()
-            sock = getattr(self.stream, "socket", None)
             with trio.move_on_after(idle_timeout if idle_timeout is not None else float("inf")) as scope:
                 with _link_errors(f"receive from {self.peer}"):
-                    if into is not None and sock is not None:  # the rest of a large frame, in place
-                        count = await sock.recv_into(into)
-                        if count:
-                            self.session.received(count)
-                        data = b"" if not count else None
-                    else:
-                        data = await self.stream.receive_some(RECEIVE_CHUNK)
+                    data = await self._receive()
             if scope.cancelled_caught:
                 raise LinkDown(f"{self.peer} silent for {idle_timeout:g}s")
             if data is not None:
                 if not data:
                     raise LinkDown(f"{self.peer} closed the connection")
                 self.session.receive_data(data)
+
+    async def _receive(self) -> bytes | bytearray | None:
+        """Bytes from the peer (``b""`` once it closed), or None when they
+        went straight into the session's receive buffer (a large frame).
+
+        On a socket, bytes already waiting are taken without a trip through
+        the scheduler (trio's socket methods yield after every call, which
+        costs a scheduler round per frame); one receive in ``_YIELD_EVERY``
+        yields, so a busy link never starves the other tasks.
+
+        Raises:
+            OSError, trio.ClosedResourceError: the link failed or was closed.
+        """
+        sock = getattr(self.stream, "socket", None)
+        if sock is None:
+            into = self.session.receive_buffer()
+            if into is None:
+                return await self.stream.receive_some(RECEIVE_CHUNK)
+            data = await self.stream.receive_some(len(into))
+            return data
+        self._receives += 1
+        if self._receives % _YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            into = self.session.receive_buffer()
+            try:
+                if into is None:
+                    return os.read(sock.fileno(), RECEIVE_CHUNK)
+                count = os.readv(sock.fileno(), [into])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not count:
+                return b""
+            self.session.received(count)
+            return None
 
     def next_buffered_event(self) -> Frame | None:
         """The next frame already received, without I/O (None if none).

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import sqlite3
+import struct
 import subprocess
 import sys
 import tarfile

@@ -329,6 +329,18 @@ def test_fsync_of_files_directories_and_the_whole_tree(tree: Tree, root: Path, p
     tree.apply(tp.Fsync(seq=1, path=path, whole=whole))
 
 
+@pytest.mark.parametrize("datasync, called", [(0, "fsync"), (1, "fdatasync")])
+def test_fsync_with_datasync_is_an_fdatasync(tree: Tree, monkeypatch: pytest.MonkeyPatch,
+                                             datasync: int, called: str) -> None:
+    _mkfile(tree, b"f", b"x")
+    calls: list[str] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real, name=name: (calls.append(name), real(fd))[1])
+    tree.apply(tp.Fsync(seq=1, path=b"f", datasync=datasync))
+    assert calls == [called]
+
+
 def test_fsync_of_a_missing_file_fails(tree: Tree) -> None:
     with pytest.raises(FileNotFoundError):
         tree.apply(tp.Fsync(seq=1, path=b"nope"))

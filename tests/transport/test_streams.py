@@ -306,3 +306,45 @@ async def test_buffered_protocol_error_surfaces_at_the_next_receive() -> None:
             assert secondary.next_buffered_event() is None  # the bad frame is held back ...
             with pytest.raises(tp.LinkDown, match="expected 2"):
                 await secondary.receive_event(idle_timeout=TIMEOUT)  # ... and raised here
+
+
+async def test_a_busy_link_still_lets_other_tasks_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that are already waiting are taken without a scheduler round
+    each, but a receiver that always finds more still yields now and then."""
+    monkeypatch.setattr("transport._streams._YIELD_EVERY", 2)
+    frames = [tp.Write(seq=seq, path=b"f", offset=0, data=bytes(70_000)) for seq in range(1, 41)]
+    ran = 0
+
+    async def other_task() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(10):
+        async with _open_pair() as (primary, secondary), trio.open_nursery() as nursery:
+            for frame in frames:
+                primary.enqueue(frame)
+            await primary.flush()  # all of it waits in the socket buffers: the receiver never blocks
+            nursery.start_soon(other_task)
+            got = [await secondary.receive_event(idle_timeout=TIMEOUT) for _ in frames]
+            during = ran
+            nursery.cancel_scope.cancel()
+    assert got == frames
+    assert during >= 1
+
+
+async def test_a_large_write_is_received_whole_over_a_socket() -> None:
+    """A Write well over the large-frame size arrives in place (recv into
+    its own buffer) between two small frames, all in order."""
+    big = tp.Write(seq=2, path=b"f", offset=0, data=bytes(range(256)) * 8192)
+    frames = [_unlink(1), big, _unlink(3)]
+    with trio.fail_after(10):
+        async with _open_pair() as (primary, secondary):
+            for frame in frames:
+                primary.enqueue(frame)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(primary.flush)
+                got = [await secondary.receive_event(idle_timeout=TIMEOUT) for _ in frames]
+    assert got == frames
+    assert isinstance(got[1].data, memoryview)
