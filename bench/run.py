@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -74,6 +75,7 @@ class Plan:
     failures: list[str] = field(default_factory=list)
     tarball: dict[str, int] = field(default_factory=dict)
     rtt_ms: float | None = None
+    render: Path | None = None  # only rewrite the report files from this report.json
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
@@ -301,7 +303,11 @@ def parse(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--out", type=Path, default=HERE, help="where the report files go (default: bench/)")
     parser.add_argument("--dir", help="base directory for the stores (a fresh directory inside; default /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    parser.add_argument("--render", type=Path, metavar="REPORT_JSON",
+                        help="measure nothing: write the report files to --out again from a report.json")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return Plan([], 0, wl.Sizes(), None, args.out.resolve(), False, render=args.render)
     targets = args.targets.split(",") if args.targets else list(TARGETS)
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
@@ -319,8 +325,23 @@ def parse(argv: list[str] | None = None) -> Plan:
     return Plan(targets, rounds, sizes, args.dir, args.out.resolve(), args.keep)
 
 
+def render(source: Path, out: Path) -> int:
+    """Rewrite the report files from a finished run's report.json (the
+    numbers stay; the text around them may have changed)."""
+    try:
+        summary = json.loads(source.read_text())
+        paths = _report.write_all(summary, out)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"bench/run.py: error: cannot render {source}: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     plan = parse(argv)
+    if plan.render is not None:
+        return render(plan.render, plan.out)
     install_signal_handlers()
     started = time.monotonic()
     try:
