@@ -375,3 +375,22 @@ def compare_trees(primary: Path, replica: Path) -> list[str]:
     if not replica.is_dir():
         return [f"no replica directory {replica}"]
     return tree_differences(primary, replica)
+
+
+def replica_problems(primary: Primary, sec: Secondary, group_id: str) -> list[str]:
+    """What is wrong with the replica of a group next to its primary store,
+    both daemons stopped: nothing, or one line with the first differences."""
+    diff = compare_trees(primary.store, sec.replica(group_id))
+    if not diff:
+        return []
+    return [f"replica differs from the primary store ({len(diff)} entries), e.g. {'; '.join(diff[:3])}"]
+
+
+def daemon_notes(primary: Primary | None, sec: Secondary | None) -> dict[str, int]:
+    """Warnings and errors in both daemons' logs, counted by message."""
+    notes: dict[str, int] = {}
+    if primary is not None:
+        notes.update({f"primary: {k}": v for k, v in log_notes(primary.log).items()})
+    if sec is not None:
+        notes.update({f"secondary: {k}": v for k, v in log_notes(sec.log).items()})
+    return notes

@@ -25,9 +25,9 @@ from _common import (
     BenchError,
     Primary,
     Secondary,
-    compare_trees,
-    log_notes,
+    daemon_notes,
     mounted,
+    replica_problems,
     secondary,
 )
 from _peers import Gluster, Link
@@ -124,8 +124,8 @@ def fsrep_alone(base: Path, key: Path) -> Iterator[Site]:
         with mounted(base / "primary", base / "mnt", key, UNREACHABLE) as primary:
             yield site
     finally:
+        site.log_notes.update(daemon_notes(primary, None))
         if primary is not None:
-            site.log_notes.update({f"primary: {k}": v for k, v in log_notes(primary.log).items()})
             site.problems += primary.cleanup_notes
 
 
@@ -152,17 +152,13 @@ def fsrep_replicated(base: Path, key: Path, link: Link | None = None) -> Iterato
             site.peer_back = lambda: fsrep_back(primary, sec)
             yield site
             site.check_in_sync(primary, "after the workloads")
-        diff = compare_trees(primary.store, sec.replica(group_id))
-        site.replica_equal = not diff
-        if diff:
-            site.problems.append(f"replica differs from the primary store ({len(diff)} entries), "
-                                 f"e.g. {'; '.join(diff[:3])}")
+        differences = replica_problems(primary, sec, group_id)
+        site.replica_equal = not differences
+        site.problems += differences
     finally:
+        site.log_notes.update(daemon_notes(primary, sec))
         if primary is not None:
-            site.log_notes.update({f"primary: {k}": v for k, v in log_notes(primary.log).items()})
             site.problems += primary.cleanup_notes
-        if sec is not None:
-            site.log_notes.update({f"secondary: {k}": v for k, v in log_notes(sec.log).items()})
 
 
 # --- the others ------------------------------------------------------------------------------

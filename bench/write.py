@@ -42,12 +42,12 @@ from _common import (  # noqa: E402
     BenchError,
     Primary,
     Secondary,
-    compare_trees,
     cpu_seconds,
+    daemon_notes,
     ensure_key,
     install_signal_handlers,
-    log_notes,
     mounted,
+    replica_problems,
     secondary,
     workdir,
 )
@@ -191,16 +191,11 @@ def measure(config: str, base: Path, args: argparse.Namespace) -> Run:
                                         f"({after.get('last_error') or after.get('stale_reason')}); "
                                         f"these figures are not replicated ones")
             # both daemons are stopped: the replica must equal the primary store
-            diff = compare_trees(primary.store, sec.replica(group["id"]))
-            if diff:
-                run.problems.append(f"replica differs from the primary store ({len(diff)} entries), "
-                                    f"e.g. {'; '.join(diff[:3])}")
+            run.problems += replica_problems(primary, sec, group["id"])
     finally:
+        run.log_notes.update(daemon_notes(primary, sec))
         if primary is not None:
-            run.log_notes.update({f"primary: {k}": v for k, v in log_notes(primary.log).items()})
             run.problems += primary.cleanup_notes
-        if sec is not None:
-            run.log_notes.update({f"secondary: {k}": v for k, v in log_notes(sec.log).items()})
     return run
 
 
