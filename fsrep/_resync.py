@@ -40,7 +40,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import trio
 
@@ -55,6 +55,7 @@ from ._tree import Tree
 log = logging.getLogger(__name__)
 CHUNK_REGIONS = 256  # 1 MiB per Write
 MAX_IN_FLIGHT = 32 * 1024 * 1024
+MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step, through one descriptor
 
 
 async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
@@ -311,27 +312,45 @@ class QuickResync:
             await self._file(ino)
 
     async def _file(self, ino: int) -> None:
-        for run in list(self.dirty.ranges(ino)):
-            for first in range(run.first, run.stop, CHUNK_REGIONS):
-                chunk = tracking.RegionRange(first, min(CHUNK_REGIONS, run.stop - first))
-                if not self._copy(ino, chunk):
-                    return
-                await self.rel.throttle(MAX_IN_FLIGHT)
-                pause = self.progress.pause_for(chunk.count * tracking.REGION_SIZE, trio.current_time())
-                if pause:
-                    await trio.sleep(pause)
-                if self.dirty.dirs():
-                    return
+        batch: list[tracking.RegionRange] = []
+        for chunk in self._chunks(ino):
+            batch.append(chunk)
+            if sum(c.count for c in batch) < CHUNK_REGIONS and len(batch) < MAX_RUNS_PER_STEP:
+                continue
+            if not await self._copy_step(ino, batch):
+                return
+            batch = []
+        if batch and not await self._copy_step(ino, batch):
+            return
         if self.dirty.meta_dirty(ino):
             self._attributes(ino)
 
-    def _copy(self, ino: int, chunk: tracking.RegionRange) -> bool:
-        """Read, queue and mark clean one run of regions — one step."""
+    def _chunks(self, ino: int) -> Iterator[tracking.RegionRange]:
+        """The file's dirty runs, cut to at most CHUNK_REGIONS regions (one
+        Write frame each)."""
+        for run in list(self.dirty.ranges(ino)):
+            for first in range(run.first, run.stop, CHUNK_REGIONS):
+                yield tracking.RegionRange(first, min(CHUNK_REGIONS, run.stop - first))
+
+    async def _copy_step(self, ino: int, chunks: list[tracking.RegionRange]) -> bool:
+        """Copy *chunks* in one step, then wait as the in-flight budget and
+        the rate limit say. False: stop copying this file (it is gone, or
+        directories went dirty first)."""
+        if not self._copy(ino, chunks):
+            return False
+        await self.rel.throttle(MAX_IN_FLIGHT)
+        pause = self.progress.pause_for(sum(c.count for c in chunks) * tracking.REGION_SIZE, trio.current_time())
+        if pause:
+            await trio.sleep(pause)
+        return not self.dirty.dirs()
+
+    def _copy(self, ino: int, chunks: list[tracking.RegionRange]) -> bool:
+        """Read, queue and mark clean runs of regions of one file — one step,
+        through one descriptor (a random 1% of a file is thousands of runs)."""
         path = self.resolve(ino)
         if path is None:
             self.dirty.forget_file(ino)
             return False
-        offset = chunk.first * tracking.REGION_SIZE
         try:
             fd = self.tree.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError:
@@ -341,17 +360,20 @@ class QuickResync:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
                 return False
-            length = chunk.count * tracking.REGION_SIZE
-            hole = ino in self.created and _in_hole(fd, offset, length)  # sparse files stay sparse
-            data = b"" if hole else os.pread(fd, length, offset)
+            for chunk in chunks:
+                offset = chunk.first * tracking.REGION_SIZE
+                length = chunk.count * tracking.REGION_SIZE
+                hole = ino in self.created and _in_hole(fd, offset, length)  # sparse files stay sparse
+                data = b"" if hole else os.pread(fd, length, offset)
+                if data:
+                    self.rel.send(lambda seq, offset=offset, data=data: tp.Write(seq=seq, path=path, offset=offset,
+                                                                                 data=data),
+                                  tracking.Marks(regions=((ino, path, offset, len(data)),)))
+                    self.bytes_sent += len(data)
+                    self.progress.copied(len(data), trio.current_time())
+                self.dirty.clean_regions(ino, chunk)
         finally:
             os.close(fd)
-        if data:
-            self.rel.send(lambda seq: tp.Write(seq=seq, path=path, offset=offset, data=data),
-                          tracking.Marks(regions=((ino, path, offset, len(data)),)))
-            self.bytes_sent += len(data)
-            self.progress.copied(len(data), trio.current_time())
-        self.dirty.clean_regions(ino, chunk)
         return True
 
     def _attributes(self, ino: int) -> None:
