@@ -193,10 +193,7 @@ class Connection:
         sock = getattr(self.stream, "socket", None)
         if sock is None:
             into = self.session.receive_buffer()
-            if into is None:
-                return await self.stream.receive_some(RECEIVE_CHUNK)
-            data = await self.stream.receive_some(len(into))
-            return data
+            return await self.stream.receive_some(RECEIVE_CHUNK if into is None else len(into))
         self._receives += 1
         if self._receives % _YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
