@@ -209,7 +209,8 @@ class FrameDecoder:
                     raise RemoteProtocolError("stream ended inside a frame")
                 return None
             large, self._large, self._filled = self._large, None, 0
-            return self._decode(large[5], memoryview(large)[HEADER_SIZE:], views=True)
+            type_code = _HEADER.unpack_from(large)[2]  # the header was checked when the frame began
+            return self._decode(type_code, memoryview(large)[HEADER_SIZE:], views=True)
         avail = len(self._buf) - self._pos
         if avail < HEADER_SIZE:
             if self._eof and avail:
