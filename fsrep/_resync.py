@@ -53,9 +53,9 @@ from ._splitter import Relationship
 from ._tree import Tree
 
 log = logging.getLogger(__name__)
-CHUNK_REGIONS = 256  # 1 MiB per Write
+CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
 MAX_IN_FLIGHT = 32 * 1024 * 1024
-MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step, through one descriptor
+MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
 
 
 async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
@@ -326,8 +326,7 @@ class QuickResync:
             self._attributes(ino)
 
     def _chunks(self, ino: int) -> Iterator[tracking.RegionRange]:
-        """The file's dirty runs, cut to at most CHUNK_REGIONS regions (one
-        Write frame each)."""
+        """The file's dirty runs, cut to at most CHUNK_REGIONS regions."""
         for run in list(self.dirty.ranges(ino)):
             for first in range(run.first, run.stop, CHUNK_REGIONS):
                 yield tracking.RegionRange(first, min(CHUNK_REGIONS, run.stop - first))
@@ -360,20 +359,24 @@ class QuickResync:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
                 return False
+            pieces = []
             for chunk in chunks:
                 offset = chunk.first * tracking.REGION_SIZE
                 length = chunk.count * tracking.REGION_SIZE
                 hole = ino in self.created and _in_hole(fd, offset, length)  # sparse files stay sparse
                 data = b"" if hole else os.pread(fd, length, offset)
                 if data:
-                    self.rel.send(lambda seq, offset=offset, data=data: tp.Write(seq=seq, path=path, offset=offset,
-                                                                                 data=data),
-                                  tracking.Marks(regions=((ino, path, offset, len(data)),)))
-                    self.bytes_sent += len(data)
-                    self.progress.copied(len(data), trio.current_time())
-                self.dirty.clean_regions(ino, chunk)
+                    pieces.append((offset, data))
         finally:
             os.close(fd)
+        if pieces:  # one frame for all the runs: a frame's cost on both sides, not one per run
+            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces),
+                          tracking.Marks(regions=tuple((ino, path, offset, len(data)) for offset, data in pieces)))
+            copied = sum(len(data) for _, data in pieces)
+            self.bytes_sent += copied
+            self.progress.copied(copied, trio.current_time())
+        for chunk in chunks:
+            self.dirty.clean_regions(ino, chunk)
         return True
 
     def _attributes(self, ino: int) -> None:

@@ -288,13 +288,12 @@ class Tree:
         handler(self, op)
 
     def _write(self, op: tp.Write) -> None:
+        _pwrite_all(self._file(op.path), op.data, op.offset)
+
+    def _write_runs(self, op: tp.WriteRuns) -> None:
         fd = self._file(op.path)
-        view = memoryview(op.data)
-        offset = op.offset
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
+        for offset, data in op.pieces():
+            _pwrite_all(fd, data, offset)
 
     def _set_mode(self, fd: int, mode: int) -> None:
         os.chmod(proc_path(fd), stat.S_IMODE(mode))
@@ -448,8 +447,16 @@ def _purge(tree: Tree, op: tp.Purge) -> None:
             os.unlink(name, dir_fd=tree.root_fd)
 
 
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 _APPLY = {
-    tp.Write: Tree._write, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
+    tp.Write: Tree._write, tp.WriteRuns: Tree._write_runs, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
     tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
     tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link, tp.KeepXattrs: Tree._keepxattrs,
     tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,

@@ -22,6 +22,7 @@ from ._frames import DIGEST_SIZE as DIGEST_SIZE
 from ._frames import MAX_CHECKSUM_REGIONS as MAX_CHECKSUM_REGIONS
 from ._frames import MAX_DATA as MAX_DATA
 from ._frames import MAX_LISTING as MAX_LISTING
+from ._frames import MAX_RUNS as MAX_RUNS
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE
 from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE
@@ -58,6 +59,7 @@ from ._frames import Symlink as Symlink
 from ._frames import Unlink as Unlink
 from ._frames import Welcome as Welcome
 from ._frames import Write as Write
+from ._frames import WriteRuns as WriteRuns
 from ._frames import check_path as check_path
 from ._frames import decode_entries as decode_entries
 from ._frames import encode_entries as encode_entries

@@ -33,6 +33,7 @@ from ._frames import (
     I64,
     MAX_DATA,
     MAX_PATH,
+    MAX_RUNS,
     NAME,
     NONCE,
     NONCE_SIZE,
@@ -40,6 +41,7 @@ from ._frames import (
     PROOF,
     PROOF_SIZE,
     PROTOCOL_VERSION,
+    RUN_SIZE,
     TEXT,
     U8,
     U32,
@@ -49,7 +51,7 @@ from ._frames import (
 
 _HEADER = struct.Struct(">IBB")
 HEADER_SIZE = _HEADER.size
-MAX_FRAME = MAX_DATA + MAX_PATH + 1024
+MAX_FRAME = MAX_DATA + MAX_PATH + MAX_RUNS * RUN_SIZE + 1024
 _INTS = {U8: struct.Struct(">B"), U32: struct.Struct(">I"), U64: struct.Struct(">Q"), I64: struct.Struct(">q")}
 _LEN16 = struct.Struct(">H")
 _LEN32 = struct.Struct(">I")

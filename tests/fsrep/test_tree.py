@@ -106,6 +106,12 @@ def test_write_puts_data_at_the_offset(tree: Tree, root: Path) -> None:
     assert (root / "f").read_bytes() == b"hello there" + b"\0" * 9 + b"!"
 
 
+def test_write_runs_put_each_run_at_its_offset(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"." * 10)
+    tree.apply(tp.WriteRuns.of(2, b"f", [(1, b"ab"), (6, b"c"), (12, b"de")]))
+    assert (root / "f").read_bytes() == b".ab...c..." + b"\0" * 2 + b"de"
+
+
 def test_write_to_an_existing_file_not_created_by_the_tree(tree: Tree, root: Path) -> None:
     (root / "d").mkdir()
     (root / "d" / "f").write_bytes(b"abc")
