@@ -16,12 +16,23 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_running = 0
+
+
+def requests_running() -> int:
+    """FUSE requests whose handler has started and not yet returned (the
+    caller's own included): whether anything else waits on the event loop."""
+    return _running
+
+
 def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn OSError into FUSEError(errno) and any other exception into a
     logged EIO, so a bug fails one request instead of the mount."""
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        global _running
+        _running += 1
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -31,5 +42,7 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
         except Exception:
             log.exception("internal error in %s; the request fails with EIO", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            _running -= 1
 
     return wrapper
