@@ -130,7 +130,8 @@ def run_workload(workload: str, target: str, site: Site, plan: Plan, env: Env) -
     regions = wl.repair_regions(sizes)
     if target == "rsync":
         return rsync_repair(root, lambda p: wl.fill(p, sizes.seq_mib), lambda p: wl.rewrite(p, regions))
-    assert site.peer_down is not None and site.peer_back is not None
+    assert site.peer_down is not None
+    assert site.peer_back is not None
     wl.fill(root / "repair.img", sizes.seq_mib)
     site.peer_down()
     wl.rewrite(root / "repair.img", regions)

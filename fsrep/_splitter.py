@@ -826,7 +826,7 @@ class Relationship:
 
     # --- shutdown ----------------------------------------------------------------
 
-    async def drain_and_close(self, timeout: float) -> None:
+    async def drain_and_close(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is in the message
         """Wait (bounded) for what is in flight, say goodbye, and persist the
         group as cleanly shut down."""
         with trio.move_on_after(timeout):

@@ -249,9 +249,11 @@ class Connection:
 
 
 async def open_primary_connection(host: str, port: int, key: bytes, group_id: bytes,
-                                  timeout: float) -> tuple[Connection, Welcome]:
+                                  timeout: float) -> tuple[Connection, Welcome]:  # noqa: ASYNC109 - see below
     """Connect, authenticate and return the open connection and the
-    secondary's Welcome.
+    secondary's Welcome. *timeout* bounds the connect and the handshake
+    each, here and not in a caller's cancel scope, so that the error says
+    which of them took too long.
 
     Raises:
         LinkDown: the secondary cannot be reached or dropped us in time.
@@ -288,8 +290,9 @@ async def open_primary_connection(host: str, port: int, key: bytes, group_id: by
 
 
 async def accept_secondary_session(stream: trio.abc.Stream, key: bytes, peer: str,
-                                   timeout: float) -> tuple[Connection, bytes]:
-    """Run the secondary's half of the handshake on an accepted stream.
+                                   timeout: float) -> tuple[Connection, bytes]:  # noqa: ASYNC109 - see below
+    """Run the secondary's half of the handshake on an accepted stream,
+    within *timeout* (here, so that the error names the handshake).
 
     Returns the connection in state AUTHENTICATED and the group id; the
     caller opens the replica and sends Welcome.

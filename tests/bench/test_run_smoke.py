@@ -40,8 +40,10 @@ def test_smoke_run_reports_every_target_and_workload_with_equal_replicas(tmp_pat
         for workload in workloads:
             for metric in METRICS[workload]:
                 number = report["medians"][target][workload][metric]
-                assert isinstance(number, float | int) and math.isfinite(number) and number > 0, \
-                    f"{target} {workload} {metric}: {number!r}"
+                what = f"{target} {workload} {metric}: {number!r}"
+                assert isinstance(number, float | int), what
+                assert math.isfinite(number), what
+                assert number > 0, what
         assert f"| {target} |" in markdown
     for target in ("fsrep-loopback", "fsrep-1ms"):
         assert report["checks"][target]["replica_equal"] == [True], f"{target}: {report['checks'][target]}"

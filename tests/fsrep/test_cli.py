@@ -20,7 +20,8 @@ def _one_line_error(done) -> str:
 @pytest.mark.parametrize("command", ["keygen", "serve", "mount", "umount", "status"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     done = run_fsrep(command, "--help")
-    assert "example:" in done.stdout and f"fsrep {command}" in done.stdout
+    assert "example:" in done.stdout
+    assert f"fsrep {command}" in done.stdout
 
 
 def test_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
@@ -30,7 +31,8 @@ def test_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
     assert len(key.read_text().strip()) == 64
     before = key.read_text()
     line = _one_line_error(run_fsrep("keygen", str(key), check=False))
-    assert "exists already" in line and key.read_text() == before
+    assert "exists already" in line
+    assert key.read_text() == before
 
 
 def test_mount_errors_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
@@ -55,7 +57,8 @@ def test_corrupt_group_state_refuses_to_mount(cluster: Cluster) -> None:
     state = next((cluster.primary_store / ".fsrep" / "groups").glob("*.json"))
     state.write_text(state.read_text().replace('"last_seq": ', '"last_seq": 1'))
     line = _one_line_error(cluster.mount(check=False))
-    assert "checksum mismatch" in line and state.name in line
+    assert "checksum mismatch" in line
+    assert state.name in line
 
 
 def test_status_and_umount_of_a_plain_directory(tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def test_several_groups_one_cut_and_the_others_stay_in_sync(cluster: Cluster) ->
         wait_for(lambda: cluster.groups()["/vms/vm1"]["state"] == "OutOfSync", "vm1 out of sync",
                  timeout=NOTICE_DEADLINE)
         groups = cluster.groups()
-        assert groups["/"]["state"] == "InSync" and groups["/vm2"]["state"] == "InSync", groups
+        assert groups["/"]["state"] == "InSync", groups
+        assert groups["/vm2"]["state"] == "InSync", groups
         assert groups["/vms/vm1"]["dirty_bytes"] > 0, groups["/vms/vm1"]
         # What the other groups wrote is on their replicas already, the link of vm1 still cut.
         for path in ("/", "/vm2"):
@@ -137,7 +138,8 @@ def test_declaring_and_retiring_a_group_moves_its_subtree_between_replicas(clust
     assert_group_replicated(cluster, groups)
 
     done = cluster.mount(check=False)  # forgetting a group is refused: its tracking would be lost
-    assert done.returncode == 1 and "--retire vm1" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "--retire vm1" in done.stderr, done.stderr
     cluster.mount("--retire", "vm1")  # its subtree joins the default group again
     wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after retiring vm1", timeout=RECONNECT_DEADLINE)
     assert "group /vm1 was retired" in cluster.primary_log()
@@ -152,9 +154,11 @@ def test_resync_of_one_group_by_path(cluster: Cluster) -> None:
     done = fsrep_resync(str(cluster.mnt), "--group", "/vm1", "--mode", "checksum", "--json")
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
-    assert outcome["group"] == cluster.groups()["/vm1"]["id"] and outcome["verified"], outcome
+    assert outcome["group"] == cluster.groups()["/vm1"]["id"], outcome
+    assert outcome["verified"], outcome
     done = fsrep_resync(str(cluster.mnt), "--group", "nope")
-    assert done.returncode == 1 and "no consistency group 'nope'" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "no consistency group 'nope'" in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
 
 
@@ -174,20 +178,24 @@ def test_bad_group_declarations_get_one_line(cluster: Cluster, config: str, flag
     done = run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key),
                      "--secondary", cluster.secondary.address, "--config", str(path), *flags, check=False)
     assert done.returncode == 1, done
-    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_a_mount_without_a_secondary_is_refused(cluster: Cluster) -> None:
     done = run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key),
                      check=False)
-    assert done.returncode == 1 and "no secondary" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "no secondary" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 def test_a_group_root_that_is_a_file_is_refused(cluster: Cluster) -> None:
     (cluster.primary_store / "vm1").write_bytes(b"not a directory")
     done = cluster.mount("--group", "vm1", check=False)
-    assert done.returncode == 1 and "plain directories of the store" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "plain directories of the store" in done.stderr, done.stderr
 
 
 def all_in_sync(cluster: Cluster) -> dict[str, dict] | bool:
@@ -256,7 +264,8 @@ def test_a_group_path_through_a_symlink_is_refused_and_nothing_is_made_outside(c
     outside.mkdir()
     (cluster.primary_store / "vms").symlink_to(outside)
     done = cluster.mount("--group", "vms/vm1", check=False)
-    assert done.returncode == 1 and "plain directories of the store" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "plain directories of the store" in done.stderr, done.stderr
     assert not (outside / "vm1").exists(), "the mount made a directory outside the store"
 
 
@@ -274,13 +283,15 @@ def test_a_hard_link_across_a_new_group_boundary_is_refused(cluster: Cluster) ->
     os.link(cluster.mnt / "vm1" / "disk", cluster.mnt / "backup")
     cluster.umount()
     done = cluster.mount("--group", "vm1", check=False)
-    assert done.returncode == 1 and "vm1/disk has a hard link outside the group" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "vm1/disk has a hard link outside the group" in done.stderr, done.stderr
 
 
 def test_dot_fsrep_is_reserved_at_every_group_root(cluster: Cluster) -> None:
     (cluster.primary_store / "vm1" / ".fsrep").mkdir(parents=True)
     done = cluster.mount("--group", "vm1", check=False)
-    assert done.returncode == 1 and "reserved for fsrep's state" in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert "reserved for fsrep's state" in done.stderr, done.stderr
     (cluster.primary_store / "vm1" / ".fsrep").rmdir()
     cluster.mount("--group", "vm1")
     with pytest.raises(PermissionError):

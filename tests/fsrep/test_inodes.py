@@ -77,7 +77,8 @@ def test_forget_of_the_root_or_an_unknown_inode_is_harmless() -> None:
     table = InodeTable(ROOT_ST_INO)
     table.forget(ROOT, 100)
     table.forget(12345, 1)
-    assert table.path(ROOT) == b"" and len(table) == 1
+    assert table.path(ROOT) == b""
+    assert len(table) == 1
 
 
 def test_a_new_inode_at_a_known_name_replaces_the_old_entry() -> None:
@@ -96,4 +97,6 @@ def test_chain_lists_the_directories_from_the_root_and_survives_deep_trees() -> 
     leaf = table.remember(99999, parent, b"leaf")
     path, dirs = table.chain(leaf)
     assert path == b"d/" * 3000 + b"leaf"
-    assert dirs[0] == ROOT and dirs[-1] == parent and len(dirs) == 3001
+    assert dirs[0] == ROOT
+    assert dirs[-1] == parent
+    assert len(dirs) == 3001

@@ -29,7 +29,8 @@ def test_generations_advance_on_out_of_sync_and_resync(cluster: Cluster) -> None
     _, state = _replica_state(cluster)
     first = state["generations"]
     [group_file] = (cluster.primary_store / ".fsrep" / "groups").glob("*.json")
-    assert first and first == tracking.load_state(group_file, "fsrep-group")["generations"]  # the replica knows
+    assert first
+    assert first == tracking.load_state(group_file, "fsrep-group")["generations"]
     cluster.secondary.stop()
     cluster.mount()
     (cluster.mnt / "a").write_text("two")  # OutOfSync: the primary starts a new generation
@@ -38,7 +39,8 @@ def test_generations_advance_on_out_of_sync_and_resync(cluster: Cluster) -> None
     cluster.umount()
     _, state = _replica_state(cluster)
     primary = tracking.load_state(group_file, "fsrep-group")["generations"]
-    assert len(primary) == len(first) + 2 and primary[:len(first)] == first  # then OutOfSync, then resynced
+    assert len(primary) == len(first) + 2
+    assert primary[:len(first)] == first
     assert state["generations"] == [*first, primary[-1]]  # it never saw the OutOfSync one
     cluster.assert_replicated()
 
@@ -66,7 +68,9 @@ def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cl
     assert ("newer data" if history == "newer" else "cannot tell") in status["stale_reason"]
     (cluster.mnt / "b").write_text("kept local while the operator decides")
     done = fsrep_resync(str(cluster.mnt), timeout=60)
-    assert done.returncode == 1 and "--mode full" in done.stderr and done.stderr.count("\n") == 1
+    assert done.returncode == 1
+    assert "--mode full" in done.stderr
+    assert done.stderr.count("\n") == 1
     assert tree_digest(replica) == before  # nothing was resynced either way
     assert "SplitBrain" in run_fsrep("status", str(cluster.mnt)).stdout
 
@@ -87,5 +91,7 @@ def test_strict_refuses_to_mount_over_a_split_brain(cluster: Cluster) -> None:
     tracking.save_state(path, REPLICA_KIND, state)
     cluster.secondary.start()
     done = cluster.mount(policy="strict", check=False)
-    assert done.returncode == 1 and "SplitBrain" in done.stderr and "cannot tell" in done.stderr
+    assert done.returncode == 1
+    assert "SplitBrain" in done.stderr
+    assert "cannot tell" in done.stderr
     assert not os.path.ismount(cluster.mnt)

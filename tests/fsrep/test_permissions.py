@@ -62,5 +62,6 @@ def test_setgid_directory_passes_its_group_on(mounted: Cluster) -> None:
     (d / "file").write_text("x")
     (d / "sub").mkdir()
     assert os.stat(d / "file").st_gid == 4242
-    assert os.stat(d / "sub").st_gid == 4242 and os.stat(d / "sub").st_mode & 0o2000
+    assert os.stat(d / "sub").st_gid == 4242
+    assert os.stat(d / "sub").st_mode & 0o2000
     mounted.assert_replicated()

@@ -20,7 +20,8 @@ def test_semi_sync_returns_before_the_ack_and_reports_the_lag(cluster: Cluster) 
         with open(cluster.mnt / "f", "wb") as f:
             f.write(os.urandom(2 * MiB))  # under the budget: returns without the secondary
         status = cluster.status()
-        assert status["policy"] == "semi-sync" and status["state"] == "InSync"
+        assert status["policy"] == "semi-sync"
+        assert status["state"] == "InSync"
         assert 2 * MiB <= status["lag_bytes"] <= 8 * MiB + MiB
         assert status["lag_seconds"] >= 0
     finally:
@@ -29,7 +30,8 @@ def test_semi_sync_returns_before_the_ack_and_reports_the_lag(cluster: Cluster) 
         f.write(b"tail")
         os.fsync(f.fileno())  # fsync waits for both sides: nothing is in flight afterwards
     status = cluster.status()
-    assert status["ops_in_flight"] == 0 and status["lag_bytes"] == 0
+    assert status["ops_in_flight"] == 0
+    assert status["lag_bytes"] == 0
     assert "semi-sync" in run_fsrep("status", str(cluster.mnt)).stdout
     cluster.assert_replicated()
 
@@ -57,11 +59,13 @@ def test_semi_sync_writes_wait_once_the_lag_budget_is_spent(cluster: Cluster) ->
         status = wait_for(lambda: (s := cluster.status())["lag_bytes"] >= budget and s, "the budget spent")
         for _ in range(3):  # however long it tries, the writer stays within one write past the budget
             assert len(done) <= budget // chunk + 1, (len(done), status)
-            assert thread.is_alive() and cluster.status()["lag_bytes"] <= budget + chunk + 4096
+            assert thread.is_alive()
+            assert cluster.status()["lag_bytes"] <= budget + chunk + 4096
     finally:
         cluster.secondary.proc.send_signal(signal.SIGCONT)
     thread.join(timeout=DEADLINE)
-    assert not thread.is_alive() and not failed, failed
+    assert not thread.is_alive(), failed
+    assert not failed, failed
     assert len(done) == 16
     cluster.assert_replicated()
 

@@ -50,7 +50,8 @@ def test_snapshot_reports_rate_eta_and_percent() -> None:
     for second in range(1, 5):
         run.copied(10 * MiB, float(second))
     snap = run.snapshot(dirty_bytes=60 * MiB, now=4.0)
-    assert snap["running"] and not snap["finished"]
+    assert snap["running"]
+    assert not snap["finished"]
     assert snap["bytes_copied"] == 40 * MiB
     assert snap["bytes_remaining"] == 60 * MiB
     assert snap["bytes_per_second"] == 10 * MiB
@@ -73,6 +74,10 @@ def test_a_finished_run_is_complete() -> None:
     run.start(0.0)
     run.finish("InSync", 2.0, verified=True)
     snap = run.snapshot(dirty_bytes=0, now=3.0)
-    assert snap["finished"] and not snap["running"] and snap["verified"]
-    assert snap["percent"] == 100.0 and snap["bytes_remaining"] == 0 and snap["eta_seconds"] == 0.0
+    assert snap["finished"]
+    assert not snap["running"]
+    assert snap["verified"]
+    assert snap["percent"] == 100.0
+    assert snap["bytes_remaining"] == 0
+    assert snap["eta_seconds"] == 0.0
     assert snap["elapsed_seconds"] == 2.0

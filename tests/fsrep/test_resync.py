@@ -108,7 +108,8 @@ def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: 
     assert all(c > 0 for c in counts)
     wait_for(lambda: cluster.status()["state"] == "InSync", "InSync after the writers stopped", timeout=60)
     log = cluster.primary_log()
-    assert "Resyncing" in log and "quick resync" in log
+    assert "Resyncing" in log
+    assert "quick resync" in log
     cluster.assert_replicated()
 
 
@@ -162,7 +163,8 @@ def test_baseline_of_an_existing_tree_while_it_is_written(cluster: Cluster) -> N
             (cluster.mnt / "vm2" / "etc" / "conf3").unlink()
     cluster.wait_state("InSync", timeout=60)
     log = cluster.primary_log()
-    assert "checksum resync of the whole tree" in log and "full resync" not in log
+    assert "checksum resync of the whole tree" in log
+    assert "full resync" not in log
     cluster.assert_replicated()
     assert os.stat(cluster.secondary.replica_root() / "sparse").st_blocks < 1024, "the sparse file was filled"
 
@@ -180,5 +182,6 @@ def test_extended_attributes_removed_while_out_of_sync_are_removed_on_the_replic
     cluster.secondary.start()
     cluster.wait_state("InSync")
     replica = cluster.secondary.replica_root() / "f"
-    assert os.listxattr(replica) == ["user.kept"] and os.getxattr(replica, "user.kept") == b"changed"
+    assert os.listxattr(replica) == ["user.kept"]
+    assert os.getxattr(replica, "user.kept") == b"changed"
     cluster.assert_replicated()

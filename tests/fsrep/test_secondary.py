@@ -126,7 +126,8 @@ async def test_operations_apply_in_order_and_acks_are_cumulative(cluster: Cluste
     last = 0
     while last < 201:
         reply = await _reply(conn)
-        assert isinstance(reply, tp.Ack) and reply.seq > last
+        assert isinstance(reply, tp.Ack)
+        assert reply.seq > last
         last = reply.seq
     await conn.aclose()
     data = (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "log").read_bytes()
@@ -159,7 +160,8 @@ async def test_listing_and_remove_answer_at_their_place_in_the_stream(cluster: C
     first, second = listings
     assert [(e.name, oct(e.mode & 0o7777), e.uid) for e in first.items()] == [(b"f", "0o640", 7), (b"sub", "0o700", 0)]
     assert first.items()[0].size == 5
-    assert [e.name for e in second.items()] == [b"f"] and second.more == 0
+    assert [e.name for e in second.items()] == [b"f"]
+    assert second.more == 0
     replica = cluster.secondary.store / str(uuid.UUID(bytes=group))
     assert sorted(os.listdir(replica / "d")) == ["f"]
     assert os.listdir(outside) == ["victim"]

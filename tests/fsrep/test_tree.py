@@ -88,7 +88,8 @@ def test_create_makes_an_empty_file_with_exact_mode_and_owner(tree: Tree, root: 
     finally:
         os.umask(old)
     st = os.lstat(root / "f")
-    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o4755
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o4755
     assert (st.st_uid, st.st_gid, st.st_size) == (1234, 5678, 0)
 
 
@@ -130,7 +131,7 @@ def test_large_write_is_written_whole(tree: Tree, root: Path) -> None:
     assert (root / "big").read_bytes() == data
 
 
-@pytest.mark.parametrize("fields, expect", [
+@pytest.mark.parametrize(("fields", "expect"), [
     (tp.ATTR_MODE, {"mode": 0o2711}),
     (tp.ATTR_UID, {"uid": 42, "gid": 7}),
     (tp.ATTR_GID, {"uid": 3, "gid": 43}),
@@ -169,27 +170,31 @@ def test_setattr_on_a_directory_and_the_root(tree: Tree, root: Path) -> None:
     tree.apply(tp.SetAttr(seq=2, path=b"d", fields=tp.ATTR_MODE, mode=0o700))
     tree.apply(tp.SetAttr(seq=3, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID, mode=0o751, uid=99))
     assert stat.S_IMODE(os.lstat(root / "d").st_mode) == 0o700
-    assert stat.S_IMODE(os.lstat(root).st_mode) == 0o751 and os.lstat(root).st_uid == 99
+    assert stat.S_IMODE(os.lstat(root).st_mode) == 0o751
+    assert os.lstat(root).st_uid == 99
 
 
 def test_mknod_makes_a_fifo_with_mode_and_owner(tree: Tree, root: Path) -> None:
     tree.apply(tp.MkNod(seq=1, path=b"fifo", mode=stat.S_IFIFO | 0o620, rdev=0, uid=11, gid=12))
     st = os.lstat(root / "fifo")
-    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o620
+    assert stat.S_ISFIFO(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o620
     assert (st.st_uid, st.st_gid) == (11, 12)
 
 
 def test_mknod_makes_a_device_node(tree: Tree, root: Path) -> None:
     tree.apply(tp.MkNod(seq=1, path=b"null", mode=stat.S_IFCHR | 0o600, rdev=os.makedev(1, 3), uid=0, gid=0))
     st = os.lstat(root / "null")
-    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISCHR(st.st_mode)
+    assert st.st_rdev == os.makedev(1, 3)
 
 
 def test_mkdir_makes_a_directory_with_exact_mode_and_owner(tree: Tree, root: Path) -> None:
     tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o2750, uid=21, gid=22))
     tree.apply(tp.MkDir(seq=2, path=b"d/e", mode=0o700, uid=0, gid=0))
     st = os.lstat(root / "d")
-    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o2750
+    assert stat.S_ISDIR(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o2750
     assert (st.st_uid, st.st_gid) == (21, 22)
     assert (root / "d" / "e").is_dir()
 
@@ -231,14 +236,16 @@ def test_rename_noreplace_refuses_an_existing_target(tree: Tree, root: Path) -> 
     with pytest.raises(FileExistsError):
         tree.apply(tp.Rename(seq=1, old=b"a", new=b"b", flags=tp.RENAME_NOREPLACE))
     tree.apply(tp.Rename(seq=2, old=b"a", new=b"c", flags=tp.RENAME_NOREPLACE))
-    assert (root / "b").read_bytes() == b"B" and (root / "c").read_bytes() == b"A"
+    assert (root / "b").read_bytes() == b"B"
+    assert (root / "c").read_bytes() == b"A"
 
 
 def test_rename_exchange_swaps_two_entries(tree: Tree, root: Path) -> None:
     _mkfile(tree, b"a", b"A")
     tree.apply(tp.MkDir(seq=1, path=b"d", mode=0o755, uid=0, gid=0))
     tree.apply(tp.Rename(seq=2, old=b"a", new=b"d", flags=tp.RENAME_EXCHANGE))
-    assert (root / "a").is_dir() and (root / "d").read_bytes() == b"A"
+    assert (root / "a").is_dir()
+    assert (root / "d").read_bytes() == b"A"
 
 
 def test_writes_follow_renames_of_the_file_and_its_directory(tree: Tree, root: Path) -> None:
@@ -258,7 +265,8 @@ def test_a_recreated_path_gets_the_writes_not_the_old_file(tree: Tree, root: Pat
     tree.apply(tp.Unlink(seq=1, path=b"f"))
     _mkfile(tree, b"f")
     tree.apply(tp.Write(seq=2, path=b"f", offset=0, data=b"NEW"))
-    assert (root / "f").read_bytes() == b"NEW" and (root / "keep").read_bytes() == b"old"
+    assert (root / "f").read_bytes() == b"NEW"
+    assert (root / "keep").read_bytes() == b"old"
 
 
 def test_writes_to_more_files_than_the_cache_holds_all_land(tree: Tree, root: Path) -> None:
@@ -309,7 +317,8 @@ def test_symlink_stores_its_target_verbatim_and_owns_the_link(tree: Tree, root: 
     assert os.readlink(root / "abs") == "/definitely/not/here"
     assert os.readlink(root / "rel") == "../../x"
     st = os.lstat(root / "abs")
-    assert stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) == (31, 32)
+    assert stat.S_ISLNK(st.st_mode)
+    assert (st.st_uid, st.st_gid) == (31, 32)
     assert tree.readlink(b"abs") == b"/definitely/not/here"
 
 
@@ -327,7 +336,7 @@ def test_setxattr_and_removexattr(tree: Tree, root: Path) -> None:
     assert caught.value.errno == errno.ENODATA
 
 
-@pytest.mark.parametrize("path, whole", [(b"f", 0), (b"d", 0), (b"fifo", 0), (b"", 0), (b"", 1)])
+@pytest.mark.parametrize(("path", "whole"), [(b"f", 0), (b"d", 0), (b"fifo", 0), (b"", 0), (b"", 1)])
 def test_fsync_of_files_directories_and_the_whole_tree(tree: Tree, root: Path, path: bytes, whole: int) -> None:
     _mkfile(tree, b"f", b"x")
     (root / "d").mkdir()
@@ -335,7 +344,7 @@ def test_fsync_of_files_directories_and_the_whole_tree(tree: Tree, root: Path, p
     tree.apply(tp.Fsync(seq=1, path=path, whole=whole))
 
 
-@pytest.mark.parametrize("datasync, called", [(0, "fsync"), (1, "fdatasync")])
+@pytest.mark.parametrize(("datasync", "called"), [(0, "fsync"), (1, "fdatasync")])
 def test_fsync_with_datasync_is_an_fdatasync(tree: Tree, monkeypatch: pytest.MonkeyPatch,
                                              datasync: int, called: str) -> None:
     _mkfile(tree, b"f", b"x")
@@ -378,12 +387,17 @@ def test_entries_are_sorted_paged_and_hide_fsrep(tree: Tree, root: Path) -> None
     for name in ("c", "a", "b"):
         (root / name).write_bytes(name.encode() * 3)
     entries, more = tree.entries(b"", b"", 10_000)
-    assert [e.name for e in entries] == [b"a", b"b", b"c"] and not more
-    assert entries[0].size == 3 and stat.S_ISREG(entries[0].mode) and entries[0].nlink == 1
+    assert [e.name for e in entries] == [b"a", b"b", b"c"]
+    assert not more
+    assert entries[0].size == 3
+    assert stat.S_ISREG(entries[0].mode)
+    assert entries[0].nlink == 1
     first, more = tree.entries(b"", b"", 1)
-    assert [e.name for e in first] == [b"a"] and more
+    assert [e.name for e in first] == [b"a"]
+    assert more
     rest, more = tree.entries(b"", b"a", 10_000)
-    assert [e.name for e in rest] == [b"b", b"c"] and not more
+    assert [e.name for e in rest] == [b"b", b"c"]
+    assert not more
 
 
 def test_listdir_hides_fsrep_only_at_the_root(tree: Tree, root: Path) -> None:

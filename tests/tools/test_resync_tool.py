@@ -30,7 +30,9 @@ def test_quick_on_an_in_sync_group_has_nothing_to_do(mounted: Cluster) -> None:
     done = fsrep_resync(str(mounted.mnt), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["state"] == "InSync" and result["outcome"] == "InSync" and result["percent"] == 100.0
+    assert result["state"] == "InSync"
+    assert result["outcome"] == "InSync"
+    assert result["percent"] == 100.0
     mounted.assert_replicated()
 
 
@@ -46,7 +48,8 @@ def test_checksum_finds_and_repairs_what_tracking_cannot_know(mounted: Cluster) 
     done = fsrep_resync(str(mounted.mnt), "--mode", "checksum", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["verified"] and result["state"] == "InSync"
+    assert result["verified"]
+    assert result["state"] == "InSync"
     assert result["bytes_checked"] >= 8 * MiB + 1100
     assert result["bytes_mismatched"] == 6 * 4096
     assert result["bytes_copied"] <= 6 * 4096
@@ -60,9 +63,11 @@ def test_full_recopies_everything(mounted: Cluster) -> None:
     _corrupt(mounted.secondary.replica_root() / "a", [MiB])
     done = fsrep_resync(str(mounted.mnt), "--mode", "full")
     assert done.returncode == 0, done.stderr
-    assert "full resync" in done.stdout and "InSync" in done.stdout
+    assert "full resync" in done.stdout
+    assert "InSync" in done.stdout
     status = mounted.status()
-    assert status["resync"]["mode"] == "full" and status["resync"]["bytes_copied"] >= 3 * MiB
+    assert status["resync"]["mode"] == "full"
+    assert status["resync"]["bytes_copied"] >= 3 * MiB
     mounted.assert_replicated()
 
 
@@ -75,18 +80,21 @@ def test_progress_is_in_status_while_a_limited_resync_runs(cluster: Cluster) -> 
     f.write_bytes(os.urandom(4 * MiB))
     done = fsrep_resync(str(cluster.mnt), timeout=30)
     assert done.returncode == 1  # nothing to resync with: a clear error, not a hang
-    assert "unreachable" in done.stderr and done.stderr.count("\n") == 1
+    assert "unreachable" in done.stderr
+    assert done.stderr.count("\n") == 1
     # At 1 MiB/s the automatic resync takes a few seconds: long enough to watch it in status.
     cluster.secondary.start()
     running = wait_for(lambda: (s := cluster.status())["state"] == "Resyncing" and s["resync"]["running"]
                        and s["resync"]["bytes_copied"] > 0 and s, "the resync to be under way")
     assert 0 < running["bytes_remaining"] < 4 * MiB
     assert 0 < running["percent"] < 100
-    assert running["bytes_per_second"] > 0 and running["eta_seconds"] is not None
+    assert running["bytes_per_second"] > 0
+    assert running["eta_seconds"] is not None
     joined = fsrep_resync(str(cluster.mnt), "--json")
     assert joined.returncode == 0, joined.stderr
     result = json.loads(joined.stdout)
-    assert result["rate_limit"] == MiB and result["id"] == running["resync"]["id"]
+    assert result["rate_limit"] == MiB
+    assert result["id"] == running["resync"]["id"]
     assert result["bytes_copied"] == 4 * MiB
     cluster.assert_replicated()
 
@@ -102,7 +110,8 @@ def test_a_run_cut_off_by_a_link_loss_is_superseded_by_the_stronger_run_queued(c
     quick = wait_for(lambda: (s := cluster.status())["state"] == "Resyncing" and s["resync"]["running"]
                      and s["resync"], "the automatic quick resync to be under way")  # 4 s at 1 MiB/s
     reply = request(cluster.primary_store / ".fsrep", {"cmd": "resync", "mode": "checksum"})
-    assert reply["mode"] == "checksum" and reply["run"] != quick["id"], reply  # queued behind the quick run
+    assert reply["mode"] == "checksum", reply
+    assert reply["run"] != quick["id"], reply  # queued behind the quick run
     cluster.secondary.stop(signal.SIGKILL)
     status = wait_for(lambda: (s := cluster.status())["resync_recent"] and s, "the quick run to end")
     ended = {run["id"]: run for run in status["resync_recent"]}
@@ -110,7 +119,8 @@ def test_a_run_cut_off_by_a_link_loss_is_superseded_by_the_stronger_run_queued(c
     cluster.secondary.start()
     final = wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["resync"]["finished"] and s,
                      "the checksum run to finish")
-    assert final["resync"]["id"] == reply["run"] and final["resync"]["mode"] == "checksum"
+    assert final["resync"]["id"] == reply["run"]
+    assert final["resync"]["mode"] == "checksum"
     assert final["resync"]["verified"], final["resync"]
     cluster.assert_replicated()
 
@@ -122,13 +132,15 @@ def test_a_resync_that_stalls_is_reported_and_restarted(cluster: Cluster) -> Non
     try:
         done = fsrep_resync(str(cluster.mnt), "--mode", "checksum")
         assert done.returncode == 1
-        assert "resumes by itself" in done.stderr and "Traceback" not in done.stderr
+        assert "resumes by itself" in done.stderr
+        assert "Traceback" not in done.stderr
     finally:
         cluster.secondary.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["resync"]["finished"] and s,
              "the restarted resync to finish")
     status = cluster.status()
-    assert status["resync"]["mode"] == "checksum" and status["resync"]["restarts"] >= 1
+    assert status["resync"]["mode"] == "checksum"
+    assert status["resync"]["restarts"] >= 1
     log = cluster.primary_log()
     assert "made no progress" in log
     cluster.assert_replicated()
@@ -136,11 +148,17 @@ def test_a_resync_that_stalls_is_reported_and_restarted(cluster: Cluster) -> Non
 
 def test_bad_input_gets_one_line(tmp_path: Path, mounted: Cluster) -> None:
     done = fsrep_resync(str(tmp_path))
-    assert done.returncode == 1 and "not an fsrep mount" in done.stderr and done.stderr.count("\n") == 1
+    assert done.returncode == 1
+    assert "not an fsrep mount" in done.stderr
+    assert done.stderr.count("\n") == 1
     done = fsrep_resync(str(mounted.mnt), "--group", "nope")
-    assert done.returncode == 1 and "no consistency group 'nope'" in done.stderr
+    assert done.returncode == 1
+    assert "no consistency group 'nope'" in done.stderr
     done = fsrep_resync(str(mounted.mnt), "--rate-limit", "fast")
-    assert done.returncode == 2 and "is not a rate" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert "is not a rate" in done.stderr
+    assert "Traceback" not in done.stderr
     done = fsrep_resync(str(mounted.mnt), "--mode", "slow")
-    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
     run_fsrep("status", str(mounted.mnt))

@@ -22,7 +22,8 @@ def test_write_after_link_cut_marks_its_regions_dirty() -> None:
     dirty.apply(Marks(regions=((7, b"a/f", 4096 * 10 + 5, 8192),)))
     assert list(dirty.ranges(7)) == [RegionRange(10, 3)]
     assert dirty.dirty_bytes == 3 * REGION_SIZE
-    assert dirty.overlaps(7, RegionRange(12, 1)) and not dirty.overlaps(7, RegionRange(13, 5))
+    assert dirty.overlaps(7, RegionRange(12, 1))
+    assert not dirty.overlaps(7, RegionRange(13, 5))
     assert dirty.hint(7) == b"a/f"
 
 
@@ -32,13 +33,16 @@ def test_cleaning_copied_regions_leaves_the_rest() -> None:
     dirty.clean_regions(1, RegionRange(2, 3))
     assert list(dirty.ranges(1)) == [RegionRange(0, 2), RegionRange(5, 5)]
     dirty.clean_regions(1, RegionRange(0, 10))
-    assert not dirty and dirty.hint(1) is None
+    assert not dirty
+    assert dirty.hint(1) is None
 
 
 def test_meta_and_directories_are_tracked_apart_from_data() -> None:
     dirty = DirtySet()
     dirty.apply(Marks(meta=((3, b"f"),), dirs=((2, b"d"),)))
-    assert dirty.meta_dirty(3) and dirty.dir_dirty(2) and dirty.dirty_bytes == 0
+    assert dirty.meta_dirty(3)
+    assert dirty.dir_dirty(2)
+    assert dirty.dirty_bytes == 0
     dirty.clean_meta(3)
     dirty.clean_dir(2)
     assert not dirty
@@ -47,7 +51,8 @@ def test_meta_and_directories_are_tracked_apart_from_data() -> None:
 def test_everything_dirty_is_never_an_empty_set() -> None:
     dirty = DirtySet()
     dirty.mark_everything("new relationship")
-    assert dirty and dirty.reason == "new relationship"
+    assert dirty
+    assert dirty.reason == "new relationship"
 
 
 def test_files_beyond_32_bit_regions_raise_instead_of_wrapping() -> None:
@@ -63,11 +68,13 @@ def test_dirty_set_survives_a_save_and_load(tmp_path) -> None:
     save_state(tmp_path / "d.json", "fsrep-dirty", dirty.to_payload())
     loaded = DirtySet.from_payload(load_state(tmp_path / "d.json", "fsrep-dirty"))
     assert list(loaded.ranges(5)) == [RegionRange(0, 10), RegionRange(100, 1)]
-    assert loaded.meta_dirty(6) and loaded.dir_dirty(1) and loaded.hint(5) == b"x/\xff"
+    assert loaded.meta_dirty(6)
+    assert loaded.dir_dirty(1)
+    assert loaded.hint(5) == b"x/\xff"
 
 
 def test_a_malformed_payload_is_an_error_not_a_clean_set() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a dirty set"):
         DirtySet.from_payload({"everything": False})
 
 
@@ -102,7 +109,8 @@ def test_dropping_regions_keeps_dirty_metadata() -> None:
     dirty = DirtySet()
     dirty.apply(Marks(regions=((1, b"f", 0, 10),), meta=((1, b"f"),)))
     dirty.drop_regions(1)
-    assert dirty.dirty_bytes == 0 and dirty.meta_dirty(1)
+    assert dirty.dirty_bytes == 0
+    assert dirty.meta_dirty(1)
     dirty.clean_meta(1)
     assert not dirty
 
@@ -115,6 +123,8 @@ def test_small_files_in_one_directory_share_one_activity_record() -> None:
         assert log.touch(Marks(meta=((ino, b"d/f%d" % ino),), parent=7), seq=2 + i, acked=0) is False
     dirty = DirtySet()
     ActivityLog.recover(log.payload(), dirty)
-    assert dirty.dir_dirty(7) and dirty.heads_dirty(7) and dirty.hint(7) == b"d"
+    assert dirty.dir_dirty(7)
+    assert dirty.heads_dirty(7)
+    assert dirty.hint(7) == b"d"
     dirty.clean_dir(7)
     assert not dirty.heads_dirty(7)

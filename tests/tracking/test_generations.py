@@ -42,9 +42,9 @@ def test_history_keeps_the_newest() -> None:
 def test_pack_round_trips_and_rejects_garbage() -> None:
     assert unpack(pack([A, B])) == [A, B]
     assert unpack(b"") == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at most 32 ids of 16 bytes"):
         unpack(b"x" * 17)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at most 32 ids of 16 bytes"):
         unpack(b"x" * 16 * (MAX_GENERATIONS + 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a generation id is 16 bytes"):
         extend([A], b"short")

@@ -33,7 +33,8 @@ def test_saved_state_is_readable_json_with_format_version_and_checksum(tmp_path:
     assert doc["format"] == "kind"
     assert doc["version"] == STATE_VERSION
     assert doc["payload"] == PAYLOAD
-    assert isinstance(doc["checksum"], str) and doc["checksum"]
+    assert isinstance(doc["checksum"], str)
+    assert doc["checksum"]
 
 
 def test_missing_file_is_missing_not_empty(tmp_path: Path) -> None:
@@ -42,11 +43,12 @@ def test_missing_file_is_missing_not_empty(tmp_path: Path) -> None:
 
 
 def test_missing_and_corrupt_share_one_base() -> None:
-    assert issubclass(StateMissing, StateError) and issubclass(StateCorrupt, StateError)
+    assert issubclass(StateMissing, StateError)
+    assert issubclass(StateCorrupt, StateError)
     assert not issubclass(StateCorrupt, StateMissing)
 
 
-@pytest.mark.parametrize("damage, match", [
+@pytest.mark.parametrize(("damage", "match"), [
     pytest.param(lambda doc: b"", "JSON", id="empty"),
     pytest.param(lambda doc: doc[: len(doc) // 2], "JSON", id="truncated"),
     pytest.param(lambda doc: doc[:-3], "JSON", id="last-bytes-lost"),

@@ -12,7 +12,7 @@ from tracking._regions import MAX_REGIONS
 LAST = MAX_REGIONS - 1
 
 
-@pytest.mark.parametrize("offset, length, expected", [
+@pytest.mark.parametrize(("offset", "length", "expected"), [
     (0, 1, RegionRange(0, 1)),
     (0, REGION_SIZE, RegionRange(0, 1)),
     (0, REGION_SIZE + 1, RegionRange(0, 2)),
@@ -64,7 +64,7 @@ def test_region_overflow_is_a_value_error() -> None:
     assert issubclass(RegionOverflow, ValueError)
 
 
-@pytest.mark.parametrize("first, count", [(-1, 1), (0, -1), (-5, 0)])
+@pytest.mark.parametrize(("first", "count"), [(-1, 1), (0, -1), (-5, 0)])
 def test_negative_ranges_are_refused(first: int, count: int) -> None:
     with pytest.raises(RegionOverflow):
         RegionRange(first, count)
@@ -77,7 +77,9 @@ def test_range_has_a_stop_and_prints_half_open() -> None:
 
 def test_empty_set_has_no_ranges() -> None:
     regions = RegionSet()
-    assert len(regions) == 0 and list(regions.ranges()) == [] and 0 not in regions
+    assert len(regions) == 0
+    assert list(regions.ranges()) == []
+    assert 0 not in regions
 
 
 def test_ranges_are_maximal_runs_in_order() -> None:
@@ -87,7 +89,9 @@ def test_ranges_are_maximal_runs_in_order() -> None:
     regions.add(RegionRange(15, 1))
     regions.discard(RegionRange(12, 1))
     assert list(regions.ranges()) == [RegionRange(3, 2), RegionRange(10, 2), RegionRange(13, 3)]
-    assert len(regions) == 7 and 13 in regions and 12 not in regions
+    assert len(regions) == 7
+    assert 13 in regions
+    assert 12 not in regions
 
 
 def test_adding_and_discarding_empty_ranges_changes_nothing() -> None:

@@ -307,7 +307,7 @@ def test_listing_entries_round_trip_and_refuse_unsafe_names() -> None:
 # --- the decoder refuses bad bytes as the peer's error ----------------------------
 
 
-@pytest.mark.parametrize("data, match", [
+@pytest.mark.parametrize(("data", "match"), [
     (_header(10, type_code=99) + b"\0" * 8, "unknown frame type 99"),
     (_header(10, type_code=0) + b"\0" * 8, "unknown frame type 0"),
     (_header(10, version=9) + b"\0" * 8, "version 9"),
@@ -435,11 +435,13 @@ def test_a_large_frame_received_in_place_decodes_its_data_as_a_view_of_its_own_b
         pos += count
     assert pos == len(tp.encode(frame))
     got = decoder.next_frame()
-    assert isinstance(got, tp.Write) and isinstance(got.data, memoryview)
+    assert isinstance(got, tp.Write)
+    assert isinstance(got.data, memoryview)
     assert got == frame
     decoder.receive_data(wire[pos:])
     assert decoder.next_frame() == after
-    assert bytes(got.data) == frame.data and decoder.buffered == 0
+    assert bytes(got.data) == frame.data
+    assert decoder.buffered == 0
 
 
 def test_a_large_frame_fed_with_receive_data_keeps_what_follows_it() -> None:
@@ -451,7 +453,8 @@ def test_a_large_frame_fed_with_receive_data_keeps_what_follows_it() -> None:
         decoder.receive_data(wire[start:start + 7000])
         while (frame := decoder.next_frame()) is not None:
             got.append(frame)
-    assert got == frames and decoder.buffered == 0
+    assert got == frames
+    assert decoder.buffered == 0
 
 
 def test_received_more_than_the_receive_buffer_is_our_bug() -> None:
@@ -483,7 +486,8 @@ def test_a_large_frame_other_than_write_decodes_its_blobs_as_bytes() -> None:
     decoder.next_frame()
     decoder.receive_data(wire[50:])
     got = decoder.next_frame()
-    assert got == frame and isinstance(got.value, bytes)
+    assert got == frame
+    assert isinstance(got.value, bytes)
 
 
 # --- properties ---------------------------------------------------------------------

@@ -31,9 +31,11 @@ def _authenticate(secondary_key: bytes = KEY) -> tuple[tp.PrimarySession, tp.Sec
     """Run the handshake up to the secondary's AUTHENTICATED state."""
     primary = tp.PrimarySession(KEY, P_NONCE, GROUP)
     secondary = tp.SecondarySession(secondary_key, S_NONCE)
-    assert primary.state is S.START and secondary.state is S.START
+    assert primary.state is S.START
+    assert secondary.state is S.START
     assert _pump(secondary, primary.start()) == []
-    assert primary.state is S.HELLO_SENT and secondary.state is S.CHALLENGED
+    assert primary.state is S.HELLO_SENT
+    assert secondary.state is S.CHALLENGED
     assert _pump(primary, secondary.data_to_send()) == []
     assert primary.state is S.PROOF_SENT
     assert _pump(secondary, primary.data_to_send()) == [tp.Hello(group_id=GROUP, nonce=P_NONCE)]
