@@ -129,7 +129,9 @@ WHY_MISSED = {
         "security.capability, write, release), two of them replicated round trips (create, then the "
         "write), each paying the per-request interpreter cost described for the write+fsync latency; "
         "GlusterFS's create also goes to both bricks but in C. What it would take: the same compiled "
-        "data path."),
+        "data path. The getxattr (also before every write elsewhere) would go if the daemon cleared "
+        "privileges on write itself (FUSE_HANDLE_KILLPRIV_V2, after which the kernel sets SB_NOSEC), "
+        "which neither libfuse 3.14 nor pyfuse3 can ask for."),
     "repair": (
         "The bytes sent are about the dirty bytes (see MB_sent), but 1% of a file's 4 KiB regions at random "
         "are thousands of separate runs: each costs a pread on the primary and a pwrite on the secondary, "
