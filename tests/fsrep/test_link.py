@@ -196,6 +196,30 @@ def test_link_cut_during_a_resync_loses_nothing_that_was_in_flight(proxied: Clus
     proxied.assert_replicated()
 
 
+def test_link_cut_during_a_resync_of_scattered_runs_loses_none_of_them(proxied: Cluster) -> None:
+    """Scattered 4 KiB runs travel many to a frame (WriteRuns): every run of
+    a frame lost with the link must be dirty again, not only the first."""
+    proxied.mount("--resync-rate-limit", "1M")  # a step of 64 runs (256 KiB) every quarter second
+    big = proxied.mnt / "big"
+    write_random(big, 8)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    regions = random.Random(7).sample(range(8 * MiB // 4096), 512)
+    with open(big, "r+b") as f:
+        for region in regions:
+            os.pwrite(f.fileno(), os.urandom(4096), region * 4096)
+    proxied.proxy.restore()
+    proxied.wait_state("Resyncing", timeout=RECONNECT_DEADLINE)
+    proxied.proxy.stall()
+    wait_for(lambda: proxied.status()["ops_in_flight"] > 0, "a resync frame in flight", timeout=NOTICE_DEADLINE)
+    proxied.proxy.cut()
+    status = proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    assert status["dirty_bytes"] > 4096, f"the cut did not interrupt the resync: {status}"
+    proxied.proxy.restore()
+    proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    proxied.assert_replicated()
+
+
 def test_fsrep_resync_reconnects_at_once_instead_of_waiting_out_the_backoff(proxied: Cluster) -> None:
     proxied.mount()
     write_random(proxied.mnt / "f", 1)
