@@ -313,13 +313,15 @@ class QuickResync:
 
     async def _file(self, ino: int) -> None:
         batch: list[tracking.RegionRange] = []
+        regions = 0
         for chunk in self._chunks(ino):
             batch.append(chunk)
-            if sum(c.count for c in batch) < CHUNK_REGIONS and len(batch) < MAX_RUNS_PER_STEP:
+            regions += chunk.count
+            if regions < CHUNK_REGIONS and len(batch) < MAX_RUNS_PER_STEP:
                 continue
             if not await self._copy_step(ino, batch):
                 return
-            batch = []
+            batch, regions = [], 0
         if batch and not await self._copy_step(ino, batch):
             return
         if self.dirty.meta_dirty(ino):
