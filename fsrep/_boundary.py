@@ -26,8 +26,13 @@ def requests_running() -> int:
 
 
 def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn OSError into FUSEError(errno) and any other exception into a
-    logged EIO, so a bug fails one request instead of the mount."""
+    """Turn OSError into FUSEError(errno) — fsrep's own refusals of a name
+    (``transport.InvalidPath``: ENAMETOOLONG, EINVAL) are OSErrors too — and
+    any other exception into a logged EIO, so a bug fails one request
+    instead of the mount. The handler's object is told of such a fault
+    (``internal_fault(handler_name, args, exc)``, when it has one): a change
+    may have been half applied, so the group it touched gets a checksum
+    resync and shows why in ``fsrep status``."""
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -39,8 +44,14 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
             raise
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
+        except Exception as exc:
             log.exception("internal error in %s; the request fails with EIO", handler.__name__)
+            notify = getattr(args[0], "internal_fault", None) if args else None
+            if notify is not None:
+                try:
+                    notify(handler.__name__, args[1:], exc)
+                except Exception:
+                    log.exception("cannot mark the group of the failed %s for a checksum resync", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             _running -= 1

@@ -19,7 +19,7 @@ import trio
 
 from ._config import POLICIES, ConfigError, check_group_path, declared_groups, parse_address, read_key, write_key
 from ._control import ControlError, daemon_for, request
-from ._mounts import find_mount
+from ._mounts import enclosing_mount, find_mount
 from ._progress import parse_rate
 from ._splitter import Timeouts
 from ._store import check_directory
@@ -158,10 +158,11 @@ def _mount_options(args: argparse.Namespace) -> Any:
     declared = [spec.path for spec in specs]
     if any(path in declared for path in retire):
         raise CommandError(f"--retire {next(p for p in retire if p in declared)}: the group is also declared")
-    check_directory(args.store, "store")
-    check_directory(args.mountpoint, "mount point")
+    store = check_directory(args.store, "store")
+    mountpoint = check_directory(args.mountpoint, "mount point")
     if find_mount(args.mountpoint) is not None:
         raise CommandError(f"{args.mountpoint} is already an fsrep mount")
+    _check_apart(store, mountpoint)
     if args.ack_timeout <= 0:
         raise CommandError("--ack-timeout must be positive")
     if args.resync_stall_timeout <= 0:
@@ -183,6 +184,18 @@ def _mount_options(args: argparse.Namespace) -> Any:
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
                         resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)
+
+
+def _check_apart(store: Path, mountpoint: Path) -> None:
+    """A store inside its own mount point, a mount point inside its store,
+    or a store on an fsrep mount would make the daemon wait on itself."""
+    if store == mountpoint or store in mountpoint.parents or mountpoint in store.parents:
+        raise CommandError(f"store {store} and mount point {mountpoint} are nested; the daemon would serve its "
+                           f"own store through itself — use two separate directories, e.g. /srv/data and /mnt/data")
+    outer = enclosing_mount(store)
+    if outer is not None:
+        raise CommandError(f"store {store} is on the fsrep mount {outer.mountpoint}; a store must be a local "
+                           f"directory (that mount's own store is {outer.store})")
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -263,7 +276,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if group.get("stale_reason"):
             console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
         if group.get("last_error"):
-            console.print(f"group {group['id']}: last link error: {group['last_error']}")
+            console.print(f"group {group['id']}: last error: {group['last_error']}")
+        if group.get("internal_errors"):
+            console.print(f"group {group['id']}: {group['internal_errors']} requests failed with an internal error "
+                          f"(EIO; see the log); the tree is compared by digest")
     return 0
 
 

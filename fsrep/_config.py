@@ -4,15 +4,19 @@ actionable message when wrong."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
 import tomllib
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tracking
 
+log = logging.getLogger(__name__)
 KEY_BYTES = 32
 META_DIR = ".fsrep"
 GROUP_KIND = "fsrep-group"
@@ -209,11 +213,55 @@ class GroupRecord:
         return generation
 
 
+RESERVE_SIZE = 256 * 1024  # disk kept for fsrep's own state on a full store
+
+
 class GroupStore:
-    """The ``.fsrep/groups/`` directory of a primary store."""
+    """The ``.fsrep/groups/`` directory of a primary store.
+
+    A full disk must not keep fsrep from writing the marks that let clients
+    go on (the stale mark before a change kept local, the activity log):
+    ``.fsrep/reserve`` holds RESERVE_SIZE bytes, given up the first time
+    such a write finds no space, and taken again by ``reserve()`` once
+    there is room.
+    """
 
     def __init__(self, store: str) -> None:
         self.dir = Path(store, META_DIR, "groups")
+        self._reserve = Path(store, META_DIR, "reserve")
+
+    def reserve(self) -> None:
+        """Hold RESERVE_SIZE bytes of the store's disk, if there is room."""
+        try:
+            if self._reserve.stat().st_size >= RESERVE_SIZE:
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_SIZE)
+            finally:
+                os.close(fd)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)  # no room yet: try again later
+
+    def durably(self, write: Callable[[], None]) -> None:
+        """Run *write* (a state file's save); when the disk is full, give up
+        the reserve and try once more.
+
+        Raises:
+            OSError: it still failed.
+        """
+        try:
+            write()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._reserve.exists():
+                raise
+            self._reserve.unlink(missing_ok=True)
+            log.warning("the store's disk is full: fsrep gave up its %d KiB reserve to save its state",
+                        RESERVE_SIZE // 1024)
+            write()
 
     def file(self, record: GroupRecord) -> Path:
         return self.dir / f"{record.id}.json"
@@ -246,7 +294,8 @@ class GroupStore:
 
     def save_dirty(self, record: GroupRecord, dirty: tracking.DirtySet) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tracking.save_state(self.dirty_file(record), tracking.DIRTY_KIND, dirty.to_payload())
+        payload = dirty.to_payload()
+        self.durably(lambda: tracking.save_state(self.dirty_file(record), tracking.DIRTY_KIND, payload))
 
     def load_dirty(self, record: GroupRecord) -> tracking.DirtySet:
         """The group's dirty set; when it is missing or damaged, one that
@@ -271,4 +320,5 @@ class GroupStore:
 
     def save(self, record: GroupRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tracking.save_state(self.file(record), GROUP_KIND, asdict(record))
+        payload = asdict(record)
+        self.durably(lambda: tracking.save_state(self.file(record), GROUP_KIND, payload))

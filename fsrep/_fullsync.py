@@ -123,7 +123,7 @@ async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_re
 
 
 async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
-    fd = tree.open(path, os.O_RDONLY)
+    fd = tree.open_regular(path, os.O_RDONLY)
     try:
         for start, end in _data_segments(fd, st.st_size):
             offset = start

@@ -24,6 +24,7 @@ import errno
 from dataclasses import dataclass, field
 
 ROOT = 1
+MAX_DEPTH = 32 * 1024  # directories above an entry: a path of MAX_PATH bytes has at most half as many
 
 Link = tuple[int, bytes]
 
@@ -93,7 +94,7 @@ class InodeTable:
             parent = link[0]
             while parent != ROOT:
                 up = self._nodes.get(parent)
-                if up is None or not up.links or len(dirs) > 4096:
+                if up is None or not up.links or len(dirs) > MAX_DEPTH:
                     break
                 dirs.append(parent)
                 parent, name = min(up.links)

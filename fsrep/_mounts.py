@@ -43,3 +43,12 @@ def find_mount(mountpoint: str) -> Mount | None:
         if mount.mountpoint == target:
             return mount
     return None
+
+
+def enclosing_mount(path: Path) -> Mount | None:
+    """The fsrep mount that *path* (absolute, resolved) is on, if any: its
+    mount point is *path* or one of its parents."""
+    for mount in reversed(fsrep_mounts()):
+        if path == Path(mount.mountpoint) or Path(mount.mountpoint) in path.parents:
+            return mount
+    return None

@@ -15,7 +15,10 @@ carry the path relative to that group's root.
 
 Caveats:
 - Changes to a file unlinked while open are local only (the replica no
-  longer has the file), and wait for no group.
+  longer has the file), and wait for no group — unless it still has a
+  name this mount never looked up (another hard link): then they are kept
+  local and dirty under the file's inode, the group goes OutOfSync, and a
+  quick resync finds the file by inode and copies them (``strict``: EIO).
 - A write of ``FRAME_FIRST`` bytes or more goes in pieces of that size,
   each handed to the socket before it is applied here, so both hosts write
   at the same time (see ``Relationship.split``).
@@ -37,6 +40,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+import tracking
 import transport as tp
 from tracking import Marks
 
@@ -51,6 +55,10 @@ CAPABILITY = b"security.capability"
 SYNC_INLINE_BYTES = 1024 * 1024  # an fsync after no more writes than this runs on the event loop when alone
 NO_CAPS_LIMIT = 100_000  # inodes remembered without capabilities; forgotten all at once past this
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+
+
+_BY_FILE_HANDLE = frozenset({"read", "write", "fsync", "release"})
+_BY_DIR_HANDLE = frozenset({"readdir", "releasedir", "fsyncdir"})
 
 
 def _removed() -> OSError:
@@ -77,11 +85,37 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, tuple[int, list[bytes] | None]] = {}
         self._dir_ids = itertools.count(1)
         self._unlinked_fds: dict[int, int] = {}
+        self._orphans: dict[int, Group] = {}  # the group each of those was removed from
         # Inodes known to have no file capabilities: the kernel asks before
         # every write, and the answer changes only through setxattr here.
         self._no_caps: set[int] = set()
 
     # --- helpers -------------------------------------------------------------------
+
+    def internal_fault(self, handler: str, args: tuple[Any, ...], exc: Exception) -> None:
+        """Called by the error boundary when a bug failed *handler*: the
+        group it touched (every group, when that cannot be told) is marked
+        for a checksum resync."""
+        for group in self._groups_of(handler, args):
+            group.rel.internal_fault(f"internal error in {handler}: {exc!r}")
+
+    def _groups_of(self, handler: str, args: tuple[Any, ...]) -> list[Group]:
+        first = args[0] if args and isinstance(args[0], int) else None
+        ino = None
+        if first is not None:
+            if handler in _BY_FILE_HANDLE:
+                handle = self._handles.get(first)
+                ino = handle.ino if handle is not None else None
+            elif handler in _BY_DIR_HANDLE:
+                ino = self._dirs.get(first, (None, None))[0]
+            else:
+                ino = first
+        path = None
+        if ino is not None and ino in self.inodes:
+            path = self.inodes.path(ino)
+        if path is None:
+            return list(self.groups.all)
+        return [self.groups.route(path)[0]]
 
     def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -118,6 +152,25 @@ class Operations(pyfuse3.Operations):
         if fd is None:
             raise _removed()
         return fd
+
+    def _nameless(self, ino: int, fd: int) -> Group | None:
+        """The group of an open file none of whose names this mount knows
+        but which still has one (a hard link the kernel never looked up:
+        ``a`` opened and unlinked, ``b`` still there); None when the file has
+        no name left at all, and its changes are nobody else's."""
+        group = self._orphans.get(ino)
+        if group is None or os.fstat(fd).st_nlink == 0:
+            return None
+        return group
+
+    def _keep_nameless(self, group: Group, ino: int, apply: Any, *, data: tuple[int, int] | None = None) -> None:
+        """A change to such a file: local, dirty under its inode, and found
+        by a resync (no frame can carry a name this mount does not know)."""
+        backing = self._backing(ino)
+        marks = Marks(regions=((backing, tracking.UNNAMED, *data),) if data is not None else (),
+                      meta=((backing, tracking.UNNAMED),))
+        group.rel.keep_local(apply, marks, "a file was changed through a name that was removed while another of "
+                                           "its hard links, not yet seen by this mount, remains")
 
     def _reserved(self, parent: int, name: bytes) -> bool:
         """Whether *name* in *parent* is ``.fsrep`` at the root of the mount
@@ -282,7 +335,11 @@ class Operations(pyfuse3.Operations):
         if bits:
             path = self._path(inode)
             if path is None:
-                self._setattr_unlinked(inode, bits, kw)
+                group = self._nameless(inode, self._unlinked_fd(inode))
+                if group is None:
+                    self._setattr_unlinked(inode, bits, kw)
+                else:
+                    self._keep_nameless(group, inode, lambda seq: self._setattr_unlinked(inode, bits, kw))
             else:
                 group, rel = self.groups.route(path)
                 old_size = self.tree.lstat(path).st_size if bits & tp.ATTR_SIZE else 0
@@ -364,6 +421,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.unlinked(parent_inode, name)
         if ino is not None and keep_fd is not None and ino in self.inodes and self.inodes.path(ino) is None:
             self._unlinked_fds.setdefault(ino, keep_fd)
+            self._orphans.setdefault(ino, group)
 
     def _open_fd_of(self, ino: int) -> int | None:
         for handle in self._handles.values():
@@ -406,6 +464,7 @@ class Operations(pyfuse3.Operations):
             if replaced is not None and keep_fd is not None and replaced in self.inodes \
                     and self.inodes.path(replaced) is None:
                 self._unlinked_fds.setdefault(replaced, keep_fd)
+                self._orphans.setdefault(replaced, group)
 
     # --- files ------------------------------------------------------------------------
 
@@ -476,8 +535,14 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         handle.unsynced += len(buf)
         found = self._locate(handle.ino)
-        if found is None:  # unlinked while open: the replica no longer has the file
-            return os.pwrite(fh, buf, off)
+        if found is None:  # unlinked while open
+            orphan = self._nameless(handle.ino, fh)
+            if orphan is None:  # no name left: the replica no longer has the file
+                return os.pwrite(fh, buf, off)
+            written = []
+            self._keep_nameless(orphan, handle.ino, lambda seq: written.append(os.pwrite(fh, buf, off)),
+                                data=(off, len(buf)))
+            return written[0]
         group, rel, above = found
         await group.rel.admit()
         if len(buf) < FRAME_FIRST:
@@ -577,6 +642,7 @@ class Operations(pyfuse3.Operations):
             other = self._open_fd_of(handle.ino)
             if other is None:
                 del self._unlinked_fds[handle.ino]
+                self._orphans.pop(handle.ino, None)
             else:
                 self._unlinked_fds[handle.ino] = other
         os.close(fh)
@@ -662,7 +728,12 @@ class Operations(pyfuse3.Operations):
             self._no_caps.discard(inode)
         path = self._path(inode)
         if path is None:
-            os.setxattr(self._unlinked_fd(inode), name, value)
+            fd = self._unlinked_fd(inode)
+            orphan = self._nameless(inode, fd)
+            if orphan is None:
+                os.setxattr(fd, name, value)
+            else:
+                self._keep_nameless(orphan, inode, lambda seq: os.setxattr(fd, name, value))
             return
         group, rel = self.groups.route(path)
         await self._replicate(group, self._apply_frame(
@@ -673,7 +744,12 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         path = self._path(inode)
         if path is None:
-            os.removexattr(self._unlinked_fd(inode), name)
+            fd = self._unlinked_fd(inode)
+            orphan = self._nameless(inode, fd)
+            if orphan is None:
+                os.removexattr(fd, name)
+            else:
+                self._keep_nameless(orphan, inode, lambda seq: os.removexattr(fd, name))
             return
         group, rel = self.groups.route(path)
         try:

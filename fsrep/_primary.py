@@ -240,6 +240,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
     groups = GroupStore(str(store))
+    groups.reserve()
     try:
         mount_tree, mount = _open_groups(opts, store, groups)
     except BaseException:
@@ -279,7 +280,11 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 return
             for group in mount.all:
                 group.rel.record.clean_shutdown = False
-                groups.save(group.rel.record)
+                try:
+                    groups.save(group.rel.record)
+                except OSError as exc:
+                    raise ConfigError(f"cannot write the state of group /{group.rel.record.path} in {lock.meta} "
+                                      f"({exc.strerror or exc}); free space there and mount again") from None
             ops = Operations(mount_tree, mount, writeback_cache=opts.writeback_cache)
             for group in mount.all:
                 group.rel.resync_hook = functools.partial(resync, group.rel, group.tree, group.locator(ops.inodes))

@@ -110,6 +110,7 @@ class QuickResync:
         self.progress = run
         self.bytes_sent = 0
         self.started = 0.0
+        self._by_inode: dict[int, bytes] | None = None
 
     async def run(self) -> None:
         rel = self.rel
@@ -210,11 +211,14 @@ class QuickResync:
 
     def resolve(self, ino: int) -> bytes | None:
         """The current path of backing inode *ino*, or None if it is gone."""
-        candidates = [self.dirty.hint(ino)]
+        hint = self.dirty.hint(ino)
+        candidates = [hint]
         if self.locate is not None:
             candidates.append(self.locate(ino))
+        if hint == tracking.UNNAMED:  # changed through a name that is gone: find another of its hard links
+            candidates.append(self._names().get(ino))
         for path in candidates:
-            if path is None:
+            if path is None or path == tracking.UNNAMED:
                 continue
             try:
                 if self.tree.lstat(path).st_ino == ino:
@@ -222,6 +226,18 @@ class QuickResync:
             except OSError:
                 continue
         return None
+
+    def _names(self) -> dict[int, bytes]:
+        """A name of every regular file of the tree, by inode: one walk per
+        run, made only for files changed while no name of theirs was known."""
+        if self._by_inode is None:
+            self._by_inode = {}
+            for path, st in self.tree.walk():
+                if stat.S_ISREG(st.st_mode):
+                    self._by_inode.setdefault(st.st_ino, path)
+            log.info("group %s: searched the tree for files changed under a removed name (%d files)",
+                     self.rel.record.id, len(self._by_inode))
+        return self._by_inode
 
     # --- directories -------------------------------------------------------------------
 
@@ -353,14 +369,14 @@ class QuickResync:
             self.dirty.forget_file(ino)
             return False
         try:
-            fd = self.tree.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        except OSError:
-            self.dirty.forget_file(ino)
+            fd = self.tree.open_regular(path, os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ELOOP):
+                self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
+            else:
+                self.dirty.forget_file(ino)
             return False
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
-                return False
             pieces = []
             for chunk in chunks:
                 offset = chunk.first * tracking.REGION_SIZE

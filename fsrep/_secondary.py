@@ -126,18 +126,32 @@ class Secondary:
             log.warning("group %s: new session from %s replaces the old one", replica.id, peer)
             replica.session.cancel()
             if replica.session_done is not None:
-                await replica.session_done.wait()
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    await replica.session_done.wait()
+                if not replica.session_done.is_set():
+                    log.error("group %s: the old session did not end within %gs; refusing %s", replica.id,
+                              HANDSHAKE_TIMEOUT, peer)
+                    await conn._fail("the replica's previous session has not ended yet; try again")
+                    return
+        done = trio.Event()
         with trio.CancelScope() as scope:
-            replica.session, replica.session_done, replica.conn = scope, trio.Event(), conn
+            replica.session, replica.session_done, replica.conn = scope, done, conn
             try:
                 await self._session(conn, replica, peer)
             finally:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-                    await trio.to_thread.run_sync(replica.checkpoint)
-                if replica.session is scope:
-                    replica.session = replica.conn = None
-                replica.session_done.set()
+                # Whatever ended the session (a failed write, a full disk), the replica must be
+                # ready for the next one: the position is saved if it can be, the slot freed always.
+                try:
+                    with trio.CancelScope(shield=True):
+                        await conn.aclose()
+                        await trio.to_thread.run_sync(replica.checkpoint)
+                except OSError as exc:
+                    log.error("group %s: cannot save the replica position at the end of the session: %s; "
+                              "the primary resends what it finds missing", replica.id, exc)
+                finally:
+                    if replica.session is scope:
+                        replica.session = replica.conn = None
+                    done.set()
 
     async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
         try:

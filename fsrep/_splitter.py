@@ -130,6 +130,9 @@ class Relationship:
         self._seq_from_replica = False  # the next resync starts at the replica's position
         self._catch_up_generation = False
         self.last_error = ""
+        self.internal_errors = 0  # requests of this group that failed with a bug (EIO)
+        self._stale_unsaved = False  # the stale mark is set but not on disk yet
+        self._said: set[str] = set()  # errors logged once until they clear
 
     # --- the write path ----------------------------------------------------------
 
@@ -186,13 +189,40 @@ class Relationship:
             else:
                 self.mark_stale("changes were kept local during a resync" if self.state is R.RESYNCING
                                 else "change made without a link")
+        self._apply_local(apply, marks)
+        return None
+
+    def keep_local(self, apply: Callable[[int | None], tp.Operation | None], marks: tracking.Marks,
+                   reason: str) -> None:
+        """Apply a change that cannot be replicated even with the link up
+        (no name of the file is known here, so no frame can name it): local
+        only, its *marks* dirty, and a quick resync — which finds the file
+        by its inode — is started. Never checkpoints.
+
+        Raises:
+            OSError: EIO under ``strict``; the local change failed; or the
+                stale mark cannot be saved.
+        """
+        if self.record.policy == "strict":
+            raise OSError(errno.EIO, f"group {self.record.id}: {reason}; policy strict refuses changes that "
+                                     f"cannot be replicated")
+        self.mark_stale(reason)
+        if self.state is R.IN_SYNC:
+            self._set_state(R.OUT_OF_SYNC, reason)
+        self._apply_local(apply, marks)
+        if self.conn is not None and self.state is R.OUT_OF_SYNC and self.resync_hook is not None:
+            self.request_resync("quick", reason=reason)
+
+    def _apply_local(self, apply: Callable[[int | None], tp.Operation | None], marks: tracking.Marks) -> None:
+        """The local-only change: the stale mark on disk first, then the
+        activity log, the change, and its marks in the dirty set."""
+        self._stale_durable()
         if self._lag_since is None:
             self._lag_since = trio.current_time()
         self._activate(marks, tracking.LOCAL_SEQ)
         apply(None)
         self.dirty.apply(marks)
         self._dirty_changed = True
-        return None
 
     def push(self) -> None:
         """Hand queued frames to the socket now (see ``Connection.push_now``)."""
@@ -203,10 +233,16 @@ class Relationship:
         """Make *marks* durable in the activity log before the change is
         applied, when they reach an extent not already active."""
         if marks and self.activity.touch(marks, seq, self.durable_seq):
+            payload = self.activity.payload()
             try:
-                self._activity_file.save(self.activity.payload())
+                self._groups.durably(lambda: self._activity_file.save(payload))
             except OSError as exc:
-                log.error("group %s: cannot save the activity log: %s", self.record.id, exc)
+                self.activity.save_failed()
+                self._say_once("activity", f"cannot save the activity log ({exc}); changes are refused until it "
+                                           f"can be saved")
+                raise OSError(exc.errno or errno.EIO, f"group {self.record.id}: cannot record the change in the "
+                                                      f"activity log: {exc.strerror or exc}") from None
+            self._said.discard("activity")
 
     async def wait(self, pending: Pending | None) -> None:
         """Wait until *pending* is acknowledged — under ``semi-sync`` and
@@ -247,10 +283,39 @@ class Relationship:
         self.record.stale_reason = reason
         self.record.last_seq = self.acked_seq
         self.record.new_generation()  # our data moves ahead of the replica's
+        self._stale_unsaved = True
+        try:
+            self._stale_durable()
+        except OSError:
+            pass  # said once; every change kept local is refused until the mark is saved
+
+    def _stale_durable(self) -> None:
+        """Make sure the stale mark is on disk (retried while it is not).
+
+        Raises:
+            OSError: it cannot be saved (a full disk): the caller must not
+                make a change the replica will lack.
+        """
+        if not self._stale_unsaved:
+            return
         try:
             self._groups.save(self.record)
         except OSError as exc:
-            log.error("group %s: cannot record that the replica is stale: %s", self.record.id, exc)
+            self._say_once("stale", f"cannot record that the replica is stale ({exc}); changes that cannot be "
+                                    f"replicated are refused until it can be saved")
+            raise OSError(exc.errno or errno.EIO, f"group {self.record.id}: cannot record durably that the "
+                                                  f"replica is stale: {exc.strerror or exc}") from None
+        self._stale_unsaved = False
+        if "stale" in self._said:
+            self._said.discard("stale")
+            log.info("group %s: the stale mark is saved; changes are accepted again", self.record.id)
+
+    def _say_once(self, what: str, message: str) -> None:
+        """Log an error once until it clears, not once per refused change."""
+        if what not in self._said:
+            self._said.add(what)
+            log.error("group %s: %s", self.record.id, message)
+            self.last_error = message
 
     def mark_dirty(self, marks: tracking.Marks, reason: str) -> None:
         """Record a difference made outside the write path (a group declared
@@ -266,6 +331,16 @@ class Relationship:
         self.dirty.mark_everything(reason)
         self._dirty_changed = True
         self.save_dirty()
+
+    def internal_fault(self, reason: str) -> None:
+        """A bug failed a request of this group: what it changed is not
+        known, so the whole tree is compared by digest (now, when
+        connected; else when the secondary is back), and status says why."""
+        self.internal_errors += 1
+        self.last_error = reason
+        self.mark_everything_dirty(reason)
+        if self.conn is not None and self.state is not R.SPLIT_BRAIN:
+            self.request_resync("checksum", reason=reason)
 
     def link_lost(self, reason: str) -> None:
         """The secondary is unreachable: mark stale, go OutOfSync, fail every
@@ -376,7 +451,9 @@ class Relationship:
             return False
         self.mark_stale(reason)
         self.record.stale_reason = reason
-        self._groups.save(self.record)
+        self._stale_unsaved = True
+        with contextlib.suppress(OSError):  # said once; retried before any change is kept local
+            self._stale_durable()
         self._seq_from_replica = True  # a full resync, if the operator asks, starts at the replica's position
         self._set_state(R.OUT_OF_SYNC, "replica connected")
         self._set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
@@ -486,6 +563,8 @@ class Relationship:
         now = trio.current_time()
         rate_limit = rate_limit or self.default_rate_limit
         running = self.resync_run if self.resync_run is not None and self.resync_run.running else None
+        if running is not None and self.state is not R.RESYNCING:
+            running = None  # its work is done (it is only being wound up) or not begun: queue another
         if running is not None and stronger(running.mode, mode) == running.mode and self._resync_queued is None:
             if rate_limit:
                 running.rate_limit = clamp_rate(rate_limit)
@@ -769,10 +848,12 @@ class Relationship:
             return
         try:
             self._groups.save_dirty(self.record, self._dirty_to_save())
-            self._dirty_changed = False
-            self.activity.settle()
         except OSError as exc:
-            log.error("group %s: cannot save the dirty set: %s", self.record.id, exc)
+            self._say_once("dirty", f"cannot save the dirty set ({exc}); retrying")
+            return
+        self._dirty_changed = False
+        self._said.discard("dirty")
+        self.activity.settle()
 
     async def throttle(self, max_bytes: int) -> None:
         """Wait until at most *max_bytes* of file data are in flight."""
@@ -807,13 +888,24 @@ class Relationship:
             raise tp.LinkDown(f"resync interrupted: {self.last_error}")
         if self.dirty:
             return False
+        self._dirty_changed = True
+        self.save_dirty()
+        if self._dirty_changed:
+            raise tp.LinkDown("cannot save the dirty set; the resync is retried with the next session")
+        before = (self.record.stale_reason, self.record.last_seq, list(self.record.generations))
         self.record.stale = False
         self.record.stale_reason = ""
         self.record.last_seq = self.acked_seq
         generation = self.record.new_generation()  # both sides meet again
-        self._dirty_changed = True
-        self.save_dirty()
-        self._groups.save(self.record)
+        try:
+            self._groups.save(self.record)
+        except OSError as exc:
+            self.record.stale = True
+            self.record.stale_reason, self.record.last_seq, self.record.generations = before
+            raise tp.LinkDown(f"cannot record that the replica is in sync ({exc}); the resync is retried with "
+                              f"the next session") from None
+        self._stale_unsaved = False
+        self._groups.reserve()  # given up when the disk was full, perhaps
         self._lag_since = None
         self._set_state(R.IN_SYNC, "resync complete", quiet=self.resync_run is not None and self.resync_run.routine)
         assert self.conn is not None
@@ -848,7 +940,14 @@ class Relationship:
         self.record.clean_shutdown = True
         self._dirty_changed = True
         self.save_dirty()
-        self._groups.save(self.record)
+        if self._dirty_changed:
+            self.record.clean_shutdown = False  # the next mount falls back on the activity log
+        try:
+            self._groups.save(self.record)
+        except OSError as exc:
+            log.error("group %s: cannot save the group's state at shutdown (%s); the next mount treats it as "
+                      "a crash and resyncs what the activity log names", self.record.id, exc)
+            return
         log.info("group %s: shut down cleanly at seq %d (%s)", self.record.id, self.record.last_seq,
                  self.state.value)
 
@@ -892,4 +991,5 @@ class Relationship:
             "generation": self.record.generations[-1],
             "stale_reason": self.record.stale_reason if self.record.stale else "",
             "last_error": self.last_error,
+            "internal_errors": self.internal_errors,
         }

@@ -34,7 +34,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
 import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -128,15 +127,34 @@ class Tree:
             os.close(cache.popitem(last=False)[1])
 
     def _dir(self, path: bytes) -> int:
-        """A cached O_PATH descriptor of directory *path* (b"" is the root)."""
+        """A cached O_PATH descriptor of directory *path* (b"" is the root),
+        opened one component at a time from its deepest cached ancestor —
+        a loop, not recursion: trees can be deeper than Python's stack."""
         if not path:
             return self.root_fd
         fd = self._dirs.get(path)
         if fd is not None:
             self._dirs.move_to_end(path)
             return fd
-        parent, _, name = path.rpartition(b"/")
-        fd = os.open(name, _DIR_FLAGS, dir_fd=self._dir(parent))
+        start, base = 0, self.root_fd
+        cut = len(path)
+        while (cut := path.rfind(b"/", 0, cut)) > 0:
+            cached = self._dirs.get(path[:cut])
+            if cached is not None:
+                start, base = cut + 1, cached
+                break
+        names = path[start:].split(b"/")
+        fd = base
+        try:
+            for name in names:
+                opened = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                if fd != base:
+                    os.close(fd)
+                fd = opened
+        except BaseException:
+            if fd != base:
+                os.close(fd)
+            raise
         self._remember(self._dirs, path, fd)
         return fd
 
@@ -172,10 +190,30 @@ class Tree:
         d, name = self.at(path)
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
 
+    def open_regular(self, path: bytes, flags: int) -> int:
+        """Open *path* only if it is a regular file; the caller closes the fd.
+
+        Data, size, sync and digest operations go through here: the entry
+        is looked at through an O_PATH descriptor first, so a device node
+        or FIFO is never opened (opening one can write to a host device,
+        rewind a tape or block on a pipe).
+
+        Raises:
+            OSError: EISDIR for a directory, ELOOP for a symlink (as
+                O_NOFOLLOW gives), EINVAL for a device node, FIFO or socket;
+                as open(2) otherwise.
+        """
+        with self.entry(path) as fd:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                code = errno.EISDIR if stat.S_ISDIR(mode) else errno.ELOOP if stat.S_ISLNK(mode) else errno.EINVAL
+                raise OSError(code, f"{os.fsdecode(path)!r} is not a regular file")
+            return os.open(proc_path(fd), flags | os.O_CLOEXEC)
+
     def _file(self, path: bytes) -> int:
         fd = self._files.get(path)
         if fd is None:
-            fd = self.open(path, os.O_WRONLY)
+            fd = self.open_regular(path, os.O_WRONLY)
             self._remember(self._files, path, fd)
         else:
             self._files.move_to_end(path)
@@ -254,13 +292,13 @@ class Tree:
         (see ``tracking.region_digests``); a missing or non-regular entry
         digests as empty."""
         try:
-            fd = self.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            fd = self.open_regular(path, os.O_RDONLY)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO):
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL):
                 raise
             return tracking.region_digests(b"", count)
         try:
-            data = os.pread(fd, count * tracking.REGION_SIZE, offset) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+            data = os.pread(fd, count * tracking.REGION_SIZE, offset)
         finally:
             os.close(fd)
         return tracking.region_digests(data, count)
@@ -412,18 +450,20 @@ class Tree:
         if op.whole:
             self.sync()
             return
-        fd = self.open(op.path, os.O_RDONLY | os.O_NONBLOCK)
+        with self.entry(op.path) as entry:
+            mode = os.fstat(entry).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                return  # a node's data is not ours to flush; its entry is flushed with its directory
+            fd = os.open(proc_path(entry), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                (os.fdatasync if op.datasync else os.fsync)(fd)
+            (os.fdatasync if op.datasync else os.fsync)(fd)
         finally:
             os.close(fd)
 
 
 def _remove(tree: Tree, op: tp.Remove) -> None:
     """Nothing at op.path afterwards: a file, link or whole subtree goes;
-    already absent is fine (symlink-safe: rmtree walks by fd)."""
+    already absent is fine."""
     tree.forget_all()
     d, name = tree.at(op.path)
     try:
@@ -431,20 +471,62 @@ def _remove(tree: Tree, op: tp.Remove) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=d)
+        remove_tree(d, name)
     else:
         os.unlink(name, dir_fd=d)
 
 
 def _purge(tree: Tree, op: tp.Purge) -> None:
-    """Remove everything below the root (symlink-safe: rmtree walks by fd)."""
+    """Remove everything below the root."""
     tree.forget_all()
     for name in tree.listdir(b""):
         st = os.stat(name, dir_fd=tree.root_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=tree.root_fd)
+            remove_tree(tree.root_fd, name)
         else:
             os.unlink(name, dir_fd=tree.root_fd)
+
+
+def remove_tree(parent_fd: int, name: bytes) -> None:
+    """Remove directory *name* of *parent_fd* and everything below it.
+
+    A loop holding one descriptor at a time, where ``shutil.rmtree``
+    recurses (and keeps one descriptor per level): a tree may be deeper
+    than Python's stack or the open-file limit. Symlinks are removed, never
+    followed; going back up is through ``..`` of the directory just
+    emptied, so the walk never leaves the subtree it was given.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    names = [name]  # from parent_fd down to fd
+    fd = os.open(name, flags, dir_fd=parent_fd)
+    try:
+        while names:
+            child = None
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = os.fsencode(entry.name)
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                below = os.open(child, flags, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                names.append(child)
+                continue
+            emptied = names.pop()
+            if names:
+                above = os.open(b"..", flags & ~os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = above
+                os.rmdir(emptied, dir_fd=fd)
+            else:
+                os.close(fd)
+                fd = -1
+                os.rmdir(emptied, dir_fd=parent_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

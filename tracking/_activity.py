@@ -36,6 +36,7 @@ class ActivityLog:
         self._hot = hot
         self._active: OrderedDict[Extent, tuple[bytes, int]] = OrderedDict()  # -> (path hint, last seq)
         self._durable: set[Extent] = set()
+        self._unsaved = False
 
     def touch(self, marks: Marks, seq: int, acked: int) -> bool:
         """Record that *marks* (operation *seq*) is about to be applied;
@@ -45,7 +46,7 @@ class ActivityLog:
         Only extents whose last operation was acknowledged leave the hot
         set, so an extent with a change in flight is always in the log.
         """
-        needed = False
+        needed = self._unsaved
         for ino, path, offset, length in marks.regions:
             first = offset // EXTENT_SIZE
             last = (offset + max(length, 1) - 1) // EXTENT_SIZE
@@ -68,7 +69,13 @@ class ActivityLog:
                     break
                 del self._active[oldest]
             self._durable = set(self._active)
+            self._unsaved = False  # the caller persists now (and calls save_failed if it cannot)
         return needed
+
+    def save_failed(self) -> None:
+        """The payload asked for could not be persisted: the next touch asks
+        again, whatever it touches."""
+        self._unsaved = True
 
     def _activate(self, extent: Extent, path: bytes, seq: int) -> bool:
         known = extent in self._active

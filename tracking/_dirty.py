@@ -29,6 +29,7 @@ from typing import Any
 from ._regions import REGION_SIZE, RegionRange, RegionSet, regions_for
 
 DIRTY_KIND = "fsrep-dirty"
+UNNAMED = b"/"  # the path hint of a file whose name is not known (never a valid path): resync searches for it
 
 
 @dataclass(frozen=True, slots=True)

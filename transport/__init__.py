@@ -9,6 +9,7 @@ a state table), ``_auth`` (HMAC challenge-response) — all sans-IO — and
 from ._codec import FrameDecoder as FrameDecoder
 from ._codec import encode as encode
 from ._errors import AuthenticationError as AuthenticationError
+from ._errors import InvalidPath as InvalidPath
 from ._errors import LinkDown as LinkDown
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
@@ -22,6 +23,7 @@ from ._frames import DIGEST_SIZE as DIGEST_SIZE
 from ._frames import MAX_CHECKSUM_REGIONS as MAX_CHECKSUM_REGIONS
 from ._frames import MAX_DATA as MAX_DATA
 from ._frames import MAX_LISTING as MAX_LISTING
+from ._frames import MAX_PATH as MAX_PATH
 from ._frames import MAX_RUNS as MAX_RUNS
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE

@@ -16,6 +16,18 @@ class LocalProtocolError(ProtocolError):
     (a bug in fsrep, never the peer's fault)."""
 
 
+class InvalidPath(LocalProtocolError, OSError):
+    """Raised when a path cannot be named in a frame: a component longer
+    than NAME_MAX or a path longer than MAX_PATH (errno ENAMETOOLONG), or one
+    that is absolute or has empty, ``.``, ``..`` or NUL parts (EINVAL).
+
+    It is an OSError too, with the errno the kernel gives for such a name,
+    so the FUSE layer answers the caller with it rather than EIO."""
+
+    def __init__(self, code: int, message: str) -> None:
+        OSError.__init__(self, code, message)
+
+
 class RemoteProtocolError(ProtocolError):
     """Raised when the peer sent bytes that break the protocol: a malformed,
     oversized, unknown or out-of-order frame, or a failed authentication."""

@@ -13,11 +13,12 @@ root of the group.
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._errors import LocalProtocolError
+from ._errors import InvalidPath, LocalProtocolError
 
 PROTOCOL_VERSION = 4  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns
 NONCE_SIZE = 32
@@ -25,7 +26,8 @@ PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
 GENERATION_ID_SIZE = 16
 MAX_GENERATIONS = 32
-MAX_PATH = 4096
+MAX_PATH = 64 * 1024  # relative to a group's root: deeper than PATH_MAX, as a tree reached by chdir can be
+MAX_TARGET = 4096  # a symlink's target, as symlink(2) takes it
 MAX_NAME = 255
 MAX_DATA = 4 * 1024 * 1024
 MAX_XATTR_VALUE = 64 * 1024
@@ -45,20 +47,22 @@ FIELD_LIMITS = {U8: 255, U32: U32_MAX, U64: U64_MAX}
 
 
 def check_path(path: bytes, *, what: str = "path") -> None:
-    """Raise LocalProtocolError unless *path* is a safe group-relative path."""
+    """Raise InvalidPath unless *path* is a safe group-relative path
+    (LocalProtocolError when it is not even bytes: a bug here)."""
     if not isinstance(path, bytes):
         raise LocalProtocolError(f"{what} must be bytes")
     if len(path) > MAX_PATH:
-        raise LocalProtocolError(f"{what} longer than {MAX_PATH} bytes")
+        raise InvalidPath(errno.ENAMETOOLONG, f"{what} longer than {MAX_PATH} bytes")
     if path == b"":
         return
     if b"\0" in path:
-        raise LocalProtocolError(f"{what} contains NUL")
+        raise InvalidPath(errno.EINVAL, f"{what} contains NUL")
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
-            raise LocalProtocolError(f"{what} {path!r} is absolute or has an empty, '.' or '..' component")
+            raise InvalidPath(errno.EINVAL, f"{what} {path[:200]!r} is absolute or has an empty, '.' or '..' "
+                                            f"component")
         if len(part) > MAX_NAME:
-            raise LocalProtocolError(f"{what} has a component longer than {MAX_NAME} bytes")
+            raise InvalidPath(errno.ENAMETOOLONG, f"{what} has a component longer than {MAX_NAME} bytes")
 
 
 def _check_fields(frame: object) -> None:
@@ -358,8 +362,8 @@ class Symlink(Operation):
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        if not self.target or len(self.target) > MAX_PATH or b"\0" in self.target:
-            raise LocalProtocolError("Symlink.target must be 1..4096 bytes without NUL")
+        if not self.target or len(self.target) > MAX_TARGET or b"\0" in self.target:
+            raise LocalProtocolError(f"Symlink.target must be 1..{MAX_TARGET} bytes without NUL")
 
 
 @dataclass(frozen=True, slots=True)

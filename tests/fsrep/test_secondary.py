@@ -5,6 +5,8 @@ from a peer that has not authenticated."""
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import trio
 
 import transport as tp
 from fsrep._config import read_key
-from tests.conftest import Cluster
+from tests.conftest import Cluster, assert_same_tree, wait_for, write_random
 
 
 async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
@@ -165,3 +167,65 @@ async def test_listing_and_remove_answer_at_their_place_in_the_stream(cluster: C
     replica = cluster.secondary.store / str(uuid.UUID(bytes=group))
     assert sorted(os.listdir(replica / "d")) == ["f"]
     assert os.listdir(outside) == ["victim"]
+
+
+async def test_a_peer_cannot_write_to_a_host_device_through_a_node_it_made(cluster: Cluster, tmp_path: Path) -> None:
+    backing = tmp_path / "loop-backing"
+    backing.write_bytes(b"\0" * (1024 * 1024))
+    loop = (await trio.run_process(["losetup", "--find", "--show", str(backing)], capture_stdout=True)
+            ).stdout.decode().strip()
+    try:
+        rdev = os.stat(loop).st_rdev
+        group = uuid.uuid4().bytes
+        conn, _ = await _connect(cluster, group)
+        await conn.send(tp.MkNod(seq=1, path=b"dev", mode=stat.S_IFBLK | 0o600, rdev=rdev, uid=0, gid=0))
+        assert await _outcome(conn, 1) == "applied"
+        await conn.aclose()
+        for make in (lambda seq: tp.Write(seq=seq, path=b"dev", offset=0, data=b"pwned"),
+                     lambda seq: tp.WriteRuns.of(seq, b"dev", [(512, b"pwned")]),
+                     lambda seq: tp.SetAttr(seq=seq, path=b"dev", fields=tp.ATTR_SIZE, size=0),
+                     lambda seq: tp.Checksum(seq=seq, path=b"dev", offset=0, count=1),
+                     lambda seq: tp.Fsync(seq=seq, path=b"dev")):
+            conn, welcome = await _connect(cluster, group)
+            op = make(welcome.last_seq + 1)
+            await conn.send(op)
+            outcome = await _outcome(conn, op.seq)
+            await conn.aclose()
+            if isinstance(op, (tp.Checksum, tp.Fsync)):
+                assert outcome == "applied", f"{type(op).__name__} of a node is answered without opening it"
+            else:
+                assert outcome == "refused", f"{type(op).__name__} to a device node was applied"
+        replica = cluster.secondary.store / str(uuid.UUID(bytes=group))
+        assert stat.S_ISBLK(os.lstat(replica / "dev").st_mode)
+    finally:
+        await trio.run_process(["losetup", "--detach", loop])
+    assert backing.read_bytes() == b"\0" * (1024 * 1024), "the device's backing file was written"
+
+
+def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp_path: Path) -> None:
+    """The secondary's store on a small tmpfs: a write past its size fails,
+    the position cannot be saved either; once the primary removes the file,
+    the next session resyncs and the group is InSync again."""
+    cluster = Cluster(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "fsrep-test", str(cluster.secondary.store)],
+                   check=True)
+    try:
+        cluster.secondary.start()
+        cluster.mount()
+        (cluster.mnt / "small").write_bytes(b"kept")
+        try:
+            write_random(cluster.mnt / "big", 15)  # sync: written here, refused there
+        except OSError:
+            pass
+        wait_for(lambda: cluster.status()["state"] != "InSync", "the refused write to take the group out of sync")
+        (cluster.mnt / "big").unlink()
+        wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["dirty_bytes"] == 0,
+                 "InSync again once the file is gone", timeout=60)
+        cluster.umount()
+        assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+        log = (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+        assert "did not complete" not in cluster.primary_log()
+        assert "Traceback" not in log
+    finally:
+        cluster.cleanup()
+        subprocess.run(["umount", "-l", str(cluster.secondary.store)], check=False)

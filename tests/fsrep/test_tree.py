@@ -5,16 +5,19 @@ Runs as root (the suite requires it), so ownership changes are real.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import tracking
 import transport as tp
-from fsrep._tree import _APPLY, RESERVED, Tree
+from fsrep._tree import _APPLY, RESERVED, Tree, remove_tree
 from transport._frames import ATTR_ALL, OPERATION_TYPES
 
 XATTR = b"user.fsrep-test"
@@ -648,3 +651,111 @@ def test_a_rename_through_one_groups_tree_drops_what_the_others_cached(root: Pat
         assert tree.listdir(b"g/a/other") == [b"x"]
     finally:
         group.close()
+
+
+# --- data operations touch regular files only ---------------------------------------------
+
+
+@pytest.fixture
+def nodes(tree: Tree, root: Path) -> list[bytes]:
+    """A character device (the harmless /dev/zero's numbers) and a FIFO:
+    opening either would write to a device or block."""
+    tree.apply(tp.MkNod(seq=1, path=b"dev", mode=stat.S_IFCHR | 0o600, rdev=os.makedev(1, 5), uid=0, gid=0))
+    tree.apply(tp.MkNod(seq=2, path=b"fifo", mode=stat.S_IFIFO | 0o600, rdev=0, uid=0, gid=0))
+    return [b"dev", b"fifo"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda path: tp.Write(seq=3, path=path, offset=0, data=b"pwned"),
+    lambda path: tp.WriteRuns.of(3, path, [(0, b"pwned")]),
+    lambda path: tp.SetAttr(seq=3, path=path, fields=tp.ATTR_SIZE, size=0),
+])
+def test_data_operations_on_a_device_node_or_fifo_are_refused_without_opening_it(
+        tree: Tree, root: Path, nodes: list[bytes], make: Callable[[bytes], tp.Operation]) -> None:
+    for path in nodes:
+        with pytest.raises(OSError) as caught:
+            tree.apply(make(path))
+        assert caught.value.errno == errno.EINVAL, path
+    assert stat.S_ISCHR(os.lstat(root / "dev").st_mode)
+    assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of blocking forever (opening a FIFO waits for a writer)."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds}s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_fsync_and_digests_of_nodes_never_open_them(tree: Tree, nodes: list[bytes]) -> None:
+    with _deadline(5):
+        for path in nodes:
+            tree.apply(tp.Fsync(seq=3, path=path))
+            assert tree.digests(path, 0, 2) == tracking.region_digests(b"", 2)
+        with pytest.raises(OSError) as caught:
+            tree.open_regular(b"fifo", os.O_RDONLY)
+        assert caught.value.errno == errno.EINVAL
+
+
+# --- trees deeper than Python's stack ---------------------------------------------------------
+
+
+DEEP = 3000  # levels: past the recursion limit (1000) and the default open-file limit (1024)
+
+
+def _deep(root: Path, levels: int) -> bytes:
+    """A chain of *levels* directories named d under *root*, made by
+    descriptor (its path is longer than PATH_MAX), a file at the bottom."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return b"/".join([b"d"] * levels)
+
+
+def test_a_cold_cache_reaches_the_bottom_of_a_deep_tree(root: Path) -> None:
+    bottom = _deep(root, DEEP)
+    tree = Tree(root)  # nothing cached
+    try:
+        tree.apply(tp.Write(seq=1, path=bottom + b"/f", offset=0, data=b"deep"))
+        assert tree.lstat(bottom + b"/f").st_size == 4
+    finally:
+        tree.close()
+        fd = os.open(root, os.O_PATH)
+        try:
+            remove_tree(fd, b"d")  # pytest's own clean-up recurses
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("make", [lambda: tp.Remove(seq=1, path=b"d"), lambda: tp.Purge(seq=1)])
+def test_remove_and_purge_of_a_deep_tree(tree: Tree, root: Path, make: Callable[[], tp.Operation]) -> None:
+    _deep(root, DEEP)
+    (root / "keep").write_bytes(b"")
+    tree.apply(make())
+    assert not (root / "d").exists()
+
+
+def test_remove_goes_back_up_only_within_the_subtree(tree: Tree, root: Path, outside: Path) -> None:
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "a" / "b" / "file").write_bytes(b"x")
+    os.symlink(outside, root / "a" / "b" / "c" / "out")
+    (root / "a2").mkdir()
+    before = _snapshot(outside)
+    tree.apply(tp.Remove(seq=1, path=b"a/b"))
+    assert sorted(os.listdir(root)) == ["a", "a2"]
+    assert os.listdir(root / "a") == []
+    assert _snapshot(outside) == before

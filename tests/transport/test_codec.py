@@ -3,6 +3,7 @@ raise only RemoteProtocolError."""
 
 from __future__ import annotations
 
+import errno
 import struct
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 import transport as tp
 from transport._codec import HEADER_SIZE, LARGE_FRAME, MAX_FRAME
-from transport._frames import FRAME_TYPES, MAX_NAME, MAX_PATH, MAX_TEXT, MAX_XATTR_VALUE, Challenge, Proof
+from transport._frames import FRAME_TYPES, MAX_NAME, MAX_PATH, MAX_TARGET, MAX_TEXT, MAX_XATTR_VALUE, Challenge, Proof
 
 SAMPLES: list[tp.Frame] = [
     tp.Hello(group_id=b"g" * 16, nonce=b"n" * 32),
@@ -155,7 +156,7 @@ def test_text_round_trips_as_utf8() -> None:
 
 BAD_PATHS = [
     b"/abs", b"/", b"../up", b"..", b".", b"a/../b", b"a/..", b"./a", b"a/./b", b"a//b", b"a/", b"a\0b", b"\0",
-    b"x" * (MAX_NAME + 1), b"ok/" + b"x" * (MAX_NAME + 1), b"ab/" * 1366 + b"ab",
+    b"x" * (MAX_NAME + 1), b"ok/" + b"x" * (MAX_NAME + 1), b"ab/" * (MAX_PATH // 3 + 1) + b"ab",
 ]
 
 
@@ -198,9 +199,23 @@ def test_every_path_field_is_checked(build, path: bytes) -> None:
 
 
 def test_longest_valid_path_can_be_built() -> None:
-    path = b"ab/" * 1365 + b"a"
+    path = b"ab/" * (MAX_PATH // 3) + b"a" * (MAX_PATH % 3)
     assert len(path) == MAX_PATH
     tp.Unlink(seq=1, path=path)
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    (b"n" * (MAX_NAME + 1), errno.ENAMETOOLONG),
+    (b"d/" + b"n" * (MAX_NAME + 1), errno.ENAMETOOLONG),
+    (b"a/" * (MAX_PATH // 2) + b"a", errno.ENAMETOOLONG),
+    (b"a//b", errno.EINVAL),
+    (b"a\0b", errno.EINVAL),
+])
+def test_unnameable_paths_carry_the_errno_the_kernel_would_give(path: bytes, code: int) -> None:
+    with pytest.raises(OSError) as raised:
+        tp.Unlink(seq=1, path=path)
+    assert raised.value.errno == code
+    assert isinstance(raised.value, tp.LocalProtocolError)
 
 
 def test_paths_must_be_bytes() -> None:
@@ -253,7 +268,7 @@ def test_data_over_max_data_cannot_be_built() -> None:
     pytest.param(lambda: tp.RemoveXattr(seq=1, path=b"f", name=b"u" * (MAX_NAME + 1)), id="xattr-name-too-long"),
     pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"", uid=0, gid=0), id="symlink-target-empty"),
     pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"a\0b", uid=0, gid=0), id="symlink-target-nul"),
-    pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"t" * (MAX_PATH + 1), uid=0, gid=0),
+    pytest.param(lambda: tp.Symlink(seq=1, path=b"s", target=b"t" * (MAX_TARGET + 1), uid=0, gid=0),
                  id="symlink-target-too-long"),
     pytest.param(lambda: tp.Remove(seq=1, path=b""), id="remove-root"),
     pytest.param(lambda: tp.ListDir(seq=1, path=b"", after=b"x/y"), id="listdir-after-two-components"),
