@@ -11,13 +11,15 @@ from collections.abc import Iterable
 
 import xxhash
 
+from ._tree import Tree
+
 Entry = tuple[object, ...]
 _CHUNK = 1024 * 1024
 
 
-def _content(path: str) -> str:
+def _content(fd: int) -> str:
     digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -26,32 +28,29 @@ def _content(path: str) -> str:
 def tree_digest(root: str | os.PathLike[str], skip: Iterable[str] = ()) -> dict[str, Entry]:
     """Digest every entry below *root*; ``.fsrep`` at the root is skipped,
     and so are the directories *skip* (relative paths: the roots of other
-    consistency groups, when *root* is the default group's)."""
+    consistency groups, when *root* is the default group's). Walks by
+    descriptor (``Tree``), so depth and path length are not limited."""
     result: dict[str, Entry] = {}
     first_path: dict[int, str] = {}
-    skipped = {".fsrep", *skip}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = [d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped]
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            st = os.lstat(full)
+    tree = Tree(root, hidden=[os.fsencode(path) for path in skip])
+    try:
+        for path, st in tree.walk():
+            rel = os.fsdecode(path)
             kind = stat.S_IFMT(st.st_mode)
             content: object = None
             if stat.S_ISREG(kind):
-                content = _content(full)
+                content = _content(tree.open_regular(path, os.O_RDONLY))
             elif stat.S_ISLNK(kind):
-                content = os.readlink(full)
+                content = os.fsdecode(tree.readlink(path))
             try:
-                names = sorted(os.listxattr(full, follow_symlinks=False))
-                xattrs = tuple((n, os.getxattr(full, n, follow_symlinks=False)) for n in names)
+                xattrs = tuple((os.fsdecode(n), tree.getxattr(path, n)) for n in sorted(tree.listxattr(path)))
             except OSError:
                 xattrs = ()
             link_of = first_path.setdefault(st.st_ino, rel) if not stat.S_ISDIR(kind) and st.st_nlink > 1 else None
             size = None if stat.S_ISDIR(kind) else st.st_size
             result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content, xattrs, link_of)
+    finally:
+        tree.close()
     return result
 
 

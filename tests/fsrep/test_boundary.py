@@ -10,6 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
+import transport as tp
 from fsrep._boundary import fuse_errors, requests_running
 
 
@@ -46,3 +47,39 @@ async def test_requests_are_counted_while_they_run(fail: BaseException | None, c
     assert seen == [2, 1]  # the first to finish still sees the other one
     assert codes == [code, code]
     assert requests_running() == 0
+
+
+class _Handlers:
+    """A handler object as the boundary sees it: told of internal faults."""
+
+    def __init__(self) -> None:
+        self.faults: list[tuple[str, tuple[object, ...], str]] = []
+
+    def internal_fault(self, handler: str, args: tuple[object, ...], exc: Exception) -> None:
+        self.faults.append((handler, args, type(exc).__name__))
+
+    @fuse_errors
+    async def write(self, fh: int, fail: BaseException) -> None:
+        raise fail
+
+
+@pytest.mark.parametrize(("fail", "code"), [
+    (tp.InvalidPath(errno.ENAMETOOLONG, "a component longer than 255 bytes"), errno.ENAMETOOLONG),
+    (tp.InvalidPath(errno.EINVAL, "an empty component"), errno.EINVAL),
+    (OSError(errno.EXDEV, "another consistency group"), errno.EXDEV),
+])
+async def test_fsreps_own_refusals_give_the_kernels_errno_and_no_fault(fail: BaseException, code: int) -> None:
+    handlers = _Handlers()
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await handlers.write(7, fail)
+    assert caught.value.errno == code
+    assert handlers.faults == []
+
+
+async def test_an_internal_fault_is_eio_and_tells_the_handlers_object(caplog: pytest.LogCaptureFixture) -> None:
+    handlers = _Handlers()
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await handlers.write(7, KeyError("bug"))
+    assert caught.value.errno == errno.EIO
+    assert handlers.faults == [("write", (7, handlers.faults[0][1][1]), "KeyError")]
+    assert "internal error in write" in caplog.text

@@ -83,3 +83,26 @@ def test_a_second_daemon_on_the_same_store_is_refused(mounted: Cluster, tmp_path
     line = _one_line_error(run_fsrep("mount", str(mounted.primary_store), str(other_mnt), "--secondary",
                                      mounted.secondary.address, "--key-file", str(mounted.key), check=False))
     assert "in use by another fsrep daemon" in line
+
+
+def test_a_store_and_mount_point_that_are_nested_are_refused(cluster: Cluster) -> None:
+    store = cluster.primary_store
+    (store / "inner").mkdir()
+    base = ["--secondary", cluster.secondary.address, "--key-file", str(cluster.key)]
+    for mountpoint in (store, store / "inner"):
+        line = _one_line_error(run_fsrep("mount", str(store), str(mountpoint), *base, check=False, timeout=20))
+        assert "nested" in line
+    cluster.mount()
+    try:
+        (cluster.mnt / "sub").mkdir()
+        other = cluster.base / "other"
+        other.mkdir()
+        line = _one_line_error(run_fsrep("mount", str(cluster.mnt / "sub"), str(other), *base, check=False,
+                                         timeout=20))
+        assert "is on the fsrep mount" in line
+        line = _one_line_error(run_fsrep("mount", str(other), str(cluster.mnt / "sub"), *base, check=False,
+                                         timeout=20))
+        assert line
+        assert run_fsrep("status", str(cluster.mnt), timeout=20).returncode == 0  # nothing hangs
+    finally:
+        cluster.umount()
