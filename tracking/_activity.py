@@ -26,9 +26,10 @@ LOCAL_SEQ = 2**63  # the "seq" of a change kept local: active until the dirty se
 ACTIVITY_KIND = "fsrep-activity"
 HOT_EXTENTS = 256
 
-Extent = tuple[int, int]  # (ino, extent number), or (directory ino, ENTRIES | FILE_HEADS)
+Extent = tuple[int, int, int]  # (ino, first extent, count), or (directory ino, ENTRIES | FILE_HEADS, 1)
 ENTRIES = -1     # a directory's entries
 FILE_HEADS = -2  # the first extent and metadata of every file in a directory: one record for many small files
+SPAN = 8  # a change over more extents than this (a truncate, a rename of a large file) is one record
 
 
 class ActivityLog:
@@ -50,18 +51,21 @@ class ActivityLog:
         for ino, path, offset, length in marks.regions:
             first = offset // EXTENT_SIZE
             last = (offset + max(length, 1) - 1) // EXTENT_SIZE
+            if first == 0 and marks.parent is not None:
+                needed |= self._activate((marks.parent, FILE_HEADS, 1), _parent_path(path), seq)
+                first = 1
+            if last - first + 1 > SPAN:
+                needed |= self._activate((ino, first, last - first + 1), path, seq)
+                continue
             for extent in range(first, last + 1):
-                if extent == 0 and marks.parent is not None:
-                    needed |= self._activate((marks.parent, FILE_HEADS), _parent_path(path), seq)
-                else:
-                    needed |= self._activate((ino, extent), path, seq)
+                needed |= self._activate((ino, extent, 1), path, seq)
         for ino, path in marks.meta:
             if marks.parent is not None:
-                needed |= self._activate((marks.parent, FILE_HEADS), _parent_path(path), seq)
+                needed |= self._activate((marks.parent, FILE_HEADS, 1), _parent_path(path), seq)
             else:
-                needed |= self._activate((ino, ENTRIES), path, seq)
+                needed |= self._activate((ino, ENTRIES, 1), path, seq)
         for ino, path in marks.dirs:
-            needed |= self._activate((ino, ENTRIES), path, seq)
+            needed |= self._activate((ino, ENTRIES, 1), path, seq)
         if needed:
             while len(self._active) > self._hot:
                 oldest = next(iter(self._active))
@@ -94,7 +98,7 @@ class ActivityLog:
                 self._active[extent] = (path, 0)
 
     def payload(self) -> dict[str, Any]:
-        return {"extents": [[ino, ext, path.hex()] for (ino, ext), (path, _) in self._active.items()]}
+        return {"extents": [[ino, ext, path.hex(), count] for (ino, ext, count), (path, _) in self._active.items()]}
 
     @staticmethod
     def recover(payload: dict[str, Any], dirty: DirtySet) -> int:
@@ -105,19 +109,21 @@ class ActivityLog:
             ValueError: the payload is not an activity log.
         """
         try:
-            extents = [(int(ino), int(ext), bytes.fromhex(path)) for ino, ext, path in payload["extents"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            # Each entry is [ino, extent, path] (one extent; logs written before spans) or [..., count].
+            extents = [(int(e[0]), int(e[1]), bytes.fromhex(e[2]), int(e[3]) if len(e) > 3 else 1)
+                       for e in payload["extents"]]
+            per_extent = EXTENT_SIZE // REGION_SIZE
+            for ino, ext, path, count in extents:
+                if ext == FILE_HEADS:
+                    dirty.mark_heads(ino, path)
+                elif ext < 0:
+                    dirty.mark_dir(ino, path)
+                    dirty.mark_meta(ino, path)
+                else:
+                    dirty.mark_regions(ino, path, RegionRange(ext * per_extent, count * per_extent))
+                    dirty.mark_meta(ino, path)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"not an activity log: {exc!r}") from None
-        per_extent = EXTENT_SIZE // REGION_SIZE
-        for ino, ext, path in extents:
-            if ext == FILE_HEADS:
-                dirty.mark_heads(ino, path)
-            elif ext < 0:
-                dirty.mark_dir(ino, path)
-                dirty.mark_meta(ino, path)
-            else:
-                dirty.mark_regions(ino, path, RegionRange(ext * per_extent, per_extent))
-                dirty.mark_meta(ino, path)
         return len(extents)
 
 

@@ -14,8 +14,8 @@ something still dirty during a resync) and when a replicated one is lost in
 flight.
 
 Caveats:
-- Region numbers are 32-bit (roaring bitmaps); ``regions_for`` raises
-  RegionOverflow for files beyond 16 TiB at 4 KiB regions, never wraps.
+- Region numbers reach every 64-bit offset (one roaring bitmap per 16 TiB
+  of file); ``regions_for`` raises RegionOverflow past that, never wraps.
 - An inode number reused by a new file inherits the old file's dirty
   regions: harmless, they are only copied again.
 """
@@ -124,9 +124,12 @@ class DirtySet:
     def overlaps(self, ino: int, regions: RegionRange) -> bool:
         """True when any of *regions* of *ino* is dirty."""
         entry = self._files.get(ino)
-        if entry is None or not regions.count:
-            return False
-        return any(r in entry.regions for r in range(regions.first, regions.stop))
+        return entry is not None and entry.regions.overlaps(regions)
+
+    def count_in(self, ino: int, regions: RegionRange) -> int:
+        """How many of *regions* of *ino* are dirty."""
+        entry = self._files.get(ino)
+        return 0 if entry is None else entry.regions.count(regions)
 
     def meta_dirty(self, ino: int) -> bool:
         entry = self._files.get(ino)
@@ -148,9 +151,10 @@ class DirtySet:
     def dirs(self) -> list[int]:
         return sorted(self._dirs)
 
-    def ranges(self, ino: int) -> Iterator[RegionRange]:
+    def ranges(self, ino: int, start: int = 0) -> Iterator[RegionRange]:
+        """Dirty runs of *ino* at or after region *start*."""
         entry = self._files.get(ino)
-        return iter(()) if entry is None else entry.regions.ranges()
+        return iter(()) if entry is None else entry.regions.ranges(start)
 
     # --- draining --------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class DirtySet:
         self.reason = ""
 
     def _drop_if_clean(self, ino: int, entry: _File) -> None:
-        if not entry.meta and not len(entry.regions):
+        if not entry.meta and not entry.regions:
             del self._files[ino]
             if ino not in self._dirs:
                 self._hints.pop(ino, None)

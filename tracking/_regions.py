@@ -1,8 +1,16 @@
 """Fixed-size regions of a file and sets of them.
 
-A region number is ``offset // region_size``. Sets are roaring bitmaps,
-whose values are 32-bit: a file with more regions than that raises
-RegionOverflow rather than wrapping silently.
+A region number is ``offset // region_size``; offsets are 64-bit, so a
+file has at most MAX_REGIONS regions (2**52 at 4 KiB), and a region past
+that raises RegionOverflow rather than wrapping silently.
+
+How a RegionSet works: roaring bitmaps hold 32-bit values, so the region
+numbers are cut in chunks of 2**32 (16 TiB of file at 4 KiB regions), one
+bitmap per chunk that holds any, keyed by the high bits. A chunk that is
+wholly in the set is kept as FULL, not as a bitmap: a truncate to a petabyte
+costs a few dict entries, not gigabytes. Every operation works on ranges —
+the bitmaps' own range operations, runs found by rank arithmetic — never
+one Python step per region.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import xxhash
-from roaringbitmap import RoaringBitmap
+from pyroaring import BitMap
 
 REGION_SIZE = 4096
-MAX_REGIONS = 2**32
+MAX_REGIONS = 2**64 // REGION_SIZE
+CHUNK_BITS = 32
+CHUNK = 1 << CHUNK_BITS
 
 
 def region_digests(data: bytes, count: int) -> bytes:
@@ -27,8 +37,8 @@ def region_digests(data: bytes, count: int) -> bytes:
 
 
 class RegionOverflow(ValueError):
-    """Raised when an offset lies beyond the last region a bitmap can hold;
-    use a larger region size for such files."""
+    """Raised when a region lies beyond the last one a 64-bit offset can
+    reach (MAX_REGIONS), or a range is negative."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,36 +69,133 @@ def regions_for(offset: int, length: int, region_size: int = REGION_SIZE) -> Reg
     return RegionRange(first, last - first + 1)
 
 
+class _Full:
+    """A chunk wholly in the set."""
+
+    def __repr__(self) -> str:
+        return "FULL"
+
+
+FULL = _Full()
+_Chunk = BitMap | _Full
+
+
 class RegionSet:
-    """A set of region numbers of one file."""
+    """A set of region numbers of one file (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._bitmap = RoaringBitmap()
+        self._chunks: dict[int, _Chunk] = {}
+
+    @staticmethod
+    def _pieces(regions: RegionRange) -> Iterator[tuple[int, int, int]]:
+        """(chunk, first, stop) of each chunk *regions* touch, first/stop
+        within the chunk."""
+        first, stop = regions.first, regions.stop
+        while first < stop:
+            key = first >> CHUNK_BITS
+            base = key << CHUNK_BITS
+            end = min(stop, base + CHUNK)
+            yield key, first - base, end - base
+            first = end
 
     def add(self, regions: RegionRange) -> None:
-        if regions.count:
-            self._bitmap.update(range(regions.first, regions.stop))
+        for key, first, stop in self._pieces(regions):
+            chunk = self._chunks.get(key)
+            if chunk is FULL:
+                continue
+            if first == 0 and stop == CHUNK:
+                self._chunks[key] = FULL
+                continue
+            if chunk is None:
+                chunk = self._chunks[key] = BitMap()
+            assert isinstance(chunk, BitMap)
+            chunk.add_range(first, stop)
+            if len(chunk) == CHUNK:
+                self._chunks[key] = FULL
 
     def discard(self, regions: RegionRange) -> None:
-        if regions.count:
-            self._bitmap.difference_update(range(regions.first, regions.stop))
+        for key, first, stop in self._pieces(regions):
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                continue
+            if first == 0 and stop == CHUNK:
+                del self._chunks[key]
+                continue
+            if chunk is FULL:
+                chunk = self._chunks[key] = BitMap()
+                chunk.add_range(0, CHUNK)
+            assert isinstance(chunk, BitMap)
+            chunk.remove_range(first, stop)
+            if not chunk:
+                del self._chunks[key]
 
     def __contains__(self, region: int) -> bool:
-        return region in self._bitmap
+        chunk = self._chunks.get(region >> CHUNK_BITS)
+        return chunk is FULL or (isinstance(chunk, BitMap) and (region & (CHUNK - 1)) in chunk)
 
     def __len__(self) -> int:
-        return len(self._bitmap)
+        return sum(len(chunk) if isinstance(chunk, BitMap) else CHUNK for chunk in self._chunks.values())
 
-    def ranges(self) -> Iterator[RegionRange]:
-        """Maximal runs of consecutive regions, in order."""
-        start = prev = -1  # no run yet
-        for r in self._bitmap:
-            if start < 0:
-                start = prev = r
-            elif r == prev + 1:
-                prev = r
-            else:
-                yield RegionRange(start, prev - start + 1)
-                start = prev = r
-        if start >= 0:
-            yield RegionRange(start, prev - start + 1)
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def count(self, regions: RegionRange) -> int:
+        """How many of *regions* are in the set."""
+        total = 0
+        for key, first, stop in self._pieces(regions):
+            chunk = self._chunks.get(key)
+            if chunk is FULL:
+                total += stop - first
+            elif chunk is not None:
+                assert isinstance(chunk, BitMap)
+                total += chunk.range_cardinality(first, stop)
+        return total
+
+    def overlaps(self, regions: RegionRange) -> bool:
+        """Whether any of *regions* is in the set."""
+        return self.count(regions) > 0 if regions.count else False
+
+    def ranges(self, start: int = 0) -> Iterator[RegionRange]:
+        """Maximal runs of consecutive regions at or after region *start*,
+        in order (a run that began before *start* is cut there). Each run
+        costs a few bitmap queries, however long it is."""
+        run_first = run_stop = -1
+        for key in sorted(k for k in self._chunks if (k + 1) << CHUNK_BITS > start):
+            base = key << CHUNK_BITS
+            for first, stop in _runs(self._chunks[key], max(0, start - base)):
+                first += base
+                stop += base
+                if first == run_stop:  # continues across the chunk boundary
+                    run_stop = stop
+                    continue
+                if run_stop > 0:
+                    yield RegionRange(run_first, run_stop - run_first)
+                run_first, run_stop = first, stop
+        if run_stop > 0:
+            yield RegionRange(run_first, run_stop - run_first)
+
+
+def _runs(chunk: _Chunk, start: int) -> Iterator[tuple[int, int]]:
+    """(first, stop) of each run of one chunk at or after *start*."""
+    if chunk is FULL:
+        yield start, CHUNK
+        return
+    assert isinstance(chunk, BitMap)
+    rank = chunk.rank(start - 1) if start else 0  # values below start
+    total = len(chunk)
+    while rank < total:
+        first = chunk[rank]
+        # The run ends where the values stop being consecutive: the largest
+        # stop with rank(stop - 1) - rank(first - 1) == stop - first, by doubling then halving.
+        below = rank
+        step = 1
+        stop = first + 1
+        while stop + step <= CHUNK and chunk.range_cardinality(first, stop + step) == stop + step - first:
+            stop += step
+            step *= 2
+        while step > 1:
+            step //= 2
+            if stop + step <= CHUNK and chunk.range_cardinality(first, stop + step) == stop + step - first:
+                stop += step
+        yield first, stop
+        rank = below + (stop - first)

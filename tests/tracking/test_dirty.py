@@ -13,6 +13,7 @@ from tracking import (
     RegionOverflow,
     RegionRange,
     load_state,
+    regions_for,
     save_state,
 )
 
@@ -55,10 +56,26 @@ def test_everything_dirty_is_never_an_empty_set() -> None:
     assert dirty.reason == "new relationship"
 
 
-def test_files_beyond_32_bit_regions_raise_instead_of_wrapping() -> None:
+def test_files_beyond_32_bit_regions_are_tracked_and_only_64_bit_offsets_overflow() -> None:
     dirty = DirtySet()
+    dirty.apply(Marks(regions=((1, b"huge", 17 * 2**40, 100),)))  # a write at 17 TiB
+    assert list(dirty.ranges(1)) == [RegionRange(17 * 2**40 // REGION_SIZE, 1)]
+    assert dirty.blocks(Marks(regions=((1, b"huge", 17 * 2**40 + 50, 1),)))
     with pytest.raises(RegionOverflow):
-        dirty.apply(Marks(regions=((1, b"huge", 2**32 * REGION_SIZE, 1),)))
+        dirty.apply(Marks(regions=((1, b"huge", 2**64, 1),)))
+
+
+def test_a_petabyte_truncate_is_a_few_ranges_not_gigabytes() -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(regions=((1, b"f", 0, 999999999999999),), meta=((1, b"f"),)))
+    assert dirty.dirty_bytes >= 999999999999999
+    assert list(dirty.ranges(1)) == [regions_for(0, 999999999999999)]
+    dirty.clean_regions(1, RegionRange(10, 2**20))
+    assert [(r.first, r.count) for r in dirty.ranges(1)][0] == (0, 10)
+    assert dirty.blocks(Marks(regions=((1, b"f", 900000000000000, 1),)))
+    assert not dirty.blocks(Marks(regions=((1, b"f", 20 * REGION_SIZE, 1),)))
+    loaded = DirtySet.from_payload(dirty.to_payload())
+    assert list(loaded.ranges(1)) == list(dirty.ranges(1))
 
 
 def test_dirty_set_survives_a_save_and_load(tmp_path) -> None:
@@ -128,3 +145,21 @@ def test_small_files_in_one_directory_share_one_activity_record() -> None:
     assert dirty.hint(7) == b"d"
     dirty.clean_dir(7)
     assert not dirty.heads_dirty(7)
+
+
+def test_a_change_over_many_extents_is_one_activity_record_and_recovers_whole() -> None:
+    log = ActivityLog()
+    huge = Marks(regions=((9, b"big", 0, 999999999999999),), meta=((9, b"big"),), parent=1)
+    assert log.touch(huge, seq=1, acked=0)
+    assert len(log.payload()["extents"]) == 2  # the directory's file heads, and one span for the rest
+    dirty = DirtySet()
+    ActivityLog.recover(log.payload(), dirty)
+    assert dirty.count_in(9, regions_for(EXTENT_SIZE, 999999999999999 - EXTENT_SIZE)) == \
+        regions_for(EXTENT_SIZE, 999999999999999 - EXTENT_SIZE).count
+    assert dirty.heads_dirty(1)
+
+
+def test_an_activity_log_written_before_spans_still_recovers() -> None:
+    dirty = DirtySet()
+    assert ActivityLog.recover({"extents": [[9, 2, b"f".hex()]]}, dirty) == 1
+    assert list(dirty.ranges(9)) == [RegionRange(2 * EXTENT_SIZE // REGION_SIZE, EXTENT_SIZE // REGION_SIZE)]

@@ -112,7 +112,7 @@ def test_overlapping_adds_merge() -> None:
     assert len(regions) == 15
 
 
-def test_the_last_32_bit_region_is_held_without_wrapping() -> None:
+def test_the_last_region_of_a_64_bit_offset_is_held_without_wrapping() -> None:
     regions = RegionSet()
     regions.add(regions_for(LAST * REGION_SIZE, 1))
     assert LAST in regions
@@ -152,3 +152,45 @@ def test_region_digests_tell_regions_apart() -> None:
     assert parts[0] == region_digests(bytes(4096), 1)
     assert len(set(parts)) == 4  # zeros, x's, a short tail, and nothing
     assert parts[3] == region_digests(b"", 1)
+
+
+@pytest.mark.parametrize("first", [0, 2**32 - 3, 5 * 2**32 + 7])
+def test_runs_cross_chunk_boundaries_whole(first: int) -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(first, 3 * 2**32))  # at least one whole chunk in the middle
+    assert list(regions.ranges()) == [RegionRange(first, 3 * 2**32)]
+    assert len(regions) == 3 * 2**32
+    regions.discard(RegionRange(first + 2**32, 1))
+    assert list(regions.ranges()) == [RegionRange(first, 2**32), RegionRange(first + 2**32 + 1, 2 * 2**32 - 1)]
+    assert regions.count(RegionRange(first, 3 * 2**32)) == 3 * 2**32 - 1
+
+
+def test_ranges_from_a_start_cut_the_run_that_spans_it() -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(10, 10))
+    regions.add(RegionRange(2**33, 5))
+    assert list(regions.ranges(15)) == [RegionRange(15, 5), RegionRange(2**33, 5)]
+    assert list(regions.ranges(20)) == [RegionRange(2**33, 5)]
+    assert list(regions.ranges(2**33 + 4)) == [RegionRange(2**33 + 4, 1)]
+    assert list(regions.ranges(2**34)) == []
+
+
+def test_the_whole_64_bit_range_costs_a_dict_of_chunks() -> None:
+    regions = RegionSet()
+    regions.add(RegionRange(0, MAX_REGIONS))
+    assert len(regions) == MAX_REGIONS
+    assert list(regions.ranges()) == [RegionRange(0, MAX_REGIONS)]
+    assert regions.overlaps(RegionRange(LAST, 1))
+    regions.discard(RegionRange(0, MAX_REGIONS))
+    assert not regions
+
+
+def test_long_runs_and_scattered_regions_each_cost_a_step_per_run() -> None:
+    regions = RegionSet()
+    for i in range(0, 2000, 2):
+        regions.add(RegionRange(i, 1))
+    regions.add(RegionRange(10**6, 10**9))
+    runs = list(regions.ranges())
+    assert len(runs) == 1001
+    assert runs[-1] == RegionRange(10**6, 10**9)
+    assert regions.count(RegionRange(0, 2000)) == 1000
