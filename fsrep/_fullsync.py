@@ -15,7 +15,6 @@ Caveats:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -26,6 +25,7 @@ import tracking
 import transport as tp
 
 from ._progress import ResyncRun
+from ._sparse import data_segments
 from ._splitter import Relationship
 from ._tree import Tree
 
@@ -125,7 +125,7 @@ async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_re
 async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
     fd = tree.open_regular(path, os.O_RDONLY)
     try:
-        for start, end in _data_segments(fd, st.st_size):
+        for start, end in data_segments(fd, 0, st.st_size):
             offset = start
             while offset < end:
                 data = os.pread(fd, min(CHUNK, end - offset), offset)
@@ -146,24 +146,6 @@ def _data_bytes(tree: Tree) -> int:
     """Bytes of data (holes excluded, roughly: allocated blocks) under the
     root — what a full copy will send, for its progress bar."""
     return sum(min(st.st_size, st.st_blocks * 512) for _, st in tree.walk() if stat.S_ISREG(st.st_mode))
-
-
-def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (start, end) ranges holding data; holes are skipped so sparse
-    files stay sparse on the replica."""
-    segments = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            return [(0, size)]
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        segments.append((start, min(end, size)))
-        offset = end
-    return segments
 
 
 def _send_xattrs(rel: Relationship, tree: Tree, path: bytes) -> None:

@@ -40,7 +40,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -49,6 +49,7 @@ import transport as tp
 
 from ._fullsync import full_resync
 from ._progress import ResyncRun
+from ._sparse import data_segments
 from ._splitter import Relationship
 from ._tree import Tree
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
 MAX_IN_FLIGHT = 32 * 1024 * 1024
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
+MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
 async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
@@ -123,6 +125,7 @@ class QuickResync:
         rel.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
         self.started = trio.current_time()
         while True:
+            await trio.lowlevel.checkpoint()  # a pass that finds nothing to wait for still lets clients in
             if self.dirty.dirs():
                 await self._next_directory()
             elif verify:
@@ -152,41 +155,113 @@ class QuickResync:
 
     async def _verify(self) -> None:
         """Compare every regular file with the replica's by region digests;
-        what differs becomes dirty."""
+        what differs becomes dirty. Only where either side holds data: the
+        replica says where its data lies (ListData), this side looks with
+        SEEK_DATA, and a stretch that is a hole on both is equal without a
+        byte read — a 17 TiB sparse file costs what its data costs."""
         files = self._regular_files()
         self.progress.check_total = sum(size for _, _, size in files)
-        step = tp.MAX_CHECKSUM_REGIONS * tracking.REGION_SIZE
         for path, ino, size in files:
             if self._wholly_dirty(ino, size):
                 self.progress.checked(size, 0, trio.current_time())  # copied whole anyway
                 continue
-            for offset in range(0, size, step):
-                asked = self._ask_digests(path, ino, offset, min(step, size - offset))
-                if asked is None:  # moved or gone meanwhile: what was not compared is copied instead
-                    self.rel.mark_stale("a checksum resync could not compare a file that moved")
-                    self.dirty.mark_regions(ino, path, tracking.regions_for(offset, size - offset))
-                    self.dirty.mark_meta(ino, path)
-                    self.progress.checked(size - offset, 0, trio.current_time())
+            offset = 0
+            while offset < size:
+                end = await self._compare_window(path, ino, offset, size)
+                if end is None:  # moved or gone meanwhile: what was not compared is copied instead
+                    self._uncompared(path, ino, offset, size)
                     break
-                mine, reply = asked
-                theirs = await reply()
-                assert isinstance(theirs, tp.Digests)
-                self._compare(path, ino, offset, mine, theirs.digests)
+                offset = end
+
+    async def _compare_window(self, path: bytes, ino: int, offset: int, size: int) -> int | None:
+        """Compare the file from byte *offset* as far as one DataMap of the
+        replica reaches; returns that end, or None when the file moved."""
+        region = tracking.REGION_SIZE
+        reply = self._ask_data_map(path, ino, offset, size - offset)
+        if reply is None:
+            return None
+        theirs = await reply()
+        assert isinstance(theirs, tp.DataMap)
+        end = min(theirs.end, size)
+        spans = self._data_spans(path, ino, offset, end, theirs.run_list())
+        if spans is None:
+            return None
+        compared = 0
+        for first, stop in spans:
+            for at in range(first, stop, tp.MAX_CHECKSUM_REGIONS):
+                count = min(tp.MAX_CHECKSUM_REGIONS, stop - at)
+                asked = self._ask_digests(path, ino, at * region, count * region)
+                if asked is None:
+                    return None
+                mine, answer = asked
+                digests = await answer()
+                assert isinstance(digests, tp.Digests)
+                self._compare(path, ino, at * region, mine, digests.digests)
+                compared += min(count * region, size - at * region)
+        if end - offset > compared:
+            self.progress.checked(end - offset - compared, 0, trio.current_time())  # holes on both sides
+        return end
+
+    def _uncompared(self, path: bytes, ino: int, offset: int, size: int) -> None:
+        """The file moved or went during its comparison: what was not
+        compared is copied instead."""
+        self.rel.mark_stale("a checksum resync could not compare a file that moved")
+        self.dirty.mark_regions(ino, path, tracking.regions_for(offset, size - offset))
+        self.dirty.mark_meta(ino, path)
+        self.progress.checked(size - offset, 0, trio.current_time())
+
+    def _ask_data_map(self, path: bytes, ino: int, offset: int,
+                      length: int) -> Callable[[], Awaitable[tp.Frame]] | None:
+        if not self._is(path, ino):
+            return None
+        return self.rel.ask(lambda seq: tp.ListData(seq=seq, path=path, offset=offset, length=length))
+
+    def _data_spans(self, path: bytes, ino: int, offset: int, end: int,
+                    theirs: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+        """Region ranges [first, stop) within bytes offset..end where this
+        side or the replica (*theirs*) holds data, merged; None when the
+        file is no longer at *path*."""
+        if not self._is(path, ino):
+            return None
+        region = tracking.REGION_SIZE
+        try:
+            fd = self.tree.open_regular(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            mine = list(data_segments(fd, offset, end))
+        finally:
+            os.close(fd)
+        runs = sorted([(a, b) for a, b in mine] + [(a, a + n) for a, n in theirs if a < end])
+        spans: list[tuple[int, int]] = []
+        for a, b in runs:
+            first, stop = max(a, offset) // region, -(-min(b, end) // region)
+            if first >= stop:
+                continue
+            if spans and first <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], stop))
+            else:
+                spans.append((first, stop))
+        return spans
+
+    def _is(self, path: bytes, ino: int) -> bool:
+        """Whether regular file *ino* is still at *path*."""
+        try:
+            st = self.tree.lstat(path)
+        except OSError:
+            return False
+        return st.st_ino == ino and stat.S_ISREG(st.st_mode)
 
     def _wholly_dirty(self, ino: int, size: int) -> bool:
-        regions = -(-size // tracking.REGION_SIZE)
-        return sum(max(0, min(run.stop, regions) - run.first) for run in self.dirty.ranges(ino)) >= regions
+        regions = tracking.regions_for(0, size)
+        return self.dirty.count_in(ino, regions) >= regions.count
 
     def _ask_digests(self, path: bytes, ino: int, offset: int,
                      length: int) -> tuple[bytes, Callable[[], Awaitable[tp.Frame]]] | None:
         """Digest regions here and ask for the replica's — one step. None
         when the file is no longer at *path* (it moved or went; a move is
         replicated like any change)."""
-        try:
-            st = self.tree.lstat(path)
-        except OSError:
-            return None
-        if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
+        if not self._is(path, ino):
             return None
         count = -(-length // tracking.REGION_SIZE)
         mine = self.tree.digests(path, offset, count)
@@ -328,46 +403,36 @@ class QuickResync:
             await self._file(ino)
 
     async def _file(self, ino: int) -> None:
-        batch: list[tracking.RegionRange] = []
-        regions = 0
-        for chunk in self._chunks(ino):
-            batch.append(chunk)
-            regions += chunk.count
-            if regions < CHUNK_REGIONS and len(batch) < MAX_RUNS_PER_STEP:
-                continue
-            if not await self._copy_step(ino, batch):
-                return
-            batch, regions = [], 0
-        if batch and not await self._copy_step(ino, batch):
-            return
+        cursor = 0
+        while next(self.dirty.ranges(ino, cursor), None) is not None:
+            step = self._copy(ino, cursor)
+            if step is None:
+                break  # the file is gone, or no longer a regular file (its metadata may still be dirty)
+            cursor, more, copied = step
+            await self.rel.throttle(MAX_IN_FLIGHT)
+            pause = self.progress.pause_for(copied, trio.current_time())
+            if pause:
+                await trio.sleep(pause)
+            if self.dirty.dirs():
+                return  # namespace first: a file's directory may have gone dirty again
+            if not more:
+                break
         if self.dirty.meta_dirty(ino):
             self._attributes(ino)
 
-    def _chunks(self, ino: int) -> Iterator[tracking.RegionRange]:
-        """The file's dirty runs, cut to at most CHUNK_REGIONS regions."""
-        for run in list(self.dirty.ranges(ino)):
-            for first in range(run.first, run.stop, CHUNK_REGIONS):
-                yield tracking.RegionRange(first, min(CHUNK_REGIONS, run.stop - first))
-
-    async def _copy_step(self, ino: int, chunks: list[tracking.RegionRange]) -> bool:
-        """Copy *chunks* in one step, then wait as the in-flight budget and
-        the rate limit say. False: stop copying this file (it is gone, or
-        directories went dirty first)."""
-        if not self._copy(ino, chunks):
-            return False
-        await self.rel.throttle(MAX_IN_FLIGHT)
-        pause = self.progress.pause_for(sum(c.count for c in chunks) * tracking.REGION_SIZE, trio.current_time())
-        if pause:
-            await trio.sleep(pause)
-        return not self.dirty.dirs()
-
-    def _copy(self, ino: int, chunks: list[tracking.RegionRange]) -> bool:
-        """Read, queue and mark clean runs of regions of one file — one step,
-        through one descriptor (a random 1% of a file is thousands of runs)."""
+    def _copy(self, ino: int, cursor: int) -> tuple[int, bool, int] | None:
+        """Copy the dirty regions of one file from region *cursor* on, as
+        far as one step goes, and mark them clean — one step, through one
+        descriptor. Data goes in one WriteRuns frame (at most CHUNK_REGIONS
+        regions of it, in at most MAX_RUNS_PER_STEP runs); holes, however
+        large, in one Punch frame, so a sparse file stays sparse and a hole
+        costs no read. Returns (where the next step starts, whether dirty
+        regions are left after it, data bytes sent), or None when the file
+        is gone (or no longer a regular file)."""
         path = self.resolve(ino)
         if path is None:
             self.dirty.forget_file(ino)
-            return False
+            return None
         try:
             fd = self.tree.open_regular(path, os.O_RDONLY)
         except OSError as exc:
@@ -375,27 +440,56 @@ class QuickResync:
                 self.dirty.drop_regions(ino)  # its number now belongs to a directory or special file
             else:
                 self.dirty.forget_file(ino)
-            return False
+            return None
+        region = tracking.REGION_SIZE
+        pieces: list[tuple[int, bytes]] = []
+        holes: list[tuple[int, int]] = []  # region ranges [first, stop)
+        done: list[tracking.RegionRange] = []
+        data_regions = 0
+        more = False
         try:
-            pieces = []
-            for chunk in chunks:
-                offset = chunk.first * tracking.REGION_SIZE
-                length = chunk.count * tracking.REGION_SIZE
-                hole = ino in self.created and _in_hole(fd, offset, length)  # sparse files stay sparse
-                data = b"" if hole else os.pread(fd, length, offset)
-                if data:
-                    pieces.append((offset, data))
+            for run in self.dirty.ranges(ino, cursor):
+                pos = run.first
+                while pos < run.stop:
+                    if data_regions >= CHUNK_REGIONS or len(pieces) >= MAX_RUNS_PER_STEP or \
+                            len(holes) >= MAX_RUNS_PER_STEP:
+                        more = True
+                        break
+                    data = next(data_segments(fd, pos * region, run.stop * region), None)
+                    first_data = run.stop if data is None else data[0] // region
+                    if first_data > pos:  # a hole up to the next data (or the run's end)
+                        holes.append((pos, first_data))
+                        done.append(tracking.RegionRange(pos, first_data - pos))
+                        pos = first_data
+                        continue
+                    assert data is not None
+                    end = min(run.stop, -(-data[1] // region), pos + CHUNK_REGIONS - data_regions)
+                    chunk = os.pread(fd, (end - pos) * region, pos * region)
+                    if chunk:
+                        pieces.append((pos * region, chunk))
+                    done.append(tracking.RegionRange(pos, end - pos))
+                    data_regions += end - pos
+                    pos = end
+                if more:
+                    cursor = pos
+                    break
         finally:
             os.close(fd)
+        marks = tracking.Marks(regions=tuple((ino, path, offset, len(data)) for offset, data in pieces))
         if pieces:  # one frame for all the runs: a frame's cost on both sides, not one per run
-            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces),
-                          tracking.Marks(regions=tuple((ino, path, offset, len(data)) for offset, data in pieces)))
-            copied = sum(len(data) for _, data in pieces)
+            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces), marks)
+        punched = [(first * region, min(stop * region, MAX_FILE) - first * region) for first, stop in holes
+                   if first * region < MAX_FILE]
+        if punched and ino not in self.created:  # a file this run created is all holes there already
+            self.rel.send(lambda seq: tp.Punch(seq=seq, path=path, runs=tp.pack_runs(punched)),
+                          tracking.Marks(regions=tuple((ino, path, offset, length) for offset, length in punched)))
+        copied = sum(len(data) for _, data in pieces)
+        if copied:
             self.bytes_sent += copied
             self.progress.copied(copied, trio.current_time())
-        for chunk in chunks:
-            self.dirty.clean_regions(ino, chunk)
-        return True
+        for regions in done:
+            self.dirty.clean_regions(ino, regions)
+        return cursor, more, copied
 
     def _attributes(self, ino: int) -> None:
         """Size, mode, owner, times and xattrs from a fresh lstat — one step."""
@@ -425,14 +519,6 @@ class QuickResync:
             send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID, uid=st.st_uid,
                                         gid=st.st_gid))
         self.dirty.clean_meta(ino)
-
-
-def _in_hole(fd: int, offset: int, length: int) -> bool:
-    """True when bytes offset..offset+length of *fd* hold no data."""
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
-    except OSError as exc:
-        return exc.errno == errno.ENXIO  # no data at or after offset
 
 
 def _join(parent: bytes, name: bytes) -> bytes:

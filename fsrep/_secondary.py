@@ -196,6 +196,9 @@ class Secondary:
             elif isinstance(op, tp.Checksum):
                 digests = replica.tree.digests(op.path, op.offset, op.count)
                 conn.enqueue(tp.Digests(seq=op.seq, digests=digests))
+            elif isinstance(op, tp.ListData):
+                runs, end = replica.tree.data_map(op.path, op.offset, op.length, tp.MAX_RUNS)
+                conn.enqueue(tp.DataMap(seq=op.seq, end=end, runs=tp.pack_runs(runs)))
             elif op.BARRIER and self._sessions() > 1:
                 # A flush can be slow: in a thread, so the other groups' sessions go on meanwhile.
                 await trio.to_thread.run_sync(replica.tree.apply, op)

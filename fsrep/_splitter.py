@@ -711,7 +711,7 @@ class Relationship:
                 self.durable_seq = max(self.durable_seq, event.seq)
                 while self._not_durable and self._not_durable[0][0] <= event.seq:
                     self._not_durable.popleft()
-            elif isinstance(event, (tp.Listing, tp.Digests)):
+            elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap)):
                 slot = self._replies.get(event.seq)
                 if slot is not None:
                     slot[1].append(event)

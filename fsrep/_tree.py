@@ -30,8 +30,6 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -41,28 +39,11 @@ from collections.abc import Iterable, Iterator
 import tracking
 import transport as tp
 
+from ._sparse import data_segments, punch, renameat2, syncfs
+
 RESERVED = b".fsrep"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE = 64
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
-    """rename with RENAME_NOREPLACE / RENAME_EXCHANGE (not in the os module)."""
-    _check(_libc.renameat2(src_dir, src, dst_dir, dst, flags), "renameat2")
-
-
-def syncfs(fd: int) -> None:
-    """Flush the whole filesystem holding *fd* (not in the os module)."""
-    _check(_libc.syncfs(fd), "syncfs")
-
 
 def proc_path(fd: int) -> str:
     """A path naming exactly the inode *fd* refers to (even an O_PATH fd)."""
@@ -303,6 +284,28 @@ class Tree:
             os.close(fd)
         return tracking.region_digests(data, count)
 
+    def data_map(self, path: bytes, offset: int, length: int, max_runs: int) -> tuple[list[tuple[int, int]], int]:
+        """Where regular file *path* holds data within *length* bytes from
+        *offset*: at most *max_runs* (offset, length) runs, and how far they
+        cover (all of the range unless more runs follow). A missing or
+        non-regular entry holds none."""
+        stop = offset + length
+        try:
+            fd = self.open_regular(path, os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL):
+                raise
+            return [], stop
+        try:
+            runs: list[tuple[int, int]] = []
+            for first, end in data_segments(fd, offset, stop):
+                if len(runs) == max_runs:
+                    return runs, first
+                runs.append((first, end - first))
+            return runs, stop
+        finally:
+            os.close(fd)
+
     def getxattr(self, path: bytes, name: bytes) -> bytes:
         with self.entry(path) as fd:
             return os.getxattr(proc_path(fd), name)
@@ -332,6 +335,11 @@ class Tree:
         fd = self._file(op.path)
         for offset, data in op.pieces():
             _pwrite_all(fd, data, offset)
+
+    def _punch(self, op: tp.Punch) -> None:
+        fd = self._file(op.path)
+        for offset, length in op.run_list():
+            punch(fd, offset, length)
 
     def _set_mode(self, fd: int, mode: int) -> None:
         os.chmod(proc_path(fd), stat.S_IMODE(mode))
@@ -538,7 +546,8 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 
 _APPLY = {
-    tp.Write: Tree._write, tp.WriteRuns: Tree._write_runs, tp.SetAttr: Tree._setattr, tp.Create: Tree._create,
+    tp.Write: Tree._write, tp.WriteRuns: Tree._write_runs, tp.Punch: Tree._punch, tp.SetAttr: Tree._setattr,
+    tp.Create: Tree._create,
     tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
     tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link, tp.KeepXattrs: Tree._keepxattrs,
     tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,

@@ -28,8 +28,15 @@ DEADLINE = 30.0
 MiB = 1024 * 1024
 
 
-def run_fsrep(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*FSREP, *args], capture_output=True, text=True, timeout=timeout)
+def capped(memory_cap: int | None) -> list[str]:
+    """The command prefix that starts a daemon under an address-space cap,
+    so a runaway allocation fails it instead of exhausting the machine."""
+    return ["prlimit", f"--as={memory_cap}", "--"] if memory_cap else []
+
+
+def run_fsrep(*args: str, check: bool = True, timeout: float = 90,
+              memory_cap: int | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*capped(memory_cap), *FSREP, *args], capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"fsrep {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done
@@ -70,10 +77,11 @@ class Secondary:
     key: Path
     proc: subprocess.Popen | None = None
     port: int = 0
+    memory_cap: int | None = None
 
     def start(self) -> None:
         listen = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([*FSREP, "serve", str(self.store), "--listen", listen, "--key-file",
+        self.proc = subprocess.Popen([*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen, "--key-file",
                                       str(self.key)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
         line = self.proc.stdout.readline()  # the daemon prints this line once it listens
@@ -107,6 +115,7 @@ class Cluster:
     secondary: Secondary = field(init=False)
     mounted: bool = False
     proxy: FaultProxy | None = None  # when set, mount() reaches the secondary through it
+    memory_cap: int | None = None  # bytes of address space for the primary daemon
 
     @property
     def secondary_address(self) -> str:
@@ -124,7 +133,8 @@ class Cluster:
 
     def mount(self, *extra: str, policy: str = "sync", check: bool = True) -> subprocess.CompletedProcess[str]:
         done = run_fsrep("mount", str(self.primary_store), str(self.mnt), "--secondary", self.secondary_address,
-                         "--key-file", str(self.key), "--policy", policy, *extra, check=check)
+                         "--key-file", str(self.key), "--policy", policy, *extra, check=check,
+                         memory_cap=self.memory_cap)
         self.mounted = done.returncode == 0
         return done
 

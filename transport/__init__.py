@@ -32,6 +32,7 @@ from ._frames import Ack as Ack
 from ._frames import Checksum as Checksum
 from ._frames import Close as Close
 from ._frames import Create as Create
+from ._frames import DataMap as DataMap
 from ._frames import Digests as Digests
 from ._frames import DirEntry as DirEntry
 from ._frames import Durable as Durable
@@ -42,6 +43,7 @@ from ._frames import Generation as Generation
 from ._frames import Hello as Hello
 from ._frames import KeepXattrs as KeepXattrs
 from ._frames import Link as Link
+from ._frames import ListData as ListData
 from ._frames import ListDir as ListDir
 from ._frames import Listing as Listing
 from ._frames import MkDir as MkDir
@@ -50,6 +52,7 @@ from ._frames import Nack as Nack
 from ._frames import Operation as Operation
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
+from ._frames import Punch as Punch
 from ._frames import Purge as Purge
 from ._frames import Remove as Remove
 from ._frames import RemoveXattr as RemoveXattr
@@ -65,6 +68,7 @@ from ._frames import WriteRuns as WriteRuns
 from ._frames import check_path as check_path
 from ._frames import decode_entries as decode_entries
 from ._frames import encode_entries as encode_entries
+from ._frames import pack_runs as pack_runs
 from ._session import PrimarySession as PrimarySession
 from ._session import SecondarySession as SecondarySession
 from ._session import SessionState as SessionState

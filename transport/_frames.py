@@ -20,7 +20,8 @@ from typing import ClassVar
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 4  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns
+PROTOCOL_VERSION = 5  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+# 5: Punch, ListData and DataMap (holes)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -237,6 +238,87 @@ class WriteRuns(Operation):
 
     def payload_size(self) -> int:
         return len(self.data)
+
+
+def _check_runs(runs: bytes, what: str, *, allow_none: bool = False) -> list[tuple[int, int]]:
+    """The (offset, length) pairs of a runs blob, each ending at or before
+    the largest offset, in order and apart."""
+    if len(runs) % _RUN.size or len(runs) > MAX_RUNS * _RUN.size or (not runs and not allow_none):
+        raise LocalProtocolError(f"{what} must be {0 if allow_none else 1}..{MAX_RUNS} runs of {_RUN.size} bytes")
+    out = list(_RUN.iter_unpack(runs))
+    end = 0
+    for offset, length in out:
+        if offset + length > U64_MAX or not length or offset < end:
+            raise LocalProtocolError(f"{what} holds an empty, overlapping or unordered run, or one past the "
+                                     f"largest offset")
+        end = offset + length
+    return out
+
+
+def pack_runs(runs: list[tuple[int, int]]) -> bytes:
+    return b"".join(_RUN.pack(offset, length) for offset, length in runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Punch(Operation):
+    """Make each (offset, length) run of ``runs`` in file ``path`` read as
+    zeros without allocating it (the file's size stays): how a resync
+    copies a hole, so sparse files stay sparse."""
+
+    TYPE = 39
+    FIELDS = (("seq", U64), ("path", PATH), ("runs", BLOB))
+    seq: int
+    path: bytes
+    runs: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_runs(self.runs, "Punch.runs")
+
+    def run_list(self) -> list[tuple[int, int]]:
+        return list(_RUN.iter_unpack(self.runs))
+
+
+@dataclass(frozen=True, slots=True)
+class ListData(Operation):
+    """Ask where file ``path`` holds data within ``length`` bytes from
+    ``offset``, at this point of the operation stream; the secondary
+    answers with a DataMap before it acks. A checksum resync compares by
+    digest only where either side holds data."""
+
+    TYPE = 40
+    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("length", U64))
+    seq: int
+    path: bytes
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.offset + self.length > U64_MAX:
+            raise LocalProtocolError("ListData ends past the largest offset")
+
+
+@dataclass(frozen=True, slots=True)
+class DataMap(Frame):
+    """Secondary -> primary: the data runs asked for by ListData ``seq``,
+    in order, and ``end``: how far they cover (short of the range asked
+    for when more runs than fit in one frame follow)."""
+
+    TYPE = 41
+    FIELDS = (("seq", U64), ("end", U64), ("runs", BLOB))
+    seq: int
+    end: int
+    runs: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        runs = _check_runs(self.runs, "DataMap.runs", allow_none=True)
+        if runs and runs[-1][0] + runs[-1][1] > self.end:
+            raise LocalProtocolError("DataMap.runs reach past its end")
+
+    def run_list(self) -> list[tuple[int, int]]:
+        return list(_RUN.iter_unpack(self.runs))
 
 
 # SetAttr.fields bits
@@ -659,6 +741,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
-                Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error)
+                Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

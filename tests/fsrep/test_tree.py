@@ -77,7 +77,7 @@ def _mkfile(tree: Tree, path: bytes, data: bytes = b"", mode: int = 0o644) -> No
 
 
 def test_every_operation_but_the_questions_has_a_handler() -> None:
-    assert set(OPERATION_TYPES) - set(_APPLY) == {tp.ListDir, tp.Checksum, tp.Generation}  # not tree changes
+    assert set(OPERATION_TYPES) - set(_APPLY) == {tp.ListDir, tp.Checksum, tp.ListData, tp.Generation}  # questions
     assert set(_APPLY) <= set(OPERATION_TYPES)
 
 

@@ -43,6 +43,10 @@ SAMPLES: list[tp.Frame] = [
     tp.KeepXattrs(seq=22, path=b"f", names=b"user.a\0trusted.b"),
     tp.Welcome(last_seq=7, fresh=0, generations=bytes(32)),
     tp.Digests(seq=20, digests=bytes(24)),
+    tp.Punch(seq=23, path=b"sparse", runs=tp.pack_runs([(0, 4096), (2**40, 2**43)])),
+    tp.ListData(seq=24, path=b"sparse", offset=0, length=2**62),
+    tp.DataMap(seq=24, end=2**50, runs=tp.pack_runs([(4096, 8192), (2**44, 1)])),
+    tp.DataMap(seq=24, end=2**62, runs=b""),
     tp.Ack(seq=15),
     tp.Nack(seq=16, errno=28, message="No space left on device ✓"),
     tp.Ping(token=1),
@@ -587,3 +591,15 @@ valid_frames = st.one_of(
 def test_generated_valid_frames_round_trip(frames: list[tp.Frame], cuts: list[int]) -> None:
     data = b"".join(tp.encode(f) for f in frames)
     assert _decode_chunks(_chunked(data, cuts)) == frames
+
+
+@pytest.mark.parametrize("runs", [[], [(0, 0)], [(10, 5), (12, 5)], [(20, 1), (0, 1)], [(2**64 - 2, 5)]])
+def test_punch_runs_must_be_nonempty_ordered_and_apart(runs: list[tuple[int, int]]) -> None:
+    blob = b"".join(struct.pack(">QQ", offset, length) for offset, length in runs)
+    with pytest.raises(tp.LocalProtocolError):
+        tp.Punch(seq=1, path=b"f", runs=blob)
+
+
+def test_a_data_map_cannot_reach_past_its_end() -> None:
+    with pytest.raises(tp.LocalProtocolError):
+        tp.DataMap(seq=1, end=100, runs=tp.pack_runs([(50, 51)]))

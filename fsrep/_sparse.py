@@ -1,0 +1,82 @@
+"""Holes in files: where the data is (SEEK_DATA/SEEK_HOLE), and making a
+range read as zeros without allocating it (fallocate PUNCH_HOLE). Both
+sides of every resync use these, so a sparse file stays sparse on the
+replica and a hole of any size costs a few system calls, never a read or
+a write of its zeros.
+
+Also the other libc calls the os module lacks (renameat2, syncfs).
+
+Caveats:
+- A filesystem without SEEK_DATA reports the whole file as data; one
+  without hole punching gets zeros written over the data it holds in the
+  range (never over its holes), so the cost stays bounded by its data.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_ZEROS = bytes(1024 * 1024)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
+    """rename with RENAME_NOREPLACE / RENAME_EXCHANGE (not in the os module)."""
+    _check(_libc.renameat2(src_dir, src, dst_dir, dst, flags), "renameat2")
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding *fd* (not in the os module)."""
+    _check(_libc.syncfs(fd), "syncfs")
+
+
+def data_segments(fd: int, start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """(first, end) of each stretch of data of *fd* within [start, stop),
+    in order; what lies between is a hole (or past the end of the file).
+    Lazy: a caller that stops early pays only for what it looked at."""
+    size = os.fstat(fd).st_size
+    stop = min(stop, size)
+    offset = start
+    while offset < stop:
+        try:
+            first = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only holes from here to the end
+                return
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            yield offset, stop  # no SEEK_DATA here: all data
+            return
+        if first >= stop:
+            return
+        end = min(os.lseek(fd, first, os.SEEK_HOLE), stop)
+        yield first, end
+        offset = end
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Make bytes offset..offset+length of *fd* read as zeros, leaving its
+    size alone: the data there is punched out (or overwritten with zeros
+    where the filesystem cannot punch); holes are left as they are."""
+    for first, end in list(data_segments(fd, offset, offset + length)):
+        if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, first, end - first) == 0:
+            continue
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+        at = first
+        while at < end:
+            at += os.pwrite(fd, memoryview(_ZEROS)[:min(len(_ZEROS), end - at)], at)
