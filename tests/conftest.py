@@ -81,9 +81,9 @@ class Secondary:
 
     def start(self) -> None:
         listen = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen, "--key-file",
-                                      str(self.key)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        command = [*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen,
+                   "--key-file", str(self.key)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()  # the daemon prints this line once it listens
         if not line.startswith("listening on "):
             self.proc.kill()
