@@ -76,7 +76,8 @@ def test_a_petabyte_truncate_and_writes_at_17_tib_survive_a_cut_and_both_resyncs
     _in_sync(cluster)
     done = fsrep_resync(str(cluster.mnt), "--mode", "checksum", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert cluster.secondary.proc is not None and cluster.secondary.proc.poll() is None
+    assert cluster.secondary.proc is not None
+    assert cluster.secondary.proc.poll() is None, "the secondary died"
     cluster.umount()
     replica = cluster.secondary.replica_root()
     assert (replica / "huge").stat().st_size == PETABYTE_ISH - TiB
