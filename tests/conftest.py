@@ -65,6 +65,25 @@ def wait_for(predicate, what: str, timeout: float = DEADLINE, step: float = 0.05
         time.sleep(step)
 
 
+def deep_chain(top: Path, levels: int, *, name: str = "d", file_every: int = 0) -> bytes:
+    """A chain of *levels* directories called *name* below *top*, made by
+    descriptor (its path may be longer than PATH_MAX), with a file ``f<i>``
+    every *file_every* levels and ``f`` at the bottom. Returns its path."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(levels):
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+            if file_every and i % file_every == 0:
+                os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return b"/".join([os.fsencode(name)] * levels)
+
+
 def assert_same_tree(a: Path, b: Path) -> None:
     differences = tree_differences(a, b)
     assert not differences, "trees differ:\n" + "\n".join(differences)

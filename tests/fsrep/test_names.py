@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, deep_chain
 
 NAME_MAX = 255
 PATH_MAX = 4096
@@ -59,23 +59,9 @@ def test_a_path_of_path_max_below_a_subdirectory_works(mounted: Cluster) -> None
     mounted.assert_replicated()
 
 
-def _deep_chain(top: Path, levels: int) -> None:
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(levels):
-            os.mkdir("dd", dir_fd=fd)
-            below = os.open("dd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = below
-            if i % 100 == 0:
-                os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
-
-
 def test_a_deep_tree_is_removed_through_a_cold_mount(cluster: Cluster) -> None:
     cluster.mount()
-    _deep_chain(cluster.mnt, 1100)
+    deep_chain(cluster.mnt, 1100, name="dd", file_every=100)
     cluster.umount()
     cluster.mount()  # nothing cached: every path is resolved from the root again
     done = subprocess.run(["rm", "-rf", str(cluster.mnt / "dd")], capture_output=True, text=True, timeout=300)

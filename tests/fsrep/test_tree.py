@@ -18,6 +18,7 @@ import pytest
 import tracking
 import transport as tp
 from fsrep._tree import _APPLY, RESERVED, Tree, remove_tree
+from tests.conftest import deep_chain
 from transport._frames import ATTR_ALL, OPERATION_TYPES
 
 XATTR = b"user.fsrep-test"
@@ -710,24 +711,8 @@ def test_fsync_and_digests_of_nodes_never_open_them(tree: Tree, nodes: list[byte
 DEEP = 3000  # levels: past the recursion limit (1000) and the default open-file limit (1024)
 
 
-def _deep(root: Path, levels: int) -> bytes:
-    """A chain of *levels* directories named d under *root*, made by
-    descriptor (its path is longer than PATH_MAX), a file at the bottom."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(levels):
-            os.mkdir("d", dir_fd=fd)
-            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = below
-        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
-    return b"/".join([b"d"] * levels)
-
-
 def test_a_cold_cache_reaches_the_bottom_of_a_deep_tree(root: Path) -> None:
-    bottom = _deep(root, DEEP)
+    bottom = deep_chain(root, DEEP)
     tree = Tree(root)  # nothing cached
     try:
         tree.apply(tp.Write(seq=1, path=bottom + b"/f", offset=0, data=b"deep"))
@@ -743,7 +728,7 @@ def test_a_cold_cache_reaches_the_bottom_of_a_deep_tree(root: Path) -> None:
 
 @pytest.mark.parametrize("make", [lambda: tp.Remove(seq=1, path=b"d"), lambda: tp.Purge(seq=1)])
 def test_remove_and_purge_of_a_deep_tree(tree: Tree, root: Path, make: Callable[[], tp.Operation]) -> None:
-    _deep(root, DEEP)
+    deep_chain(root, DEEP)
     (root / "keep").write_bytes(b"")
     tree.apply(make())
     assert not (root / "d").exists()
