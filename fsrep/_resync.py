@@ -49,7 +49,7 @@ import transport as tp
 
 from ._fullsync import full_resync
 from ._progress import ResyncRun
-from ._sparse import data_segments
+from ._sparse import data_segments, next_data
 from ._splitter import Relationship
 from ._tree import Tree
 
@@ -404,11 +404,12 @@ class QuickResync:
 
     async def _file(self, ino: int) -> None:
         cursor = 0
+        known = None  # the stretch of data last found: kept from step to step (see _copy)
         while next(self.dirty.ranges(ino, cursor), None) is not None:
-            step = self._copy(ino, cursor)
+            step = self._copy(ino, cursor, known)
             if step is None:
                 break  # the file is gone, or no longer a regular file (its metadata may still be dirty)
-            cursor, more, copied = step
+            cursor, more, copied, known = step
             await self.rel.throttle(MAX_IN_FLIGHT)
             pause = self.progress.pause_for(copied, trio.current_time())
             if pause:
@@ -420,15 +421,22 @@ class QuickResync:
         if self.dirty.meta_dirty(ino):
             self._attributes(ino)
 
-    def _copy(self, ino: int, cursor: int) -> tuple[int, bool, int] | None:
+    def _copy(self, ino: int, cursor: int,
+              known: tuple[int, int] | None) -> tuple[int, bool, int, tuple[int, int] | None] | None:
         """Copy the dirty regions of one file from region *cursor* on, as
         far as one step goes, and mark them clean — one step, through one
         descriptor. Data goes in one WriteRuns frame (at most CHUNK_REGIONS
         regions of it, in at most MAX_RUNS_PER_STEP runs); holes, however
         large, in one Punch frame, so a sparse file stays sparse and a hole
         costs no read. Returns (where the next step starts, whether dirty
-        regions are left after it, data bytes sent), or None when the file
-        is gone (or no longer a regular file)."""
+        regions are left after it, data bytes sent, the stretch of data last
+        found), or None when the file is gone (or no longer a regular file).
+
+        *known*, the stretch of data the last step found, spares asking
+        again: finding a hole costs tmpfs a look at every page up to it. A
+        client's change since can only make a byte of it read as a zero
+        (a truncate and regrow), which is then copied as data: the same
+        bytes, less sparse."""
         path = self.resolve(ino)
         if path is None:
             self.dirty.forget_file(ino)
@@ -455,7 +463,10 @@ class QuickResync:
                             len(holes) >= MAX_RUNS_PER_STEP:
                         more = True
                         break
-                    data = next(data_segments(fd, pos * region, run.stop * region), None)
+                    if known is None or not known[0] <= pos * region < known[1]:
+                        known = next_data(fd, pos * region)
+                    data = None if known is None or known[0] >= run.stop * region else \
+                        (max(known[0], pos * region), min(known[1], run.stop * region))
                     first_data = run.stop if data is None else data[0] // region
                     if first_data > pos:  # a hole up to the next data (or the run's end)
                         holes.append((pos, first_data))
@@ -489,7 +500,7 @@ class QuickResync:
             self.progress.copied(copied, trio.current_time())
         for regions in done:
             self.dirty.clean_regions(ino, regions)
-        return cursor, more, copied
+        return cursor, more, copied, known
 
     def _attributes(self, ino: int) -> None:
         """Size, mode, owner, times and xattrs from a fresh lstat — one step."""

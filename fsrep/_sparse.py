@@ -43,28 +43,36 @@ def syncfs(fd: int) -> None:
     _check(_libc.syncfs(fd), "syncfs")
 
 
+def next_data(fd: int, offset: int) -> tuple[int, int] | None:
+    """(first, end) of the first stretch of data of *fd* at or after
+    *offset* — *end* is where the next hole starts, however far — or None
+    when only holes follow. A filesystem without SEEK_DATA is all data.
+
+    Caveat: tmpfs finds a hole by looking at every page up to it, so a
+    caller that asks many times within one stretch keeps the answer."""
+    try:
+        first = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only holes from here to the end
+            return None
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        size = os.fstat(fd).st_size
+        return (offset, size) if offset < size else None
+    return first, os.lseek(fd, first, os.SEEK_HOLE)
+
+
 def data_segments(fd: int, start: int, stop: int) -> Iterator[tuple[int, int]]:
     """(first, end) of each stretch of data of *fd* within [start, stop),
     in order; what lies between is a hole (or past the end of the file).
     Lazy: a caller that stops early pays only for what it looked at."""
-    size = os.fstat(fd).st_size
-    stop = min(stop, size)
     offset = start
     while offset < stop:
-        try:
-            first = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only holes from here to the end
-                return
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            yield offset, stop  # no SEEK_DATA here: all data
+        found = next_data(fd, offset)
+        if found is None or found[0] >= stop:
             return
-        if first >= stop:
-            return
-        end = min(os.lseek(fd, first, os.SEEK_HOLE), stop)
-        yield first, end
-        offset = end
+        yield found[0], min(found[1], stop)
+        offset = found[1]
 
 
 def punch(fd: int, offset: int, length: int) -> None:
