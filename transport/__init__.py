@@ -3,7 +3,8 @@
 Layout: ``_frames`` (one frozen dataclass per frame type), ``_codec``
 (bytes <-> frames), ``_session`` (handshake, authentication and ordering as
 a state table), ``_auth`` (HMAC challenge-response) — all sans-IO — and
-``_streams``, the thin trio glue. Others import from here only.
+``_streams``, the thin trio glue, with ``_tls`` for the SSL contexts
+under it. Others import from here only.
 """
 
 from ._codec import FrameDecoder as FrameDecoder
@@ -14,6 +15,7 @@ from ._errors import LinkDown as LinkDown
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import TLSFileError as TLSFileError
 from ._frames import ATTR_GID as ATTR_GID
 from ._frames import ATTR_MODE as ATTR_MODE
 from ._frames import ATTR_SIZE as ATTR_SIZE
@@ -75,3 +77,6 @@ from ._session import SessionState as SessionState
 from ._streams import Connection as Connection
 from ._streams import accept_secondary_session as accept_secondary_session
 from ._streams import open_primary_connection as open_primary_connection
+from ._tls import TLSFiles as TLSFiles
+from ._tls import client_context as client_context
+from ._tls import server_context as server_context

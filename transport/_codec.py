@@ -57,6 +57,7 @@ _LEN16 = struct.Struct(">H")
 _LEN32 = struct.Struct(">I")
 _FIXED = {NONCE: NONCE_SIZE, PROOF: PROOF_SIZE, GROUP_ID: GROUP_ID_SIZE}
 LARGE_FRAME = 64 * 1024
+_TLS_HANDSHAKE_RECORD = 0x1603  # the first two bytes of a TLS ClientHello: never a frame length that fits
 
 
 def encode(frame: Frame) -> bytes:
@@ -219,6 +220,8 @@ class FrameDecoder:
                 raise RemoteProtocolError("stream ended inside a frame header")
             return None
         length, version, type_code = _HEADER.unpack_from(self._buf, self._pos)
+        if length >> 16 == _TLS_HANDSHAKE_RECORD:
+            raise RemoteProtocolError("the peer began a TLS handshake, and this side runs without TLS")
         if version != PROTOCOL_VERSION:
             raise RemoteProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
         if length < 2 or length > MAX_FRAME:

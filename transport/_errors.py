@@ -40,3 +40,8 @@ class AuthenticationError(RemoteProtocolError):
 class LinkDown(Exception):
     """Raised by the stream layer when the connection to the peer is gone:
     closed, reset, silent for too long, or dropped after a protocol error."""
+
+
+class TLSFileError(Exception):
+    """Raised when a TLS certificate, private key or CA file cannot be read
+    or used; the message names the file."""

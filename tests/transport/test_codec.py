@@ -353,6 +353,13 @@ def test_decoder_rejects_wrong_version_from_the_header_alone() -> None:
         decoder.next_frame()
 
 
+def test_a_tls_client_hello_is_named_as_such() -> None:
+    decoder = tp.FrameDecoder()
+    decoder.receive_data(bytes.fromhex("16030105f8010005f40303") + bytes(100))  # a ClientHello's first bytes
+    with pytest.raises(tp.RemoteProtocolError, match="TLS handshake"):
+        decoder.next_frame()
+
+
 def test_decoder_rejects_oversized_frame_before_buffering_the_body() -> None:
     decoder = tp.FrameDecoder()
     decoder.receive_data(_header(2**32 - 1))
