@@ -3,14 +3,15 @@
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT    := fuse3 libfuse3-dev pkg-config
+# openssl: the TLS tests and bench/write.py --tls make their certificates with it
+APT    := fuse3 libfuse3-dev pkg-config openssl
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test deps lint bench clean
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \

@@ -17,7 +17,17 @@ from typing import Any
 
 import trio
 
-from ._config import POLICIES, ConfigError, check_group_path, declared_groups, parse_address, read_key, write_key
+from ._config import (
+    POLICIES,
+    ConfigError,
+    check_group_path,
+    declared_groups,
+    declared_tls,
+    parse_address,
+    read_key,
+    tls_context,
+    write_key,
+)
 from ._control import ControlError, daemon_for, request
 from ._mounts import enclosing_mount, find_mount
 from ._progress import parse_rate
@@ -49,10 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("keyfile", metavar="KEYFILE")
 
     p = sub.add_parser("serve", help="run the secondary (foreground)", formatter_class=fmt,
-                       epilog="example:\n  fsrep serve /srv/replica --listen 127.0.0.1:7700 --key-file /etc/fsrep.key")
+                       epilog="example:\n  fsrep serve /srv/replica --listen 127.0.0.1:7700 --key-file /etc/fsrep.key\n"
+                              "  fsrep serve /srv/replica --listen 0.0.0.0:7700 --key-file /etc/fsrep.key "
+                              "--tls-cert /etc/fsrep/backup.pem --tls-key /etc/fsrep/backup.key "
+                              "--tls-ca /etc/fsrep/ca.pem")
     p.add_argument("store", metavar="STORE", help="directory that holds the replicas")
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
+    _tls_arguments(p, "primaries")
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
     p = sub.add_parser("mount", help="mount a primary store, replicating to a secondary", formatter_class=fmt,
@@ -68,12 +82,17 @@ def _parser() -> argparse.ArgumentParser:
                               "  [[group]]\n"
                               "  path = \"vms/vm1\"\n"
                               "  policy = \"semi-sync\"           # optional\n"
-                              "  secondary = \"backup2:7700\"     # optional")
+                              "  secondary = \"backup2:7700\"     # optional\n"
+                              "  [tls]                            # optional: as --tls-cert, --tls-key, --tls-ca\n"
+                              "  cert = \"primary.pem\"           # (relative to the config file)\n"
+                              "  key = \"primary.key\"\n"
+                              "  ca = \"ca.pem\"")
     p.add_argument("store", metavar="STORE", help="the primary store (a plain directory)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--secondary", metavar="HOST:PORT", help="the secondary (required unless the config names one)")
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
     p.add_argument("--config", metavar="FILE", help="a TOML file declaring consistency groups (see below)")
+    _tls_arguments(p, "secondaries")
     p.add_argument("--group", action="append", default=[], metavar="PATH",
                    help="declare the subtree PATH a consistency group of its own (repeatable)")
     p.add_argument("--retire", action="append", default=[], metavar="PATH",
@@ -115,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls_arguments(p: argparse.ArgumentParser, peers: str) -> None:
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="mutual TLS (with --tls-key and --tls-ca): this host's certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM, unencrypted)")
+    p.add_argument("--tls-ca", metavar="FILE", help=f"the CA (PEM) that signed the certificates of the {peers}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -147,7 +173,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_address(args.listen, what="--listen")
     check_directory(args.store, "store")
     key = read_key(args.key_file)
-    trio.run(functools.partial(run_secondary, args.store, host, port, key, verbose=args.verbose))
+    tls = tls_context(declared_tls(None, args.tls_cert, args.tls_key, args.tls_ca), server=True)
+    trio.run(functools.partial(run_secondary, args.store, host, port, key, tls=tls, verbose=args.verbose))
     return 0
 
 
@@ -178,7 +205,9 @@ def _mount_options(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
+    tls = tls_context(declared_tls(args.config, args.tls_cert, args.tls_key, args.tls_ca), server=False)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
+                        tls=tls,
                         policy=specs[0].policy, groups=tuple(specs), retire=retire,
                         writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,

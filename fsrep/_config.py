@@ -1,6 +1,6 @@
-"""What a primary store remembers about its consistency groups, and the
-pre-shared key. Both are read once at start and fail with a one-line,
-actionable message when wrong."""
+"""What a primary store remembers about its consistency groups, the
+pre-shared key and the TLS files. All are read once at start and fail with
+a one-line, actionable message when wrong."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import secrets
+import ssl
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tracking
+import transport as tp
 
 log = logging.getLogger(__name__)
 KEY_BYTES = 32
@@ -92,8 +94,9 @@ class GroupSpec:
     secondary: str
 
 
-_TOP_KEYS = {"secondary", "policy", "group"}
+_TOP_KEYS = {"secondary", "policy", "group", "tls"}
 _GROUP_KEYS = {"path", "policy", "secondary"}
+_TLS_KEYS = ("cert", "key", "ca")  # the [tls] table; the flags are --tls-cert, --tls-key, --tls-ca
 
 
 def check_group_path(text: str, *, what: str) -> str:
@@ -122,19 +125,7 @@ def declared_groups(config: str | None, flags: list[str], policy: str | None,
         ConfigError: the file is unreadable, not TOML, has unknown keys,
             or declares groups that overlap (one path inside another).
     """
-    table: dict = {}
-    if config is not None:
-        try:
-            with open(config, "rb") as f:
-                table = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
-        unknown = set(table) - _TOP_KEYS
-        if unknown:
-            raise ConfigError(f"config file {config}: unknown setting {sorted(unknown)[0]!r} "
-                              f"(known: {', '.join(sorted(_TOP_KEYS))})")
+    table = _read_config(config)
     where = f"config file {config}" if config else "--group"
     policy = _policy(policy or table.get("policy", "sync"), where)
     secondary = secondary or table.get("secondary")
@@ -165,6 +156,77 @@ def declared_groups(config: str | None, flags: list[str], policy: str | None,
             if other.startswith(path + "/"):
                 raise ConfigError(f"groups {path!r} and {other!r} overlap: one group cannot hold another")
     return specs
+
+
+def _read_config(config: str | None) -> dict:
+    """The TOML file's top-level table (empty without a file).
+
+    Raises:
+        ConfigError: unreadable, not TOML, or with unknown settings.
+    """
+    if config is None:
+        return {}
+    try:
+        with open(config, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+    unknown = set(table) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"config file {config}: unknown setting {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(sorted(_TOP_KEYS))})")
+    return table
+
+
+def declared_tls(config: str | None, cert: str | None, key: str | None, ca: str | None) -> tp.TLSFiles | None:
+    """The TLS files of a daemon: the flags ``--tls-cert``, ``--tls-key``
+    and ``--tls-ca`` (*cert*, *key*, *ca*) when any is given, else the
+    ``[tls]`` table of the TOML file *config* (paths relative to the file);
+    None: no TLS. Mutual TLS needs all three.
+
+    Raises:
+        ConfigError: one or two of the three are given, or the table is
+            malformed.
+    """
+    flags = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if any(flags.values()):
+        missing = [flag for flag, value in flags.items() if not value]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} missing: mutual TLS needs --tls-cert, --tls-key and "
+                              f"--tls-ca together (this host's certificate, its key, and the CA of the peers)")
+        return tp.TLSFiles(cert=str(cert), key=str(key), ca=str(ca))
+    table = _read_config(config).get("tls")
+    if table is None:
+        return None
+    where = f"config file {config}: [tls]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table with {', '.join(_TLS_KEYS)}")
+    unknown = set(table) - set(_TLS_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(_TLS_KEYS)})")
+    missing = [name for name in _TLS_KEYS if name not in table]
+    if missing:
+        raise ConfigError(f"{where}: {' and '.join(missing)} missing; mutual TLS needs cert, key and ca together")
+    base = Path(str(config)).parent
+    paths = [str(base / _string(table[name], where, name)) for name in _TLS_KEYS]
+    return tp.TLSFiles(cert=paths[0], key=paths[1], ca=paths[2])
+
+
+def tls_context(files: tp.TLSFiles | None, *, server: bool) -> ssl.SSLContext | None:
+    """The SSL context of *files* (the secondary's when *server*, else the
+    primary's); None without TLS.
+
+    Raises:
+        ConfigError: a file is unreadable or unusable (names it).
+    """
+    if files is None:
+        return None
+    try:
+        return tp.server_context(files) if server else tp.client_context(files)
+    except tp.TLSFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _string(value: object, where: str, key: str) -> str:

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class MountOptions:
     mountpoint: str
     secondary: str
     key: bytes
+    tls: ssl.SSLContext | None = None  # client_context: the session runs inside mutual TLS
     policy: str = "sync"
     writeback_cache: bool = False
     timeouts: Timeouts = Timeouts()
@@ -168,7 +170,7 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         if spec.path and known_store and spec.path not in records:
             moved.append(spec.path)
         record, baseline = _load_group(records, spec, tree)
-        rel = Relationship(record, groups, opts.key, opts.timeouts)
+        rel = Relationship(record, groups, opts.key, opts.timeouts, tls=opts.tls)
         rel.default_rate_limit = opts.resync_rate_limit
         rel.lag_budget = opts.lag_budget
         _tracking_state(rel, groups, baseline)

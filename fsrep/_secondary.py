@@ -2,7 +2,8 @@
 tree under ``STORE/<group-uuid>/``, each applying its group's operations
 strictly in sequence order.
 
-How this works: a connection authenticates (``accept_secondary_session``),
+How this works: a connection authenticates (``accept_secondary_session``:
+mutual TLS first when the daemon has a certificate, then the pre-shared key),
 names its group, and gets the replica's last applied sequence number in the
 Welcome. Operations are applied through ``Tree`` (confined to the replica
 root) as they are decoded; all frames already received are applied before
@@ -24,6 +25,7 @@ import contextlib
 import errno
 import logging
 import signal
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -72,9 +74,10 @@ class Replica:
 
 
 class Secondary:
-    def __init__(self, store: Path, key: bytes) -> None:
+    def __init__(self, store: Path, key: bytes, tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.key = key
+        self.tls = tls  # server_context: every peer must pass mutual TLS first
         self.replicas: dict[str, Replica] = {}
         self.registry = store / ".fsrep" / "replicas"
         self.registry.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ class Secondary:
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         try:
-            conn, group_id = await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT)
+            conn, group_id = await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT, tls=self.tls)
         except tp.LinkDown as exc:
             log.warning("refused %s: %s", peer, exc)
             return
@@ -157,7 +160,8 @@ class Secondary:
         try:
             await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0),
                                        generations=tracking.generations.pack(replica.generations)))
-            log.info("group %s: %s authenticated; replica at seq %d", replica.id, peer, replica.last_applied)
+            log.info("group %s: %s authenticated%s; replica at seq %d", replica.id, peer,
+                     f" over {conn.tls_version}" if conn.tls_version else "", replica.last_applied)
             while True:
                 event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
                 acked = replica.last_applied
@@ -248,13 +252,13 @@ def _peer_name(stream: trio.SocketStream) -> str:
         return "unknown peer"
 
 
-async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, verbose: bool = False,
-                        announce: bool = True) -> None:
+async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tls: ssl.SSLContext | None = None,
+                        verbose: bool = False, announce: bool = True) -> None:
     """Serve replicas until SIGTERM/SIGINT."""
     store = check_directory(store_path, "store")
     lock = StoreLock(store, "secondary")
     setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
-    secondary = Secondary(store, key)
+    secondary = Secondary(store, key, tls)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
@@ -262,7 +266,8 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, ve
         from ._config import ConfigError
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = listeners[0].socket.getsockname()
-    log.info("serving replicas in %s on %s:%d", store, bound[0], bound[1])
+    log.info("serving replicas in %s on %s:%d%s", store, bound[0], bound[1],
+             " (mutual TLS, then the pre-shared key)" if tls is not None else "")
     if announce:
         print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     try:

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import errno
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,12 +83,13 @@ class Relationship:
     """A group, its secondary, its state and its in-flight operations."""
 
     def __init__(self, record: GroupRecord, groups: GroupStore, key: bytes,
-                 timeouts: Timeouts = Timeouts()) -> None:
+                 timeouts: Timeouts = Timeouts(), *, tls: ssl.SSLContext | None = None) -> None:
         self.record = record
         if not record.generations:
             record.new_generation()  # a new group, or state from before generations were kept
         self._groups = groups
         self._key = key
+        self._tls = tls
         self.timeouts = timeouts
         self.host, _, port = record.secondary.rpartition(":")
         self.host = self.host.strip("[]")
@@ -393,9 +395,10 @@ class Relationship:
             LinkDown: it could not be reached.
         """
         conn, welcome = await tp.open_primary_connection(
-            self.host, self.port, self._key, self.record.group_id, self.timeouts.connect)
-        log.info("group %s: connected to %s and authenticated; replica at seq %d, primary at seq %d",
-                 self.record.id, self.record.secondary, welcome.last_seq, self.acked_seq)
+            self.host, self.port, self._key, self.record.group_id, self.timeouts.connect, tls=self._tls)
+        log.info("group %s: connected to %s%s and authenticated; replica at seq %d, primary at seq %d",
+                 self.record.id, self.record.secondary, f" over {conn.tls_version}" if conn.tls_version else "",
+                 welcome.last_seq, self.acked_seq)
         self.conn = conn
         self.last_error = ""
         self.replica_seq = welcome.last_seq

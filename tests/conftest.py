@@ -97,11 +97,12 @@ class Secondary:
     proc: subprocess.Popen | None = None
     port: int = 0
     memory_cap: int | None = None
+    args: tuple[str, ...] = ()  # more options of fsrep serve (e.g. --tls-cert ...)
 
     def start(self) -> None:
         listen = f"127.0.0.1:{self.port}"
         command = [*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen,
-                   "--key-file", str(self.key)]
+                   "--key-file", str(self.key), *self.args]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()  # the daemon prints this line once it listens
         if not line.startswith("listening on "):

@@ -1,5 +1,5 @@
-"""Declared consistency groups: what a config file and ``--group`` flags
-give, without mounting."""
+"""Declared consistency groups and TLS files: what a config file and the
+flags give, without mounting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fsrep._config import ConfigError, GroupSpec, declared_groups
+import transport as tp
+from fsrep._config import ConfigError, GroupSpec, declared_groups, declared_tls
 
 
 def test_groups_take_the_mounts_settings_unless_they_name_their_own(tmp_path: Path) -> None:
@@ -47,3 +48,48 @@ def test_a_bad_secondary_in_a_group_is_named(tmp_path: Path) -> None:
     config.write_text('[[group]]\npath = "a"\nsecondary = "nohostport"\n')
     with pytest.raises(ConfigError, match="secondary of group 'a'"):
         declared_groups(str(config), [], None, "h:1")
+
+
+def test_the_tls_table_of_the_config_file_names_files_next_to_it(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('secondary = "h:1"\n[tls]\ncert = "p.pem"\nkey = "/abs/p.key"\nca = "ca.pem"\n')
+    assert declared_groups(str(config), [], None, None) == [GroupSpec("", "sync", "h:1")]
+    assert declared_tls(str(config), None, None, None) == tp.TLSFiles(str(tmp_path / "p.pem"), "/abs/p.key",
+                                                                    str(tmp_path / "ca.pem"))
+
+
+def test_tls_flags_win_over_the_config_files_table(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('[tls]\ncert = "p.pem"\nkey = "p.key"\nca = "ca.pem"\n')
+    assert declared_tls(str(config), "c", "k", "a") == tp.TLSFiles("c", "k", "a")
+
+
+def test_no_tls_anywhere_is_none(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text('secondary = "h:1"\n')
+    assert declared_tls(str(config), None, None, None) is None
+    assert declared_tls(None, None, None, None) is None
+
+
+@pytest.mark.parametrize(("flags", "missing"), [
+    (("c", None, None), "--tls-key and --tls-ca missing"),
+    ((None, "k", None), "--tls-cert and --tls-ca missing"),
+    (("c", "k", None), "--tls-ca missing"),
+])
+def test_tls_flags_go_together(flags: tuple[str | None, str | None, str | None], missing: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{missing}: mutual TLS needs --tls-cert, --tls-key and --tls-ca"):
+        declared_tls(None, *flags)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[tls]\ncert = "p.pem"\nca = "ca.pem"\n', r"\[tls\]: key missing; mutual TLS needs cert, key and ca"),
+    ('[tls]\ncert = "p.pem"\nkey = "p.key"\nca = "ca.pem"\nverify = false\n',
+     r"\[tls\]: unknown setting 'verify' \(known: cert, key, ca\)"),
+    ('tls = "yes"\n', r"\[tls\] must be a table with cert, key, ca"),
+    ('[tls]\ncert = 1\nkey = "p.key"\nca = "ca.pem"\n', r"\[tls\]: cert must be a string"),
+])
+def test_a_bad_tls_table_is_named(tmp_path: Path, table: str, message: str) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_text(table)
+    with pytest.raises(ConfigError, match=message):
+        declared_tls(str(config), None, None, None)
