@@ -222,6 +222,7 @@ class Secondary:
     key: Path
     address: str
     prefix: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # more options of fsrep serve (e.g. --tls-cert ...)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -242,7 +243,7 @@ class Secondary:
         err_path = self.store.parent / f"{self.store.name}.stderr"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             self.proc = subprocess.Popen([*self.prefix, *FSREP, "serve", str(self.store), "--listen", self.address,
-                                          "--key-file", str(self.key)],
+                                          "--key-file", str(self.key), *self.extra],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -274,11 +275,11 @@ class Secondary:
 
 @contextlib.contextmanager
 def secondary(store: Path, key: Path, listen: str = "127.0.0.1:0",
-              prefix: Sequence[str] = ()) -> Iterator[Secondary]:
-    """``fsrep serve STORE --listen LISTEN`` (run through *prefix*, if any),
-    stopped with SIGTERM at the end."""
+              prefix: Sequence[str] = (), extra: Sequence[str] = ()) -> Iterator[Secondary]:
+    """``fsrep serve STORE --listen LISTEN EXTRA...`` (run through *prefix*,
+    if any), stopped with SIGTERM at the end."""
     store.mkdir(parents=True, exist_ok=True)
-    sec = Secondary(store, key, listen, tuple(prefix))
+    sec = Secondary(store, key, listen, tuple(prefix), tuple(extra))
     try:
         sec.start()
         yield sec

@@ -5,6 +5,8 @@
   (b) local     fsrep mounted with an unreachable secondary (local passthrough)
   (c) repl      fsrep replicating to a secondary on 127.0.0.1
   (d) repl-wb   as (c), mounted with --writeback-cache
+  (e) repl-tls  as (c), over mutual TLS (only with --tls; certificates made
+                with openssl for the run)
 
 Workloads, in this order on each configuration (fresh stores every time):
   fsync  4 KiB pwrite + fsync, COUNT times: mean and p99 microseconds per pair
@@ -19,6 +21,7 @@ example:
   .venv/bin/python bench/write.py                 # defaults, a few minutes
   .venv/bin/python bench/write.py --quick         # smoke run, seconds
   .venv/bin/python bench/write.py --json --dir /srv/scratch
+  .venv/bin/python bench/write.py --tls            # (e) too: what TLS costs next to (c)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.certs, for --tls
 from _common import (  # noqa: E402
     UNREACHABLE,
     BenchError,
@@ -59,6 +63,7 @@ CONFIGS = {  # name: (letter, description, mount options or None for the raw dir
     "local": ("b", "fsrep, no secondary (local passthrough)", ()),
     "repl": ("c", "fsrep, replicating to 127.0.0.1", ()),
     "repl-wb": ("d", "fsrep, replicating, --writeback-cache", ("--writeback-cache",)),
+    "repl-tls": ("e", "fsrep, replicating over mutual TLS", ()),  # with --tls only
 }
 METRICS = {  # name: (column title, format, higher is better)
     "seq_mib_s": ("seq MiB/s", "{:.1f}", True),
@@ -175,8 +180,9 @@ def measure(config: str, base: Path, args: argparse.Namespace) -> Run:
             if run.states[-1] != "OutOfSync":
                 run.problems.append(f"expected OutOfSync without a secondary, the group is {run.states[-1]}")
         else:
-            with secondary(base / "secondary", key) as sec, \
-                    mounted(base / "primary", base / "mnt", key, sec.address, *options) as primary:
+            serve_tls, mount_tls = _tls_options(base / "pki") if config == "repl-tls" else ([], [])
+            with secondary(base / "secondary", key, extra=serve_tls) as sec, \
+                    mounted(base / "primary", base / "mnt", key, sec.address, *options, *mount_tls) as primary:
                 group = primary.status()
                 run.states.append(group["state"])
                 if group["state"] != "InSync":
@@ -199,6 +205,14 @@ def measure(config: str, base: Path, args: argparse.Namespace) -> Run:
     return run
 
 
+def _tls_options(directory: Path) -> tuple[list[str], list[str]]:
+    """The TLS options of ``fsrep serve`` and of ``fsrep mount``, with a new
+    CA and a certificate for each side (made by openssl, as README shows)."""
+    from tests.certs import issue, make_ca
+    ca = make_ca(directory, "ca")
+    return issue(ca, "secondary").args(), issue(ca, "primary").args()
+
+
 # --- report ----------------------------------------------------------------------------
 
 
@@ -210,15 +224,18 @@ def ratio(metric: str, num: dict[str, float], den: dict[str, float]) -> float:
 
 
 def summarize(runs: list[Run], args: argparse.Namespace, base: Path, load_start: float) -> dict[str, Any]:
-    by_config = {c: [r for r in runs if r.config == c] for c in CONFIGS}
+    measured = [c for c in CONFIGS if any(r.config == c for r in runs)]
+    by_config = {c: [r for r in runs if r.config == c] for c in measured}
     medians = {c: {m: statistics.median(r.figures[m] for r in rs) for m in METRICS} for c, rs in by_config.items()}
+    pairs = [(num, den) for num in ("repl", "repl-wb", "repl-tls") for den in ("raw", "local")]
+    pairs.append(("repl-tls", "repl"))
     ratios = {}
-    for num in ("repl", "repl-wb"):
-        for den in ("raw", "local"):
+    for num, den in pairs:
+        if num in medians:
             label = f"{CONFIGS[num][0]}/{CONFIGS[den][0]}"
             ratios[label] = {m: ratio(m, medians[num], medians[den]) for m in METRICS}
     aim = ratios["c/b"]["seq_mib_s"]
-    notes: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
+    notes: dict[str, Counter[str]] = {c: Counter() for c in measured}
     for r in runs:
         notes[r.config].update(r.log_notes)
     return {
@@ -233,7 +250,7 @@ def summarize(runs: list[Run], args: argparse.Namespace, base: Path, load_start:
                                "group_states": [r.states for r in by_config[c]],
                                "problems": [p for r in by_config[c] for p in r.problems],
                                "log_notes": dict(notes[c])}
-                           for c in CONFIGS},
+                           for c in measured},
         "ratios": ratios,
         "aim": {"what": f"replicated sequential write >= {AIM} x local passthrough", "ratio": aim,
                 "met": aim >= AIM, "ratio_writeback_cache": ratios["d/b"]["seq_mib_s"]},
@@ -264,7 +281,7 @@ def print_report(s: dict[str, Any]) -> None:
     print("\nratios (higher is better; fsync columns are throughput-equivalent: "
           "baseline latency / replicated latency)")
     print(f"{'':<34}" + "".join(f"{METRICS[m][0]:>15}" for m in METRICS))
-    names = {"a": "raw", "b": "local", "c": "replicated", "d": "replicated-wb"}
+    names = {"a": "raw", "b": "local", "c": "replicated", "d": "replicated-wb", "e": "replicated-tls"}
     for label, values in s["ratios"].items():
         num, den = label.split("/")
         print(f"{label}  ({names[num]} vs {names[den]})".ljust(34) + "".join(f"{values[m]:>15.2f}" for m in METRICS))
@@ -298,6 +315,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 50 fsyncs, 200 files, 1 round")
     parser.add_argument("--keep", action="store_true", help="keep the stores and logs afterwards")
+    parser.add_argument("--tls", action="store_true", help="measure (e), replication over mutual TLS, too")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
@@ -310,7 +328,8 @@ def main() -> int:
     try:
         with workdir(args.dir, keep=args.keep) as base:
             for round_ in range(args.rounds):
-                order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
+                active = [c for c in CONFIGS if args.tls or c != "repl-tls"]
+                order = active if round_ % 2 == 0 else list(reversed(active))
                 for config in order:
                     started = time.monotonic()
                     runs.append(measure(config, base / f"round{round_ + 1}" / config, args))
