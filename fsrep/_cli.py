@@ -272,7 +272,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if run and run["running"]:
             eta = "-" if run["eta_seconds"] is None else f"{run['eta_seconds']:.0f}s"
             console.print(f"group {group['id']}: {run['mode']} resync {run['percent']:.1f}%: "
-                          f"{run['bytes_remaining']} bytes left at {run['bytes_per_second']} bytes/s, ETA {eta}")
+                          f"{_directories(run)}{run['bytes_remaining']} bytes left at {run['bytes_per_second']} "
+                          f"bytes/s, ETA {eta}")
         if group.get("stale_reason"):
             console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
         if group.get("last_error"):
@@ -281,6 +282,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             console.print(f"group {group['id']}: {group['internal_errors']} requests failed with an internal error "
                           f"(EIO; see the log); the tree is compared by digest")
     return 0
+
+
+def _directories(run: dict[str, Any]) -> str:
+    """How far the comparison of directories got, while some are left."""
+    if not run["directories_remaining"]:
+        return ""
+    return (f"{run['directories_checked']} directories compared ({run['entries_checked']} entries), "
+            f"{run['directories_remaining']} left; ")
 
 
 def _cell(value: Any) -> str:

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 R = RelationshipState
 STABLE_SESSION = 10.0
 DIRTY_SAVE_INTERVAL = 1.0
+DIRTY_SAVE_SHARE = 20  # the periodic save waits this many times as long as the last one took
 NO_MARKS = tracking.Marks()
 OP_OVERHEAD = 256  # bytes an operation without data counts for in the semi-sync budget
 
@@ -475,9 +477,18 @@ class Relationship:
             nursery.cancel_scope.cancel()
 
     async def _save_dirty_periodically(self) -> None:
+        """Save the dirty set about once a second — less often when it is
+        large, so that saving (the whole set, each time) never takes more
+        than 1/DIRTY_SAVE_SHARE of the time: a resync of a tree of many
+        directories would otherwise spend its time saving. What is not
+        saved yet is covered by the activity log, which settles only
+        after a save."""
+        took = 0.0
         while True:
-            await trio.sleep(DIRTY_SAVE_INTERVAL)
+            await trio.sleep(max(DIRTY_SAVE_INTERVAL, took * DIRTY_SAVE_SHARE))
+            started = time.perf_counter()
             self.save_dirty()
+            took = time.perf_counter() - started
 
     async def reconnect_now(self) -> None:
         """Try the secondary at once rather than at the end of the backoff
@@ -812,23 +823,31 @@ class Relationship:
 
         return reply
 
-    async def list_dir(self, path: bytes) -> dict[bytes, tp.DirEntry]:
-        """The replica's entries of directory *path*, at this point of the
-        operation stream (all pages).
+    def ask_listing(self, path: bytes) -> Callable[[], Awaitable[dict[bytes, tp.DirEntry]]]:
+        """Ask for the replica's entries of directory *path* at this point
+        of the operation stream — now, in the caller's step — and return
+        what awaits them (all pages). Several directories can be asked at
+        once: one round trip for all of them.
 
         Raises:
-            LinkDown: the link was lost meanwhile.
+            LinkDown: the link was lost (now or before the reply came).
         """
-        entries: dict[bytes, tp.DirEntry] = {}
-        after = b""
-        while True:
-            listing = await self.ask(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))()
-            assert isinstance(listing, tp.Listing)
-            for entry in listing.items():
-                entries[entry.name] = entry
-            if not listing.more or not entries:
-                return entries
-            after = max(entries)
+        first = self.ask(lambda seq: tp.ListDir(seq=seq, path=path, after=b""))
+
+        async def entries() -> dict[bytes, tp.DirEntry]:
+            found: dict[bytes, tp.DirEntry] = {}
+            reply = first
+            while True:
+                listing = await reply()
+                assert isinstance(listing, tp.Listing)
+                for entry in listing.items():
+                    found[entry.name] = entry
+                if not listing.more or not found:
+                    return found
+                after = max(found)
+                reply = self.ask(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))
+
+        return entries
 
     def _dirty_to_save(self) -> tracking.DirtySet:
         """The dirty set plus what frames not yet durable on the secondary
@@ -961,7 +980,7 @@ class Relationship:
     def statistics(self) -> dict[str, Any]:
         dirty_bytes = self.dirty.dirty_bytes
         run = self.resync_run
-        progress = run.snapshot(dirty_bytes, trio.current_time()) if run is not None else None
+        progress = run.snapshot(dirty_bytes, trio.current_time(), self.dirty.dir_count) if run is not None else None
         queued = self._resync_queued
         return {
             "id": self.record.id,

@@ -174,15 +174,19 @@ class _Display:
             return
         done = progress["bytes_copied"] + progress["bytes_checked"]
         total = done + progress["bytes_remaining"]
+        dirs = progress["directories_remaining"]
         if self.bar is not None:
+            phase = f" ({progress['directories_checked']} dirs, {dirs} left)" if dirs else ""
             self.bar.update(self.task, completed=done, total=total or None,
-                            description=f"{progress['mode']} resync")
+                            description=f"{progress['mode']} resync{phase}")
             return
         now = time.monotonic()
         if now - self.last_line >= PLAIN_EVERY or progress["finished"]:
             self.last_line = now
             eta = progress["eta_seconds"]
-            print(f"{progress['percent']:5.1f}%  copied {progress['bytes_copied']} B, compared "
+            print(f"{progress['percent']:5.1f}%  "
+                  + (f"{progress['directories_checked']} directories compared, {dirs} left, " if dirs else "")
+                  + f"copied {progress['bytes_copied']} B, compared "
                   f"{progress['bytes_checked']} B, {progress['bytes_remaining']} B left, "
                   f"{progress['bytes_per_second']} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
                   + (f"  -> {progress['outcome']}" if progress["finished"] else ""), flush=True)
