@@ -84,6 +84,18 @@ def deep_chain(top: Path, levels: int, *, name: str = "d", file_every: int = 0) 
     return b"/".join([os.fsencode(name)] * levels)
 
 
+def empty_files(directory: Path, count: int, prefix: str = "entry") -> set[bytes]:
+    """*count* empty files ``PREFIX-NNNNN`` in *directory*; returns their names."""
+    names = {f"{prefix}-{i:05d}".encode() for i in range(count)}
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return names
+
+
 def assert_same_tree(a: Path, b: Path) -> None:
     differences = tree_differences(a, b)
     assert not differences, "trees differ:\n" + "\n".join(differences)
@@ -180,6 +192,10 @@ class Cluster:
             self.umount()
         assert_same_tree(self.primary_store, self.secondary.replica_root())
         self.assert_no_errors_logged()
+
+    def primary_pid(self) -> int:
+        """The process id of the mounted primary daemon (from its store lock)."""
+        return int((self.primary_store / ".fsrep" / "lock").read_text().split()[2])
 
     def primary_log(self) -> str:
         return (self.primary_store / ".fsrep" / "fsrep.log").read_text()
