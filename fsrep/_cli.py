@@ -17,10 +17,10 @@ from typing import Any
 
 import trio
 
+from ._args import ACK_TIMEOUT, ASYNC_INTERVAL, LAG_BUDGET, RATE_LIMIT, RESYNC_STALL_TIMEOUT, Parser
 from ._config import POLICIES, ConfigError, check_group_path, declared_groups, parse_address, read_key, write_key
 from ._control import ControlError, daemon_for, request
 from ._mounts import enclosing_mount, find_mount
-from ._progress import parse_rate
 from ._splitter import Timeouts
 from ._store import check_directory
 
@@ -35,7 +35,7 @@ class CommandError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=fmt,
         description="Synchronously replicated FUSE filesystem.",
         epilog="example:\n  fsrep keygen /etc/fsrep.key\n"
@@ -85,20 +85,21 @@ def _parser() -> argparse.ArgumentParser:
                         "EIO when they cannot be replicated; semi-sync: changes return once applied here and "
                         "sent, waiting only past --lag-budget (fsync waits for both sides); async: changes are "
                         "shipped every --async-interval seconds (fsync is local)")
-    p.add_argument("--lag-budget", default="64M", metavar="BYTES",
+    p.add_argument("--lag-budget", type=LAG_BUDGET, default="64M", metavar="BYTES",
                    help="semi-sync and async: how much may be unacknowledged before changes wait (default 64M)")
-    p.add_argument("--async-interval", type=float, default=Timeouts().async_interval, metavar="SECONDS",
+    p.add_argument("--async-interval", type=ASYNC_INTERVAL, default=Timeouts().async_interval, metavar="SECONDS",
                    help=f"async: how often changes are shipped (default {Timeouts().async_interval:g})")
     p.add_argument("--foreground", action="store_true", help="stay attached (logs on stderr)")
     p.add_argument("--writeback-cache", action="store_true",
                    help="let the kernel buffer writes (write() returns before replication; "
                         "fsync and close still wait for both sides)")
-    p.add_argument("--ack-timeout", type=float, default=Timeouts().ack, metavar="SECONDS",
+    p.add_argument("--ack-timeout", type=ACK_TIMEOUT, default=Timeouts().ack, metavar="SECONDS",
                    help=f"declare the secondary unreachable after this long without an ack "
                         f"(default {Timeouts().ack:g})")
-    p.add_argument("--resync-rate-limit", default="0", metavar="BYTES/s",
+    p.add_argument("--resync-rate-limit", type=RATE_LIMIT, default="0", metavar="BYTES/s",
                    help="cap the data rate of resyncs the daemon starts by itself (suffix k, M, G; default: none)")
-    p.add_argument("--resync-stall-timeout", type=float, default=Timeouts().resync_stall, metavar="SECONDS",
+    p.add_argument("--resync-stall-timeout", type=RESYNC_STALL_TIMEOUT, default=Timeouts().resync_stall,
+                   metavar="SECONDS",
                    help=f"restart a resync that made no progress for this long (default "
                         f"{Timeouts().resync_stall:g})")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -163,27 +164,13 @@ def _mount_options(args: argparse.Namespace) -> Any:
     if find_mount(args.mountpoint) is not None:
         raise CommandError(f"{args.mountpoint} is already an fsrep mount")
     _check_apart(store, mountpoint)
-    if args.ack_timeout <= 0:
-        raise CommandError("--ack-timeout must be positive")
-    if args.resync_stall_timeout <= 0:
-        raise CommandError("--resync-stall-timeout must be positive")
-    if args.async_interval <= 0:
-        raise CommandError("--async-interval must be positive")
-    try:
-        rate_limit = parse_rate(args.resync_rate_limit)
-    except ValueError as exc:
-        raise CommandError(f"--resync-rate-limit: {exc}") from None
-    try:
-        lag_budget = parse_rate(args.lag_budget)
-    except ValueError as exc:
-        raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
                         policy=specs[0].policy, groups=tuple(specs), retire=retire,
                         writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
-                        resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)
+                        resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose)
 
 
 def _check_apart(store: Path, mountpoint: Path) -> None:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, run_fsrep
+from tests.conftest import Cluster, fsrep_resync, run_fsrep
 
 
-def _one_line_error(done) -> str:
-    assert done.returncode != 0
+def _one_line_error(done, code: int = 1) -> str:
+    assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines, "no error message"
-    return lines[-1]
+    assert len(lines) == 1, f"not one line: {lines}"
+    return lines[0]
 
 
 @pytest.mark.parametrize("command", ["keygen", "serve", "mount", "umount", "status"])
@@ -47,7 +47,7 @@ def test_mount_errors_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
                                      cluster.secondary.address, "--key-file", str(bad_key), check=False))
     assert "not an fsrep key" in line
     line = _one_line_error(run_fsrep(*base, "--secondary", cluster.secondary.address, "--policy", "maybe",
-                                     check=False))
+                                     check=False), code=2)
     assert "invalid choice" in line
 
 
@@ -103,3 +103,37 @@ def test_a_store_and_mount_point_that_are_nested_are_refused(cluster: Cluster) -
         assert run_fsrep("status", str(cluster.mnt), timeout=20).returncode == 0  # nothing hangs
     finally:
         cluster.umount()
+
+
+@pytest.mark.parametrize("option", ["--ack-timeout", "--async-interval", "--resync-stall-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "1e400", "1e9", "soon"])
+def test_a_number_of_seconds_must_be_finite_and_in_range(tmp_path: Path, option: str, value: str) -> None:
+    done = run_fsrep("mount", str(tmp_path), str(tmp_path / "mnt"), "--secondary", "h:1", "--key-file",
+                     str(tmp_path / "key"), f"{option}={value}", check=False)  # '=': -inf is no option
+    line = _one_line_error(done, code=2)
+    assert f"argument {option}: {value!r} is not a number of seconds from " in line
+    assert "--help" in line
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--lag-budget", "2G", "a size from 0 to 1G bytes"),
+    ("--lag-budget", "-1", "a size from 0 to 1G bytes"),
+    ("--resync-rate-limit", "nan", "a rate from 0 to 1024G bytes/s"),
+    ("--resync-rate-limit", "5000G", "a rate from 0 to 1024G bytes/s"),
+])
+def test_a_size_or_rate_must_be_in_range(tmp_path: Path, option: str, value: str, allowed: str) -> None:
+    done = run_fsrep("mount", str(tmp_path), str(tmp_path / "mnt"), "--secondary", "h:1", "--key-file",
+                     str(tmp_path / "key"), option, value, check=False)
+    assert f"argument {option}: {value!r} is not {allowed}" in _one_line_error(done, code=2)
+
+
+def test_the_resync_tools_rate_limit_is_read_the_same_way(tmp_path: Path) -> None:
+    done = fsrep_resync(str(tmp_path), "--rate-limit", "nan")
+    line = _one_line_error(done, code=2)
+    assert line.startswith("fsrep-resync: error: argument --rate-limit: 'nan' is not a rate from 0 to 1024G")
+
+
+def test_a_usage_error_is_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(run_fsrep("mount", str(tmp_path), check=False), code=2)
+    assert "the following arguments are required" in line
+    assert "see 'fsrep mount --help'" in line
