@@ -19,8 +19,8 @@ import trio
 
 from ._args import ACK_TIMEOUT, ASYNC_INTERVAL, LAG_BUDGET, RATE_LIMIT, RESYNC_STALL_TIMEOUT, Parser
 from ._config import POLICIES, ConfigError, check_group_path, declared_groups, parse_address, read_key, write_key
-from ._control import ControlError, daemon_for, request
-from ._mounts import enclosing_mount, find_mount
+from ._control import ControlError, DaemonGone, daemon_for, request
+from ._mounts import Mount, enclosing_mount, find_mount, is_dead, unmount
 from ._splitter import Timeouts
 from ._store import check_directory
 
@@ -146,7 +146,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._secondary import run_secondary
     host, port = parse_address(args.listen, what="--listen")
-    check_directory(args.store, "store")
+    _check_not_on_a_mount(check_directory(args.store, "store"))
     key = read_key(args.key_file)
     trio.run(functools.partial(run_secondary, args.store, host, port, key, verbose=args.verbose))
     return 0
@@ -160,6 +160,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
     if any(path in declared for path in retire):
         raise CommandError(f"--retire {next(p for p in retire if p in declared)}: the group is also declared")
     store = check_directory(args.store, "store")
+    _clear_dead_mount(args.mountpoint, store)
     mountpoint = check_directory(args.mountpoint, "mount point")
     if find_mount(args.mountpoint) is not None:
         raise CommandError(f"{args.mountpoint} is already an fsrep mount")
@@ -179,10 +180,45 @@ def _check_apart(store: Path, mountpoint: Path) -> None:
     if store == mountpoint or store in mountpoint.parents or mountpoint in store.parents:
         raise CommandError(f"store {store} and mount point {mountpoint} are nested; the daemon would serve its "
                            f"own store through itself — use two separate directories, e.g. /srv/data and /mnt/data")
+    _check_not_on_a_mount(store)
+
+
+def _check_not_on_a_mount(store: Path) -> None:
+    """A store (primary or replica) on an fsrep mount would have its writes
+    replicated again, perhaps back to the daemon that made them."""
     outer = enclosing_mount(store)
     if outer is not None:
         raise CommandError(f"store {store} is on the fsrep mount {outer.mountpoint}; a store must be a local "
                            f"directory (that mount's own store is {outer.store})")
+
+
+def _clear_dead_mount(mountpoint: str, store: Path) -> None:
+    """A mount point left behind by this store's daemon when it died is
+    unmounted, as the operator mounting the store again would do first; a
+    dead mount of anything else is left alone, with the command that clears it.
+
+    Raises:
+        CommandError: *mountpoint* is a dead mount of another store or
+            filesystem, or it cannot be unmounted.
+    """
+    if not is_dead(mountpoint):
+        return
+    mount = find_mount(mountpoint)
+    if mount is None:
+        raise CommandError(f"{mountpoint} is a dead FUSE mount (its daemon is gone), not an fsrep one: unmount it "
+                           f"first with 'fusermount3 -u -z {mountpoint}'")
+    if Path(mount.store) != store:
+        raise CommandError(f"{mountpoint} is a dead fsrep mount of {mount.store} (its daemon is gone): run "
+                           f"'fsrep umount {mountpoint}' first")
+    _unmount_dead(mount)
+    print(f"{mountpoint} was left mounted by a daemon of this store that is gone; unmounted it", flush=True)
+
+
+def _unmount_dead(mount: Mount) -> None:
+    try:
+        unmount(mount.mountpoint, lazy=True)
+    except OSError as exc:
+        raise CommandError(f"cannot unmount the dead mount {mount.mountpoint}: {exc.strerror}") from None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -222,7 +258,7 @@ def _run_foreground(opts: Any, ready_fd: int | None) -> int:
         said = True
         if ready_fd is not None:
             with contextlib.suppress(OSError):
-                os.write(ready_fd, line.encode() + b"\n")
+                os.write(ready_fd, line.encode(errors="surrogateescape") + b"\n")
                 os.close(ready_fd)
 
     try:
@@ -277,12 +313,21 @@ def _cell(value: Any) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    _, reply = daemon_for(args.mountpoint)
+    try:
+        _, reply = daemon_for(args.mountpoint)
+    except DaemonGone:
+        mount = find_mount(args.mountpoint)
+        if mount is None or not is_dead(mount.mountpoint):
+            raise
+        _unmount_dead(mount)
+        print(f"the daemon of {args.mountpoint} was gone (killed or crashed): unmounted it lazily; the next "
+              f"'fsrep mount' of {mount.store} recovers from the state it left in {mount.store}/.fsrep")
+        return 0
     pid = int(reply["pid"])
-    done = subprocess.run(["fusermount3", "-u", reply["mountpoint"]], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-        raise CommandError(f"cannot unmount {args.mountpoint}: {reason}")
+    try:
+        unmount(reply["mountpoint"])
+    except OSError as exc:
+        raise CommandError(f"cannot unmount {args.mountpoint}: {exc.strerror}") from None
     deadline = time.monotonic() + UMOUNT_TIMEOUT
     while _alive(pid):
         if time.monotonic() > deadline:
