@@ -235,8 +235,9 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     """
     store = check_directory(opts.store, "store")
     mountpoint = check_directory(opts.mountpoint, "mount point")
-    if "," in str(store):
-        raise ConfigError(f"store path {store} contains a comma, which FUSE mount options cannot carry")
+    if "," in str(store) or not str(store).isascii():
+        raise ConfigError(f"store path {ascii(str(store))} holds a comma or a character that is not ASCII, which "
+                          f"FUSE mount options cannot carry; give the store a path of ASCII characters and no commas")
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
     groups = GroupStore(str(store))

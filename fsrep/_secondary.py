@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import threading
 import uuid
@@ -58,6 +59,16 @@ class Replica:
     conn: tp.Connection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def root_replaced(self) -> bool:
+        """Whether the replica's directory was removed or replaced since
+        it was opened (its path no longer names the directory held open)."""
+        try:
+            now = os.stat(self.tree.root)
+        except OSError as exc:
+            return exc.errno == errno.ENOENT  # any other failure cannot tell; applying will
+        held = os.fstat(self.tree.root_fd)
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
     def checkpoint(self) -> None:
         """Make the data durable, then record the position (never the
         other way round)."""
@@ -80,11 +91,17 @@ class Secondary:
         self.registry.mkdir(parents=True, exist_ok=True)
 
     def replica(self, group_id: bytes) -> Replica:
-        """Open (or create) the replica of a group."""
+        """Open (or create) the replica of a group.
+
+        A replica whose directory was removed (or replaced) behind the
+        daemon's back is gone: it starts again empty at seq 0, so the
+        primary sees a fresh replica and sends it a baseline. Its position
+        is reset before the directory is made again, so a crash in between
+        cannot leave an empty tree that claims an old position."""
         gid = str(uuid.UUID(bytes=group_id))
         replica = self.replicas.get(gid)
-        if replica is not None:
-            return replica
+        if replica is not None and (replica.session is not None or not replica.root_replaced()):
+            return replica  # one still in a session is reopened when that session has ended
         state_file = self.registry / f"{gid}.json"
         root = self.store / gid
         try:
@@ -96,6 +113,16 @@ class Secondary:
             root.mkdir(mode=0o755, exist_ok=True)
             tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
             log.info("new replica for group %s at %s", gid, root)
+        if replica is not None or not root.is_dir():
+            log.warning("group %s: the replica directory %s was removed or replaced (the replica was at seq %d); "
+                        "starting an empty replica at seq 0, which the primary fills with a baseline", gid, root, last)
+            if replica is not None:
+                with replica.lock:  # a checkpoint of the old one after this has nothing to save
+                    replica.last_saved = replica.last_applied
+                    replica.tree.close()
+            last, generations = 0, []
+            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
+            root.mkdir(mode=0o755, exist_ok=True)
         replica = Replica(gid, Tree(root), state_file, last, last, generations)
         self.replicas[gid] = replica
         return replica
@@ -221,6 +248,12 @@ class Secondary:
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
             for replica in list(self.replicas.values()):
+                if replica.session is not None and replica.root_replaced():
+                    # Writes to files it holds open would go on into the removed tree, acknowledged.
+                    log.warning("group %s: the replica directory %s was removed; ending the session so that "
+                                "the primary reconnects to an empty replica", replica.id, replica.tree.root)
+                    replica.session.cancel()
+                    continue
                 try:
                     await trio.to_thread.run_sync(replica.checkpoint)
                 except OSError as exc:

@@ -403,7 +403,9 @@ class Relationship:
         self.replica_seq = welcome.last_seq
         if self._refuse_by_generation(welcome):
             return
-        behind = self.durable_seq <= welcome.last_seq < self.acked_seq
+        # A fresh replica is empty (new, or its directory was removed): the marks kept for a crash of the
+        # secondary cover only what was not yet durable there, never all it lacks.
+        behind = self.durable_seq <= welcome.last_seq < self.acked_seq and not welcome.fresh
         if behind and not self.record.stale:
             self.mark_stale(f"the secondary came back at seq {welcome.last_seq}, behind {self.acked_seq}")
         if behind:
@@ -419,7 +421,9 @@ class Relationship:
                   (welcome.last_seq < self.next_seq or self.replica_may_be_ahead)):
             # The replica lost acknowledged changes, or holds changes this
             # primary never sent: tracking cannot say what differs.
-            reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
+            reason = (f"the secondary has an empty replica (new, or its directory was removed), primary "
+                      f"acknowledged {self.acked_seq}" if welcome.fresh else
+                      f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}")
             self.dirty.mark_everything(reason)
             self._dirty_changed = True
             self.mark_stale(reason)

@@ -173,6 +173,13 @@ class Cluster:
         run_fsrep("umount", str(self.mnt))
         self.mounted = False
 
+    def kill_primary(self) -> None:
+        """``kill -9`` the mount's daemon and wait until it is gone; its
+        mount point is left behind, dead (ENOTCONN)."""
+        pid = int((self.primary_store / ".fsrep" / "lock").read_text().split()[2])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+
     def groups(self) -> dict[str, dict]:
         """Every group's status, by path ("/" for the default group)."""
         groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]

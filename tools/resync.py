@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsrep._args import RATE_LIMIT, Parser
 from fsrep._control import ControlError, daemon_for, request
-from fsrep._progress import MODES, parse_rate
+from fsrep._progress import MODES
 
 PROG = "fsrep-resync"
 POLL = 0.25
@@ -30,7 +31,7 @@ class ResyncFailed(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Start or join a resync of a consistency group and show its progress.",
         epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
@@ -42,17 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", metavar="ID", help="the consistency group (id or path, like /vms/vm1; "
                                                        "default: every group of the mount)")
     parser.add_argument("--mode", choices=MODES, default="quick")
-    parser.add_argument("--rate-limit", type=_rate, default=0, metavar="BYTES/s",
+    parser.add_argument("--rate-limit", type=RATE_LIMIT, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
-
-
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

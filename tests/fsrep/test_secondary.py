@@ -5,6 +5,7 @@ from a peer that has not authenticated."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -229,3 +230,54 @@ def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp
     finally:
         cluster.cleanup()
         subprocess.run(["umount", "-l", str(cluster.secondary.store)], check=False)
+
+
+def _fill(root: Path, tag: str) -> None:
+    (root / f"dir-{tag}" / "sub").mkdir(parents=True)
+    write_random(root / f"dir-{tag}" / "sub" / "data", 2)
+    (root / f"note-{tag}").write_text(f"written {tag}\n")
+
+
+def _wait_in_sync_again(cluster: Cluster) -> dict:
+    return wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["dirty_bytes"] == 0 and s,
+                    "the group InSync again", timeout=60)
+
+
+def test_a_replica_directory_removed_while_the_secondary_is_down_gets_a_baseline(cluster: Cluster) -> None:
+    cluster.mount()
+    _fill(cluster.mnt, "before")
+    group = cluster.status()["id"]
+    root = cluster.secondary.replica_root()
+    cluster.secondary.stop()
+    shutil.rmtree(root)
+    cluster.secondary.start()
+    _wait_in_sync_again(cluster)
+    _fill(cluster.mnt, "after")
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+    log = (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+    said = [line for line in log.splitlines() if "was removed or replaced" in line]
+    assert len(said) == 1, said
+    assert group in said[0]
+    assert "starting an empty replica at seq 0" in said[0]
+    assert "cannot open replica" not in log
+    announced = [line for line in cluster.primary_log().splitlines() if "resync of the whole tree" in line]
+    assert len(announced) == 1, announced
+    assert group in announced[0]
+    assert "empty replica" in announced[0]
+    cluster.assert_no_errors_logged()
+
+
+def test_a_replica_directory_removed_under_a_running_secondary_gets_a_baseline(cluster: Cluster) -> None:
+    cluster.mount()
+    _fill(cluster.mnt, "before")
+    group = cluster.status()["id"]
+    shutil.rmtree(cluster.secondary.replica_root())
+    log = cluster.secondary.store / ".fsrep" / "serve.log"
+    wait_for(lambda: "was removed or replaced" in log.read_text(), "the secondary to notice the removal")
+    _wait_in_sync_again(cluster)
+    _fill(cluster.mnt, "after")
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+    assert f"group {group}: the replica directory" in log.read_text()
+    assert "empty replica" in cluster.primary_log()
