@@ -34,6 +34,8 @@ import trio
 import tracking
 import transport as tp
 
+from ._accept import Handshake, Handshakes, serve_listeners
+from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._store import StoreLock, check_directory
 from ._tree import Tree
@@ -41,7 +43,7 @@ from ._tree import Tree
 log = logging.getLogger(__name__)
 REPLICA_KIND = "fsrep-replica"
 CHECKPOINT_INTERVAL = 2.0
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0  # for everything before authentication, however slowly the peer sends
 IDLE_TIMEOUT = 30.0
 
 
@@ -78,6 +80,12 @@ class Secondary:
         self.replicas: dict[str, Replica] = {}
         self.registry = store / ".fsrep" / "replicas"
         self.registry.mkdir(parents=True, exist_ok=True)
+        self.handshakes = Handshakes()
+
+    async def serve(self, listeners: list[trio.SocketListener], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept primaries on *listeners* until cancelled."""
+        await serve_listeners(self.handle, listeners, self.handshakes, task_status=task_status)
 
     def replica(self, group_id: bytes) -> Replica:
         """Open (or create) the replica of a group."""
@@ -100,22 +108,32 @@ class Secondary:
         self.replicas[gid] = replica
         return replica
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.SocketStream, handshake: Handshake) -> None:
         """One connection; a bug here drops this peer, never the server."""
         try:
-            await self._handle(stream)
+            await self._handle(stream, handshake)
         except Exception:
             log.exception("internal error serving %s; connection dropped", _peer_name(stream))
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _authenticate(self, stream: trio.SocketStream, handshake: Handshake,
+                            peer: str) -> tuple[tp.Connection, bytes] | None:
+        """The authenticated connection and its group id; None if the peer
+        failed (tallied) or its slot went to a newer connection."""
+        with handshake:
+            try:
+                return await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT)
+            except tp.LinkDown as exc:
+                self.handshakes.failed(peer, str(exc))
+        return None
+
+    async def _handle(self, stream: trio.SocketStream, handshake: Handshake) -> None:
         peer = _peer_name(stream)
-        try:
-            conn, group_id = await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT)
-        except tp.LinkDown as exc:
-            log.warning("refused %s: %s", peer, exc)
+        authenticated = await self._authenticate(stream, handshake, peer)
+        if authenticated is None:
             return
+        conn, group_id = authenticated
         try:
             replica = self.replica(group_id)
         except (tracking.StateError, OSError, KeyError, ValueError, TypeError) as exc:
@@ -254,6 +272,7 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, ve
     store = check_directory(store_path, "store")
     lock = StoreLock(store, "secondary")
     setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
+    raise_open_file_limit()
     secondary = Secondary(store, key)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -267,7 +286,7 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, ve
         print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, secondary.handle, listeners)
+            nursery.start_soon(secondary.serve, listeners)
             nursery.start_soon(secondary.checkpoints)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:

@@ -1,12 +1,17 @@
 """The secondary against a hand-written client: it applies in order, and
 refuses anything that would reach outside the replica root or that comes
-from a peer that has not authenticated."""
+from a peer that has not authenticated; and a flood of peers that
+never authenticate does not keep the primary out."""
 
 from __future__ import annotations
 
 import os
+import resource
+import socket
 import stat
+import struct
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,8 +19,9 @@ import pytest
 import trio
 
 import transport as tp
+from fsrep._accept import MAX_HANDSHAKES_PER_ADDRESS
 from fsrep._config import read_key
-from tests.conftest import Cluster, assert_same_tree, wait_for, write_random
+from tests.conftest import DEADLINE, Cluster, assert_same_tree, wait_for, write_random
 
 
 async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
@@ -229,3 +235,121 @@ def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp
     finally:
         cluster.cleanup()
         subprocess.run(["umount", "-l", str(cluster.secondary.store)], check=False)
+
+
+# --- peers that never authenticate ------------------------------------------------------------------------------
+
+OPEN_FILES = 256  # the secondary's soft and hard limit: raising soft to hard gains nothing
+FLOOD = 400  # idle connections at once, more than the secondary has descriptors
+HUGE_HEADERS = 50  # connections announcing a 4 MiB frame before authenticating
+
+
+def _connections(port: int, source: str, count: int, first: bytes = b"") -> list[socket.socket]:
+    """*count* connections to the secondary from *source* that send *first*
+    and then nothing; a connection that fails is not kept."""
+    made = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(first)
+        except OSError:
+            sock.close()
+            continue
+        made.append(sock)
+    return made
+
+
+class _Flood:
+    """Connections to the secondary from another loopback address that
+    never authenticate, all kept open on this side (as a peer holding them
+    would): a burst of *count* at once, then more at a steady pace from a
+    thread until the end of the ``with`` block."""
+
+    def __init__(self, port: int, source: str, count: int) -> None:
+        self.port, self.source, self.count = port, source, count
+        self.sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_coming, name="flood", daemon=True)
+
+    def _keep_coming(self) -> None:
+        while not self._stop.wait(0.1) and len(self.sockets) < 10 * self.count:
+            self.sockets += _connections(self.port, self.source, 10)
+
+    def __enter__(self) -> _Flood:
+        needed = 20 * self.count
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+        self.sockets += _connections(self.port, self.source, self.count)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of *pid* in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether the secondary closed *sock* (reading to its end)."""
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_flood_of_peers_that_never_authenticate_does_not_keep_the_primary_out(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.secondary.open_files = OPEN_FILES
+    cluster.secondary.memory_cap = 4 << 30
+    cluster.secondary.start()
+    log = cluster.secondary.store / ".fsrep" / "serve.log"
+    try:
+        assert f"open-file limit: {OPEN_FILES}" in log.read_text()
+        pid = cluster.secondary.proc.pid
+        memory_before, log_before = _rss(pid), log.stat().st_size
+        huge = struct.pack(">IBB", tp.MAX_DATA, tp.PROTOCOL_VERSION, tp.Hello.TYPE) + b"x" * 1000
+        with _Flood(cluster.secondary.port, "127.0.0.2", FLOOD) as flood:
+            assert len(flood.sockets) == FLOOD
+            announced = _connections(cluster.secondary.port, "127.0.0.3", HUGE_HEADERS, huge)
+            try:
+                assert len(announced) == HUGE_HEADERS
+                cluster.mount()  # from 127.0.0.1, while the flood goes on
+                assert cluster.status()["state"] == "InSync"
+                (cluster.mnt / "through").write_bytes(b"replicated despite the flood")
+                assert (cluster.secondary.replica_root() / "through").read_bytes() == b"replicated despite the flood"
+                assert all(_dropped(sock) for sock in announced), "a peer announcing a huge frame was kept"
+            finally:
+                for sock in announced:
+                    sock.close()
+            wait_for(lambda: len(flood.sockets) > 2 * FLOOD, "the flood to go on")
+            (cluster.mnt / "later").write_bytes(b"and still")
+            status = cluster.status()
+            assert status["state"] == "InSync", status
+            assert status["connected"]
+            memory_after = _rss(pid)
+        assert memory_after < memory_before + 64 * 1024 * 1024, (memory_before, memory_after)
+        cluster.assert_replicated()  # no ERROR and no traceback in either log
+        grown = log.stat().st_size - log_before
+        assert grown < 16 * 1024, f"serve.log grew by {grown} bytes during the flood"
+        text = log.read_text()
+        assert "closed a connection still authenticating to make room" in text
+        assert f"{MAX_HANDSHAKES_PER_ADDRESS} from 127.0.0.2 were authenticating" in text
+    finally:
+        cluster.cleanup()
