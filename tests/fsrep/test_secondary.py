@@ -1,12 +1,16 @@
 """The secondary against a hand-written client: it applies in order, and
 refuses anything that would reach outside the replica root or that comes
-from a peer that has not authenticated; and a flood of peers that
-never authenticate does not keep the primary out."""
+from a peer that has not authenticated; a flood of peers that never
+authenticate does not keep the primary out, and a replica's live session
+is never taken over by a second claimant."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
+import signal
 import socket
 import stat
 import struct
@@ -21,7 +25,8 @@ import trio
 import transport as tp
 from fsrep._accept import MAX_HANDSHAKES_PER_ADDRESS
 from fsrep._config import read_key
-from tests.conftest import DEADLINE, Cluster, assert_same_tree, wait_for, write_random
+from fsrep._secondary import PROBE_TIMEOUT
+from tests.conftest import DEADLINE, Cluster, _wait_daemon_gone, assert_same_tree, run_fsrep, wait_for, write_random
 
 
 async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
@@ -353,3 +358,94 @@ def test_a_flood_of_peers_that_never_authenticate_does_not_keep_the_primary_out(
         assert f"{MAX_HANDSHAKES_PER_ADDRESS} from 127.0.0.2 were authenticating" in text
     finally:
         cluster.cleanup()
+
+
+# --- a replica's session and a second claimant -----------------------------------------------------------------
+
+
+async def _serve_as_primary(conn: tp.Connection, acked: trio.Event) -> None:
+    """Answer the secondary's pings and note its first ack, as a primary does."""
+    while True:
+        event = await conn.receive_event()
+        if isinstance(event, tp.Ping):
+            await conn.send(tp.Pong(token=event.token))
+        elif isinstance(event, tp.Ack):
+            acked.set()
+
+
+async def test_a_live_session_keeps_its_replica_and_a_second_claimant_is_refused(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    holder, _ = await _connect(cluster, group)
+    holder_port = holder.stream.socket.getsockname()[1]
+    refusal = rf"group {uuid.UUID(bytes=group)} is held by a live session from 127\.0\.0\.1:{holder_port}; refusing"
+    acked = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve_as_primary, holder, acked)
+        for _ in range(3):
+            with pytest.raises(tp.LinkDown, match=refusal):
+                await _connect(cluster, group)
+        await holder.send(tp.Create(seq=1, path=b"still-mine", mode=0o644, uid=0, gid=0))
+        with trio.fail_after(10):
+            await acked.wait()
+        nursery.cancel_scope.cancel()
+    await holder.aclose()
+    assert (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "still-mine").exists()
+
+
+async def test_a_session_that_no_longer_answers_is_replaced_within_the_probe_timeout(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    silent, _ = await _connect(cluster, group)  # never reads again: a primary gone behind a cut link
+    start = trio.current_time()
+    conn, _ = await _connect(cluster, group)
+    waited = trio.current_time() - start
+    assert PROBE_TIMEOUT <= waited < PROBE_TIMEOUT + 1.5
+    await conn.send(tp.Create(seq=1, path=b"newcomer", mode=0o644, uid=0, gid=0))
+    assert await _outcome(conn, 1) == "applied"
+    await conn.aclose()
+    await silent.aclose()
+    assert "is dead" in (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+
+
+def _daemon_pid(store: Path) -> int:
+    return int((store / ".fsrep" / "lock").read_text().split()[2])
+
+
+def _group_status(mountpoint: Path) -> dict:
+    [group] = json.loads(run_fsrep("status", str(mountpoint), "--json").stdout)["groups"]
+    return group
+
+
+def _refusals(cluster: Cluster) -> int:
+    return (cluster.secondary.store / ".fsrep" / "serve.log").read_text().count("held by a live session")
+
+
+def test_a_second_primary_from_a_copied_store_is_refused_until_the_first_is_gone(cluster: Cluster,
+                                                                                    tmp_path: Path) -> None:
+    cluster.mount()
+    (cluster.mnt / "a").write_text("before the copy")
+    cluster.umount()
+    copy, mnt2 = tmp_path / "copy", tmp_path / "mnt2"
+    shutil.copytree(cluster.primary_store, copy, symlinks=True,
+                    ignore=shutil.ignore_patterns("control.sock", "fsrep.log", "lock"))
+    mnt2.mkdir()
+    earlier = len(cluster.primary_log())
+    cluster.mount()
+    try:
+        run_fsrep("mount", str(copy), str(mnt2), "--secondary", cluster.secondary.address,
+                  "--key-file", str(cluster.key))
+        wait_for(lambda: _refusals(cluster) >= 3, "the second primary to be refused three times")
+        assert "held by a live session" in run_fsrep("status", str(mnt2)).stdout
+        second = _group_status(mnt2)
+        assert not second["connected"], second
+        (cluster.mnt / "b").write_text("the first one keeps replicating")
+        status = cluster.status()
+        assert status["state"] == "InSync", status
+        assert cluster.primary_log()[earlier:].count("connected to") == 1, "the first primary lost its session"
+        assert (cluster.secondary.replica_root() / "b").read_text() == "the first one keeps replicating"
+
+        os.kill(_daemon_pid(cluster.primary_store), signal.SIGKILL)
+        wait_for(lambda: _group_status(mnt2)["connected"], "the second primary to get in once the first is gone",
+                 timeout=DEADLINE)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt2)], capture_output=True)
+        _wait_daemon_gone(copy)
