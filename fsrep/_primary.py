@@ -24,6 +24,7 @@ from . import _declare as declare
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
 from ._groups import Group, Groups
+from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._ops import Operations
 from ._progress import MODES
@@ -240,6 +241,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                           f"FUSE mount options cannot carry; give the store a path of ASCII characters and no commas")
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
+    raise_open_file_limit()
     groups = GroupStore(str(store))
     groups.reserve()
     try:

@@ -28,10 +28,13 @@ DEADLINE = 30.0
 MiB = 1024 * 1024
 
 
-def capped(memory_cap: int | None) -> list[str]:
+def capped(memory_cap: int | None, open_files: int | None = None) -> list[str]:
     """The command prefix that starts a daemon under an address-space cap,
-    so a runaway allocation fails it instead of exhausting the machine."""
-    return ["prlimit", f"--as={memory_cap}", "--"] if memory_cap else []
+    so a runaway allocation fails it instead of exhausting the machine, and
+    with *open_files* as both its soft and hard open-file limit."""
+    limits = [f"--as={memory_cap}"] if memory_cap else []
+    limits += [f"--nofile={open_files}:{open_files}"] if open_files else []
+    return ["prlimit", *limits, "--"] if limits else []
 
 
 def run_fsrep(*args: str, check: bool = True, timeout: float = 90,
@@ -109,10 +112,11 @@ class Secondary:
     proc: subprocess.Popen | None = None
     port: int = 0
     memory_cap: int | None = None
+    open_files: int | None = None
 
     def start(self) -> None:
         listen = f"127.0.0.1:{self.port}"
-        command = [*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen,
+        command = [*capped(self.memory_cap, self.open_files), *FSREP, "serve", str(self.store), "--listen", listen,
                    "--key-file", str(self.key)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()  # the daemon prints this line once it listens
