@@ -386,7 +386,6 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, ve
     store = check_directory(store_path, "store")
     lock = StoreLock(store, "secondary")
     setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
-    raise_open_file_limit()
     secondary = Secondary(store, key)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -395,6 +394,7 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, ve
         from ._config import ConfigError
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = listeners[0].socket.getsockname()
+    raise_open_file_limit()  # after the listen: a refused start says one thing only
     log.info("serving replicas in %s on %s:%d", store, bound[0], bound[1])
     if announce:
         print(f"listening on {bound[0]}:{bound[1]}", flush=True)
