@@ -6,7 +6,14 @@ restored. Prints the quick resync's bytes and time next to rsync
 directories and a full copy; then a baseline of the same data against a
 plain cp.
 
-    .venv/bin/python bench/resync.py [--size-mib 2048] [--percent 1]
+Then a tree of many directories (``--dirs``, default 5 000 and 50 000), each
+holding one small file, written straight into the primary's store: its
+baseline against an empty secondary and a checksum resync of it, as time per
+directory. A resync whose directory phase grows with the square of the tree
+shows as a per-directory time that grows with the tree; the aim is the
+ratio of the largest tree's per-directory time to the smallest's <= 1.5.
+
+    .venv/bin/python bench/resync.py [--size-mib 2048] [--percent 1] [--dirs 5000,50000] [--only file|tree]
 """
 
 from __future__ import annotations
@@ -100,12 +107,77 @@ def rsync_change(base: Path, size_mib: int, regions: list[int], data: dict[int, 
     return sent, elapsed
 
 
+def make_tree(root: Path, count: int, fanout: int = 100) -> None:
+    """*count* directories, *fanout* to a parent (a few levels deep), each
+    with one small file."""
+    made = [root]
+    for i in range(count):
+        d = made[i // fanout] / f"d{i:06d}"
+        d.mkdir()
+        (d / "f").write_bytes(b"%d\n" % i * 10)
+        made.append(d)
+
+
+def resync_seconds(mnt: Path, *extra: str) -> float:
+    """Run fsrep-resync; the daemon's own time for the run."""
+    subprocess.run([sys.executable, "-m", "tools.resync", str(mnt), *extra, "--json"], check=True,
+                   capture_output=True, text=True, timeout=7200)
+    return status(mnt)["last_resync_seconds"]
+
+
+def tree_bench(base: Path, key: Path, count: int) -> tuple[float, float]:
+    """(baseline seconds, checksum resync seconds) of a tree of *count*
+    directories."""
+    root = base / f"tree-{count}"
+    store, mnt, sec_store = root / "primary", root / "mnt", root / "secondary"
+    for d in (store, mnt, sec_store):
+        d.mkdir(parents=True)
+    make_tree(store, count)
+    os.sync()
+    secondary = Secondary(sec_store, key)
+    secondary.start()
+    try:
+        fsrep("mount", str(store), str(mnt), "--secondary", f"127.0.0.1:{secondary.port}", "--key-file", str(key))
+        try:
+            baseline = wait_state(mnt, "InSync")["last_resync_seconds"]
+            checksum = resync_seconds(mnt, "--mode", "checksum")
+        finally:
+            fsrep("umount", str(mnt))
+    finally:
+        secondary.stop()
+    shutil.rmtree(root)
+    return baseline, checksum
+
+
+def trees(base: Path, counts: list[int]) -> None:
+    key = base / "tree-key"
+    fsrep("keygen", str(key))
+    per_dir: dict[str, list[float]] = {"baseline": [], "checksum": []}
+    print(f"\n{'directories':>12}{'baseline s':>12}{'per dir ms':>12}{'checksum s':>12}{'per dir ms':>12}")
+    for count in counts:
+        baseline, checksum = tree_bench(base, key, count)
+        per_dir["baseline"].append(baseline / count)
+        per_dir["checksum"].append(checksum / count)
+        print(f"{count:>12}{baseline:>12.2f}{baseline / count * 1000:>12.3f}{checksum:>12.2f}"
+              f"{checksum / count * 1000:>12.3f}", flush=True)
+    for what, times in per_dir.items():
+        print(f"{what}: per-directory time at {counts[-1]} / at {counts[0]}: {times[-1] / times[0]:.2f} "
+              f"(aim <= 1.5)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir")
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--percent", type=float, default=1.0)
+    parser.add_argument("--dirs", default="5000,50000", help="tree sizes, comma-separated")
+    parser.add_argument("--only", choices=("file", "tree"))
     args = parser.parse_args()
+    counts = [int(n) for n in args.dirs.split(",")]
+    if args.only == "tree":
+        with workdir(args.dir) as base:
+            trees(base, counts)
+        return 0
     if shutil.which("rsync") is None:
         raise SystemExit("rsync is needed for the comparison: apt-get install rsync")
     nregions = args.size_mib * MiB // REGION
@@ -166,6 +238,9 @@ def main() -> int:
     print(f"\nquick resync bytes / dirty bytes: {quick_bytes / dirty:.2f} (aim <= 1.1)")
     print(f"rsync time / quick resync time:   {rsync_time / quick_time:.1f}x (aim >= 10)")
     print(f"baseline {size / MiB / baseline_time:.0f} MiB/s vs cp {size / MiB / cp_time:.0f} MiB/s")
+    if args.only != "file":
+        with workdir(args.dir) as base:
+            trees(base, counts)
     return 0
 
 

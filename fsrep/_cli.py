@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ._args import ACK_TIMEOUT, ASYNC_INTERVAL, LAG_BUDGET, RATE_LIMIT, RESYNC_STALL_TIMEOUT, Parser
 from ._config import (
     POLICIES,
     ConfigError,
@@ -28,9 +29,8 @@ from ._config import (
     tls_context,
     write_key,
 )
-from ._control import ControlError, daemon_for, request
-from ._mounts import enclosing_mount, find_mount
-from ._progress import parse_rate
+from ._control import ControlError, DaemonGone, daemon_for, request
+from ._mounts import Mount, enclosing_mount, find_mount, is_dead, unmount
 from ._splitter import Timeouts
 from ._store import check_directory
 
@@ -45,7 +45,7 @@ class CommandError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=fmt,
         description="Synchronously replicated FUSE filesystem.",
         epilog="example:\n  fsrep keygen /etc/fsrep.key\n"
@@ -104,20 +104,21 @@ def _parser() -> argparse.ArgumentParser:
                         "EIO when they cannot be replicated; semi-sync: changes return once applied here and "
                         "sent, waiting only past --lag-budget (fsync waits for both sides); async: changes are "
                         "shipped every --async-interval seconds (fsync is local)")
-    p.add_argument("--lag-budget", default="64M", metavar="BYTES",
+    p.add_argument("--lag-budget", type=LAG_BUDGET, default="64M", metavar="BYTES",
                    help="semi-sync and async: how much may be unacknowledged before changes wait (default 64M)")
-    p.add_argument("--async-interval", type=float, default=Timeouts().async_interval, metavar="SECONDS",
+    p.add_argument("--async-interval", type=ASYNC_INTERVAL, default=Timeouts().async_interval, metavar="SECONDS",
                    help=f"async: how often changes are shipped (default {Timeouts().async_interval:g})")
     p.add_argument("--foreground", action="store_true", help="stay attached (logs on stderr)")
     p.add_argument("--writeback-cache", action="store_true",
                    help="let the kernel buffer writes (write() returns before replication; "
                         "fsync and close still wait for both sides)")
-    p.add_argument("--ack-timeout", type=float, default=Timeouts().ack, metavar="SECONDS",
+    p.add_argument("--ack-timeout", type=ACK_TIMEOUT, default=Timeouts().ack, metavar="SECONDS",
                    help=f"declare the secondary unreachable after this long without an ack "
                         f"(default {Timeouts().ack:g})")
-    p.add_argument("--resync-rate-limit", default="0", metavar="BYTES/s",
+    p.add_argument("--resync-rate-limit", type=RATE_LIMIT, default="0", metavar="BYTES/s",
                    help="cap the data rate of resyncs the daemon starts by itself (suffix k, M, G; default: none)")
-    p.add_argument("--resync-stall-timeout", type=float, default=Timeouts().resync_stall, metavar="SECONDS",
+    p.add_argument("--resync-stall-timeout", type=RESYNC_STALL_TIMEOUT, default=Timeouts().resync_stall,
+                   metavar="SECONDS",
                    help=f"restart a resync that made no progress for this long (default "
                         f"{Timeouts().resync_stall:g})")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -171,7 +172,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._secondary import run_secondary
     host, port = parse_address(args.listen, what="--listen")
-    check_directory(args.store, "store")
+    _check_not_on_a_mount(check_directory(args.store, "store"))
     key = read_key(args.key_file)
     tls = tls_context(declared_tls(None, args.tls_cert, args.tls_key, args.tls_ca), server=True)
     trio.run(functools.partial(run_secondary, args.store, host, port, key, tls=tls, verbose=args.verbose))
@@ -186,24 +187,11 @@ def _mount_options(args: argparse.Namespace) -> Any:
     if any(path in declared for path in retire):
         raise CommandError(f"--retire {next(p for p in retire if p in declared)}: the group is also declared")
     store = check_directory(args.store, "store")
+    _clear_dead_mount(args.mountpoint, store)
     mountpoint = check_directory(args.mountpoint, "mount point")
     if find_mount(args.mountpoint) is not None:
         raise CommandError(f"{args.mountpoint} is already an fsrep mount")
     _check_apart(store, mountpoint)
-    if args.ack_timeout <= 0:
-        raise CommandError("--ack-timeout must be positive")
-    if args.resync_stall_timeout <= 0:
-        raise CommandError("--resync-stall-timeout must be positive")
-    if args.async_interval <= 0:
-        raise CommandError("--async-interval must be positive")
-    try:
-        rate_limit = parse_rate(args.resync_rate_limit)
-    except ValueError as exc:
-        raise CommandError(f"--resync-rate-limit: {exc}") from None
-    try:
-        lag_budget = parse_rate(args.lag_budget)
-    except ValueError as exc:
-        raise CommandError(f"--lag-budget: {exc}") from None
     key = read_key(args.key_file)
     tls = tls_context(declared_tls(args.config, args.tls_cert, args.tls_key, args.tls_ca), server=False)
     return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
@@ -212,7 +200,7 @@ def _mount_options(args: argparse.Namespace) -> Any:
                         writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
-                        resync_rate_limit=rate_limit, lag_budget=lag_budget, verbose=args.verbose)
+                        resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose)
 
 
 def _check_apart(store: Path, mountpoint: Path) -> None:
@@ -221,10 +209,45 @@ def _check_apart(store: Path, mountpoint: Path) -> None:
     if store == mountpoint or store in mountpoint.parents or mountpoint in store.parents:
         raise CommandError(f"store {store} and mount point {mountpoint} are nested; the daemon would serve its "
                            f"own store through itself — use two separate directories, e.g. /srv/data and /mnt/data")
+    _check_not_on_a_mount(store)
+
+
+def _check_not_on_a_mount(store: Path) -> None:
+    """A store (primary or replica) on an fsrep mount would have its writes
+    replicated again, perhaps back to the daemon that made them."""
     outer = enclosing_mount(store)
     if outer is not None:
         raise CommandError(f"store {store} is on the fsrep mount {outer.mountpoint}; a store must be a local "
                            f"directory (that mount's own store is {outer.store})")
+
+
+def _clear_dead_mount(mountpoint: str, store: Path) -> None:
+    """A mount point left behind by this store's daemon when it died is
+    unmounted, as the operator mounting the store again would do first; a
+    dead mount of anything else is left alone, with the command that clears it.
+
+    Raises:
+        CommandError: *mountpoint* is a dead mount of another store or
+            filesystem, or it cannot be unmounted.
+    """
+    if not is_dead(mountpoint):
+        return
+    mount = find_mount(mountpoint)
+    if mount is None:
+        raise CommandError(f"{mountpoint} is a dead FUSE mount (its daemon is gone), not an fsrep one: unmount it "
+                           f"first with 'fusermount3 -u -z {mountpoint}'")
+    if Path(mount.store) != store:
+        raise CommandError(f"{mountpoint} is a dead fsrep mount of {mount.store} (its daemon is gone): run "
+                           f"'fsrep umount {mountpoint}' first")
+    _unmount_dead(mount)
+    print(f"{mountpoint} was left mounted by a daemon of this store that is gone; unmounted it", flush=True)
+
+
+def _unmount_dead(mount: Mount) -> None:
+    try:
+        unmount(mount.mountpoint, lazy=True)
+    except OSError as exc:
+        raise CommandError(f"cannot unmount the dead mount {mount.mountpoint}: {exc.strerror}") from None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -264,7 +287,7 @@ def _run_foreground(opts: Any, ready_fd: int | None) -> int:
         said = True
         if ready_fd is not None:
             with contextlib.suppress(OSError):
-                os.write(ready_fd, line.encode() + b"\n")
+                os.write(ready_fd, line.encode(errors="surrogateescape") + b"\n")
                 os.close(ready_fd)
 
     try:
@@ -301,7 +324,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if run and run["running"]:
             eta = "-" if run["eta_seconds"] is None else f"{run['eta_seconds']:.0f}s"
             console.print(f"group {group['id']}: {run['mode']} resync {run['percent']:.1f}%: "
-                          f"{run['bytes_remaining']} bytes left at {run['bytes_per_second']} bytes/s, ETA {eta}")
+                          f"{_directories(run)}{run['bytes_remaining']} bytes left at {run['bytes_per_second']} "
+                          f"bytes/s, ETA {eta}")
         if group.get("stale_reason"):
             console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
         if group.get("last_error"):
@@ -312,6 +336,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _directories(run: dict[str, Any]) -> str:
+    """How far the comparison of directories got, while some are left."""
+    if not run["directories_remaining"]:
+        return ""
+    return (f"{run['directories_checked']} directories compared ({run['entries_checked']} entries), "
+            f"{run['directories_remaining']} left; ")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -319,12 +351,21 @@ def _cell(value: Any) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    _, reply = daemon_for(args.mountpoint)
+    try:
+        _, reply = daemon_for(args.mountpoint)
+    except DaemonGone:
+        mount = find_mount(args.mountpoint)
+        if mount is None or not is_dead(mount.mountpoint):
+            raise
+        _unmount_dead(mount)
+        print(f"the daemon of {args.mountpoint} was gone (killed or crashed): unmounted it lazily; the next "
+              f"'fsrep mount' of {mount.store} recovers from the state it left in {mount.store}/.fsrep")
+        return 0
     pid = int(reply["pid"])
-    done = subprocess.run(["fusermount3", "-u", reply["mountpoint"]], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-        raise CommandError(f"cannot unmount {args.mountpoint}: {reason}")
+    try:
+        unmount(reply["mountpoint"])
+    except OSError as exc:
+        raise CommandError(f"cannot unmount {args.mountpoint}: {exc.strerror}") from None
     deadline = time.monotonic() + UMOUNT_TIMEOUT
     while _alive(pid):
         if time.monotonic() > deadline:

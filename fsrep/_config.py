@@ -76,11 +76,26 @@ def parse_address(text: str, *, what: str) -> tuple[str, int]:
     Raises:
         ConfigError: not of that form or the port is out of range.
     """
+    _utf8(text, what)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what} must be HOST:PORT (for example 127.0.0.1:7700), not {text!r}")
     return host, int(port)
+
+
+def _utf8(text: str, what: str) -> None:
+    """Command-line text is kept in state files and sent to peers as UTF-8;
+    bytes that are not (surrogate-escaped in argv) are refused here, by name.
+
+    Raises:
+        ConfigError: *text* holds bytes that are not UTF-8.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what}: {os.fsencode(text)!r} is not UTF-8 text; give it in UTF-8 (fsrep "
+                          f"keeps it in UTF-8 state files)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,7 @@ def check_group_path(text: str, *, what: str) -> str:
         ConfigError: empty, with ``.`` or ``..`` parts, or inside ``.fsrep``
             (a leading ``/`` means the mount's root and is dropped).
     """
+    _utf8(text, what)
     stripped = text.strip("/")
     parts = stripped.split("/")
     if not stripped or any(part in ("", ".", "..") for part in parts) or parts[0] == META_DIR or "\0" in text:
@@ -128,10 +144,13 @@ def declared_groups(config: str | None, flags: list[str], policy: str | None,
     table = _read_config(config)
     where = f"config file {config}" if config else "--group"
     policy = _policy(policy or table.get("policy", "sync"), where)
-    secondary = secondary or table.get("secondary")
-    if secondary is None:
+    if secondary is not None:
+        parse_address(secondary, what="--secondary")
+    elif "secondary" in table:
+        secondary = _string(table["secondary"], where, "secondary")
+        parse_address(secondary, what=f"{where}: secondary")
+    else:
         raise ConfigError("no secondary: give --secondary HOST:PORT or 'secondary' in the config file")
-    parse_address(_string(secondary, where, "secondary"), what=f"{where}: secondary")
     entries = table.get("group", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(f"{where}: 'group' must be an array of tables ([[group]] sections)")
@@ -173,6 +192,9 @@ def _read_config(config: str | None) -> dict:
         raise ConfigError(f"cannot read config file {config}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {config} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start}); a TOML file must be UTF-8") from None
     unknown = set(table) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"config file {config}: unknown setting {sorted(unknown)[0]!r} "

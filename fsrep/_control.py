@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from ._config import META_DIR
-from ._mounts import find_mount
+from ._mounts import find_mount, is_dead
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
@@ -31,6 +31,11 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 class ControlError(Exception):
     """Raised by the client when no daemon answers on the socket."""
+
+
+class DaemonGone(ControlError):
+    """Raised by the client when nothing listens on the socket: no daemon
+    runs for the store (it was stopped, or it died)."""
 
 
 @contextlib.contextmanager
@@ -92,13 +97,20 @@ def daemon_for(mountpoint: str) -> tuple[Path, dict[str, Any]]:
     status.
 
     Raises:
+        DaemonGone: no daemon serves the mount (the message says if it died).
         ControlError: not an fsrep mount, or its daemon does not answer.
     """
     mount = find_mount(mountpoint)
     if mount is None:
         raise ControlError(f"{mountpoint} is not an fsrep mount (see 'mount -t fuse.fsrep')")
     meta = Path(mount.store, META_DIR)
-    reply = request(meta, {"cmd": "status"})
+    try:
+        reply = request(meta, {"cmd": "status"})
+    except DaemonGone:
+        if is_dead(mount.mountpoint):  # asked only now: the stat of a live mount waits on its daemon
+            raise DaemonGone(f"the daemon of {mountpoint} is gone (killed or crashed): run 'fsrep umount "
+                             f"{mountpoint}', then mount it again") from None
+        raise
     if "error" in reply:
         raise ControlError(reply["error"])
     return meta, reply
@@ -108,7 +120,8 @@ def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> d
     """Send one request to the daemon of a store and return its reply.
 
     Raises:
-        ControlError: no daemon is listening, or it did not answer in time.
+        DaemonGone: no daemon is listening.
+        ControlError: it did not answer in time.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, _short_address(meta_dir) as address:
         sock.settimeout(timeout)
@@ -122,7 +135,7 @@ def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> d
                     break
                 chunks.append(data)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError("no fsrep daemon is running for this store") from None
+            raise DaemonGone("no fsrep daemon is running for this store") from None
         except OSError as exc:
             raise ControlError(f"the daemon did not answer: {exc}") from None
     try:

@@ -3,8 +3,10 @@ the primary store's absolute path."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +54,27 @@ def enclosing_mount(path: Path) -> Mount | None:
         if path == Path(mount.mountpoint) or Path(mount.mountpoint) in path.parents:
             return mount
     return None
+
+
+def is_dead(mountpoint: str) -> bool:
+    """Whether *mountpoint* is a FUSE mount whose daemon is gone: the
+    kernel answers ENOTCONN (killed, crashed, out of memory)."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def unmount(mountpoint: str, *, lazy: bool = False) -> None:
+    """Unmount *mountpoint* with fusermount3; *lazy* detaches it at once,
+    and processes with files open on it keep them until they close them.
+
+    Raises:
+        OSError: fusermount3 failed (``strerror`` is its last line of stderr).
+    """
+    done = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise OSError(errno.EIO, lines[-1] if lines else f"fusermount3 exited {done.returncode}")

@@ -22,6 +22,9 @@ Caveats:
 - A write of ``FRAME_FIRST`` bytes or more goes in pieces of that size,
   each handed to the socket before it is applied here, so both hosts write
   at the same time (see ``Relationship.split``).
+- An open directory is a descriptor of the store's and a cursor into it
+  (``DirStream``), never a copy of its listing: as an open file, it costs
+  one descriptor whatever its size.
 - The daemon runs as root with ``default_permissions``: the kernel checks
   permissions; new entries are chowned to the caller, with the parent's group
   when the parent is setgid.
@@ -30,7 +33,6 @@ Caveats:
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import stat
 from collections.abc import Sequence
@@ -45,6 +47,7 @@ import transport as tp
 from tracking import Marks
 
 from ._boundary import fuse_errors, requests_running
+from ._dirstream import DirStream
 from ._groups import Group, Groups
 from ._inodes import ROOT, InodeTable
 from ._tree import RESERVED, Tree
@@ -72,6 +75,15 @@ class Handle:
     unsynced: int = 0  # bytes written through this handle since its last fsync
 
 
+@dataclass(slots=True)
+class DirHandle:
+    """An open directory: a cursor into the store's, never a copy of its
+    listing (a handle costs one descriptor and one small batch)."""
+
+    ino: int
+    stream: DirStream
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 handlers for one mount and its consistency groups."""
 
@@ -82,8 +94,7 @@ class Operations(pyfuse3.Operations):
         self.groups = groups
         self.inodes = InodeTable(os.stat(tree.root_fd).st_ino)
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[int, list[bytes] | None]] = {}
-        self._dir_ids = itertools.count(1)
+        self._dirs: dict[int, DirHandle] = {}  # by the descriptor of the store's directory
         self._unlinked_fds: dict[int, int] = {}
         self._orphans: dict[int, Group] = {}  # the group each of those was removed from
         # Inodes known to have no file capabilities: the kernel asks before
@@ -103,11 +114,10 @@ class Operations(pyfuse3.Operations):
         first = args[0] if args and isinstance(args[0], int) else None
         ino = None
         if first is not None:
-            if handler in _BY_FILE_HANDLE:
-                handle = self._handles.get(first)
+            if handler in _BY_FILE_HANDLE or handler in _BY_DIR_HANDLE:
+                handles = self._handles if handler in _BY_FILE_HANDLE else self._dirs
+                handle = handles.get(first)
                 ino = handle.ino if handle is not None else None
-            elif handler in _BY_DIR_HANDLE:
-                ino = self._dirs.get(first, (None, None))[0]
             else:
                 ino = first
         path = None
@@ -652,44 +662,47 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        self._existing_path(inode)
-        fh = next(self._dir_ids)
-        self._dirs[fh] = (inode, None)
-        return fh
+        fd = self.tree.open(self._existing_path(inode), os.O_RDONLY | os.O_DIRECTORY)
+        self._dirs[fd] = DirHandle(inode, DirStream(fd))
+        return fd
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        inode, names = self._dirs[fh]
-        path = self._existing_path(inode)
-        if names is None or start_id == 0:
-            names = sorted(self.tree.listdir(path))
-            if path in self.groups.roots:
-                names = [name for name in names if name != RESERVED]
-            self._dirs[fh] = (inode, names)
-        for index in range(start_id, len(names)):
-            name = names[index]
-            child = path + b"/" + name if path else name
-            try:
-                st = self.tree.lstat(child)
-            except FileNotFoundError:
-                continue
-            if not pyfuse3.readdir_reply(token, name, self._attrs(st), index + 1):
-                return
-            self.inodes.remember(st.st_ino, inode, name)
+        """Entries from the kernel's offset on, each with the store's own
+        offset after it, so the kernel's next call goes on where this one
+        stopped (see ``DirStream``). Attributes come from an lstat of the
+        name relative to the open directory: the very directory listed,
+        wherever it has been renamed to."""
+        handle = self._dirs[fh]
+        replied = False
+        try:
+            for name, after in handle.stream.entries(start_id):
+                if name in (b".", b"..") or self._reserved(handle.ino, name):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fh, follow_symlinks=False)
+                except FileNotFoundError:  # removed since it was listed
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self._attrs(st), after):
+                    return
+                self.inodes.remember(st.st_ino, handle.ino, name)
+                replied = True
+        except OSError:
+            if not replied:
+                raise
+            # The entries already in the reply count as looked up: they go out; the next call, which starts at
+            # the entry that failed, reports the error.
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        handle = self._dirs.pop(fh, None)
+        if handle is not None:
+            handle.stream.close()
 
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        inode, _ = self._dirs[fh]
-        path = self._existing_path(inode)
-        fd = self.tree.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            await self._fsync(fd, path, inode, datasync)
-        finally:
-            os.close(fd)
+        handle = self._dirs[fh]
+        await self._fsync(fh, self._existing_path(handle.ino), handle.ino, datasync)
 
     # --- extended attributes ----------------------------------------------------------------
 

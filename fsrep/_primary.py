@@ -25,6 +25,7 @@ from . import _declare as declare
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
 from ._groups import Group, Groups
+from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._ops import Operations
 from ._progress import MODES
@@ -237,10 +238,12 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     """
     store = check_directory(opts.store, "store")
     mountpoint = check_directory(opts.mountpoint, "mount point")
-    if "," in str(store):
-        raise ConfigError(f"store path {store} contains a comma, which FUSE mount options cannot carry")
+    if "," in str(store) or not str(store).isascii():
+        raise ConfigError(f"store path {ascii(str(store))} holds a comma or a character that is not ASCII, which "
+                          f"FUSE mount options cannot carry; give the store a path of ASCII characters and no commas")
     lock = StoreLock(store, "primary")
     setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
+    raise_open_file_limit()
     groups = GroupStore(str(store))
     groups.reserve()
     try:

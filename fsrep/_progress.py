@@ -15,6 +15,7 @@ from typing import Any
 MODES = ("quick", "checksum", "full")
 RATE_FLOOR = 1024 * 1024  # bytes/s: a rate limit below this would let a resync starve
 RATE_WINDOW = 10.0  # seconds of history behind bytes_per_second
+DIRECTORY_WEIGHT = 64 * 1024  # a directory to compare counts as this many bytes of work in the percentage
 
 
 UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -65,6 +66,8 @@ class ResyncRun:
     check_total: int = 0  # data to compare by digest
     mismatched_bytes: int = 0
     copy_total: int = 0  # full mode: the data the copy will send
+    dirs_checked: int = 0  # directories compared with the replica's
+    entries_checked: int = 0  # the entries of those directories
     last_progress: float = 0.0
     routine: bool = False  # started by policy async on its schedule: logged at debug level
     _done_at_start: int = 0
@@ -107,6 +110,11 @@ class ResyncRun:
         self.last_progress = now
         self._sample(now)
 
+    def compared_directory(self, entries: int, now: float) -> None:
+        self.dirs_checked += 1
+        self.entries_checked += entries
+        self.last_progress = now
+
     def finish(self, outcome: str, now: float, *, verified: bool = False) -> None:
         self.outcome = outcome
         self.verified = verified
@@ -148,15 +156,21 @@ class ResyncRun:
             then, before = self.started_at, self._done_at_start
         return (self.done_bytes() - before) / (now - then) if now > then else 0.0
 
-    def snapshot(self, dirty_bytes: int, now: float) -> dict[str, Any]:
-        """The status fields of this run."""
+    def snapshot(self, dirty_bytes: int, now: float, dirty_dirs: int = 0) -> dict[str, Any]:
+        """The status fields of this run. While directories are left to
+        compare (*dirty_dirs*; the bytes to copy are not all known yet),
+        the ETA counts them at the rate directories have gone so far, and
+        each counts DIRECTORY_WEIGHT bytes in the percentage."""
         remaining = self.remaining_bytes(dirty_bytes)
+        dirs_left = 0 if self.outcome == "InSync" else dirty_dirs
         rate = self.rate(now) if self.running else 0.0
         done = self.done_bytes()
         if self.outcome == "InSync":
             percent = 100.0
         else:
-            percent = 100.0 * done / (done + remaining) if done + remaining else 0.0
+            work_done = done + self.dirs_checked * DIRECTORY_WEIGHT
+            work_left = remaining + dirs_left * DIRECTORY_WEIGHT
+            percent = 100.0 * work_done / (work_done + work_left) if work_done + work_left else 0.0
         end = self.finished_at if self.finished_at is not None else now
         return {
             "id": self.id,
@@ -173,7 +187,26 @@ class ResyncRun:
             "bytes_mismatched": self.mismatched_bytes,
             "bytes_remaining": remaining,
             "bytes_per_second": round(rate),
-            "eta_seconds": round(remaining / rate, 1) if rate > 0 and remaining else (0.0 if not remaining else None),
+            "directories_checked": self.dirs_checked,
+            "directories_remaining": dirs_left,
+            "entries_checked": self.entries_checked,
+            "eta_seconds": self._eta(remaining, rate, dirs_left, now),
             "percent": round(percent, 1),
             "elapsed_seconds": round(end - self.started_at, 3) if self.started_at is not None else 0.0,
         }
+
+    def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:
+        """Seconds left; None when not known (no rate yet)."""
+        if not remaining and not dirs_left:
+            return 0.0
+        eta = 0.0
+        if dirs_left:
+            elapsed = now - self.started_at if self.started_at is not None else 0.0
+            if not self.dirs_checked or elapsed <= 0:
+                return None
+            eta += dirs_left * elapsed / self.dirs_checked
+        if remaining:
+            if rate <= 0:
+                return None
+            eta += remaining / rate
+        return round(eta, 1)

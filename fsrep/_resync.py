@@ -3,7 +3,8 @@ resync when tracking cannot say what differs.
 
 How quick resync works (clients keep reading and writing throughout):
 
-1. Directories first, shallowest first. For a dirty directory the replica's
+1. Directories first, shallowest first, in batches of one depth whose
+   listings are asked for at once. For a dirty directory the replica's
    entries are listed at a point of the operation stream (ListDir); then, in
    one step with no checkpoint, the primary's entries are compared with them
    and the fix-ups are queued: Remove what the primary no longer has, create
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import heapq
 import logging
 import os
 import stat
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
 MAX_IN_FLIGHT = 32 * 1024 * 1024
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
+DIRECTORY_BATCH = 64  # directories whose listings are asked for at once
+WALK_BATCH = 512  # entries a walk of the tree looks at between letting clients in
 MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
@@ -71,7 +75,7 @@ async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | 
         rel.mark_everything_dirty(f"full resync requested ({run.reason})")
     directories: list[tuple[int, bytes]] = []
     if rel.dirty.everything and run.mode != "full":
-        directories, hard_links = _scan_directories(tree)
+        directories, hard_links = await _scan_directories(tree)
         if not hard_links:
             # Never silently in sync, never a needless copy: compare everything by digest, clients writing on.
             log.info("group %s: checksum resync of the whole tree (%s)", rel.record.id, rel.dirty.reason)
@@ -83,20 +87,27 @@ async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | 
             await full_resync(rel, tree, run)
         return
     if run.mode == "checksum":
-        directories, _ = _scan_directories(tree)
+        directories, _ = await _scan_directories(tree)
     await QuickResync(rel, tree, locate, run, directories).run()
 
 
-def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
+async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
     """Every directory (backing inode, path), and whether any other entry
-    has hard links (which a digest comparison cannot pair up)."""
+    has hard links (which a digest comparison cannot pair up).
+
+    The walk lets clients in every WALK_BATCH entries. What they change
+    meanwhile is marked dirty as they change it (and a directory moved
+    where the walk had been is found again by comparing its new parent),
+    so the list need not be one moment's."""
     directories = [(tree.lstat(b"").st_ino, b"")]
     hard_links = False
-    for path, st in tree.walk():
+    for count, (path, st) in enumerate(tree.walk(), 1):
         if stat.S_ISDIR(st.st_mode):
             directories.append((st.st_ino, path))
         elif st.st_nlink > 1:
             hard_links = True
+        if count % WALK_BATCH == 0:
+            await trio.lowlevel.checkpoint()
     return directories, hard_links
 
 
@@ -113,6 +124,9 @@ class QuickResync:
         self.bytes_sent = 0
         self.started = 0.0
         self._by_inode: dict[int, bytes] | None = None
+        self._queue: list[tuple[int, bytes, int]] = []  # dirty directories to compare: (depth, path, inode), a heap
+        self._dirs_seen = 0  # DirtySet.dirs_added when the queue last held every dirty directory
+        self._seen_files: dict[int, tuple[bytes, int, int]] = {}  # checksum mode: the files to compare
 
     async def run(self) -> None:
         rel = self.rel
@@ -126,8 +140,8 @@ class QuickResync:
         self.started = trio.current_time()
         while True:
             await trio.lowlevel.checkpoint()  # a pass that finds nothing to wait for still lets clients in
-            if self.dirty.dirs():
-                await self._next_directory()
+            if self.dirty.dir_count:
+                await self._directories()
             elif verify:
                 await self._verify()
                 verify = False
@@ -146,12 +160,11 @@ class QuickResync:
     # --- checksum mode -------------------------------------------------------------
 
     def _regular_files(self) -> list[tuple[bytes, int, int]]:
-        """(path, inode, size) of each regular file (each inode once)."""
-        found: dict[int, tuple[bytes, int, int]] = {}
-        for path, st in self.tree.walk():
-            if stat.S_ISREG(st.st_mode):
-                found.setdefault(st.st_ino, (path, st.st_ino, st.st_size))
-        return sorted(found.values())
+        """(path, inode, size) of each regular file (each inode once), as
+        the comparison of directories last saw them: every directory was
+        compared, so no walk of the tree is needed. A file moved since is
+        copied instead of compared (``_uncompared``)."""
+        return sorted(self._seen_files.values())
 
     async def _verify(self) -> None:
         """Compare every regular file with the replica's by region digests;
@@ -286,6 +299,12 @@ class QuickResync:
 
     def resolve(self, ino: int) -> bytes | None:
         """The current path of backing inode *ino*, or None if it is gone."""
+        found = self._lookup(ino)
+        return None if found is None else found[0]
+
+    def _lookup(self, ino: int) -> tuple[bytes, os.stat_result] | None:
+        """The current path of backing inode *ino* and its lstat, or None
+        if it is gone."""
         hint = self.dirty.hint(ino)
         candidates = [hint]
         if self.locate is not None:
@@ -296,10 +315,11 @@ class QuickResync:
             if path is None or path == tracking.UNNAMED:
                 continue
             try:
-                if self.tree.lstat(path).st_ino == ino:
-                    return path
+                st = self.tree.lstat(path)
             except OSError:
                 continue
+            if st.st_ino == ino:
+                return path, st
         return None
 
     def _names(self) -> dict[int, bytes]:
@@ -316,25 +336,81 @@ class QuickResync:
 
     # --- directories -------------------------------------------------------------------
 
-    async def _next_directory(self) -> None:
-        found = []
-        for ino in self.dirty.dirs():
-            path = self.resolve(ino)
-            if path is None or not stat.S_ISDIR(self.tree.lstat(path).st_mode):
+    async def _directories(self) -> None:
+        """Compare one batch of dirty directories with the replica's.
+
+        Shallowest first, so a directory is compared only once the replica
+        holds its path (its dirty parent, compared before it, created it
+        there). The batch is every queued directory of the smallest depth,
+        up to DIRECTORY_BATCH: their listings are asked for at once (one
+        round trip for all) and each is reconciled in its own step as its
+        listing comes. Directories of one depth are never inside each
+        other, so one's fix-ups cannot touch another's entries.
+
+        The cost is bounded per directory: a heap of dirty directories by
+        the depth of their path hint, one lstat to find each, and a rescan
+        of the dirty set only when something other than this run made a
+        directory dirty (or the heap ran dry with some left) — never a scan
+        per directory."""
+        batch = self._next_batch()
+        asked = [(path, ino, self.rel.ask_listing(path)) for path, ino in batch]
+        for path, ino, listing in asked:
+            secondary = await listing()
+            if not self.dirty.dir_dirty(ino):
+                continue
+            if self.resolve(ino) != path:
+                continue  # moved meanwhile: its new parent is dirty (or its hint is new); it is queued again
+            entries = self._reconcile(ino, path, secondary)
+            self.progress.compared_directory(entries, trio.current_time())
+        await self.rel.throttle(MAX_IN_FLIGHT)
+
+    def _next_batch(self) -> list[tuple[bytes, int]]:
+        """Up to DIRECTORY_BATCH dirty directories of the smallest depth:
+        (path, inode), each found where it is now."""
+        if self.dirty.dirs_added != self._dirs_seen or not self._queue:
+            self._requeue()
+        batch: list[tuple[bytes, int]] = []
+        taken: set[int] = set()
+        depth = None
+        while self._queue and len(batch) < DIRECTORY_BATCH and depth in (None, self._queue[0][0]):
+            hinted, _, ino = heapq.heappop(self._queue)
+            if ino in taken or not self.dirty.dir_dirty(ino):
+                continue  # compared already (a directory can be queued twice)
+            found = self._lookup(ino)
+            if found is None or not stat.S_ISDIR(found[1].st_mode):
                 self.dirty.clean_dir(ino)  # gone (its parent was marked then), or its number reused
                 continue
-            found.append((path.count(b"/") + bool(path), path, ino))
-        if not found:
-            return
-        _, path, ino = min(found)
-        secondary = await self.rel.list_dir(path)
-        if self.resolve(ino) != path:
-            return  # moved meanwhile: its new parent is dirty; try again from there
-        self._reconcile(ino, path, secondary)
+            path = found[0]
+            if _depth(path) != hinted:  # moved since it was queued: back in its place
+                heapq.heappush(self._queue, (_depth(path), path, ino))
+                continue
+            depth = hinted
+            taken.add(ino)
+            batch.append((path, ino))
+        return batch
 
-    def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> None:
-        """Queue the fix-ups that make the replica's directory match. One
-        step: no checkpoint between reading the primary and queueing."""
+    def _requeue(self) -> None:
+        """Queue every dirty directory by the depth of its path hint."""
+        self._queue = []
+        for ino in self.dirty.dirs():
+            hint = self.dirty.hint(ino) or b""
+            self._queue.append((_depth(hint), hint, ino))
+        heapq.heapify(self._queue)
+        self._dirs_seen = self.dirty.dirs_added
+
+    def _mark_dir(self, ino: int, path: bytes) -> None:
+        """Mark a directory this run created dirty, and queue it: no rescan
+        needed for what the run itself did."""
+        before = self.dirty.dirs_added
+        self.dirty.mark_dir(ino, path)
+        if self._dirs_seen == before:
+            self._dirs_seen = self.dirty.dirs_added
+        heapq.heappush(self._queue, (_depth(path), path, ino))
+
+    def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> int:
+        """Queue the fix-ups that make the replica's directory match; returns
+        how many entries the primary's has. One step: no checkpoint between
+        reading the primary and queueing."""
         marks = tracking.Marks(dirs=((ino, path),))  # a fix-up lost with the link: compare it again
         send = functools.partial(self.rel.send, marks=marks)
         primary: dict[bytes, os.stat_result] = {}
@@ -344,6 +420,10 @@ class QuickResync:
             except FileNotFoundError:
                 continue
         heads = self.dirty.heads_dirty(ino)  # after a crash: every file's first extent and metadata may differ
+        if self.directories:  # checksum mode: every regular file is compared once directories are done
+            for name, st in primary.items():
+                if stat.S_ISREG(st.st_mode):
+                    self._seen_files[st.st_ino] = (_join(path, name), st.st_ino, st.st_size)
         for child in sorted(_join(path, name) for name in set(secondary) - set(primary)):
             send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
         for name, st in sorted(primary.items()):
@@ -370,6 +450,7 @@ class QuickResync:
                 self.dirty.mark_meta(st.st_ino, child)
         self.dirty.clean_dir(ino)
         self.dirty.mark_meta(ino, path)  # the directory's own times changed with its entries
+        return len(primary)
 
     def _create(self, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
         send, mode = functools.partial(self.rel.send, marks=marks), st.st_mode
@@ -381,7 +462,7 @@ class QuickResync:
             raise tp.LinkDown(reason)
         if stat.S_ISDIR(mode):
             send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-            self.dirty.mark_dir(st.st_ino, path)
+            self._mark_dir(st.st_ino, path)
         elif stat.S_ISREG(mode):
             send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
             if st.st_size:
@@ -398,9 +479,10 @@ class QuickResync:
 
     async def _files(self) -> None:
         for ino in self.dirty.files():
-            if self.dirty.dirs():
+            if self.dirty.dir_count:
                 return  # namespace first: a file's directory may have gone dirty again
             await self._file(ino)
+            await trio.lowlevel.checkpoint()  # many small files: clients and acks get their turn
 
     async def _file(self, ino: int) -> None:
         cursor = 0
@@ -414,7 +496,7 @@ class QuickResync:
             pause = self.progress.pause_for(copied, trio.current_time())
             if pause:
                 await trio.sleep(pause)
-            if self.dirty.dirs():
+            if self.dirty.dir_count:
                 return  # namespace first: a file's directory may have gone dirty again
             if not more:
                 break
@@ -530,6 +612,10 @@ class QuickResync:
             send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID, uid=st.st_uid,
                                         gid=st.st_gid))
         self.dirty.clean_meta(ino)
+
+
+def _depth(path: bytes) -> int:
+    return path.count(b"/") + bool(path)
 
 
 def _join(parent: bytes, name: bytes) -> bytes:

@@ -12,6 +12,15 @@ barrier is made durable (in a worker thread) before it is acked. An
 operation that fails is Nacked and the session ends: applying anything after
 it would break write-order fidelity.
 
+One session per replica: a newcomer for a group that has one is let in only
+if that session is dead. The holder is probed (a Ping it must answer, while
+anything it sends counts as a sign of life); if it ends or stays silent for
+PROBE_TIMEOUT it is replaced, else the newcomer is refused with an Error
+saying who holds the group. So a primary that comes back after a crash or a
+cut link (its old connection half-open here) gets in within that bound,
+while a second primary claiming the same group (a copied store) never
+drops the one that holds it.
+
 Durability of the position: ``last_seq`` is written to
 ``.fsrep/replicas/<id>.json`` only after ``syncfs`` has made the data up to
 it durable — periodically, at session end and at shutdown — so the saved
@@ -24,6 +33,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
+import os
+import secrets
 import signal
 import ssl
 import threading
@@ -36,6 +48,8 @@ import trio
 import tracking
 import transport as tp
 
+from ._accept import Handshake, Handshakes, serve_listeners
+from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._store import StoreLock, check_directory
 from ._tree import Tree
@@ -43,8 +57,20 @@ from ._tree import Tree
 log = logging.getLogger(__name__)
 REPLICA_KIND = "fsrep-replica"
 CHECKPOINT_INTERVAL = 2.0
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0  # for everything before authentication, however slowly the peer sends
 IDLE_TIMEOUT = 30.0
+# A live primary answers a probe within a round trip (it pings every 2 s besides); short enough that a primary
+# whose old session is dead gets in within its own handshake timeout (5 s).
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class Probe:
+    """A question to the session holding a replica: are you alive?"""
+
+    token: int
+    settled: trio.Event = field(default_factory=trio.Event)  # answered, or the session ended
+    answered: bool = False
 
 
 @dataclass(slots=True)
@@ -58,7 +84,21 @@ class Replica:
     session: trio.CancelScope | None = None
     session_done: trio.Event | None = None
     conn: tp.Connection | None = None
+    heard: float = -math.inf  # when the session last received a frame
+    busy: bool = False  # the session is applying an operation in a thread (and reads nothing meanwhile)
+    probe: Probe | None = None
+    claimant: str | None = None  # a newcomer deciding whether the session is dead
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def root_replaced(self) -> bool:
+        """Whether the replica's directory was removed or replaced since
+        it was opened (its path no longer names the directory held open)."""
+        try:
+            now = os.stat(self.tree.root)
+        except OSError as exc:
+            return exc.errno == errno.ENOENT  # any other failure cannot tell; applying will
+        held = os.fstat(self.tree.root_fd)
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
     def checkpoint(self) -> None:
         """Make the data durable, then record the position (never the
@@ -81,13 +121,25 @@ class Secondary:
         self.replicas: dict[str, Replica] = {}
         self.registry = store / ".fsrep" / "replicas"
         self.registry.mkdir(parents=True, exist_ok=True)
+        self.handshakes = Handshakes()
+
+    async def serve(self, listeners: list[trio.SocketListener], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept primaries on *listeners* until cancelled."""
+        await serve_listeners(self.handle, listeners, self.handshakes, task_status=task_status)
 
     def replica(self, group_id: bytes) -> Replica:
-        """Open (or create) the replica of a group."""
+        """Open (or create) the replica of a group.
+
+        A replica whose directory was removed (or replaced) behind the
+        daemon's back is gone: it starts again empty at seq 0, so the
+        primary sees a fresh replica and sends it a baseline. Its position
+        is reset before the directory is made again, so a crash in between
+        cannot leave an empty tree that claims an old position."""
         gid = str(uuid.UUID(bytes=group_id))
         replica = self.replicas.get(gid)
-        if replica is not None:
-            return replica
+        if replica is not None and (replica.session is not None or not replica.root_replaced()):
+            return replica  # one still in a session is reopened when that session has ended
         state_file = self.registry / f"{gid}.json"
         root = self.store / gid
         try:
@@ -99,43 +151,57 @@ class Secondary:
             root.mkdir(mode=0o755, exist_ok=True)
             tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
             log.info("new replica for group %s at %s", gid, root)
+        if replica is not None or not root.is_dir():
+            log.warning("group %s: the replica directory %s was removed or replaced (the replica was at seq %d); "
+                        "starting an empty replica at seq 0, which the primary fills with a baseline", gid, root, last)
+            if replica is not None:
+                with replica.lock:  # a checkpoint of the old one after this has nothing to save
+                    replica.last_saved = replica.last_applied
+                    replica.tree.close()
+            last, generations = 0, []
+            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
+            root.mkdir(mode=0o755, exist_ok=True)
         replica = Replica(gid, Tree(root), state_file, last, last, generations)
         self.replicas[gid] = replica
         return replica
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.SocketStream, handshake: Handshake) -> None:
         """One connection; a bug here drops this peer, never the server."""
         try:
-            await self._handle(stream)
+            await self._handle(stream, handshake)
         except Exception:
             log.exception("internal error serving %s; connection dropped", _peer_name(stream))
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _authenticate(self, stream: trio.SocketStream, handshake: Handshake,
+                            peer: str) -> tuple[tp.Connection, bytes] | None:
+        """The authenticated connection and its group id; None if the peer
+        failed (tallied) or its slot went to a newer connection."""
+        with handshake:
+            try:
+                return await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT, tls=self.tls)
+            except tp.LinkDown as exc:
+                self.handshakes.failed(peer, str(exc))
+        return None
+
+    async def _handle(self, stream: trio.SocketStream, handshake: Handshake) -> None:
         peer = _peer_name(stream)
-        try:
-            conn, group_id = await tp.accept_secondary_session(stream, self.key, peer, HANDSHAKE_TIMEOUT, tls=self.tls)
-        except tp.LinkDown as exc:
-            log.warning("refused %s: %s", peer, exc)
+        authenticated = await self._authenticate(stream, handshake, peer)
+        if authenticated is None:
             return
+        conn, group_id = authenticated
         try:
             replica = self.replica(group_id)
         except (tracking.StateError, OSError, KeyError, ValueError, TypeError) as exc:
             log.error("cannot open replica for %s: %s", peer, exc)
             await conn._fail(f"secondary cannot open the replica: {exc}")
             return
-        if replica.session is not None:
-            log.warning("group %s: new session from %s replaces the old one", replica.id, peer)
-            replica.session.cancel()
-            if replica.session_done is not None:
-                with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                    await replica.session_done.wait()
-                if not replica.session_done.is_set():
-                    log.error("group %s: the old session did not end within %gs; refusing %s", replica.id,
-                              HANDSHAKE_TIMEOUT, peer)
-                    await conn._fail("the replica's previous session has not ended yet; try again")
-                    return
+        if replica.session is not None or replica.claimant is not None:
+            refusal = await self._take_over(replica, peer)
+            if refusal:
+                await conn._fail(refusal)
+                return
         done = trio.Event()
         with trio.CancelScope() as scope:
             replica.session, replica.session_done, replica.conn = scope, done, conn
@@ -154,7 +220,57 @@ class Secondary:
                 finally:
                     if replica.session is scope:
                         replica.session = replica.conn = None
+                    if replica.probe is not None:
+                        replica.probe.settled.set()
                     done.set()
+
+    async def _take_over(self, replica: Replica, peer: str) -> str:
+        """End the replica's session if it is dead, so *peer* may have the
+        replica; else say why *peer* is refused."""
+        if replica.claimant is not None:
+            return f"group {replica.id}: {replica.claimant} is claiming it already; refusing"
+        holder = replica.conn.peer if replica.conn is not None else "an earlier connection"
+        replica.claimant = peer
+        try:
+            if await self._holder_is_live(replica):
+                return f"group {replica.id} is held by a live session from {holder}; refusing"
+            if replica.session is not None:
+                log.warning("group %s: the session from %s is dead (silent for %gs); %s replaces it", replica.id,
+                            holder, PROBE_TIMEOUT, peer)
+                replica.session.cancel()
+            if replica.session_done is not None:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    await replica.session_done.wait()
+                if not replica.session_done.is_set():
+                    log.error("group %s: the old session did not end within %gs; refusing %s", replica.id,
+                              HANDSHAKE_TIMEOUT, peer)
+                    return "the replica's previous session has not ended yet; try again"
+            return ""
+        finally:
+            replica.claimant = None
+
+    @staticmethod
+    async def _holder_is_live(replica: Replica) -> bool:
+        """Probe the session holding *replica*: live if it answers the
+        probe, or goes on sending or applying, within PROBE_TIMEOUT without
+        ending. Frames it sent before the probe prove nothing: a link that
+        was stalled delivers them and then its end."""
+        conn, done = replica.conn, replica.session_done
+        if conn is None or done is None or done.is_set():
+            return False
+        probe = replica.probe = Probe(token=secrets.randbits(64))
+        asked = trio.current_time()
+        try:
+            with trio.move_on_after(PROBE_TIMEOUT):
+                with contextlib.suppress(tp.LinkDown, tp.ProtocolError):  # the session is ending: settled soon
+                    conn.enqueue(tp.Ping(token=probe.token))
+                    await conn.flush()
+                await probe.settled.wait()
+        finally:
+            replica.probe = None
+        if done.is_set():
+            return False
+        return probe.answered or replica.heard > asked or replica.busy
 
     async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
         try:
@@ -164,6 +280,7 @@ class Secondary:
                      f" over {conn.tls_version}" if conn.tls_version else "", replica.last_applied)
             while True:
                 event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
+                replica.heard = trio.current_time()
                 acked = replica.last_applied
                 while event is not None:
                     if isinstance(event, tp.Operation):
@@ -171,6 +288,11 @@ class Secondary:
                             return
                     elif isinstance(event, tp.Ping):
                         conn.enqueue(tp.Pong(token=event.token))
+                    elif isinstance(event, tp.Pong):
+                        probe = replica.probe
+                        if probe is not None and event.token == probe.token:
+                            probe.answered = True
+                            probe.settled.set()
                     elif isinstance(event, tp.Close):
                         if replica.last_applied != acked:
                             conn.enqueue(tp.Ack(seq=replica.last_applied))
@@ -205,7 +327,11 @@ class Secondary:
                 conn.enqueue(tp.DataMap(seq=op.seq, end=end, runs=tp.pack_runs(runs)))
             elif op.BARRIER and self._sessions() > 1:
                 # A flush can be slow: in a thread, so the other groups' sessions go on meanwhile.
-                await trio.to_thread.run_sync(replica.tree.apply, op)
+                replica.busy = True
+                try:
+                    await trio.to_thread.run_sync(replica.tree.apply, op)
+                finally:
+                    replica.busy = False
             else:
                 # Alone, a session waits for its barrier either way, and the hand-off to a thread and
                 # back (about 0.25 ms here) would be most of a fast flush.
@@ -225,6 +351,12 @@ class Secondary:
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
             for replica in list(self.replicas.values()):
+                if replica.session is not None and replica.root_replaced():
+                    # Writes to files it holds open would go on into the removed tree, acknowledged.
+                    log.warning("group %s: the replica directory %s was removed; ending the session so that "
+                                "the primary reconnects to an empty replica", replica.id, replica.tree.root)
+                    replica.session.cancel()
+                    continue
                 try:
                     await trio.to_thread.run_sync(replica.checkpoint)
                 except OSError as exc:
@@ -266,13 +398,14 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tl
         from ._config import ConfigError
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = listeners[0].socket.getsockname()
+    raise_open_file_limit()  # after the listen: a refused start says one thing only
     log.info("serving replicas in %s on %s:%d%s", store, bound[0], bound[1],
              " (mutual TLS, then the pre-shared key)" if tls is not None else "")
     if announce:
         print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, secondary.handle, listeners)
+            nursery.start_soon(secondary.serve, listeners)
             nursery.start_soon(secondary.checkpoints)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:

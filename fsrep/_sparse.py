@@ -4,7 +4,8 @@ sides of every resync use these, so a sparse file stays sparse on the
 replica and a hole of any size costs a few system calls, never a read or
 a write of its zeros.
 
-Also the other libc calls the os module lacks (renameat2, syncfs).
+Also the other libc calls the os module lacks (renameat2, syncfs,
+getdents64).
 
 Caveats:
 - A filesystem without SEEK_DATA reports the whole file as data; one
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.getdents64.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+_libc.getdents64.restype = ctypes.c_ssize_t
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 _ZEROS = bytes(1024 * 1024)
@@ -41,6 +44,18 @@ def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) ->
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding *fd* (not in the os module)."""
     _check(_libc.syncfs(fd), "syncfs")
+
+
+def getdents64(fd: int, size: int) -> bytes:
+    """The next directory records of *fd* from its position on, at most
+    *size* bytes of ``struct linux_dirent64``; b"" at the end. The os
+    module reads a directory only whole (scandir), never from an offset."""
+    buf = ctypes.create_string_buffer(size)
+    got = _libc.getdents64(fd, buf, size)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"getdents64: {os.strerror(err)}")
+    return buf.raw[:got]
 
 
 def next_data(fd: int, offset: int) -> tuple[int, int] | None:

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 R = RelationshipState
 STABLE_SESSION = 10.0
 DIRTY_SAVE_INTERVAL = 1.0
+DIRTY_SAVE_SHARE = 20  # the periodic save waits this many times as long as the last one took
 NO_MARKS = tracking.Marks()
 OP_OVERHEAD = 256  # bytes an operation without data counts for in the semi-sync budget
 
@@ -404,7 +406,9 @@ class Relationship:
         self.replica_seq = welcome.last_seq
         if self._refuse_by_generation(welcome):
             return
-        behind = self.durable_seq <= welcome.last_seq < self.acked_seq
+        # A fresh replica is empty (new, or its directory was removed): the marks kept for a crash of the
+        # secondary cover only what was not yet durable there, never all it lacks.
+        behind = self.durable_seq <= welcome.last_seq < self.acked_seq and not welcome.fresh
         if behind and not self.record.stale:
             self.mark_stale(f"the secondary came back at seq {welcome.last_seq}, behind {self.acked_seq}")
         if behind:
@@ -420,7 +424,9 @@ class Relationship:
                   (welcome.last_seq < self.next_seq or self.replica_may_be_ahead)):
             # The replica lost acknowledged changes, or holds changes this
             # primary never sent: tracking cannot say what differs.
-            reason = f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}"
+            reason = (f"the secondary has an empty replica (new, or its directory was removed), primary "
+                      f"acknowledged {self.acked_seq}" if welcome.fresh else
+                      f"replica at seq {welcome.last_seq}, primary acknowledged {self.acked_seq}")
             self.dirty.mark_everything(reason)
             self._dirty_changed = True
             self.mark_stale(reason)
@@ -478,9 +484,18 @@ class Relationship:
             nursery.cancel_scope.cancel()
 
     async def _save_dirty_periodically(self) -> None:
+        """Save the dirty set about once a second — less often when it is
+        large, so that saving (the whole set, each time) never takes more
+        than 1/DIRTY_SAVE_SHARE of the time: a resync of a tree of many
+        directories would otherwise spend its time saving. What is not
+        saved yet is covered by the activity log, which settles only
+        after a save."""
+        took = 0.0
         while True:
-            await trio.sleep(DIRTY_SAVE_INTERVAL)
+            await trio.sleep(max(DIRTY_SAVE_INTERVAL, took * DIRTY_SAVE_SHARE))
+            started = time.perf_counter()
             self.save_dirty()
+            took = time.perf_counter() - started
 
     async def reconnect_now(self) -> None:
         """Try the secondary at once rather than at the end of the backoff
@@ -815,23 +830,31 @@ class Relationship:
 
         return reply
 
-    async def list_dir(self, path: bytes) -> dict[bytes, tp.DirEntry]:
-        """The replica's entries of directory *path*, at this point of the
-        operation stream (all pages).
+    def ask_listing(self, path: bytes) -> Callable[[], Awaitable[dict[bytes, tp.DirEntry]]]:
+        """Ask for the replica's entries of directory *path* at this point
+        of the operation stream — now, in the caller's step — and return
+        what awaits them (all pages). Several directories can be asked at
+        once: one round trip for all of them.
 
         Raises:
-            LinkDown: the link was lost meanwhile.
+            LinkDown: the link was lost (now or before the reply came).
         """
-        entries: dict[bytes, tp.DirEntry] = {}
-        after = b""
-        while True:
-            listing = await self.ask(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))()
-            assert isinstance(listing, tp.Listing)
-            for entry in listing.items():
-                entries[entry.name] = entry
-            if not listing.more or not entries:
-                return entries
-            after = max(entries)
+        first = self.ask(lambda seq: tp.ListDir(seq=seq, path=path, after=b""))
+
+        async def entries() -> dict[bytes, tp.DirEntry]:
+            found: dict[bytes, tp.DirEntry] = {}
+            reply = first
+            while True:
+                listing = await reply()
+                assert isinstance(listing, tp.Listing)
+                for entry in listing.items():
+                    found[entry.name] = entry
+                if not listing.more or not found:
+                    return found
+                after = max(found)
+                reply = self.ask(lambda seq, after=after: tp.ListDir(seq=seq, path=path, after=after))
+
+        return entries
 
     def _dirty_to_save(self) -> tracking.DirtySet:
         """The dirty set plus what frames not yet durable on the secondary
@@ -964,7 +987,7 @@ class Relationship:
     def statistics(self) -> dict[str, Any]:
         dirty_bytes = self.dirty.dirty_bytes
         run = self.resync_run
-        progress = run.snapshot(dirty_bytes, trio.current_time()) if run is not None else None
+        progress = run.snapshot(dirty_bytes, trio.current_time(), self.dirty.dir_count) if run is not None else None
         queued = self._resync_queued
         return {
             "id": self.record.id,

@@ -3,21 +3,36 @@ the lock that keeps a second daemon off it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from ._config import META_DIR, ConfigError
+from ._mounts import enclosing_mount
 
 
 def check_directory(path: str, what: str) -> Path:
     """The absolute path of an existing directory, or a ConfigError."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{what} {path} does not exist; create it first")
-    if not p.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist; create it first") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot reach {what} {path}: {exc.strerror}{_dead_mount_hint(path, exc)}") from None
+    if not stat.S_ISDIR(mode):
         raise ConfigError(f"{what} {path} is not a directory")
-    return p.resolve()
+    return Path(path).resolve()
+
+
+def _dead_mount_hint(path: str, exc: OSError) -> str:
+    if exc.errno != errno.ENOTCONN:
+        return ""
+    mount = enclosing_mount(Path(os.path.abspath(path)))
+    if mount is None:
+        return " (it is on a FUSE mount whose daemon is gone: unmount that with 'fusermount3 -u -z')"
+    return f" (the daemon of the fsrep mount {mount.mountpoint} is gone: run 'fsrep umount {mount.mountpoint}')"
 
 
 class StoreLock:

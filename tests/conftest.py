@@ -28,10 +28,13 @@ DEADLINE = 30.0
 MiB = 1024 * 1024
 
 
-def capped(memory_cap: int | None) -> list[str]:
+def capped(memory_cap: int | None, open_files: int | None = None) -> list[str]:
     """The command prefix that starts a daemon under an address-space cap,
-    so a runaway allocation fails it instead of exhausting the machine."""
-    return ["prlimit", f"--as={memory_cap}", "--"] if memory_cap else []
+    so a runaway allocation fails it instead of exhausting the machine, and
+    with *open_files* as both its soft and hard open-file limit."""
+    limits = [f"--as={memory_cap}"] if memory_cap else []
+    limits += [f"--nofile={open_files}:{open_files}"] if open_files else []
+    return ["prlimit", *limits, "--"] if limits else []
 
 
 def run_fsrep(*args: str, check: bool = True, timeout: float = 90,
@@ -84,6 +87,18 @@ def deep_chain(top: Path, levels: int, *, name: str = "d", file_every: int = 0) 
     return b"/".join([os.fsencode(name)] * levels)
 
 
+def empty_files(directory: Path, count: int, prefix: str = "entry") -> set[bytes]:
+    """*count* empty files ``PREFIX-NNNNN`` in *directory*; returns their names."""
+    names = {f"{prefix}-{i:05d}".encode() for i in range(count)}
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return names
+
+
 def assert_same_tree(a: Path, b: Path) -> None:
     differences = tree_differences(a, b)
     assert not differences, "trees differ:\n" + "\n".join(differences)
@@ -98,10 +113,11 @@ class Secondary:
     port: int = 0
     memory_cap: int | None = None
     args: tuple[str, ...] = ()  # more options of fsrep serve (e.g. --tls-cert ...)
+    open_files: int | None = None
 
     def start(self) -> None:
         listen = f"127.0.0.1:{self.port}"
-        command = [*capped(self.memory_cap), *FSREP, "serve", str(self.store), "--listen", listen,
+        command = [*capped(self.memory_cap, self.open_files), *FSREP, "serve", str(self.store), "--listen", listen,
                    "--key-file", str(self.key), *self.args]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()  # the daemon prints this line once it listens
@@ -162,6 +178,13 @@ class Cluster:
         run_fsrep("umount", str(self.mnt))
         self.mounted = False
 
+    def kill_primary(self) -> None:
+        """``kill -9`` the mount's daemon and wait until it is gone; its
+        mount point is left behind, dead (ENOTCONN)."""
+        pid = int((self.primary_store / ".fsrep" / "lock").read_text().split()[2])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+
     def groups(self) -> dict[str, dict]:
         """Every group's status, by path ("/" for the default group)."""
         groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]
@@ -181,6 +204,10 @@ class Cluster:
             self.umount()
         assert_same_tree(self.primary_store, self.secondary.replica_root())
         self.assert_no_errors_logged()
+
+    def primary_pid(self) -> int:
+        """The process id of the mounted primary daemon (from its store lock)."""
+        return int((self.primary_store / ".fsrep" / "lock").read_text().split()[2])
 
     def primary_log(self) -> str:
         return (self.primary_store / ".fsrep" / "fsrep.log").read_text()

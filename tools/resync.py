@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsrep._args import RATE_LIMIT, Parser
 from fsrep._control import ControlError, daemon_for, request
-from fsrep._progress import MODES, parse_rate
+from fsrep._progress import MODES
 
 PROG = "fsrep-resync"
 POLL = 0.25
@@ -30,7 +31,7 @@ class ResyncFailed(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Start or join a resync of a consistency group and show its progress.",
         epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
@@ -42,17 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", metavar="ID", help="the consistency group (id or path, like /vms/vm1; "
                                                        "default: every group of the mount)")
     parser.add_argument("--mode", choices=MODES, default="quick")
-    parser.add_argument("--rate-limit", type=_rate, default=0, metavar="BYTES/s",
+    parser.add_argument("--rate-limit", type=RATE_LIMIT, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
-
-
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,15 +168,19 @@ class _Display:
             return
         done = progress["bytes_copied"] + progress["bytes_checked"]
         total = done + progress["bytes_remaining"]
+        dirs = progress["directories_remaining"]
         if self.bar is not None:
+            phase = f" ({progress['directories_checked']} dirs, {dirs} left)" if dirs else ""
             self.bar.update(self.task, completed=done, total=total or None,
-                            description=f"{progress['mode']} resync")
+                            description=f"{progress['mode']} resync{phase}")
             return
         now = time.monotonic()
         if now - self.last_line >= PLAIN_EVERY or progress["finished"]:
             self.last_line = now
             eta = progress["eta_seconds"]
-            print(f"{progress['percent']:5.1f}%  copied {progress['bytes_copied']} B, compared "
+            print(f"{progress['percent']:5.1f}%  "
+                  + (f"{progress['directories_checked']} directories compared, {dirs} left, " if dirs else "")
+                  + f"copied {progress['bytes_copied']} B, compared "
                   f"{progress['bytes_checked']} B, {progress['bytes_remaining']} B left, "
                   f"{progress['bytes_per_second']} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
                   + (f"  -> {progress['outcome']}" if progress["finished"] else ""), flush=True)

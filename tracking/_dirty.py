@@ -60,6 +60,7 @@ class DirtySet:
         self._dirs: set[int] = set()
         self._heads: set[int] = set()  # directories whose files' first extents and metadata may differ
         self._hints: dict[int, bytes] = {}
+        self.dirs_added = 0  # directories that became dirty, ever: a resync learns of new ones without a scan
         self.everything = False
         self.reason = ""
 
@@ -80,7 +81,9 @@ class DirtySet:
         self._file(ino, path).meta = True
 
     def mark_dir(self, ino: int, path: bytes) -> None:
-        self._dirs.add(ino)
+        if ino not in self._dirs:
+            self._dirs.add(ino)
+            self.dirs_added += 1
         self._hints[ino] = path
 
     def mark_heads(self, ino: int, path: bytes) -> None:
@@ -150,6 +153,10 @@ class DirtySet:
 
     def dirs(self) -> list[int]:
         return sorted(self._dirs)
+
+    @property
+    def dir_count(self) -> int:
+        return len(self._dirs)
 
     def ranges(self, ino: int, start: int = 0) -> Iterator[RegionRange]:
         """Dirty runs of *ino* at or after region *start*."""

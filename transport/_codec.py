@@ -10,8 +10,10 @@ Wire format of a frame::
                  blob as u32 length + bytes; nonce/proof/group id fixed size
 
 Caveats:
-- The length is checked against MAX_FRAME before any of the body is
-  buffered, so a peer cannot make us hold more than one frame's worth.
+- The length is checked against the decoder's ``max_frame`` (MAX_FRAME
+  unless the caller set less, as the session does until its handshake is
+  done) before any of the body is buffered, so a peer cannot make us hold
+  more than one frame's worth.
 - Nothing but RemoteProtocolError leaves the decoder, whatever the bytes.
 - A frame of ``LARGE_FRAME`` bytes or more is gathered in a buffer of its
   own, which the caller may receive into directly (``receive_buffer``); the
@@ -157,7 +159,8 @@ class FrameDecoder:
     and report the count with ``received(n)``, which saves a copy.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame  # the longest frame accepted now; at most MAX_FRAME
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -224,8 +227,8 @@ class FrameDecoder:
             raise RemoteProtocolError("the peer began a TLS handshake, and this side runs without TLS")
         if version != PROTOCOL_VERSION:
             raise RemoteProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-        if length < 2 or length > MAX_FRAME:
-            raise RemoteProtocolError(f"frame length {length} outside 2..{MAX_FRAME}")
+        if length < 2 or length > self.max_frame:
+            raise RemoteProtocolError(f"frame length {length} outside 2..{self.max_frame}")
         if avail < 4 + length:
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame")

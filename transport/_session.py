@@ -15,6 +15,9 @@ Caveats:
 - The secondary checks sequence numbers are contiguous; a gap or repeat is
   the peer's error, because applying out of order would break write-order
   fidelity.
+- Until the session is OPEN a frame may be at most MAX_HANDSHAKE_FRAME
+  bytes: a peer that has proved nothing cannot make us hold more (a header
+  announcing more is an error at once, before anything of it is buffered).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import enum
 
 from . import _auth
-from ._codec import FrameDecoder, encode, encode_parts
+from ._codec import MAX_FRAME, FrameDecoder, encode, encode_parts
 from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
     GROUP_ID_SIZE,
@@ -44,6 +47,10 @@ from ._frames import (
     Proof,
     Welcome,
 )
+
+# Every frame of the handshake is smaller (a Welcome with the longest generation history is 531 bytes on the
+# wire, an Error at most 1 032); 4 KiB leaves room to grow and is all an unauthenticated peer can make us hold.
+MAX_HANDSHAKE_FRAME = 4096
 
 
 class SessionState(enum.Enum):
@@ -109,10 +116,21 @@ class _Session:
             raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
         self._key = key
         self._nonce = nonce
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_frame=MAX_HANDSHAKE_FRAME)
         self._outgoing: list[bytes] = []
         self.state = S.START
         self.group_id: bytes | None = None
+        self.authenticated = False  # the peer proved it holds the key
+
+    @property
+    def frame_limit(self) -> int:
+        """The longest frame the peer may send now (small until OPEN): no
+        point reading more than this at once."""
+        return self._decoder.max_frame
+
+    def _open(self) -> None:
+        self.state = S.OPEN
+        self._decoder.max_frame = MAX_FRAME
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed received bytes; ``b""`` means the peer closed the stream."""
@@ -226,12 +244,13 @@ class PrimarySession(_Session):
             expected = _auth.proof(self._key, b"secondary", self.group_id, self._nonce, frame.nonce)
             if not _auth.proof_matches(expected, frame.proof):
                 raise AuthenticationError("secondary failed authentication (wrong key?)")
+            self.authenticated = True
             mine = _auth.proof(self._key, b"primary", self.group_id, self._nonce, frame.nonce)
             self._outgoing.append(encode(Proof(proof=mine)))
             self.state = S.PROOF_SENT
             return None
         if isinstance(frame, Welcome):
-            self.state = S.OPEN
+            self._open()
             self.last_sent = self.last_acked = frame.last_seq
             return frame
         if isinstance(frame, Durable) and frame.seq > self.last_sent:
@@ -274,6 +293,7 @@ class SecondarySession(_Session):
             expected = _auth.proof(self._key, b"primary", self.group_id, self._peer_nonce, self._nonce)
             if not _auth.proof_matches(expected, frame.proof):
                 raise AuthenticationError("primary failed authentication (wrong key?)")
+            self.authenticated = True
             self.state = S.AUTHENTICATED
             return Hello(group_id=self.group_id, nonce=self._peer_nonce)
         if isinstance(frame, Operation):
@@ -285,7 +305,7 @@ class SecondarySession(_Session):
 
     def _sent(self, frame: Frame) -> None:
         if isinstance(frame, Welcome):
-            self.state = S.OPEN
+            self._open()
             self.expected_seq = frame.last_seq + 1
         else:
             super()._sent(frame)

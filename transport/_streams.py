@@ -229,11 +229,14 @@ class Connection:
             OSError, trio.BrokenResourceError, trio.ClosedResourceError: the
                 link failed or was closed.
         """
+        # Before the session is open, no more than a handshake frame at once: an unauthenticated peer
+        # cannot make us read (and hold) a megabyte.
+        chunk = min(RECEIVE_CHUNK, self.session.frame_limit)
         sock = getattr(self.stream, "socket", None)
         if sock is None:
             into = self.session.receive_buffer()
             if into is None:
-                return await self.stream.receive_some(RECEIVE_CHUNK)
+                return await self.stream.receive_some(chunk)
             while into is not None:
                 data = await self.stream.receive_some(len(into))
                 if not data:
@@ -251,7 +254,7 @@ class Connection:
             into = self.session.receive_buffer()
             try:
                 if into is None:
-                    return os.read(sock.fileno(), RECEIVE_CHUNK)
+                    return os.read(sock.fileno(), chunk)
                 count = os.readv(sock.fileno(), [into])
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
@@ -280,8 +283,12 @@ class Connection:
             raise LinkDown(f"{self.peer} closed the session: {event.message}")
 
     async def _fail(self, reason: str) -> None:
-        """Tell the peer why we drop it (best effort, bounded), then close."""
-        log.warning("dropping connection with %s: %s", self.peer, reason)
+        """Tell the peer why we drop it (best effort, bounded), then close.
+        Logged as a warning once the peer has authenticated; before, the
+        handshake's caller reports it (a peer that proved nothing must not
+        be able to write a log line per connection)."""
+        log.log(logging.WARNING if self.session.authenticated else logging.DEBUG,
+                "dropping connection with %s: %s", self.peer, reason)
         message = reason.encode("utf-8")[:900].decode("utf-8", "ignore")
         with trio.move_on_after(1), contextlib.suppress(LinkDown):
             async with self._send_lock:

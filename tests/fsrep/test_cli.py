@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, run_fsrep
+from tests.conftest import Cluster, fsrep_resync, run_fsrep
 
 
-def _one_line_error(done) -> str:
-    assert done.returncode != 0
+def _one_line_error(done, code: int = 1) -> str:
+    assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines, "no error message"
-    return lines[-1]
+    assert len(lines) == 1, f"not one line: {lines}"
+    return lines[0]
 
 
 @pytest.mark.parametrize("command", ["keygen", "serve", "mount", "umount", "status"])
@@ -47,7 +48,7 @@ def test_mount_errors_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
                                      cluster.secondary.address, "--key-file", str(bad_key), check=False))
     assert "not an fsrep key" in line
     line = _one_line_error(run_fsrep(*base, "--secondary", cluster.secondary.address, "--policy", "maybe",
-                                     check=False))
+                                     check=False), code=2)
     assert "invalid choice" in line
 
 
@@ -103,3 +104,124 @@ def test_a_store_and_mount_point_that_are_nested_are_refused(cluster: Cluster) -
         assert run_fsrep("status", str(cluster.mnt), timeout=20).returncode == 0  # nothing hangs
     finally:
         cluster.umount()
+
+
+@pytest.mark.parametrize("option", ["--ack-timeout", "--async-interval", "--resync-stall-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "1e400", "1e9", "soon"])
+def test_a_number_of_seconds_must_be_finite_and_in_range(tmp_path: Path, option: str, value: str) -> None:
+    done = run_fsrep("mount", str(tmp_path), str(tmp_path / "mnt"), "--secondary", "h:1", "--key-file",
+                     str(tmp_path / "key"), f"{option}={value}", check=False)  # '=': -inf is no option
+    line = _one_line_error(done, code=2)
+    assert f"argument {option}: {value!r} is not a number of seconds from " in line
+    assert "--help" in line
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--lag-budget", "2G", "a size from 0 to 1G bytes"),
+    ("--lag-budget", "-1", "a size from 0 to 1G bytes"),
+    ("--resync-rate-limit", "nan", "a rate from 0 to 1024G bytes/s"),
+    ("--resync-rate-limit", "5000G", "a rate from 0 to 1024G bytes/s"),
+])
+def test_a_size_or_rate_must_be_in_range(tmp_path: Path, option: str, value: str, allowed: str) -> None:
+    done = run_fsrep("mount", str(tmp_path), str(tmp_path / "mnt"), "--secondary", "h:1", "--key-file",
+                     str(tmp_path / "key"), option, value, check=False)
+    assert f"argument {option}: {value!r} is not {allowed}" in _one_line_error(done, code=2)
+
+
+def test_the_resync_tools_rate_limit_is_read_the_same_way(tmp_path: Path) -> None:
+    done = fsrep_resync(str(tmp_path), "--rate-limit", "nan")
+    line = _one_line_error(done, code=2)
+    assert line.startswith("fsrep-resync: error: argument --rate-limit: 'nan' is not a rate from 0 to 1024G")
+
+
+def test_a_usage_error_is_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(run_fsrep("mount", str(tmp_path), check=False), code=2)
+    assert "the following arguments are required" in line
+    assert "see 'fsrep mount --help'" in line
+
+
+def test_a_secondary_without_a_port_names_the_secondary_option(cluster: Cluster) -> None:
+    line = _one_line_error(run_fsrep("mount", str(cluster.primary_store), str(cluster.mnt), "--key-file",
+                                     str(cluster.key), "--secondary", "127.0.0.1", check=False))
+    assert line.startswith("fsrep mount: error: --secondary must be HOST:PORT")
+    assert "'127.0.0.1'" in line
+    assert "--group" not in line
+
+
+def test_text_that_is_not_utf8_is_refused_by_name(cluster: Cluster) -> None:
+    base = ["mount", str(cluster.primary_store), str(cluster.mnt), "--key-file", str(cluster.key)]
+    not_utf8 = os.fsdecode(b"caf\xe9")  # what argv holds for those bytes
+    line = _one_line_error(run_fsrep(*base, "--secondary", cluster.secondary.address, "--group", not_utf8,
+                                     check=False))
+    assert line.startswith("fsrep mount: error: --group: b'caf\\xe9' is not UTF-8 text")
+    config = cluster.base / "fsrep.toml"
+    config.write_bytes(b'secondary = "caf\xe9:1"\n')
+    line = _one_line_error(run_fsrep(*base, "--config", str(config), check=False))
+    assert f"config file {config} is not UTF-8 text (byte 0xe9 at offset 16)" in line
+    assert not os.path.ismount(cluster.mnt)
+
+
+def test_a_store_path_fuse_cannot_carry_is_refused(cluster: Cluster) -> None:
+    store = cluster.base / "donn\u00e9es"
+    store.mkdir()
+    line = _one_line_error(run_fsrep("mount", str(store), str(cluster.mnt), "--secondary", cluster.secondary.address,
+                                     "--key-file", str(cluster.key), check=False))
+    assert "not ASCII, which FUSE mount options cannot carry" in line
+    assert not os.path.ismount(cluster.mnt)
+
+
+def test_a_replica_store_on_an_fsrep_mount_is_refused(mounted: Cluster) -> None:
+    (mounted.mnt / "replicas").mkdir()
+    line = _one_line_error(run_fsrep("serve", str(mounted.mnt / "replicas"), "--listen", "127.0.0.1:0",
+                                     "--key-file", str(mounted.key), check=False, timeout=20))
+    assert f"is on the fsrep mount {mounted.mnt}" in line
+    assert not (mounted.primary_store / "replicas" / ".fsrep").exists()
+    mounted.assert_replicated()
+
+
+def _mounted_anywhere(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def test_umount_after_the_daemon_died_unmounts_lazily(mounted: Cluster) -> None:
+    (mounted.mnt / "f").write_text("kept")
+    mounted.kill_primary()
+    line = _one_line_error(run_fsrep("status", str(mounted.mnt), check=False))
+    assert f"the daemon of {mounted.mnt} is gone" in line
+    assert f"run 'fsrep umount {mounted.mnt}'" in line
+    done = run_fsrep("umount", str(mounted.mnt), check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "daemon of" in lines[0]
+    assert "was gone" in lines[0]
+    assert "unmounted it lazily" in lines[0]
+    assert not os.path.ismount(mounted.mnt)
+    assert not _mounted_anywhere(mounted.mnt)
+    mounted.mounted = False
+    assert (mounted.primary_store / "f").read_text() == "kept"
+
+
+def test_mounting_over_a_dead_mount(cluster: Cluster) -> None:
+    """A dead mount of this very store is cleared, as the operator would;
+    a dead mount of another store is left alone, with the command to run."""
+    cluster.mount()
+    (cluster.mnt / "f").write_text("before the kill")
+    cluster.kill_primary()
+    other = cluster.base / "other"
+    other.mkdir()
+    base = ["--secondary", cluster.secondary.address, "--key-file", str(cluster.key)]
+    line = _one_line_error(run_fsrep("mount", str(other), str(cluster.mnt), *base, check=False))
+    assert f"{cluster.mnt} is a dead fsrep mount of {cluster.primary_store}" in line
+    assert f"run 'fsrep umount {cluster.mnt}' first" in line
+    line = _one_line_error(run_fsrep("mount", str(cluster.mnt / "sub"), str(other), *base, check=False))
+    assert "Transport endpoint is not connected" in line
+    assert f"run 'fsrep umount {cluster.mnt}'" in line
+    done = cluster.mount()
+    assert done.stdout.splitlines()[0] == f"{cluster.mnt} was left mounted by a daemon of this store that is " \
+                                          f"gone; unmounted it"
+    assert done.stdout.splitlines()[1].startswith("mounted ")
+    assert (cluster.mnt / "f").read_text() == "before the kill"
+    cluster.wait_state("InSync")
+    cluster.assert_replicated()

@@ -93,3 +93,27 @@ def test_a_bad_tls_table_is_named(tmp_path: Path, table: str, message: str) -> N
     config.write_text(table)
     with pytest.raises(ConfigError, match=message):
         declared_tls(str(config), None, None, None)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "fsrep.toml"
+    config.write_bytes(b'# r\xe9plica\nsecondary = "h:1"\n')
+    with pytest.raises(ConfigError, match=r"config file .*fsrep.toml is not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        declared_groups(str(config), [], None, None)
+
+
+def test_a_bad_secondary_is_named_where_it_was_given(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^--secondary must be HOST:PORT .*not '127.0.0.1'$"):
+        declared_groups(None, ["a"], None, "127.0.0.1")
+    config = tmp_path / "fsrep.toml"
+    config.write_text('secondary = "127.0.0.1"\n')
+    with pytest.raises(ConfigError, match=r"^config file .*fsrep.toml: secondary must be HOST:PORT"):
+        declared_groups(str(config), [], None, None)
+
+
+@pytest.mark.parametrize("flag", ["--group", "--secondary"])
+def test_text_that_is_not_utf8_is_refused(flag: str) -> None:
+    text = "vm" + "\udce9"  # the byte 0xe9 of argv, surrogate-escaped
+    groups, secondary = ([text], "h:1") if flag == "--group" else ([], text + ":1")
+    with pytest.raises(ConfigError, match=rf"^{flag}: b'vm\\xe9.*' is not UTF-8 text"):
+        declared_groups(None, groups, None, secondary)

@@ -125,9 +125,7 @@ for i in range(1_000_000):
 
 
 def _kill_primary(cluster: Cluster) -> None:
-    pid = (cluster.primary_store / ".fsrep" / "lock").read_text().split()[2]
-    os.kill(int(pid), signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+    cluster.kill_primary()
     subprocess.run(["fusermount3", "-u", "-z", str(cluster.mnt)], check=True)
     cluster.mounted = False
 

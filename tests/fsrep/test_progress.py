@@ -81,3 +81,37 @@ def test_a_finished_run_is_complete() -> None:
     assert snap["bytes_remaining"] == 0
     assert snap["eta_seconds"] == 0.0
     assert snap["elapsed_seconds"] == 2.0
+
+
+def test_the_directory_phase_counts_directories_and_has_no_eta_of_zero() -> None:
+    run = ResyncRun(1, "checksum", "test")
+    run.start(0.0)
+    for second in range(1, 5):
+        run.compared_directory(entries=10, now=float(second))
+    snap = run.snapshot(dirty_bytes=0, now=4.0, dirty_dirs=12)
+    assert snap["directories_checked"] == 4
+    assert snap["entries_checked"] == 40
+    assert snap["directories_remaining"] == 12
+    assert snap["bytes_remaining"] == 0
+    assert snap["eta_seconds"] == 12.0  # 12 directories left at one a second
+    assert snap["percent"] == 25.0
+
+
+def test_directories_left_with_bytes_of_no_known_rate_give_no_eta() -> None:
+    run = ResyncRun(1, "quick", "test")
+    run.start(0.0)
+    assert run.snapshot(dirty_bytes=0, now=1.0, dirty_dirs=5)["eta_seconds"] is None  # none compared yet
+    run.compared_directory(entries=1, now=1.0)
+    snap = run.snapshot(dirty_bytes=MiB, now=2.0, dirty_dirs=5)
+    assert snap["eta_seconds"] is None  # nothing copied yet: how long the data takes is not known
+    assert 0.0 < snap["percent"] < 100.0
+
+
+def test_a_finished_run_has_no_directories_left() -> None:
+    run = ResyncRun(1, "quick", "test")
+    run.start(0.0)
+    run.compared_directory(entries=3, now=1.0)
+    run.finish("InSync", 2.0)
+    snap = run.snapshot(dirty_bytes=0, now=3.0, dirty_dirs=2)
+    assert snap["directories_remaining"] == 0
+    assert snap["eta_seconds"] == 0.0

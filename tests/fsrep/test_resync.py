@@ -9,8 +9,9 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import Cluster, wait_for, write_random
+from tests.conftest import Cluster, deep_chain, fsrep_resync, run_fsrep, wait_for, write_random
 
 MiB = 1024 * 1024
 
@@ -184,4 +185,57 @@ def test_extended_attributes_removed_while_out_of_sync_are_removed_on_the_replic
     replica = cluster.secondary.replica_root() / "f"
     assert os.listxattr(replica) == ["user.kept"]
     assert os.getxattr(replica, "user.kept") == b"changed"
+    cluster.assert_replicated()
+
+
+def _tree_of_directories(top: Path, count: int, fanout: int) -> int:
+    """*count* directories, *fanout* to a parent, each with a file; returns
+    how many entries they and *top* hold."""
+    top.mkdir()
+    made = [top]
+    for i in range(count):
+        d = made[i // fanout] / f"d{i}"
+        d.mkdir()
+        (d / "f").write_bytes(b"%d" % i)
+        made.append(d)
+    return count + count  # each directory is an entry of its parent and holds one file
+
+
+def test_the_directory_phase_shows_directories_and_compares_each_once(cluster: Cluster) -> None:
+    store = cluster.primary_store
+    entries = _tree_of_directories(store / "wide", 400, fanout=20) + 1  # and "wide" itself, in the root
+    levels = 1000
+    deep_chain(store, levels, name="c")  # each level one round trip: a directory phase long enough to watch
+    directories = 1 + 1 + 400 + levels  # the root, "wide", its tree, the chain
+    entries += levels + 1  # each chain level is an entry of the one above; the file at the bottom
+    cluster.mount()
+    seen: list[dict] = []
+    lines: list[str] = []
+
+    def in_directory_phase() -> bool:
+        group = cluster.status()
+        run = group.get("resync") or {}
+        if run.get("running") and run["directories_remaining"]:
+            seen.append(run)
+            if not lines:  # and once as the operator reads it
+                text = run_fsrep("status", str(cluster.mnt)).stdout
+                lines.extend(x for x in text.splitlines() if "directories compared" in x)
+        return group["state"] == "InSync"
+
+    wait_for(in_directory_phase, "InSync", timeout=300, step=0.1)
+    assert seen, "never saw the directory phase in status"
+    assert lines, "status never printed the directories compared"
+    assert "left" in lines[0], lines
+    assert "ETA 0s" not in lines[0], lines
+    assert all(run["eta_seconds"] != 0.0 and run["percent"] < 100.0 for run in seen), seen
+    assert [run["directories_checked"] for run in seen] == sorted(run["directories_checked"] for run in seen)
+    done = cluster.status()["resync"]
+    assert done["directories_checked"] == directories, done
+    assert done["entries_checked"] == entries, done
+    done = fsrep_resync(str(cluster.mnt), "--mode", "checksum", "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    run = cluster.status()["resync"]
+    assert run["mode"] == "checksum"
+    assert run["outcome"] == "InSync"
+    assert run["directories_checked"] == directories, run
     cluster.assert_replicated()

@@ -1,12 +1,21 @@
 """The secondary against a hand-written client: it applies in order, and
 refuses anything that would reach outside the replica root or that comes
-from a peer that has not authenticated."""
+from a peer that has not authenticated; a flood of peers that never
+authenticate does not keep the primary out, and a replica's live session
+is never taken over by a second claimant."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import shutil
+import signal
+import socket
 import stat
+import struct
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,8 +23,10 @@ import pytest
 import trio
 
 import transport as tp
+from fsrep._accept import MAX_HANDSHAKES_PER_ADDRESS
 from fsrep._config import read_key
-from tests.conftest import Cluster, assert_same_tree, wait_for, write_random
+from fsrep._secondary import PROBE_TIMEOUT
+from tests.conftest import DEADLINE, Cluster, _wait_daemon_gone, assert_same_tree, run_fsrep, wait_for, write_random
 
 
 async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
@@ -229,3 +240,263 @@ def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp
     finally:
         cluster.cleanup()
         subprocess.run(["umount", "-l", str(cluster.secondary.store)], check=False)
+
+
+def _fill(root: Path, tag: str) -> None:
+    (root / f"dir-{tag}" / "sub").mkdir(parents=True)
+    write_random(root / f"dir-{tag}" / "sub" / "data", 2)
+    (root / f"note-{tag}").write_text(f"written {tag}\n")
+
+
+def _wait_in_sync_again(cluster: Cluster) -> dict:
+    return wait_for(lambda: (s := cluster.status())["state"] == "InSync" and s["dirty_bytes"] == 0 and s,
+                    "the group InSync again", timeout=60)
+
+
+def test_a_replica_directory_removed_while_the_secondary_is_down_gets_a_baseline(cluster: Cluster) -> None:
+    cluster.mount()
+    _fill(cluster.mnt, "before")
+    group = cluster.status()["id"]
+    root = cluster.secondary.replica_root()
+    cluster.secondary.stop()
+    shutil.rmtree(root)
+    cluster.secondary.start()
+    _wait_in_sync_again(cluster)
+    _fill(cluster.mnt, "after")
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+    log = (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+    said = [line for line in log.splitlines() if "was removed or replaced" in line]
+    assert len(said) == 1, said
+    assert group in said[0]
+    assert "starting an empty replica at seq 0" in said[0]
+    assert "cannot open replica" not in log
+    announced = [line for line in cluster.primary_log().splitlines() if "resync of the whole tree" in line]
+    assert len(announced) == 1, announced
+    assert group in announced[0]
+    assert "empty replica" in announced[0]
+    cluster.assert_no_errors_logged()
+
+
+def test_a_replica_directory_removed_under_a_running_secondary_gets_a_baseline(cluster: Cluster) -> None:
+    cluster.mount()
+    _fill(cluster.mnt, "before")
+    group = cluster.status()["id"]
+    shutil.rmtree(cluster.secondary.replica_root())
+    log = cluster.secondary.store / ".fsrep" / "serve.log"
+    wait_for(lambda: "was removed or replaced" in log.read_text(), "the secondary to notice the removal")
+    _wait_in_sync_again(cluster)
+    _fill(cluster.mnt, "after")
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+    assert f"group {group}: the replica directory" in log.read_text()
+    assert "empty replica" in cluster.primary_log()
+
+
+# --- peers that never authenticate ------------------------------------------------------------------------------
+
+OPEN_FILES = 256  # the secondary's soft and hard limit: raising soft to hard gains nothing
+FLOOD = 400  # idle connections at once, more than the secondary has descriptors
+HUGE_HEADERS = 50  # connections announcing a 4 MiB frame before authenticating
+
+
+def _connections(port: int, source: str, count: int, first: bytes = b"") -> list[socket.socket]:
+    """*count* connections to the secondary from *source* that send *first*
+    and then nothing; a connection that fails is not kept."""
+    made = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(first)
+        except OSError:
+            sock.close()
+            continue
+        made.append(sock)
+    return made
+
+
+class _Flood:
+    """Connections to the secondary from another loopback address that
+    never authenticate, all kept open on this side (as a peer holding them
+    would): a burst of *count* at once, then more at a steady pace from a
+    thread until the end of the ``with`` block."""
+
+    def __init__(self, port: int, source: str, count: int) -> None:
+        self.port, self.source, self.count = port, source, count
+        self.sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_coming, name="flood", daemon=True)
+
+    def _keep_coming(self) -> None:
+        while not self._stop.wait(0.1) and len(self.sockets) < 10 * self.count:
+            self.sockets += _connections(self.port, self.source, 10)
+
+    def __enter__(self) -> _Flood:
+        needed = 20 * self.count
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+        self.sockets += _connections(self.port, self.source, self.count)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of *pid* in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether the secondary closed *sock* (reading to its end)."""
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_flood_of_peers_that_never_authenticate_does_not_keep_the_primary_out(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.secondary.open_files = OPEN_FILES
+    cluster.secondary.memory_cap = 4 << 30
+    cluster.secondary.start()
+    log = cluster.secondary.store / ".fsrep" / "serve.log"
+    try:
+        assert f"open-file limit: {OPEN_FILES}" in log.read_text()
+        pid = cluster.secondary.proc.pid
+        memory_before, log_before = _rss(pid), log.stat().st_size
+        huge = struct.pack(">IBB", tp.MAX_DATA, tp.PROTOCOL_VERSION, tp.Hello.TYPE) + b"x" * 1000
+        with _Flood(cluster.secondary.port, "127.0.0.2", FLOOD) as flood:
+            assert len(flood.sockets) == FLOOD
+            announced = _connections(cluster.secondary.port, "127.0.0.3", HUGE_HEADERS, huge)
+            try:
+                assert len(announced) == HUGE_HEADERS
+                cluster.mount()  # from 127.0.0.1, while the flood goes on
+                assert cluster.status()["state"] == "InSync"
+                (cluster.mnt / "through").write_bytes(b"replicated despite the flood")
+                assert (cluster.secondary.replica_root() / "through").read_bytes() == b"replicated despite the flood"
+                assert all(_dropped(sock) for sock in announced), "a peer announcing a huge frame was kept"
+            finally:
+                for sock in announced:
+                    sock.close()
+            wait_for(lambda: len(flood.sockets) > 2 * FLOOD, "the flood to go on")
+            (cluster.mnt / "later").write_bytes(b"and still")
+            status = cluster.status()
+            assert status["state"] == "InSync", status
+            assert status["connected"]
+            memory_after = _rss(pid)
+        assert memory_after < memory_before + 64 * 1024 * 1024, (memory_before, memory_after)
+        cluster.assert_replicated()  # no ERROR and no traceback in either log
+        grown = log.stat().st_size - log_before
+        assert grown < 16 * 1024, f"serve.log grew by {grown} bytes during the flood"
+        text = log.read_text()
+        assert "closed a connection still authenticating to make room" in text
+        assert f"{MAX_HANDSHAKES_PER_ADDRESS} from 127.0.0.2 were authenticating" in text
+    finally:
+        cluster.cleanup()
+
+
+# --- a replica's session and a second claimant -----------------------------------------------------------------
+
+
+async def _serve_as_primary(conn: tp.Connection, acked: trio.Event) -> None:
+    """Answer the secondary's pings and note its first ack, as a primary does."""
+    while True:
+        event = await conn.receive_event()
+        if isinstance(event, tp.Ping):
+            await conn.send(tp.Pong(token=event.token))
+        elif isinstance(event, tp.Ack):
+            acked.set()
+
+
+async def test_a_live_session_keeps_its_replica_and_a_second_claimant_is_refused(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    holder, _ = await _connect(cluster, group)
+    holder_port = holder.stream.socket.getsockname()[1]
+    refusal = rf"group {uuid.UUID(bytes=group)} is held by a live session from 127\.0\.0\.1:{holder_port}; refusing"
+    acked = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve_as_primary, holder, acked)
+        for _ in range(3):
+            with pytest.raises(tp.LinkDown, match=refusal):
+                await _connect(cluster, group)
+        await holder.send(tp.Create(seq=1, path=b"still-mine", mode=0o644, uid=0, gid=0))
+        with trio.fail_after(10):
+            await acked.wait()
+        nursery.cancel_scope.cancel()
+    await holder.aclose()
+    assert (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "still-mine").exists()
+
+
+async def test_a_session_that_no_longer_answers_is_replaced_within_the_probe_timeout(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    silent, _ = await _connect(cluster, group)  # never reads again: a primary gone behind a cut link
+    start = trio.current_time()
+    conn, _ = await _connect(cluster, group)
+    waited = trio.current_time() - start
+    assert PROBE_TIMEOUT <= waited < PROBE_TIMEOUT + 1.5
+    await conn.send(tp.Create(seq=1, path=b"newcomer", mode=0o644, uid=0, gid=0))
+    assert await _outcome(conn, 1) == "applied"
+    await conn.aclose()
+    await silent.aclose()
+    assert "is dead" in (cluster.secondary.store / ".fsrep" / "serve.log").read_text()
+
+
+def _daemon_pid(store: Path) -> int:
+    return int((store / ".fsrep" / "lock").read_text().split()[2])
+
+
+def _group_status(mountpoint: Path) -> dict:
+    [group] = json.loads(run_fsrep("status", str(mountpoint), "--json").stdout)["groups"]
+    return group
+
+
+def _refusals(cluster: Cluster) -> int:
+    return (cluster.secondary.store / ".fsrep" / "serve.log").read_text().count("held by a live session")
+
+
+def test_a_second_primary_from_a_copied_store_is_refused_until_the_first_is_gone(cluster: Cluster,
+                                                                                    tmp_path: Path) -> None:
+    cluster.mount()
+    (cluster.mnt / "a").write_text("before the copy")
+    cluster.umount()
+    copy, mnt2 = tmp_path / "copy", tmp_path / "mnt2"
+    shutil.copytree(cluster.primary_store, copy, symlinks=True,
+                    ignore=shutil.ignore_patterns("control.sock", "fsrep.log", "lock"))
+    mnt2.mkdir()
+    earlier = len(cluster.primary_log())
+    cluster.mount()
+    try:
+        run_fsrep("mount", str(copy), str(mnt2), "--secondary", cluster.secondary.address,
+                  "--key-file", str(cluster.key))
+        wait_for(lambda: _refusals(cluster) >= 3, "the second primary to be refused three times")
+        assert "held by a live session" in run_fsrep("status", str(mnt2)).stdout
+        second = _group_status(mnt2)
+        assert not second["connected"], second
+        (cluster.mnt / "b").write_text("the first one keeps replicating")
+        status = cluster.status()
+        assert status["state"] == "InSync", status
+        assert cluster.primary_log()[earlier:].count("connected to") == 1, "the first primary lost its session"
+        assert (cluster.secondary.replica_root() / "b").read_text() == "the first one keeps replicating"
+
+        os.kill(_daemon_pid(cluster.primary_store), signal.SIGKILL)
+        wait_for(lambda: _group_status(mnt2)["connected"], "the second primary to get in once the first is gone",
+                 timeout=DEADLINE)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt2)], capture_output=True)
+        _wait_daemon_gone(copy)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +26,7 @@ def _in_sync(cluster: Cluster, timeout: float = 60) -> None:
 
 
 def _kill_primary(cluster: Cluster) -> None:
-    pid = int((cluster.primary_store / ".fsrep" / "lock").read_text().split()[2])
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
+    cluster.kill_primary()
     subprocess.run(["fusermount3", "-u", "-z", str(cluster.mnt)], check=False)
     cluster.mounted = False
 

@@ -35,7 +35,7 @@ class InProcessSecondary:
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             self.port = listeners[0].socket.getsockname()[1]
             task_status.started()
-            await trio.serve_listeners(self.secondary.handle, listeners)
+            await self.secondary.serve(listeners)
 
 
 def _relationship(tmp_path: Path, port: int, policy: str) -> Relationship:

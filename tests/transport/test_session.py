@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 import transport as tp
 from transport import _auth
+from transport._codec import MAX_FRAME
 from transport._frames import Challenge, Proof
+from transport._session import MAX_HANDSHAKE_FRAME
 
 KEY = b"k" * 32
 OTHER_KEY = b"x" * 32
@@ -299,6 +303,45 @@ def test_welcome_before_the_challenge_is_refused() -> None:
     with pytest.raises(tp.RemoteProtocolError, match="unexpected Welcome"):
         _pump(primary, tp.encode(tp.Welcome(last_seq=0, fresh=1)))
     assert primary.state is S.ERROR
+
+
+@pytest.mark.parametrize("role", ["primary", "secondary"])
+def test_a_frame_over_the_handshake_limit_is_refused_from_its_header_before_the_session_is_open(role: str) -> None:
+    session: Session
+    if role == "primary":
+        session = tp.PrimarySession(KEY, P_NONCE, GROUP)
+        session.start()
+    else:
+        session = tp.SecondarySession(KEY, S_NONCE)
+    assert session.frame_limit == MAX_HANDSHAKE_FRAME
+    session.receive_data(struct.pack(">IBB", MAX_HANDSHAKE_FRAME + 1, tp.PROTOCOL_VERSION, tp.Hello.TYPE))
+    with pytest.raises(tp.RemoteProtocolError, match=f"outside 2..{MAX_HANDSHAKE_FRAME}"):
+        session.next_event()
+    assert session.state is S.ERROR
+    assert session.receive_buffer() is None  # nothing set aside for the announced frame
+
+
+def test_the_largest_frames_are_accepted_once_the_session_is_open() -> None:
+    primary, secondary = _authenticate()
+    assert secondary.frame_limit == MAX_HANDSHAKE_FRAME
+    assert primary.frame_limit == MAX_HANDSHAKE_FRAME  # authenticated, but not open yet
+    welcome = tp.Welcome(last_seq=0, fresh=1)
+    assert _pump(primary, secondary.send(welcome)) == [welcome]
+    assert primary.frame_limit == secondary.frame_limit == MAX_FRAME
+    write = tp.Write(seq=1, path=b"f", offset=0, data=b"x" * tp.MAX_DATA)
+    assert _pump(secondary, primary.send(write)) == [write]
+
+
+def test_each_side_counts_as_authenticated_once_the_peer_proved_the_key() -> None:
+    primary = tp.PrimarySession(KEY, P_NONCE, GROUP)
+    secondary = tp.SecondarySession(KEY, S_NONCE)
+    _pump(secondary, primary.start())
+    assert not secondary.authenticated
+    _pump(primary, secondary.data_to_send())
+    assert primary.authenticated
+    assert not secondary.authenticated
+    _pump(secondary, primary.data_to_send())
+    assert secondary.authenticated
 
 
 def test_a_second_hello_is_refused() -> None:

@@ -3,6 +3,7 @@ of the link into LinkDown (or AuthenticationError for a wrong key)."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -180,6 +181,44 @@ async def test_silent_primary_is_link_down_within_the_timeout() -> None:
                 with pytest.raises(tp.LinkDown, match="did not authenticate"):
                     await tp.accept_secondary_session(stream, KEY, "primary", SHORT)
                 assert trio.current_time() - start < 2
+
+
+async def test_a_primary_that_trickles_its_hello_is_dropped_when_the_handshake_timeout_is_over() -> None:
+    hello = tp.encode(tp.Hello(group_id=GROUP, nonce=b"n" * 32))
+
+    async def trickle(client: trio.SocketStream) -> None:
+        for byte in hello:  # each byte well within the timeout, the whole never
+            try:
+                await client.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                return  # dropped
+            await trio.sleep(SHORT / 4)
+        raise AssertionError("the whole Hello was sent before the secondary dropped the connection")
+
+    with trio.fail_after(5):
+        async with _listening() as (listener, port):
+            client = await trio.open_tcp_stream(LOCALHOST, port)
+            async with client, trio.open_nursery() as nursery:
+                stream = await listener.accept()
+                nursery.start_soon(trickle, client)
+                start = trio.current_time()
+                with pytest.raises(tp.LinkDown, match="did not authenticate"):
+                    await tp.accept_secondary_session(stream, KEY, "primary", SHORT)
+                assert trio.current_time() - start < SHORT + 0.5
+
+
+async def test_a_huge_frame_header_before_authentication_drops_the_peer_without_waiting_for_the_body() -> None:
+    header = struct.pack(">IBB", tp.MAX_DATA, tp.PROTOCOL_VERSION, tp.Hello.TYPE)
+    with trio.fail_after(5):
+        async with _listening() as (listener, port):
+            client = await trio.open_tcp_stream(LOCALHOST, port)
+            async with client:
+                await client.send_all(header + b"x" * 100)
+                stream = await listener.accept()
+                with pytest.raises(tp.LinkDown, match=f"frame length {tp.MAX_DATA} outside 2..4096"):
+                    await tp.accept_secondary_session(stream, KEY, "primary", TIMEOUT)
+                frames = await _read_frames(client)
+    assert [type(f) for f in frames] == [tp.Error]
 
 
 async def test_unreachable_secondary_is_link_down() -> None:
