@@ -5,14 +5,16 @@ How quick resync works (clients keep reading and writing throughout):
 
 1. Directories first, shallowest first, in batches of one depth whose
    listings are asked for at once. For a dirty directory the replica's
-   entries are listed at a point of the operation stream (ListDir); then, in
-   one step with no checkpoint, the primary's entries are compared with them
-   and the fix-ups are queued: Remove what the primary no longer has, create
-   what the replica lacks (new files get all their regions dirty, new
+   entries are listed at a point of the operation stream (ListDir); then the
+   primary's entries are compared with them and the fix-ups are queued, a
+   bounded number of entries a step: Remove what the primary no longer has,
+   create what the replica lacks (new files get all their regions dirty, new
    directories become dirty themselves), note size or attribute differences
    as dirty metadata; the directory is then clean. While it was dirty, no
    replicated operation touched it (the splitter keeps every mutation under
-   a dirty directory local), so the listing is still the replica's truth.
+   a dirty directory local), so the listing is still the replica's truth;
+   a client's change to it meanwhile marks it again, and it is compared
+   again.
 2. Then data: for each dirty file, each run of dirty regions is read and
    queued and marked clean in one step. A client write that lands before that
    step is in the data read; one that lands after finds the region clean and
@@ -60,7 +62,7 @@ CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
 MAX_IN_FLIGHT = 32 * 1024 * 1024
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
 DIRECTORY_BATCH = 64  # directories whose listings are asked for at once
-WALK_BATCH = 512  # entries a walk of the tree looks at between letting clients in
+ENTRIES_PER_STEP = 512  # entries a walk or a directory's comparison looks at between letting clients in
 MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
@@ -95,7 +97,7 @@ async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
     """Every directory (backing inode, path), and whether any other entry
     has hard links (which a digest comparison cannot pair up).
 
-    The walk lets clients in every WALK_BATCH entries. What they change
+    The walk lets clients in every ENTRIES_PER_STEP entries. What they change
     meanwhile is marked dirty as they change it (and a directory moved
     where the walk had been is found again by comparing its new parent),
     so the list need not be one moment's."""
@@ -106,7 +108,7 @@ async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
             directories.append((st.st_ino, path))
         elif st.st_nlink > 1:
             hard_links = True
-        if count % WALK_BATCH == 0:
+        if count % ENTRIES_PER_STEP == 0:
             await trio.lowlevel.checkpoint()
     return directories, hard_links
 
@@ -343,7 +345,7 @@ class QuickResync:
         holds its path (its dirty parent, compared before it, created it
         there). The batch is every queued directory of the smallest depth,
         up to DIRECTORY_BATCH: their listings are asked for at once (one
-        round trip for all) and each is reconciled in its own step as its
+        round trip for all) and each is reconciled (in steps) as its
         listing comes. Directories of one depth are never inside each
         other, so one's fix-ups cannot touch another's entries.
 
@@ -360,7 +362,11 @@ class QuickResync:
                 continue
             if self.resolve(ino) != path:
                 continue  # moved meanwhile: its new parent is dirty (or its hint is new); it is queued again
-            entries = self._reconcile(ino, path, secondary)
+            entries = await self._reconcile(ino, path, secondary)
+            if entries is None:  # moved or changed meanwhile: queued again where it is now
+                if (where := self.resolve(ino)) is not None:
+                    heapq.heappush(self._queue, (_depth(where), where, ino))
+                continue
             self.progress.compared_directory(entries, trio.current_time())
         await self.rel.throttle(MAX_IN_FLIGHT)
 
@@ -407,50 +413,71 @@ class QuickResync:
             self._dirs_seen = self.dirty.dirs_added
         heapq.heappush(self._queue, (_depth(path), path, ino))
 
-    def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> int:
+    async def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> int | None:
         """Queue the fix-ups that make the replica's directory match; returns
-        how many entries the primary's has. One step: no checkpoint between
-        reading the primary and queueing."""
+        how many entries the primary's has, or None when the directory
+        moved or was changed meanwhile (it stays dirty, to be compared
+        again).
+
+        ENTRIES_PER_STEP entries a step, letting clients in between, so a
+        directory of a million entries does not stop the mount. That is
+        safe because while the directory is dirty no replicated operation
+        touches it: a client's change to it stays local and marks it
+        again, which the count of marks (``DirtySet.dir_marks``) shows at
+        the end; and a move of it shows in the check after each step."""
+        marked = self.dirty.dir_marks(ino)
         marks = tracking.Marks(dirs=((ino, path),))  # a fix-up lost with the link: compare it again
         send = functools.partial(self.rel.send, marks=marks)
-        primary: dict[bytes, os.stat_result] = {}
-        for name in self.tree.listdir(path):
-            try:
-                primary[name] = self.tree.lstat(_join(path, name))
-            except FileNotFoundError:
-                continue
-        heads = self.dirty.heads_dirty(ino)  # after a crash: every file's first extent and metadata may differ
-        if self.directories:  # checksum mode: every regular file is compared once directories are done
-            for name, st in primary.items():
-                if stat.S_ISREG(st.st_mode):
-                    self._seen_files[st.st_ino] = (_join(path, name), st.st_ino, st.st_size)
-        for child in sorted(_join(path, name) for name in set(secondary) - set(primary)):
+        names = sorted(self.tree.listdir(path))
+        for child in sorted(_join(path, name) for name in set(secondary) - set(names)):
             send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
-        for name, st in sorted(primary.items()):
-            child = _join(path, name)
-            theirs = secondary.get(name)
-            same_kind = theirs is not None and stat.S_IFMT(theirs.mode) == stat.S_IFMT(st.st_mode)
-            if not same_kind or stat.S_ISLNK(st.st_mode):
-                if theirs is not None:
-                    send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
-                self._create(child, st, marks)
-            elif heads and stat.S_ISREG(st.st_mode):
-                size = max(st.st_size, theirs.size)
-                self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(0, min(size, tracking.EXTENT_SIZE)))
-                if theirs.size > tracking.EXTENT_SIZE or st.st_size > tracking.EXTENT_SIZE:
-                    low, high = sorted((theirs.size, st.st_size))
-                    self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
-                self.dirty.mark_meta(st.st_ino, child)
-            elif stat.S_ISREG(st.st_mode) and theirs.size != st.st_size:
-                low, high = sorted((theirs.size, st.st_size))
-                self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
-                self.dirty.mark_meta(st.st_ino, child)
-            elif (theirs.mode, theirs.uid, theirs.gid) != (st.st_mode, st.st_uid, st.st_gid) or \
-                    (not stat.S_ISDIR(st.st_mode) and theirs.mtime_ns != st.st_mtime_ns):
-                self.dirty.mark_meta(st.st_ino, child)
+        heads = self.dirty.heads_dirty(ino)  # after a crash: every file's first extent and metadata may differ
+        for start in range(0, len(names), ENTRIES_PER_STEP):
+            if start:
+                await trio.lowlevel.checkpoint()
+                if self.resolve(ino) != path:
+                    return None  # moved: what was queued so far went where it was; the rest waits for the next look
+            for name in names[start:start + ENTRIES_PER_STEP]:
+                child = _join(path, name)
+                try:
+                    st = self.tree.lstat(child)
+                except FileNotFoundError:  # gone since the listing (a client's change: it is marked)
+                    if name in secondary:
+                        send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
+                    continue
+                self._compare_entry(child, st, secondary.get(name), heads, marks)
+        if self.dirty.dir_marks(ino) != marked:
+            return None  # a client changed it meanwhile: compared again
         self.dirty.clean_dir(ino)
         self.dirty.mark_meta(ino, path)  # the directory's own times changed with its entries
-        return len(primary)
+        return len(names)
+
+    def _compare_entry(self, child: bytes, st: os.stat_result, theirs: tp.DirEntry | None, heads: bool,
+                       marks: tracking.Marks) -> None:
+        """Queue the fix-up of one entry, or mark what of it differs."""
+        if self.directories and stat.S_ISREG(st.st_mode):  # checksum mode: compared once directories are done
+            self._seen_files[st.st_ino] = (child, st.st_ino, st.st_size)
+        same_kind = theirs is not None and stat.S_IFMT(theirs.mode) == stat.S_IFMT(st.st_mode)
+        if not same_kind or stat.S_ISLNK(st.st_mode):
+            if theirs is not None:
+                self.rel.send(lambda seq: tp.Remove(seq=seq, path=child), marks)
+            self._create(child, st, marks)
+            return
+        assert theirs is not None
+        if heads and stat.S_ISREG(st.st_mode):
+            size = max(st.st_size, theirs.size)
+            self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(0, min(size, tracking.EXTENT_SIZE)))
+            if theirs.size > tracking.EXTENT_SIZE or st.st_size > tracking.EXTENT_SIZE:
+                low, high = sorted((theirs.size, st.st_size))
+                self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
+            self.dirty.mark_meta(st.st_ino, child)
+        elif stat.S_ISREG(st.st_mode) and theirs.size != st.st_size:
+            low, high = sorted((theirs.size, st.st_size))
+            self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
+            self.dirty.mark_meta(st.st_ino, child)
+        elif (theirs.mode, theirs.uid, theirs.gid) != (st.st_mode, st.st_uid, st.st_gid) or \
+                (not stat.S_ISDIR(st.st_mode) and theirs.mtime_ns != st.st_mtime_ns):
+            self.dirty.mark_meta(st.st_ino, child)
 
     def _create(self, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
         send, mode = functools.partial(self.rel.send, marks=marks), st.st_mode

@@ -61,6 +61,7 @@ class DirtySet:
         self._heads: set[int] = set()  # directories whose files' first extents and metadata may differ
         self._hints: dict[int, bytes] = {}
         self.dirs_added = 0  # directories that became dirty, ever: a resync learns of new ones without a scan
+        self._dir_marks: dict[int, int] = {}  # times each dirty directory was marked: a change while it is compared
         self.everything = False
         self.reason = ""
 
@@ -84,6 +85,7 @@ class DirtySet:
         if ino not in self._dirs:
             self._dirs.add(ino)
             self.dirs_added += 1
+        self._dir_marks[ino] = self._dir_marks.get(ino, 0) + 1
         self._hints[ino] = path
 
     def mark_heads(self, ino: int, path: bytes) -> None:
@@ -141,6 +143,12 @@ class DirtySet:
     def dir_dirty(self, ino: int) -> bool:
         return ino in self._dirs
 
+    def dir_marks(self, ino: int) -> int:
+        """How often directory *ino* was marked since it was last clean: a
+        comparison spread over several steps tells a change made meanwhile
+        by a different count at its end."""
+        return self._dir_marks.get(ino, 0)
+
     def hint(self, ino: int) -> bytes | None:
         return self._hints.get(ino)
 
@@ -194,6 +202,7 @@ class DirtySet:
     def clean_dir(self, ino: int) -> None:
         self._dirs.discard(ino)
         self._heads.discard(ino)
+        self._dir_marks.pop(ino, None)
         if ino not in self._files:
             self._hints.pop(ino, None)
 

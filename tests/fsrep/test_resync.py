@@ -239,3 +239,18 @@ def test_the_directory_phase_shows_directories_and_compares_each_once(cluster: C
     assert run["outcome"] == "InSync"
     assert run["directories_checked"] == directories, run
     cluster.assert_replicated()
+
+
+def test_a_large_directory_changed_while_it_is_compared_ends_identical(cluster: Cluster) -> None:
+    big = cluster.primary_store / "big"
+    big.mkdir()
+    for i in range(6000):  # many steps' worth of entries: clients get in between them
+        (big / f"e{i:05d}").write_bytes(b"%d" % i)
+    cluster.mount()
+    mine = cluster.mnt / "big"
+    for i in range(300):  # bounded: changes land before, during and after the comparison of "big"
+        (mine / f"new{i}").write_bytes(b"new")
+        (mine / f"e{i * 7:05d}").unlink()
+        os.rename(mine / f"e{i * 7 + 1:05d}", mine / f"moved{i}")
+    cluster.wait_state("InSync", timeout=120)
+    cluster.assert_replicated()

@@ -163,3 +163,16 @@ def test_an_activity_log_written_before_spans_still_recovers() -> None:
     dirty = DirtySet()
     assert ActivityLog.recover({"extents": [[9, 2, b"f".hex()]]}, dirty) == 1
     assert list(dirty.ranges(9)) == [RegionRange(2 * EXTENT_SIZE // REGION_SIZE, EXTENT_SIZE // REGION_SIZE)]
+
+
+def test_marks_of_a_dirty_directory_are_counted_until_it_is_clean() -> None:
+    dirty = DirtySet()
+    dirty.mark_dir(7, b"d")
+    before = dirty.dir_marks(7)
+    dirty.mark_dir(7, b"d")  # a client's change while it is being compared
+    assert dirty.dir_marks(7) == before + 1
+    assert dirty.dirs_added == 1  # marked twice, dirty once
+    dirty.clean_dir(7)
+    assert dirty.dir_marks(7) == 0
+    dirty.mark_dir(7, b"d")
+    assert dirty.dirs_added == 2
