@@ -4,7 +4,8 @@ sides of every resync use these, so a sparse file stays sparse on the
 replica and a hole of any size costs a few system calls, never a read or
 a write of its zeros.
 
-Also the other libc calls the os module lacks (renameat2, syncfs).
+Also the other libc calls the os module lacks (renameat2, syncfs, and
+utimensat with UTIME_OMIT: an mtime set without touching the atime).
 
 Caveats:
 - A filesystem without SEEK_DATA reports the whole file as data; one
@@ -25,6 +26,11 @@ _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 _ZEROS = bytes(1024 * 1024)
+_AT_SYMLINK_NOFOLLOW = 0x100
+_UTIME_OMIT = (1 << 30) - 2
+_TIMES = ctypes.c_long * 4  # struct timespec[2]: atime, mtime
+_libc.utimensat.argtypes = (ctypes.c_int, ctypes.c_char_p, _TIMES, ctypes.c_int)
+_libc.futimens.argtypes = (ctypes.c_int, _TIMES)
 
 
 def _check(result: int, what: str) -> None:
@@ -41,6 +47,18 @@ def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) ->
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding *fd* (not in the os module)."""
     _check(_libc.syncfs(fd), "syncfs")
+
+
+def set_mtime(fd: int, name: bytes | None, mtime_ns: int) -> None:
+    """Set the mtime of entry *name* of directory *fd* — never through a
+    symlink: a symlink's own — or, with *name* None, of the file *fd*
+    (not an O_PATH descriptor) to *mtime_ns*; the atime stays as it is."""
+    seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
+    times = _TIMES(0, _UTIME_OMIT, seconds, nanoseconds)
+    if name is None:
+        _check(_libc.futimens(fd, times), "futimens")
+    else:
+        _check(_libc.utimensat(fd, name, times, _AT_SYMLINK_NOFOLLOW), "utimensat")
 
 
 def next_data(fd: int, offset: int) -> tuple[int, int] | None:
