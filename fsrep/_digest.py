@@ -1,7 +1,12 @@
 """A digest of a whole tree — what a replica must match: per path its type,
-mode, owner, size, content hash, symlink target, xattrs and hard-link
-structure. Used by ``make demo`` and the tests to compare primary store and
-replica byte for byte."""
+mode, owner, size, mtime (to the nanosecond, directories' and symlinks'
+too), content hash, symlink target, xattrs and hard-link structure. Used by
+``make demo`` and the tests to compare primary store and replica byte for
+byte.
+
+The root itself is not digested: a new group's replica root keeps the time
+it was made until the first change in it (or a resync) carries the
+primary's. ctime cannot be set and atime follows reads: neither is compared."""
 
 from __future__ import annotations
 
@@ -60,7 +65,8 @@ def tree_digest(root: str | os.PathLike[str], skip: Iterable[str] = ()) -> dict[
                 xattrs = ()
             link_of = first_path.setdefault(st.st_ino, rel) if not stat.S_ISDIR(kind) and st.st_nlink > 1 else None
             size = None if stat.S_ISDIR(kind) else st.st_size
-            result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content, xattrs, link_of)
+            result[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, st.st_mtime_ns, content, xattrs,
+                           link_of)
     finally:
         tree.close()
     return result

@@ -109,6 +109,7 @@ async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_re
     elif stat.S_ISLNK(mode):
         target = tree.readlink(path)
         rel.send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
+        rel.send(lambda seq: _times(seq, path, st))  # the symlink's own times
         return
     elif stat.S_ISREG(mode):
         rel.send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))

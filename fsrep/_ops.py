@@ -19,9 +19,17 @@ Caveats:
   name this mount never looked up (another hard link): then they are kept
   local and dirty under the file's inode, the group goes OutOfSync, and a
   quick resync finds the file by inode and copies them (``strict``: EIO).
-- A write of ``FRAME_FIRST`` bytes or more goes in pieces of that size,
-  each handed to the socket before it is applied here, so both hosts write
-  at the same time (see ``Relationship.split``).
+- A write of more than ``FRAME_FIRST`` bytes goes in pieces of that size,
+  each but the last handed to the socket before it is applied here, so
+  both hosts write at the same time (see ``Relationship.split``). The last
+  is applied here first: its frame carries the mtime the write gave the
+  file, known only once this side wrote it.
+- Times: every frame carries the mtimes the change gave the store — the
+  file's after a write or truncate (one fstat), a new entry's and its
+  directory's, both directories' of a rename (``Tree.stamped``) — and the
+  secondary sets them, so the replica's mtimes are the primary's. chmod,
+  chown, link (of the target) and xattrs change only the ctime, which
+  cannot be set.
 - An open directory is a descriptor of the store's and a cursor into it
   (``DirStream``), never a copy of its listing: as an open file, it costs
   one descriptor whatever its size.
@@ -32,6 +40,7 @@ Caveats:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -53,7 +62,7 @@ from ._inodes import ROOT, InodeTable
 from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
-FRAME_FIRST = 128 * 1024  # writes this large are sent before they are applied here, to overlap both hosts
+FRAME_FIRST = 128 * 1024  # larger writes go in pieces of this size, sent before they are applied here (but the last)
 CAPABILITY = b"security.capability"
 SYNC_INLINE_BYTES = 1024 * 1024  # an fsync after no more writes than this runs on the event loop when alone
 NO_CAPS_LIMIT = 100_000  # inodes remembered without capabilities; forgotten all at once past this
@@ -294,11 +303,12 @@ class Operations(pyfuse3.Operations):
 
     @staticmethod
     def _apply_frame(group: Group, op_of_seq: Any) -> Any:
-        """An apply function for frames the Tree applies on both sides alike."""
+        """An apply function for frames the Tree applies on both sides
+        alike; the frame sent carries the times the change gave the store."""
         def apply(seq: int | None) -> tp.Operation:
             op = op_of_seq(seq or 0)
             group.tree.apply(op)
-            return op
+            return group.tree.stamped(op) if seq is not None else op
         return apply
 
     # --- lookups and attributes -----------------------------------------------------
@@ -497,9 +507,12 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 group, rel = self.groups.route(path)
 
-                def apply(seq: int | None) -> tp.Operation:
+                def apply(seq: int | None) -> tp.Operation | None:
                     os.ftruncate(fd, 0)
-                    return tp.SetAttr(seq=seq or 0, path=rel, fields=tp.ATTR_SIZE, size=0)
+                    if seq is None:
+                        return None
+                    return tp.SetAttr(seq=seq, path=rel, fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=0,
+                                      mtime_ns=os.fstat(fd).st_mtime_ns)
                 await self._replicate(group, apply,
                                       self._on_file(inode, group, rel, size_change=(os.fstat(fd).st_size, 0)))
         except BaseException:
@@ -523,7 +536,8 @@ class Operations(pyfuse3.Operations):
             opened.append(fd)
             os.fchown(fd, uid, gid)
             os.fchmod(fd, stat.S_IMODE(mode))
-            return tp.Create(seq=seq or 0, path=rel, mode=mode, uid=uid, gid=gid)
+            op = tp.Create(seq=seq or 0, path=rel, mode=mode, uid=uid, gid=gid)
+            return group.tree.stamped(op) if seq is not None else op
 
         try:
             await self._replicate(group, apply, self._in_dirs(group, parent_inode))
@@ -555,17 +569,20 @@ class Operations(pyfuse3.Operations):
             return written[0]
         group, rel, above = found
         await group.rel.admit()
-        if len(buf) < FRAME_FIRST:
+        if len(buf) <= FRAME_FIRST:
             return await self._write_small(fh, off, buf, group, rel,
                                            self._on_file(handle.ino, group, rel, write=(off, len(buf)), above=above))
-        # In pieces of FRAME_FIRST bytes, each a frame of its own that goes to
-        # the socket before this side writes it: the secondary writes one
-        # piece while this side writes the next. All are queued in this one
-        # step, so their sequence numbers follow each other.
+        # In pieces of FRAME_FIRST bytes, each a frame of its own. All but the
+        # last go to the socket before this side writes them: the secondary
+        # writes one piece while this side writes the next. The last is
+        # written here first, so its frame carries the mtime that gave the
+        # file. All are queued in this one step, so their sequence numbers
+        # follow each other.
         view = memoryview(buf)
+        last = (len(buf) - 1) // FRAME_FIRST * FRAME_FIRST
         written = 0
         pending = None
-        for start in range(0, len(buf), FRAME_FIRST):
+        for start in range(0, last, FRAME_FIRST):
             piece = view[start:start + FRAME_FIRST]
 
             def apply(seq: int | None, piece: memoryview = piece, at: int = off + start) -> tp.Operation:
@@ -585,29 +602,42 @@ class Operations(pyfuse3.Operations):
                     raise
                 break  # a short write: what was written is on both sides
             written += len(piece)
+        else:
+            tail = [0]
+            with contextlib.suppress(OSError):  # raised only when none of the tail was written: a short write
+                pending = group.rel.split(self._written_here(fh, off + last, view[last:], rel, tail),
+                                          self._on_file(handle.ino, group, rel, write=(off + last, len(buf) - last),
+                                                        above=above)) or pending
+            written += tail[0]
         await group.rel.wait(pending)
         return written  # O_SYNC and O_DSYNC: the kernel follows each write with an fsync request
 
     @staticmethod
-    async def _write_small(fh: int, off: int, buf: bytes, group: Group, rel: bytes, marks: Marks) -> int:
-        """A write of less than FRAME_FIRST bytes: one frame, sent after
-        it was applied here (a short local write sends what it wrote)."""
-        written = 0
-
+    def _written_here(fh: int, off: int, data: bytes | memoryview, rel: bytes, written: list[int]) -> Any:
+        """An apply function that writes *data* here, then returns the
+        frame of what it wrote (a short local write sends what it wrote)
+        with the mtime that gave the file — one fstat. ``written[0]``
+        counts the bytes; OSError only when none could be written."""
         def apply(seq: int | None) -> tp.Operation | None:
-            nonlocal written
-            view = memoryview(buf)
-            while written < len(buf):
+            view = memoryview(data)
+            while written[0] < len(data):
                 try:
-                    written += os.pwrite(fh, view[written:], off + written)
+                    written[0] += os.pwrite(fh, view[written[0]:], off + written[0])
                 except OSError:
-                    if not written:
+                    if not written[0]:
                         raise
                     break
-            return tp.Write(seq=seq or 0, path=rel, offset=off, data=buf[:written])
+            if seq is None:
+                return None
+            return tp.Write(seq=seq, path=rel, offset=off, data=data[:written[0]], mtime_ns=os.fstat(fh).st_mtime_ns)
+        return apply
 
-        await group.rel.wait(group.rel.split(apply, marks))
-        return written
+    async def _write_small(self, fh: int, off: int, buf: bytes, group: Group, rel: bytes, marks: Marks) -> int:
+        """A write of at most FRAME_FIRST bytes: one frame, sent after it
+        was applied here."""
+        written = [0]
+        await group.rel.wait(group.rel.split(self._written_here(fh, off, buf, rel, written), marks))
+        return written[0]
 
     async def _fsync(self, fd: int, path: bytes | None, ino: int, datasync: bool) -> None:
         """A barrier: durable locally and on the secondary before returning

@@ -19,7 +19,8 @@ How quick resync works (clients keep reading and writing throughout):
    queued and marked clean in one step. A client write that lands before that
    step is in the data read; one that lands after finds the region clean and
    is replicated behind it in sequence order — so no write racing the copy of
-   its region is lost. Dirty metadata goes last, from a fresh lstat.
+   its region is lost. The frames carry the file's mtime as of that step.
+   Dirty metadata (times too) goes last, from a fresh lstat.
 3. When acks have caught up and nothing is dirty (checked in the same step
    that switches state), the group is InSync.
 
@@ -475,8 +476,8 @@ class QuickResync:
             low, high = sorted((theirs.size, st.st_size))
             self.dirty.mark_regions(st.st_ino, child, tracking.regions_for(low, high - low))
             self.dirty.mark_meta(st.st_ino, child)
-        elif (theirs.mode, theirs.uid, theirs.gid) != (st.st_mode, st.st_uid, st.st_gid) or \
-                (not stat.S_ISDIR(st.st_mode) and theirs.mtime_ns != st.st_mtime_ns):
+        elif (theirs.mode, theirs.uid, theirs.gid, theirs.mtime_ns) != \
+                (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns):
             self.dirty.mark_meta(st.st_ino, child)
 
     def _create(self, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
@@ -565,6 +566,7 @@ class QuickResync:
         data_regions = 0
         more = False
         try:
+            mtime_ns = os.fstat(fd).st_mtime_ns  # the file's, as of the data this step reads: sent with it
             for run in self.dirty.ranges(ino, cursor):
                 pos = run.first
                 while pos < run.stop:
@@ -597,11 +599,11 @@ class QuickResync:
             os.close(fd)
         marks = tracking.Marks(regions=tuple((ino, path, offset, len(data)) for offset, data in pieces))
         if pieces:  # one frame for all the runs: a frame's cost on both sides, not one per run
-            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces), marks)
+            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces, mtime_ns), marks)
         punched = [(first * region, min(stop * region, MAX_FILE) - first * region) for first, stop in holes
                    if first * region < MAX_FILE]
         if punched and ino not in self.created:  # a file this run created is all holes there already
-            self.rel.send(lambda seq: tp.Punch(seq=seq, path=path, runs=tp.pack_runs(punched)),
+            self.rel.send(lambda seq: tp.Punch(seq=seq, path=path, runs=tp.pack_runs(punched), mtime_ns=mtime_ns),
                           tracking.Marks(regions=tuple((ino, path, offset, length) for offset, length in punched)))
         copied = sum(len(data) for _, data in pieces)
         if copied:
@@ -635,9 +637,10 @@ class QuickResync:
                 send(lambda seq: tp.KeepXattrs(seq=seq, path=path, names=b"\0".join(names)))
             except OSError:
                 pass
-        else:
-            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID, uid=st.st_uid,
-                                        gid=st.st_gid))
+        else:  # a symlink's own owner and times: its mode is always 0777
+            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES,
+                                        uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
+                                        mtime_ns=st.st_mtime_ns))
         self.dirty.clean_meta(ino)
 
 

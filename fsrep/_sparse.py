@@ -5,7 +5,7 @@ replica and a hole of any size costs a few system calls, never a read or
 a write of its zeros.
 
 Also the other libc calls the os module lacks (renameat2, syncfs,
-getdents64).
+getdents64, and utimensat with UTIME_OMIT: an mtime set without touching the atime).
 
 Caveats:
 - A filesystem without SEEK_DATA reports the whole file as data; one
@@ -28,6 +28,11 @@ _libc.getdents64.restype = ctypes.c_ssize_t
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 _ZEROS = bytes(1024 * 1024)
+_AT_SYMLINK_NOFOLLOW = 0x100
+_UTIME_OMIT = (1 << 30) - 2
+_TIMES = ctypes.c_long * 4  # struct timespec[2]: atime, mtime
+_libc.utimensat.argtypes = (ctypes.c_int, ctypes.c_char_p, _TIMES, ctypes.c_int)
+_libc.futimens.argtypes = (ctypes.c_int, _TIMES)
 
 
 def _check(result: int, what: str) -> None:
@@ -56,6 +61,18 @@ def getdents64(fd: int, size: int) -> bytes:
         err = ctypes.get_errno()
         raise OSError(err, f"getdents64: {os.strerror(err)}")
     return buf.raw[:got]
+
+
+def set_mtime(fd: int, name: bytes | None, mtime_ns: int) -> None:
+    """Set the mtime of entry *name* of directory *fd* — never through a
+    symlink: a symlink's own — or, with *name* None, of the file *fd*
+    (not an O_PATH descriptor) to *mtime_ns*; the atime stays as it is."""
+    seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
+    times = _TIMES(0, _UTIME_OMIT, seconds, nanoseconds)
+    if name is None:
+        _check(_libc.futimens(fd, times), "futimens")
+    else:
+        _check(_libc.utimensat(fd, name, times, _AT_SYMLINK_NOFOLLOW), "utimensat")
 
 
 def next_data(fd: int, offset: int) -> tuple[int, int] | None:

@@ -1,5 +1,10 @@
 """Opening a store (primary or replica root): its ``.fsrep/`` directory and
-the lock that keeps a second daemon off it."""
+the lock that keeps a second daemon off it.
+
+``.fsrep`` is hidden from the mount and never replicated, so making it
+must not show in the store root's mtime either: the root's mtime is put
+back, and stays the clients' (what the replica's root mirrors). Changes
+inside ``.fsrep`` do not touch the root's mtime."""
 
 from __future__ import annotations
 
@@ -40,7 +45,10 @@ class StoreLock:
 
     def __init__(self, store: Path, role: str) -> None:
         self.meta = store / META_DIR
-        self.meta.mkdir(mode=0o700, exist_ok=True)
+        if not self.meta.is_dir():
+            before = os.stat(store).st_mtime_ns
+            self.meta.mkdir(mode=0o700, exist_ok=True)
+            os.utime(store, ns=(os.stat(store).st_atime_ns, before))
         self._fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,6 +14,12 @@ never followed either (``O_NOFOLLOW``, ``follow_symlinks=False``, or an
 ``O_PATH`` descriptor used through ``/proc/self/fd``, which names the inode
 itself).
 
+Times: a frame that changes an mtime carries the value the primary's store
+got (see ``tp.Operation``); the primary fills it in with ``stamped`` right
+after applying the frame, and ``apply`` sets it right after the change —
+through the same confined descriptors, never following a symlink, the atime
+left alone — so in sequence order the replica's mtimes are the primary's.
+
 Caveats:
 - Small LRU caches keep parent-directory and file descriptors; renames and
   rmdirs drop them all, unlinks and creates drop the path concerned.
@@ -30,6 +36,7 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -39,7 +46,7 @@ from collections.abc import Iterable, Iterator
 import tracking
 import transport as tp
 
-from ._sparse import data_segments, punch, renameat2, syncfs
+from ._sparse import data_segments, punch, renameat2, set_mtime, syncfs
 
 RESERVED = b".fsrep"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -327,19 +334,60 @@ class Tree:
         if handler is None:  # pragma: no cover - every Operation has one
             raise OSError(errno.ENOSYS, f"no handler for {type(op).__name__}")
         handler(self, op)
+        if op.TIMES:
+            for path, mtime_ns in op.mtimes():
+                self._set_mtime(path, mtime_ns)
+
+    def stamped(self, op: tp.Operation) -> tp.Operation:
+        """*op*, just applied to this tree, with the mtimes it carries
+        filled in from here: what makes the replica's times this tree's.
+        A truncate carries the file's new mtime (ATTR_MTIME), unless it
+        sets the times itself."""
+        if isinstance(op, tp.SetAttr):
+            if op.fields & tp.ATTR_SIZE and not op.fields & tp.ATTR_TIMES:
+                return dataclasses.replace(op, fields=op.fields | tp.ATTR_MTIME,
+                                           mtime_ns=self.lstat(op.path).st_mtime_ns)
+            return op
+        if not op.TIMES:
+            return op
+        found: dict[bytes, int] = {}
+        values = {}
+        for name, path_field, of_parent in op.TIMES:
+            path = getattr(op, path_field)
+            if of_parent:
+                path = path.rpartition(b"/")[0]
+            if path not in found:
+                found[path] = self.lstat(path).st_mtime_ns
+            values[name] = found[path]
+        return dataclasses.replace(op, **values)
+
+    def _set_mtime(self, path: bytes, mtime_ns: int) -> None:
+        """The mtime of the entry itself (a symlink's own), atime untouched."""
+        if not path:
+            set_mtime(self.root_fd, b".", mtime_ns)
+            return
+        d, name = self.at(path)
+        set_mtime(d, name, mtime_ns)
 
     def _write(self, op: tp.Write) -> None:
-        _pwrite_all(self._file(op.path), op.data, op.offset)
+        fd = self._file(op.path)
+        _pwrite_all(fd, op.data, op.offset)
+        if op.mtime_ns != tp.NO_TIME:
+            set_mtime(fd, None, op.mtime_ns)
 
     def _write_runs(self, op: tp.WriteRuns) -> None:
         fd = self._file(op.path)
         for offset, data in op.pieces():
             _pwrite_all(fd, data, offset)
+        if op.mtime_ns != tp.NO_TIME:
+            set_mtime(fd, None, op.mtime_ns)
 
     def _punch(self, op: tp.Punch) -> None:
         fd = self._file(op.path)
         for offset, length in op.run_list():
             punch(fd, offset, length)
+        if op.mtime_ns != tp.NO_TIME:
+            set_mtime(fd, None, op.mtime_ns)
 
     def _set_mode(self, fd: int, mode: int) -> None:
         os.chmod(proc_path(fd), stat.S_IMODE(mode))
@@ -347,16 +395,19 @@ class Tree:
     def _setattr(self, op: tp.SetAttr) -> None:
         if op.fields & tp.ATTR_SIZE:
             os.ftruncate(self._file(op.path), op.size)
-        with self.entry(op.path) as fd:
-            target = proc_path(fd)
-            if op.fields & (tp.ATTR_UID | tp.ATTR_GID):
-                uid = op.uid if op.fields & tp.ATTR_UID else -1
-                gid = op.gid if op.fields & tp.ATTR_GID else -1
-                os.chown(target, uid, gid)
-            if op.fields & tp.ATTR_MODE:
-                self._set_mode(fd, op.mode)
-            if op.fields & tp.ATTR_TIMES:
-                os.utime(target, ns=(op.atime_ns, op.mtime_ns))
+        if op.fields & (tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_MODE | tp.ATTR_TIMES):
+            with self.entry(op.path) as fd:
+                target = proc_path(fd)
+                if op.fields & (tp.ATTR_UID | tp.ATTR_GID):
+                    uid = op.uid if op.fields & tp.ATTR_UID else -1
+                    gid = op.gid if op.fields & tp.ATTR_GID else -1
+                    os.chown(target, uid, gid)
+                if op.fields & tp.ATTR_MODE:
+                    self._set_mode(fd, op.mode)
+                if op.fields & tp.ATTR_TIMES:
+                    os.utime(target, ns=(op.atime_ns, op.mtime_ns))  # a symlink's own: the fd names it
+        if op.fields & tp.ATTR_MTIME:
+            self._set_mtime(op.path, op.mtime_ns)
 
     def _own(self, path: bytes, mode: int, uid: int, gid: int) -> None:
         """Give a new entry its owner, then its exact mode (chown may clear

@@ -18,6 +18,7 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import TLSFileError as TLSFileError
 from ._frames import ATTR_GID as ATTR_GID
 from ._frames import ATTR_MODE as ATTR_MODE
+from ._frames import ATTR_MTIME as ATTR_MTIME
 from ._frames import ATTR_SIZE as ATTR_SIZE
 from ._frames import ATTR_TIMES as ATTR_TIMES
 from ._frames import ATTR_UID as ATTR_UID
@@ -27,6 +28,7 @@ from ._frames import MAX_DATA as MAX_DATA
 from ._frames import MAX_LISTING as MAX_LISTING
 from ._frames import MAX_PATH as MAX_PATH
 from ._frames import MAX_RUNS as MAX_RUNS
+from ._frames import NO_TIME as NO_TIME
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE
 from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE

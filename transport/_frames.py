@@ -20,8 +20,8 @@ from typing import ClassVar
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 5  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
-# 5: Punch, ListData and DataMap (holes)
+PROTOCOL_VERSION = 6  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+# 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -45,6 +45,11 @@ PATH, BLOB, NAME, TEXT = "path", "blob", "name", "text"
 NONCE, PROOF, GROUP_ID = "nonce", "proof", "group_id"
 
 FIELD_LIMITS = {U8: 255, U32: U32_MAX, U64: U64_MAX}
+
+# A time field (nanoseconds since the epoch) left unset: applying the frame
+# leaves that time as the system call set it. Resync frames carry none; the
+# resync sets times after the data and entries they concern.
+NO_TIME = I64_MIN
 
 
 def check_path(path: bytes, *, what: str = "path") -> None:
@@ -109,10 +114,28 @@ class Frame:
 
 
 class Operation(Frame):
-    """A replicated mutation. ``seq`` orders it within its group."""
+    """A replicated mutation. ``seq`` orders it within its group.
+
+    ``TIMES`` names the mtimes a namespace change carries: (time field,
+    path field, whether the time is of that path's parent directory). The
+    primary fills them from its store right after applying the change; the
+    replica sets them right after applying it, so in sequence order its
+    times are the primary's. (Data frames carry the file's own ``mtime_ns``,
+    which their handlers set through the file's descriptor.)"""
 
     seq: int
     BARRIER: ClassVar[bool] = False
+    TIMES: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+
+    def mtimes(self) -> list[tuple[bytes, int]]:
+        """(path, mtime_ns) of each time of ``TIMES`` this frame carries, in order."""
+        out = []
+        for name, path_field, of_parent in self.TIMES:
+            value = getattr(self, name)
+            if value != NO_TIME:
+                path = getattr(self, path_field)
+                out.append((path.rpartition(b"/")[0] if of_parent else path, value))
+        return out
 
     def payload_size(self) -> int:
         """Bytes of file data carried (counted as 'bytes in flight')."""
@@ -177,13 +200,16 @@ class Welcome(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Write(Operation):
+    """``mtime_ns``: the file's mtime on the primary once the data was written."""
+
     TYPE = 10
-    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("data", BLOB))
+    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("data", BLOB), ("mtime_ns", I64))
     VIEWS = ("data",)
     seq: int
     path: bytes
     offset: int
     data: bytes | memoryview
+    mtime_ns: int = NO_TIME
 
     def payload_size(self) -> int:
         return len(self.data)
@@ -200,15 +226,17 @@ class WriteRuns(Operation):
     from scattered dirty regions. ``runs`` holds (offset, length) pairs,
     ``data`` their bytes one after another. A random 1% of a large file is
     thousands of short runs; one frame for many of them spares both sides
-    a frame's cost per run."""
+    a frame's cost per run. ``mtime_ns``: the file's on the primary when
+    the runs were read."""
 
     TYPE = 29
-    FIELDS = (("seq", U64), ("path", PATH), ("runs", BLOB), ("data", BLOB))
+    FIELDS = (("seq", U64), ("path", PATH), ("runs", BLOB), ("data", BLOB), ("mtime_ns", I64))
     VIEWS = ("data",)
     seq: int
     path: bytes
     runs: bytes
     data: bytes | memoryview
+    mtime_ns: int = NO_TIME
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -223,10 +251,10 @@ class WriteRuns(Operation):
             raise LocalProtocolError(f"WriteRuns runs add up to {total} bytes but data holds {len(self.data)}")
 
     @classmethod
-    def of(cls, seq: int, path: bytes, pieces: list[tuple[int, bytes]]) -> WriteRuns:
+    def of(cls, seq: int, path: bytes, pieces: list[tuple[int, bytes]], mtime_ns: int = NO_TIME) -> WriteRuns:
         """The frame writing each (offset, bytes) of *pieces*."""
         return cls(seq=seq, path=path, runs=b"".join(_RUN.pack(offset, len(data)) for offset, data in pieces),
-                   data=b"".join(data for _, data in pieces))
+                   data=b"".join(data for _, data in pieces), mtime_ns=mtime_ns)
 
     def pieces(self) -> list[tuple[int, memoryview]]:
         """(offset, bytes) of each run, the bytes views of ``data``."""
@@ -263,13 +291,15 @@ def pack_runs(runs: list[tuple[int, int]]) -> bytes:
 class Punch(Operation):
     """Make each (offset, length) run of ``runs`` in file ``path`` read as
     zeros without allocating it (the file's size stays): how a resync
-    copies a hole, so sparse files stay sparse."""
+    copies a hole, so sparse files stay sparse. ``mtime_ns`` as for
+    WriteRuns."""
 
     TYPE = 39
-    FIELDS = (("seq", U64), ("path", PATH), ("runs", BLOB))
+    FIELDS = (("seq", U64), ("path", PATH), ("runs", BLOB), ("mtime_ns", I64))
     seq: int
     path: bytes
     runs: bytes
+    mtime_ns: int = NO_TIME
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -321,9 +351,11 @@ class DataMap(Frame):
         return list(_RUN.iter_unpack(self.runs))
 
 
-# SetAttr.fields bits
-ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_SIZE, ATTR_TIMES = 1, 2, 4, 8, 16
-ATTR_ALL = ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE | ATTR_TIMES
+# SetAttr.fields bits. ATTR_TIMES sets atime_ns and mtime_ns; ATTR_MTIME
+# mtime_ns alone, atime left as it is (what a truncate carries: the mtime
+# the primary's store gave the file).
+ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_SIZE, ATTR_TIMES, ATTR_MTIME = 1, 2, 4, 8, 16, 32
+ATTR_ALL = ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE | ATTR_TIMES  # every attribute, in one frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,8 +377,10 @@ class SetAttr(Operation):
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        if self.fields & ~ATTR_ALL or not self.fields:
+        if self.fields & ~(ATTR_ALL | ATTR_MTIME) or not self.fields:
             raise LocalProtocolError(f"SetAttr.fields={self.fields:#x} has unknown or no bits")
+        if self.fields & ATTR_TIMES and self.fields & ATTR_MTIME:
+            raise LocalProtocolError("SetAttr.fields has both ATTR_TIMES and ATTR_MTIME")
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,51 +388,67 @@ class Create(Operation):
     """A new regular file (the FUSE create call)."""
 
     TYPE = 12
-    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32))
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32), ("mtime_ns", I64),
+              ("parent_mtime_ns", I64))
+    TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
     seq: int
     path: bytes
     mode: int
     uid: int
     gid: int
+    mtime_ns: int = NO_TIME
+    parent_mtime_ns: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
 class MkNod(Operation):
     TYPE = 13
-    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("rdev", U64), ("uid", U32), ("gid", U32))
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("rdev", U64), ("uid", U32), ("gid", U32),
+              ("mtime_ns", I64), ("parent_mtime_ns", I64))
+    TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
     seq: int
     path: bytes
     mode: int
     rdev: int
     uid: int
     gid: int
+    mtime_ns: int = NO_TIME
+    parent_mtime_ns: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
 class MkDir(Operation):
     TYPE = 14
-    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32))
+    FIELDS = (("seq", U64), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32), ("mtime_ns", I64),
+              ("parent_mtime_ns", I64))
+    TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
     seq: int
     path: bytes
     mode: int
     uid: int
     gid: int
+    mtime_ns: int = NO_TIME
+    parent_mtime_ns: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
 class Unlink(Operation):
     TYPE = 15
-    FIELDS = (("seq", U64), ("path", PATH))
+    FIELDS = (("seq", U64), ("path", PATH), ("parent_mtime_ns", I64))
+    TIMES = (("parent_mtime_ns", "path", True),)
     seq: int
     path: bytes
+    parent_mtime_ns: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
 class RmDir(Operation):
     TYPE = 16
-    FIELDS = (("seq", U64), ("path", PATH))
+    FIELDS = (("seq", U64), ("path", PATH), ("parent_mtime_ns", I64))
+    TIMES = (("parent_mtime_ns", "path", True),)
     seq: int
     path: bytes
+    parent_mtime_ns: int = NO_TIME
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -407,11 +457,15 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 @dataclass(frozen=True, slots=True)
 class Rename(Operation):
     TYPE = 17
-    FIELDS = (("seq", U64), ("old", PATH), ("new", PATH), ("flags", U32))
+    FIELDS = (("seq", U64), ("old", PATH), ("new", PATH), ("flags", U32), ("old_parent_mtime_ns", I64),
+              ("new_parent_mtime_ns", I64))
+    TIMES = (("old_parent_mtime_ns", "old", True), ("new_parent_mtime_ns", "new", True))
     seq: int
     old: bytes
     new: bytes
     flags: int = 0
+    old_parent_mtime_ns: int = NO_TIME
+    new_parent_mtime_ns: int = NO_TIME
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -424,10 +478,12 @@ class Link(Operation):
     """A hard link: ``new`` becomes another name of ``target``."""
 
     TYPE = 18
-    FIELDS = (("seq", U64), ("target", PATH), ("new", PATH))
+    FIELDS = (("seq", U64), ("target", PATH), ("new", PATH), ("parent_mtime_ns", I64))
+    TIMES = (("parent_mtime_ns", "new", True),)  # the target's ctime changes, never its mtime
     seq: int
     target: bytes
     new: bytes
+    parent_mtime_ns: int = NO_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,12 +491,16 @@ class Symlink(Operation):
     """``target`` is stored verbatim; the secondary never follows it."""
 
     TYPE = 19
-    FIELDS = (("seq", U64), ("path", PATH), ("target", BLOB), ("uid", U32), ("gid", U32))
+    FIELDS = (("seq", U64), ("path", PATH), ("target", BLOB), ("uid", U32), ("gid", U32), ("mtime_ns", I64),
+              ("parent_mtime_ns", I64))
+    TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
     seq: int
     path: bytes
     target: bytes
     uid: int
     gid: int
+    mtime_ns: int = NO_TIME
+    parent_mtime_ns: int = NO_TIME
 
     def __post_init__(self) -> None:
         _check_fields(self)

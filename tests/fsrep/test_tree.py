@@ -142,9 +142,11 @@ def test_large_write_is_written_whole(tree: Tree, root: Path) -> None:
     (tp.ATTR_UID | tp.ATTR_GID, {"uid": 42, "gid": 43}),
     (tp.ATTR_SIZE, {"size": 3}),
     (tp.ATTR_TIMES, {"atime_ns": 1_000_000_123, "mtime_ns": 2_000_000_456}),
+    (tp.ATTR_MTIME, {"mtime_ns": 2_000_000_456}),
+    (tp.ATTR_SIZE | tp.ATTR_MTIME, {"size": 3, "mtime_ns": 2_000_000_456}),
     (ATTR_ALL, {"mode": 0o2711, "uid": 42, "gid": 43, "size": 3, "atime_ns": 1_000_000_123,
                 "mtime_ns": 2_000_000_456}),
-], ids=["mode", "uid", "gid", "owner", "size", "times", "all"])
+], ids=["mode", "uid", "gid", "owner", "size", "times", "mtime", "truncate", "all"])
 def test_setattr_changes_only_the_fields_it_names(tree: Tree, root: Path, fields: int, expect: dict) -> None:
     _mkfile(tree, b"f", b"0123456789", mode=0o600)
     os.chown(root / "f", 3, 7)
@@ -155,7 +157,7 @@ def test_setattr_changes_only_the_fields_it_names(tree: Tree, root: Path, fields
     got = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "size": st.st_size,
            "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns}
     unchanged = {"mode": stat.S_IMODE(before.st_mode), "uid": before.st_uid, "gid": before.st_gid,
-                 "size": before.st_size}
+                 "size": before.st_size, "atime_ns": before.st_atime_ns}
     for key, value in got.items():
         if key in expect:
             assert value == expect[key], key
@@ -417,6 +419,128 @@ def test_fsrep_below_the_root_is_an_ordinary_name(tree: Tree, root: Path) -> Non
     assert (root / "d" / ".fsrep").read_bytes() == b"ok"
 
 
+# --- times ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Tree, Tree]]:
+    """A primary's tree and a replica's, both empty."""
+    trees = []
+    for name in ("primary", "replica"):
+        (tmp_path / name).mkdir()
+        trees.append(Tree(tmp_path / name))
+    try:
+        yield trees[0], trees[1]
+    finally:
+        for t in trees:
+            t.close()
+
+
+def _mtimes(top: Path) -> dict[str, int]:
+    """The mtime of every entry below *top* and of *top* itself, links never followed."""
+    out = {".": os.lstat(top).st_mtime_ns}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, top)] = os.lstat(path).st_mtime_ns
+    return out
+
+
+PAST = 1_000_000_000_000_000_007  # 2001: a time no change made now can give an entry
+
+
+def _mirror(primary: Tree, replica: Tree, op: tp.Operation) -> tp.Operation:
+    """Apply *op* on the primary's tree, age what it touched there (so the
+    replica's own clock can never match by chance), stamp it and apply the
+    frame to the replica, as the two daemons do."""
+    primary.apply(op)
+    for i, (path, _) in enumerate(primary.stamped(op).mtimes()):
+        os.utime(os.path.join(primary.root, os.fsdecode(path)), ns=(PAST, PAST + i), follow_symlinks=False)
+    sent = primary.stamped(op)
+    replica.apply(sent)
+    return sent
+
+
+CHANGES: list[tp.Operation] = [
+    tp.MkDir(seq=1, path=b"a", mode=0o755, uid=0, gid=0),
+    tp.MkDir(seq=2, path=b"b", mode=0o755, uid=0, gid=0),
+    tp.Create(seq=3, path=b"a/f", mode=0o644, uid=0, gid=0),
+    tp.Create(seq=4, path=b"a/g", mode=0o644, uid=0, gid=0),
+    tp.Symlink(seq=5, path=b"a/s", target=b"f", uid=0, gid=0),
+    tp.MkNod(seq=6, path=b"b/fifo", mode=stat.S_IFIFO | 0o644, rdev=0, uid=0, gid=0),
+    tp.Link(seq=7, target=b"a/f", new=b"b/hard"),
+    tp.Rename(seq=8, old=b"a/g", new=b"b/g"),
+    tp.Rename(seq=9, old=b"b/g", new=b"b/hard"),  # over an existing entry
+    tp.Rename(seq=10, old=b"a/s", new=b"b/fifo", flags=tp.RENAME_EXCHANGE),
+    tp.Unlink(seq=11, path=b"a/s"),  # the fifo, since the exchange
+    tp.MkDir(seq=12, path=b"a/d", mode=0o755, uid=0, gid=0),
+    tp.RmDir(seq=13, path=b"a/d"),
+    tp.Rename(seq=14, old=b"a", new=b"b/a"),  # a directory to another parent
+    tp.Unlink(seq=15, path=b"b/hard"),
+]
+
+
+def test_namespace_changes_leave_the_replica_with_the_primarys_mtimes(pair: tuple[Tree, Tree]) -> None:
+    primary, replica = pair
+    for op in CHANGES:
+        sent = _mirror(primary, replica, op)
+        assert sent.mtimes(), f"{op} carries no times"
+        assert all(mtime != tp.NO_TIME for _, mtime in sent.mtimes())
+        assert _mtimes(Path(replica.root)) == _mtimes(Path(primary.root)), type(op).__name__
+
+
+def test_a_frame_sets_only_the_mtime_and_leaves_the_atime(pair: tuple[Tree, Tree]) -> None:
+    _, replica = pair
+    replica.apply(tp.MkDir(seq=1, path=b"d", mode=0o755, uid=0, gid=0))
+    replica.apply(tp.Create(seq=2, path=b"d/f", mode=0o644, uid=0, gid=0))
+    os.utime(Path(replica.root, "d"), ns=(5, 6))
+    os.utime(Path(replica.root, "d", "f"), ns=(7, 8))
+    replica.apply(tp.Create(seq=3, path=b"d/g", mode=0o644, uid=0, gid=0, parent_mtime_ns=PAST))
+    replica.apply(tp.Write(seq=4, path=b"d/f", offset=0, data=b"x", mtime_ns=PAST + 1))
+    replica.apply(tp.SetAttr(seq=5, path=b"d/f", fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=0, mtime_ns=PAST + 2))
+    d, f = os.lstat(Path(replica.root, "d")), os.lstat(Path(replica.root, "d", "f"))
+    assert (d.st_atime_ns, d.st_mtime_ns) == (5, PAST)
+    assert (f.st_atime_ns, f.st_mtime_ns) == (7, PAST + 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda mtime: tp.WriteRuns.of(2, b"f", [(0, b"ab"), (8192, b"c")], mtime),
+    lambda mtime: tp.Punch(seq=2, path=b"f", runs=tp.pack_runs([(0, 4096)]), mtime_ns=mtime),
+    lambda mtime: tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_MTIME, mtime_ns=mtime),
+], ids=["WriteRuns", "Punch", "SetAttr.mtime"])
+def test_data_frames_set_the_files_mtime(tree: Tree, root: Path, make: Callable[[int], tp.Operation]) -> None:
+    _mkfile(tree, b"f", b"x" * 10000)
+    tree.apply(make(-PAST))  # before the epoch is a time too
+    assert os.lstat(root / "f").st_mtime_ns == -PAST
+
+
+def test_frames_without_times_leave_them_to_the_system_call(tree: Tree, root: Path) -> None:
+    (root / "d").mkdir()
+    os.utime(root / "d", ns=(PAST, PAST))
+    tree.apply(tp.Create(seq=1, path=b"d/f", mode=0o644, uid=0, gid=0))  # as a resync sends it
+    assert os.lstat(root / "d").st_mtime_ns != PAST
+
+
+def test_the_root_takes_the_mtime_of_changes_in_it(pair: tuple[Tree, Tree]) -> None:
+    primary, replica = pair
+    _mirror(primary, replica, tp.Create(seq=1, path=b"f", mode=0o644, uid=0, gid=0))
+    assert os.lstat(replica.root).st_mtime_ns == os.lstat(primary.root).st_mtime_ns == PAST + 1
+
+
+def test_stamped_truncate_carries_the_new_mtime_unless_it_sets_the_times(tree: Tree, root: Path) -> None:
+    _mkfile(tree, b"f", b"abc")
+    op = tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_SIZE, size=1)
+    tree.apply(op)
+    sent = tree.stamped(op)
+    assert isinstance(sent, tp.SetAttr)
+    assert sent.fields == tp.ATTR_SIZE | tp.ATTR_MTIME
+    assert sent.mtime_ns == os.lstat(root / "f").st_mtime_ns
+    explicit = tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_SIZE | tp.ATTR_TIMES, size=0, atime_ns=1, mtime_ns=2)
+    assert tree.stamped(explicit) is explicit
+    chmod = tp.SetAttr(seq=3, path=b"f", fields=tp.ATTR_MODE, mode=0o600)  # ctime only
+    assert tree.stamped(chmod) is chmod
+
+
 # --- confinement --------------------------------------------------------------------
 
 
@@ -453,10 +577,16 @@ THROUGH_A_LINK: list[Callable[[bytes], tp.Operation]] = [
     lambda p: tp.SetXattr(seq=1, path=p + b"/victim", name=XATTR, value=b"PWNED"),
     lambda p: tp.RemoveXattr(seq=1, path=p + b"/victim", name=XATTR),
     lambda p: tp.Fsync(seq=1, path=p + b"/victim"),
+    lambda p: tp.Write(seq=1, path=p + b"/victim", offset=0, data=b"", mtime_ns=0),
+    lambda p: tp.SetAttr(seq=1, path=p + b"/victim", fields=tp.ATTR_MTIME, mtime_ns=0),
+    lambda p: tp.Create(seq=1, path=p + b"/evil", mode=0o644, uid=0, gid=0, mtime_ns=0, parent_mtime_ns=0),
+    lambda p: tp.Unlink(seq=1, path=p + b"/victim", parent_mtime_ns=0),
+    lambda p: tp.Rename(seq=1, old=b"mine", new=p + b"/planted", old_parent_mtime_ns=0, new_parent_mtime_ns=0),
 ]
 THROUGH_A_LINK_IDS = ["Create", "Write", "MkDir", "MkNod", "Symlink", "Unlink", "RmDir", "Remove", "Rename.old",
                       "Rename.new", "Rename.exchange", "Link.target", "Link.new", "SetAttr.mode", "SetAttr.owner",
-                      "SetAttr.size", "SetAttr.times", "SetXattr", "RemoveXattr", "Fsync"]
+                      "SetAttr.size", "SetAttr.times", "SetXattr", "RemoveXattr", "Fsync", "Write.mtime",
+                      "SetAttr.mtime", "Create.times", "Unlink.times", "Rename.times"]
 
 
 @pytest.mark.parametrize("parent", [b"link", b"sub/link"])
@@ -497,9 +627,15 @@ LAST_IS_A_LINK: list[Callable[[], tp.Operation]] = [
     lambda: tp.Remove(seq=1, path=b"flink"),
     lambda: tp.Rename(seq=1, old=b"flink", new=b"moved"),
     lambda: tp.Link(seq=1, target=b"flink", new=b"hard"),
+    lambda: tp.Write(seq=1, path=b"flink", offset=0, data=b"PWNED", mtime_ns=0),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_MTIME, mtime_ns=0),
+    lambda: tp.SetAttr(seq=1, path=b"flink", fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=0, mtime_ns=0),
+    lambda: tp.Rename(seq=1, old=b"flink", new=b"moved", old_parent_mtime_ns=0, new_parent_mtime_ns=0),
+    lambda: tp.Link(seq=1, target=b"flink", new=b"hard", parent_mtime_ns=0),
 ]
 LAST_IS_A_LINK_IDS = ["Write", "SetAttr.mode", "SetAttr.owner", "SetAttr.size", "SetAttr.times", "SetAttr.all",
-                      "SetXattr", "RemoveXattr", "Create", "MkNod", "Fsync", "Unlink", "Remove", "Rename", "Link"]
+                      "SetXattr", "RemoveXattr", "Create", "MkNod", "Fsync", "Unlink", "Remove", "Rename", "Link",
+                      "Write.mtime", "SetAttr.mtime", "SetAttr.truncate", "Rename.times", "Link.times"]
 
 
 @pytest.mark.parametrize("build", LAST_IS_A_LINK, ids=LAST_IS_A_LINK_IDS)

@@ -20,14 +20,25 @@ SAMPLES: list[tp.Frame] = [
     Proof(proof=b"q" * 32),
     tp.Welcome(last_seq=7, fresh=1),
     tp.Write(seq=1, path=b"dir/file", offset=2**40, data=b"\x00\xffdata"),
+    tp.Write(seq=1, path=b"dir/file", offset=0, data=b"d", mtime_ns=1_700_000_000_123_456_789),
     tp.WriteRuns.of(1, b"dir/file", [(0, b"ab"), (2**40, b"\x00\xff"), (8192, b"")]),
+    tp.WriteRuns.of(1, b"dir/file", [(0, b"ab")], mtime_ns=-1),
     tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_MODE | tp.ATTR_TIMES, mode=0o4755, atime_ns=-5, mtime_ns=2**62),
     tp.Create(seq=3, path=b"f", mode=0o644, uid=1000, gid=1000),
+    tp.Create(seq=3, path=b"d/f", mode=0o644, uid=1000, gid=1000, mtime_ns=5, parent_mtime_ns=6),
+    tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=0, mtime_ns=2**62),
     tp.MkNod(seq=4, path=b"fifo", mode=0o10644, rdev=0, uid=0, gid=0),
     tp.MkDir(seq=5, path=b"d", mode=0o2775, uid=1, gid=2),
     tp.Unlink(seq=6, path=b"f"),
     tp.RmDir(seq=7, path=b"d"),
     tp.Rename(seq=8, old=b"a", new=b"b/c", flags=tp.RENAME_NOREPLACE),
+    tp.Rename(seq=8, old=b"a", new=b"b/c", old_parent_mtime_ns=0, new_parent_mtime_ns=2**63 - 1),
+    tp.Unlink(seq=6, path=b"d/f", parent_mtime_ns=7),
+    tp.RmDir(seq=7, path=b"d", parent_mtime_ns=8),
+    tp.Link(seq=9, target=b"a", new=b"d/hard", parent_mtime_ns=9),
+    tp.MkDir(seq=5, path=b"d", mode=0o755, uid=0, gid=0, mtime_ns=10, parent_mtime_ns=11),
+    tp.MkNod(seq=4, path=b"fifo", mode=0o10644, rdev=0, uid=0, gid=0, mtime_ns=12, parent_mtime_ns=13),
+    tp.Symlink(seq=10, path=b"s", target=b"t", uid=0, gid=0, mtime_ns=14, parent_mtime_ns=15),
     tp.Link(seq=9, target=b"a", new=b"hard"),
     tp.Symlink(seq=10, path=b"s", target=b"/absolute/is/fine/as/a/target", uid=0, gid=0),
     tp.SetXattr(seq=11, path=b"", name=b"user.k", value=b"\x00v"),
@@ -44,6 +55,7 @@ SAMPLES: list[tp.Frame] = [
     tp.Welcome(last_seq=7, fresh=0, generations=bytes(32)),
     tp.Digests(seq=20, digests=bytes(24)),
     tp.Punch(seq=23, path=b"sparse", runs=tp.pack_runs([(0, 4096), (2**40, 2**43)])),
+    tp.Punch(seq=23, path=b"sparse", runs=tp.pack_runs([(0, 4096)]), mtime_ns=16),
     tp.ListData(seq=24, path=b"sparse", offset=0, length=2**62),
     tp.DataMap(seq=24, end=2**50, runs=tp.pack_runs([(4096, 8192), (2**44, 1)])),
     tp.DataMap(seq=24, end=2**62, runs=b""),
@@ -240,7 +252,12 @@ def test_paths_must_be_bytes() -> None:
     pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_TIMES, mtime_ns=-(2**63) - 1),
                  id="i64-too-small"),
     pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=0), id="setattr-no-fields"),
-    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=32), id="setattr-unknown-field"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=64), id="setattr-unknown-field"),
+    pytest.param(lambda: tp.SetAttr(seq=1, path=b"f", fields=tp.ATTR_TIMES | tp.ATTR_MTIME),
+                 id="setattr-times-and-mtime"),
+    pytest.param(lambda: tp.Write(seq=1, path=b"f", offset=0, data=b"", mtime_ns=2**63), id="write-mtime-too-big"),
+    pytest.param(lambda: tp.Rename(seq=1, old=b"a", new=b"b", new_parent_mtime_ns=-(2**63) - 1),
+                 id="rename-mtime-too-small"),
     pytest.param(lambda: tp.Rename(seq=1, old=b"a", new=b"b", flags=4), id="rename-unknown-flag"),
     pytest.param(lambda: tp.Fsync(seq=1, path=b"", whole=256), id="fsync-whole-too-big"),
 ])
@@ -570,15 +587,19 @@ entries = st.lists(st.builds(tp.DirEntry, name=components, mode=u32, uid=u32, gi
                              nlink=u32), max_size=5)
 
 valid_frames = st.one_of(
-    st.builds(tp.Write, seq=u64, path=paths, offset=u64, data=st.binary(max_size=5000)),
+    st.builds(tp.Write, seq=u64, path=paths, offset=u64, data=st.binary(max_size=5000), mtime_ns=i64),
     st.builds(tp.WriteRuns.of, u64, paths, st.lists(st.tuples(st.integers(0, 2**63), st.binary(max_size=300)),
                                                     min_size=1, max_size=20)),
-    st.builds(tp.SetAttr, seq=u64, path=paths, fields=st.integers(min_value=1, max_value=31), mode=u32, uid=u32,
-              gid=u32, size=u64, atime_ns=i64, mtime_ns=i64),
-    st.builds(tp.Rename, seq=u64, old=paths, new=paths, flags=st.integers(min_value=0, max_value=3)),
-    st.builds(tp.Create, seq=u64, path=paths, mode=u32, uid=u32, gid=u32),
-    st.builds(tp.MkDir, seq=u64, path=paths | st.just(b""), mode=u32, uid=u32, gid=u32),
-    st.builds(tp.Link, seq=u64, target=paths, new=paths),
+    st.builds(tp.SetAttr, seq=u64, path=paths, fields=st.integers(min_value=1, max_value=63).filter(
+        lambda f: not (f & tp.ATTR_TIMES and f & tp.ATTR_MTIME)), mode=u32, uid=u32, gid=u32, size=u64,
+        atime_ns=i64, mtime_ns=i64),
+    st.builds(tp.Rename, seq=u64, old=paths, new=paths, flags=st.integers(min_value=0, max_value=3),
+              old_parent_mtime_ns=i64, new_parent_mtime_ns=i64),
+    st.builds(tp.Create, seq=u64, path=paths, mode=u32, uid=u32, gid=u32, mtime_ns=i64, parent_mtime_ns=i64),
+    st.builds(tp.MkDir, seq=u64, path=paths | st.just(b""), mode=u32, uid=u32, gid=u32, mtime_ns=i64,
+              parent_mtime_ns=i64),
+    st.builds(tp.Link, seq=u64, target=paths, new=paths, parent_mtime_ns=i64),
+    st.builds(tp.Unlink, seq=u64, path=paths, parent_mtime_ns=i64),
     st.builds(tp.Symlink, seq=u64, path=paths, target=st.binary(min_size=1, max_size=100).filter(
         lambda b: b"\0" not in b), uid=u32, gid=u32),
     st.builds(tp.SetXattr, seq=u64, path=paths, name=st.binary(min_size=1, max_size=MAX_NAME).filter(
@@ -610,3 +631,16 @@ def test_punch_runs_must_be_nonempty_ordered_and_apart(runs: list[tuple[int, int
 def test_a_data_map_cannot_reach_past_its_end() -> None:
     with pytest.raises(tp.LocalProtocolError):
         tp.DataMap(seq=1, end=100, runs=tp.pack_runs([(50, 51)]))
+
+
+def test_namespace_frames_name_the_mtimes_they_carry_and_of_which_entry() -> None:
+    assert tp.Create(seq=1, path=b"d/f", mode=0, uid=0, gid=0, mtime_ns=5, parent_mtime_ns=6).mtimes() == \
+        [(b"d/f", 5), (b"d", 6)]
+    assert tp.Rename(seq=1, old=b"a/x", new=b"y", old_parent_mtime_ns=7, new_parent_mtime_ns=8).mtimes() == \
+        [(b"a", 7), (b"", 8)]
+    assert tp.Link(seq=1, target=b"a/x", new=b"b/y", parent_mtime_ns=-9).mtimes() == [(b"b", -9)]
+    assert tp.Unlink(seq=1, path=b"f", parent_mtime_ns=0).mtimes() == [(b"", 0)]  # the epoch is a time
+    # Unset times (resync frames, whose times follow separately) are not set at all.
+    assert tp.MkDir(seq=1, path=b"d", mode=0, uid=0, gid=0, parent_mtime_ns=3).mtimes() == [(b"", 3)]
+    assert tp.RmDir(seq=1, path=b"d").mtimes() == []
+    assert tp.SetXattr(seq=1, path=b"f", name=b"user.a", value=b"").mtimes() == []  # ctime only
