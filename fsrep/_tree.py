@@ -29,10 +29,9 @@ Caveats:
   is reserved at the root of the mount and of every declared group.
 - On the primary, one store holds several consistency groups: the mount's
   tree and one tree per group (``subtree``) share one family, so a rename or
-  a tree's removal through any of them drops the descriptors all of them
-  cached. The default group's tree *hides* the other groups' roots: it
-  neither lists nor reaches them (which is why an rmdir, of a path only one
-  of them reaches, drops only that tree's).
+  rmdir through any of them drops the descriptors all of them cached. The
+  default group's tree *hides* the other groups' roots: it neither lists nor
+  reaches them.
 """
 
 from __future__ import annotations
