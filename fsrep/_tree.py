@@ -22,8 +22,7 @@ left alone — so in sequence order the replica's mtimes are the primary's.
 
 Caveats:
 - Small LRU caches keep parent-directory and file descriptors; renames and
-  removals of trees drop them all; rmdirs, unlinks and creates the paths
-  concerned.
+  rmdirs drop them all, unlinks and creates drop the path concerned.
 - ``.fsrep`` at the root is reserved for fsrep's own state: no operation may
   name it. Every group's tree has its own root, so on the primary ``.fsrep``
   is reserved at the root of the mount and of every declared group.
@@ -449,18 +448,9 @@ class Tree:
 
     def _rmdir(self, op: tp.RmDir) -> None:
         d, name = self.at(op.path)
+        self.forget_all()
+        d, name = self.at(op.path)
         os.rmdir(name, dir_fd=d)
-        self._forget_below(op.path)
-
-    def _forget_below(self, path: bytes) -> None:
-        """Drop the cached descriptors of *path* and below it. Enough after
-        an rmdir — of an empty directory, reached only through this tree —
-        where dropping them all would make each rmdir of a deep tree walk
-        from the root again: quadratic in its depth."""
-        below = path + b"/"
-        for cache in (self._dirs, self._files):
-            for key in [k for k in cache if k == path or k.startswith(below)]:
-                os.close(cache.pop(key))
 
     @contextlib.contextmanager
     def _held_parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
