@@ -203,10 +203,10 @@ def _tree_of_directories(top: Path, count: int, fanout: int) -> int:
 
 def test_the_directory_phase_shows_directories_and_compares_each_once(cluster: Cluster) -> None:
     store = cluster.primary_store
-    entries = _tree_of_directories(store / "wide", 400, fanout=20) + 1  # and "wide" itself, in the root
-    levels = 1000
+    entries = _tree_of_directories(store / "wide", 300, fanout=20) + 1  # and "wide" itself, in the root
+    levels = 800
     deep_chain(store, levels, name="c")  # each level one round trip: a directory phase long enough to watch
-    directories = 1 + 1 + 400 + levels  # the root, "wide", its tree, the chain
+    directories = 1 + 1 + 300 + levels  # the root, "wide", its tree, the chain
     entries += levels + 1  # each chain level is an entry of the one above; the file at the bottom
     cluster.mount()
     seen: list[dict] = []
@@ -244,11 +244,11 @@ def test_the_directory_phase_shows_directories_and_compares_each_once(cluster: C
 def test_a_large_directory_changed_while_it_is_compared_ends_identical(cluster: Cluster) -> None:
     big = cluster.primary_store / "big"
     big.mkdir()
-    for i in range(6000):  # many steps' worth of entries: clients get in between them
+    for i in range(3000):  # several steps' worth of entries: clients get in between them
         (big / f"e{i:05d}").write_bytes(b"%d" % i)
     cluster.mount()
     mine = cluster.mnt / "big"
-    for i in range(300):  # bounded: changes land before, during and after the comparison of "big"
+    for i in range(200):  # bounded: changes land before, during and after the comparison of "big"
         (mine / f"new{i}").write_bytes(b"new")
         (mine / f"e{i * 7:05d}").unlink()
         os.rename(mine / f"e{i * 7 + 1:05d}", mine / f"moved{i}")
