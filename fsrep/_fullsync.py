@@ -4,7 +4,7 @@ as sparse-aware writes, then attributes.
 
 This is the fallback that is always correct: it needs no tracking. It runs
 before the filesystem is mounted or, when mounted, while new mutations wait
-at the gate (``Relationship.holding_mutations``), so nothing changes the
+at the gate (``ResyncStream.holding_mutations``), so nothing changes the
 store meanwhile. Quick resync (``_resync``) is the common case and moves
 only what changed.
 
@@ -21,12 +21,11 @@ import stat
 
 import trio
 
-import tracking
 import transport as tp
 
 from ._progress import ResyncRun
 from ._sparse import data_segments
-from ._splitter import Relationship
+from ._stream import ResyncStream
 from ._tree import Tree
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ class _Progress:
                      self.run.copied_bytes, self.run.copy_total, self.run.rate(now) / 2**20)
 
 
-async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
+async def full_resync(rel: ResyncStream, tree: Tree, run: ResyncRun) -> None:
     """Bring the replica of *rel* to the primary's state.
 
     Raises:
@@ -82,12 +81,11 @@ async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
         rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
     rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
     await rel.all_acked()  # until then, a lost link leaves "everything" dirty
-    rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
+    rel.replica_matches()  # nothing can change while writers are held
     await rel.finish_resync()
     elapsed = trio.current_time() - progress.start
     sent = run.copied_bytes - progress.first_bytes
-    rel.resync_bytes += sent
-    rel.last_resync_seconds = elapsed
+    rel.ran(sent, elapsed)
     log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,
              sent, elapsed)
 
@@ -96,7 +94,7 @@ def _times(seq: int, path: bytes, st: os.stat_result) -> tp.SetAttr:
     return tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_TIMES, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
 
 
-async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result,
+async def _send_entry(rel: ResyncStream, tree: Tree, path: bytes, st: os.stat_result,
                       hard_links: dict[int, bytes], progress: _Progress) -> None:
     mode = st.st_mode
     if not stat.S_ISDIR(mode) and st.st_nlink > 1:
@@ -123,7 +121,7 @@ async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_re
         rel.send(lambda seq: _times(seq, path, st))
 
 
-async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
+async def _send_data(rel: ResyncStream, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
     fd = tree.open_regular(path, os.O_RDONLY)
     try:
         for start, end in data_segments(fd, 0, st.st_size):
@@ -149,7 +147,7 @@ def _data_bytes(tree: Tree) -> int:
     return sum(min(st.st_size, st.st_blocks * 512) for _, st in tree.walk() if stat.S_ISREG(st.st_mode))
 
 
-def _send_xattrs(rel: Relationship, tree: Tree, path: bytes) -> None:
+def _send_xattrs(rel: ResyncStream, tree: Tree, path: bytes) -> None:
     try:
         names = tree.listxattr(path)
     except OSError:

@@ -108,16 +108,16 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
     the activity log held active. When that cannot be known, everything."""
     record = rel.record
     if record.stale:
-        rel.dirty = groups.load_dirty(record)
+        rel.ledger.dirty = groups.load_dirty(record)
     if baseline:
-        rel.dirty.mark_everything(baseline)
+        rel.ledger.mark_everything(baseline)
     if not record.clean_shutdown:
         try:
             count = tracking.ActivityLog.recover(groups.activity(record).load(), rel.dirty)
             log.warning("group %s: the primary daemon did not shut down cleanly; %d active extents from the "
                         "activity log are dirty", record.id, count)
         except (tracking.StateError, ValueError) as exc:
-            rel.dirty.mark_everything(f"unclean shutdown and no usable activity log: {exc}")
+            rel.ledger.mark_everything(f"unclean shutdown and no usable activity log: {exc}")
         rel.replica_may_be_ahead = True
         if not record.stale:
             record.stale = True
@@ -150,8 +150,8 @@ async def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
     await rel.reconnect_now()
     if rel.conn is None:
         return {"error": f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
-                         f"unreachable ({rel.last_error or 'not connected'}); a resync starts by itself when it is "
-                         f"back"}
+                         f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when "
+                         f"it is back"}
     try:
         run = rel.request_resync(mode, reason="requested by fsrep-resync", rate_limit=rate_limit)
     except ValueError as exc:
@@ -172,7 +172,7 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
             moved.append(spec.path)
         record, baseline = _load_group(records, spec, tree)
         rel = Relationship(record, groups, opts.key, opts.timeouts, tls=opts.tls)
-        rel.default_rate_limit = opts.resync_rate_limit
+        rel.scheduler.default_rate_limit = opts.resync_rate_limit
         rel.lag_budget = opts.lag_budget
         _tracking_state(rel, groups, baseline)
         opened.append(Group(rel, tree, spec.path.encode()))
@@ -274,7 +274,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     try:
         await _connect_all(mount)
         for group in mount.all:
-            group.rel.resync_hook = functools.partial(resync, group.rel, group.tree, None)
+            group.rel.scheduler.hook = functools.partial(resync, group.rel.stream, group.tree, None)
         async with trio.open_nursery() as nursery:
             for group in mount.all:
                 await nursery.start(group.rel.serve)
@@ -292,7 +292,8 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                                       f"({exc.strerror or exc}); free space there and mount again") from None
             ops = Operations(mount_tree, mount, writeback_cache=opts.writeback_cache)
             for group in mount.all:
-                group.rel.resync_hook = functools.partial(resync, group.rel, group.tree, group.locator(ops.inodes))
+                group.rel.scheduler.hook = functools.partial(resync, group.rel.stream, group.tree,
+                                                            group.locator(ops.inodes))
             options = set(pyfuse3.default_options)
             options |= {f"fsname={store}", "subtype=fsrep", "allow_other"}
             pyfuse3.init(ops, str(mountpoint), options)

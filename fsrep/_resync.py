@@ -55,7 +55,7 @@ import transport as tp
 from ._fullsync import full_resync
 from ._progress import ResyncRun
 from ._sparse import data_segments, next_data
-from ._splitter import Relationship
+from ._stream import ResyncStream
 from ._tree import Tree
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ ENTRIES_PER_STEP = 512  # entries a walk or a directory's comparison looks at be
 MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
-async def resync(rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
+async def resync(rel: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
     """Run *run*: quick (or checksum) when the dirty set can be trusted,
     full when asked or when it cannot.
 
@@ -115,7 +115,7 @@ async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
 
 
 class QuickResync:
-    def __init__(self, rel: Relationship, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun,
+    def __init__(self, rel: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun,
                  directories: Sequence[tuple[int, bytes]] = ()) -> None:
         self.rel = rel
         self.directories = directories
@@ -153,8 +153,7 @@ class QuickResync:
                 await self._files()
             elif await rel.finish_resync():
                 break
-        rel.resync_bytes += self.bytes_sent
-        rel.last_resync_seconds = trio.current_time() - self.started
+        rel.ran(self.bytes_sent, trio.current_time() - self.started)
         say("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
                  self.bytes_sent, trio.current_time() - self.started,
                  f"; {self.progress.checked_bytes} bytes compared by digest, "

@@ -55,13 +55,13 @@ async def connected(tmp_path: Path) -> AsyncIterator[tuple[InProcessSecondary, R
         await rel.connect()
         nursery.start_soon(rel.serve)
         with trio.fail_after(10):  # the new replica learns the primary's generation first
-            await rel.all_acked()
+            await rel.stream.all_acked()
         yield server, rel, nursery
         nursery.cancel_scope.cancel()
 
 
 def _stale_on_disk(rel: Relationship) -> bool:
-    groups = GroupStore(str(rel._groups.dir.parent.parent))
+    groups = GroupStore(str(rel.ledger.groups.dir.parent.parent))
     path = groups.file(rel.record)
     return path.exists() and json.loads(path.read_text())["payload"]["stale"]
 
@@ -69,7 +69,7 @@ def _stale_on_disk(rel: Relationship) -> bool:
 async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(tmp_path: Path) -> None:
     async with connected(tmp_path) as (server, rel, nursery):
         assert rel.state is RelationshipState.IN_SYNC
-        first = rel.next_seq  # after the new replica learned the primary's generation
+        first = rel.pipeline.next_seq  # after the new replica learned the primary's generation
         applied: list[int] = []
         pendings = []
         with trio.testing.assert_no_checkpoints():
@@ -86,7 +86,7 @@ async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(t
         assert rel.statistics()["ops_in_flight"] == 101
         for pending in pendings:
             await rel.wait(pending)
-        assert rel.acked_seq == first + 100
+        assert rel.pipeline.acked_seq == first + 100
         assert rel.statistics()["ops_in_flight"] == 0
         replica = tmp_path / "secondary" / rel.record.id / "f"
         assert replica.read_bytes() == bytes(range(100))
@@ -118,7 +118,7 @@ async def test_strict_refuses_before_applying_when_not_in_sync(tmp_path: Path) -
 
 async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> None:
     async with connected(tmp_path) as (server, rel, nursery):
-        first = rel.next_seq
+        first = rel.pipeline.next_seq
 
         def fail(seq: int | None) -> tp.Operation:
             raise FileNotFoundError(errno.ENOENT, "gone")

@@ -1,0 +1,98 @@
+"""A state file under ``.fsrep/`` that cannot be saved is never only
+logged: the change it should cover fails (the caller sees the error), or
+the group's status shows the fault with its reason until it clears."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cluster, assert_same_tree, fsrep_resync, wait_for
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """*directory* read-only for everyone, root too (a read-only bind mount
+    over itself), until the block ends."""
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def _groups_dir(cluster: Cluster) -> Path:
+    return cluster.primary_store / ".fsrep" / "groups"
+
+
+def _faults(cluster: Cluster) -> list[str]:
+    return cluster.status()["faults"]
+
+
+def _assert_replicated(cluster: Cluster) -> None:
+    """The trees match (the faults were logged as errors, on purpose)."""
+    cluster.umount()
+    assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
+
+
+def _write(path: Path, data: bytes, offset: int = 0) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_change_the_activity_log_cannot_record_fails_and_status_says_why(mounted: Cluster) -> None:
+    _write(mounted.mnt / "before", b"x")
+    with read_only(_groups_dir(mounted)):
+        with pytest.raises(OSError) as caught:
+            _write(mounted.mnt / "refused", b"y" * 4096)
+        assert caught.value.errno == errno.EROFS
+        faults = _faults(mounted)
+        assert any("cannot save the activity log" in fault for fault in faults), faults
+        assert mounted.status()["state"] == "InSync"  # nothing was applied on either side
+    _write(mounted.mnt / "refused", b"z" * 4096)  # accepted again, and the fault cleared
+    assert _faults(mounted) == []
+    assert (mounted.mnt / "refused").read_bytes() == b"z" * 4096
+    _assert_replicated(mounted)
+
+
+def test_a_stale_mark_that_cannot_be_saved_refuses_local_changes_until_it_can(mounted: Cluster) -> None:
+    _write(mounted.mnt / "f", b"a")
+    with read_only(_groups_dir(mounted)):
+        mounted.secondary.stop()
+        mounted.wait_state("OutOfSync")
+        assert any("cannot record that the replica is stale" in f for f in _faults(mounted))
+        with pytest.raises(OSError) as caught:
+            _write(mounted.mnt / "g", b"b")
+        assert caught.value.errno == errno.EROFS
+        assert not (mounted.primary_store / "g").exists()
+    _write(mounted.mnt / "g", b"b")  # the mark is saved first, then the change is made
+    assert _faults(mounted) == []
+    mounted.secondary.start()
+    assert fsrep_resync(str(mounted.mnt)).returncode == 0
+    mounted.wait_state("InSync")
+    _assert_replicated(mounted)
+
+
+def test_a_dirty_set_that_cannot_be_saved_is_a_fault_in_status_until_saved(mounted: Cluster) -> None:
+    mounted.secondary.stop()
+    mounted.wait_state("OutOfSync")
+    _write(mounted.mnt / "f", b"a" * 4096)  # the stale mark and the activity log are saved now
+    with read_only(_groups_dir(mounted)):
+        _write(mounted.mnt / "f", b"b" * 4096)  # the same extent: nothing more to record before the change
+        wait_for(lambda: any("cannot save the dirty set" in f for f in _faults(mounted)),
+                 "the dirty-set fault in status")
+    wait_for(lambda: _faults(mounted) == [], "the fault to clear")
+    mounted.secondary.start()
+    assert fsrep_resync(str(mounted.mnt)).returncode == 0
+    mounted.wait_state("InSync")
+    _assert_replicated(mounted)
