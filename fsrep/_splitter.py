@@ -58,9 +58,9 @@ from ._link import DEFAULT_TIMEOUTS, Link, Timeouts
 from ._pipeline import NO_MARKS, Drain, InFlight, Pipeline, Position
 from ._recorder import ActivityTracker, Recorder
 from ._scheduler import ResyncScheduler
+from ._sessions import Sessions
 from ._state import RelationshipState, check_transition
 from ._stream import ResyncStream
-from ._verdict import Decision, Known, Reported, decide
 
 __all__ = ["Pending", "Relationship", "Timeouts"]
 log = logging.getLogger(__name__)
@@ -92,15 +92,13 @@ class Relationship:
         self.recorder = Recorder([self.activity])
         self.ledger = Ledger(record, groups, self.faults, self.pipeline.unsettled_marks, self.activity.settle)
         address = parse_address(record.secondary, what="the group's secondary")
-        self.link = Link(self, record.id, address, key, record.group_id, timeouts, tls)
+        self.sessions = Sessions(self)
+        self.link = Link(self.sessions, record.id, address, key, record.group_id, timeouts, tls)
         self.scheduler = ResyncScheduler(self)
         self.stream = ResyncStream(self)
-        self.replica_seq = 0
         self.replica_may_be_ahead = False  # after a crash: the replica may hold changes we lost count of
         self.lag_budget = 64 * 1024 * 1024  # semi-sync: writes wait while more than this is unacknowledged
-        self._lag_since: float | None = None  # when the first change still missing on the replica was made
-        self._seq_from_replica = False  # the next resync starts at the replica's position
-        self._tell_generation = False
+        self.lag_since: float | None = None  # when the first change still missing on the replica was made
         self.internal_errors = 0  # requests of this group that failed with a bug (EIO)
 
     @property
@@ -166,7 +164,7 @@ class Relationship:
         if not self.record.stale:  # the first change kept local: by a resync, by async, or without a link
             if self.state is R.IN_SYNC:  # async
                 self.mark_stale("policy async: changes wait for the next shipment")
-                self._set_state(R.OUT_OF_SYNC, "policy async: changes wait for the next shipment", quiet=True)
+                self.set_state(R.OUT_OF_SYNC, "policy async: changes wait for the next shipment", quiet=True)
             else:
                 self.mark_stale("changes were kept local during a resync" if self.state is R.RESYNCING
                                 else "change made without a link")
@@ -186,7 +184,7 @@ class Relationship:
         self._refuse_if_strict(f": {reason}")
         self.mark_stale(reason)
         if self.state is R.IN_SYNC:
-            self._set_state(R.OUT_OF_SYNC, reason)
+            self.set_state(R.OUT_OF_SYNC, reason)
         self._apply_local(apply, marks)
         if self.link.conn is not None and self.state is R.OUT_OF_SYNC and self.scheduler.hook is not None:
             self.request_resync("quick", reason=reason)
@@ -200,8 +198,8 @@ class Relationship:
         """The local-only change: the stale mark on disk first, then the
         trackers, the change, and its marks in the dirty set."""
         self.ledger.stale_durable()
-        if self._lag_since is None:
-            self._lag_since = trio.current_time()
+        if self.lag_since is None:
+            self.lag_since = trio.current_time()
         self.recorder.record(marks, tracking.LOCAL_SEQ)
         apply(None)
         self.ledger.dirty_apply(marks)
@@ -258,7 +256,7 @@ class Relationship:
 
     # --- state -----------------------------------------------------------------
 
-    def _set_state(self, new: RelationshipState, why: str, *, quiet: bool = False) -> None:
+    def set_state(self, new: RelationshipState, why: str, *, quiet: bool = False) -> None:
         if new is self.state:
             return
         check_transition(self.state, new)
@@ -300,7 +298,7 @@ class Relationship:
         self.link.last_error = reason
         self.mark_stale(f"link lost: {reason}")
         if self.state is not R.OUT_OF_SYNC:
-            self._set_state(R.OUT_OF_SYNC, reason)
+            self.set_state(R.OUT_OF_SYNC, reason)
         if self.link.conn is not None:
             log.warning("group %s: link to %s lost at %s: %s", self.record.id, self.record.secondary,
                         self.position, reason)
@@ -312,85 +310,6 @@ class Relationship:
         self.scheduler.interrupted(self.scheduler.run)
         self.ledger.save_dirty()
         self.link.drop()
-
-    # --- what the link reports (LinkOwner) -----------------------------------------
-
-    def connected(self, conn: tp.Connection, welcome: tp.Welcome) -> None:
-        """Judge the replica just connected to; the group is InSync, or
-        OutOfSync (connected) when the replica needs a resync, or
-        SplitBrain when it must not be resynced."""
-        pipeline = self.pipeline
-        log.info("group %s: connected to %s%s and authenticated; replica at seq %d, primary at %s",
-                 self.record.id, self.record.secondary, f" over {conn.tls_version}" if conn.tls_version else "",
-                 welcome.last_seq, self.position)
-        self.replica_seq = welcome.last_seq
-        queued = self.scheduler.queued
-        known = Known(self.record.generation_ids, pipeline.acked_seq, pipeline.durable_seq, pipeline.next_seq,
-                      self.record.stale, self.replica_may_be_ahead, queued is not None and queued.mode == "full")
-        replica = Reported(welcome.last_seq, bool(welcome.fresh), tracking.generations.unpack(welcome.generations))
-        verdict = decide(known, replica)
-        self._tell_generation = verdict.tell_generation
-        if verdict.decision.refused:
-            self._refuse(verdict.reason)
-            return
-        if verdict.lost_after is not None:
-            self.mark_stale(verdict.reason)
-            for marks in pipeline.lost_by_replica(verdict.lost_after):
-                self.ledger.dirty_apply(marks)
-            self.ledger.dirty_changed = True
-            pipeline.restart_at(verdict.lost_after)
-            log.info("group %s: %s; what it lost is dirty", self.record.id, verdict.reason)
-        elif verdict.decision is Decision.CHECKSUM:
-            self.ledger.mark_everything(verdict.reason)
-            self.mark_stale(verdict.reason)
-            self.ledger.save_dirty()
-        if self.record.stale:
-            self._set_state(R.OUT_OF_SYNC, f"replica needs a resync: {self.record.stale_reason}")
-            self._seq_from_replica = True
-        else:
-            pipeline.restart_at(welcome.last_seq)
-            self._set_state(R.IN_SYNC, verdict.reason)
-            if self._tell_generation:
-                self._send_generation(conn, self.record.generation_ids[-1])
-
-    def _refuse(self, reason: str) -> None:
-        """When the replica holds data newer than ours, or the histories are
-        unrelated, never resync (either way): stay connected, keep changes
-        local and dirty, and say why — the operator decides
-        (``fsrep-resync --mode full`` discards the replica's side)."""
-        if self.record.stale:
-            self.ledger.restate(reason)
-        else:
-            self.mark_stale(reason)
-        self._seq_from_replica = True  # a full resync, if the operator asks, starts at the replica's position
-        self._set_state(R.OUT_OF_SYNC, "replica connected")
-        self._set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
-                                                "'fsrep-resync --mode full' (which discards the replica's changes)")
-
-    def received(self, conn: tp.Connection, event: tp.Frame) -> None:
-        if isinstance(event, tp.Ack):
-            for entry in self.pipeline.on_ack(event.seq, trio.current_time()):
-                self.pending(entry).done.set()
-            run = self.scheduler.run
-            if self.state is R.RESYNCING and run is not None:
-                run.progressed(self.pipeline.last_progress)
-            self.stream.acked(event.seq)
-        elif isinstance(event, tp.Durable):
-            self.pipeline.on_durable(event.seq)
-        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap)):
-            self.stream.replied(event)
-        elif isinstance(event, tp.Nack):
-            if self.state is R.RESYNCING:
-                # The replica is not what the dirty set says: never retry the same steps forever.
-                self.ledger.mark_everything(f"the replica refused resync step {event.seq}: {event.message}")
-            raise tp.LinkDown(f"secondary could not apply seq {event.seq}: "
-                              f"{errno.errorcode.get(event.errno, event.errno)} {event.message}")
-
-    def overdue(self, now: float) -> bool:
-        return self.pipeline.overdue(now, self.timeouts.ack)
-
-    def start_session_tasks(self, nursery: trio.Nursery) -> None:
-        self.scheduler.start_session_tasks(nursery)
 
     # --- the link, the resync runs: what the daemon calls ---------------------------
 
@@ -418,42 +337,6 @@ class Relationship:
     async def resync_now(self, reason: str) -> None:
         await self.scheduler.resync_now(reason)
 
-    def begin_resync(self, why: str) -> None:
-        """A resync stream starts on the current connection; the replica's
-        position becomes the session's."""
-        if self.link.conn is None:
-            raise tp.LinkDown("not connected")
-        if self._seq_from_replica:
-            self.pipeline.restart_at(self.replica_seq)
-            self._seq_from_replica = False
-        run = self.scheduler.run
-        quiet = run is not None and run.routine
-        if self.state is R.IN_SYNC:
-            self._set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
-        self._set_state(R.RESYNCING, why, quiet=quiet)
-
-    def in_sync_again(self) -> None:
-        """A resync left nothing dirty and everything acknowledged: the
-        replica is current.
-
-        Raises:
-            LinkDown: that cannot be recorded; the resync is retried.
-        """
-        try:
-            generation = self.ledger.replica_matches(self.pipeline.acked_seq)
-        except OSError as exc:
-            raise tp.LinkDown(f"cannot record that the replica is in sync ({exc}); the resync is retried with "
-                              f"the next session") from None
-        self._lag_since = None
-        run = self.scheduler.run
-        self._set_state(R.IN_SYNC, "resync complete", quiet=run is not None and run.routine)
-        assert self.link.conn is not None
-        self._send_generation(self.link.conn, generation)
-
-    def _send_generation(self, conn: tp.Connection, generation: bytes) -> None:
-        self._tell_generation = False
-        self.queue(conn, tp.Generation(seq=self.pipeline.next_seq, generation=generation))
-
     async def drain_and_close(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is in the message
         """Wait (bounded) for what is in flight, say goodbye, and persist the
         group as cleanly shut down."""
@@ -478,8 +361,8 @@ class Relationship:
     def _lag_seconds(self) -> float:
         """How long the replica has been missing changes made here."""
         now = trio.current_time()
-        if self.record.stale and self._lag_since is not None:
-            return round(now - self._lag_since, 3)
+        if self.record.stale and self.lag_since is not None:
+            return round(now - self.lag_since, 3)
         since = self.pipeline.waiting_since()
         return round(now - since, 3) if since is not None else 0.0
 

@@ -86,8 +86,19 @@ class ResyncStream:
     # --- frames and questions ----------------------------------------------------------
 
     def begin_resync(self, why: str) -> None:
-        """Start sending a resync stream on the current connection."""
-        self._rel.begin_resync(why)
+        """Start sending a resync stream on the current connection.
+
+        Raises:
+            LinkDown: there is none.
+        """
+        rel = self._rel
+        if rel.link.conn is None:
+            raise tp.LinkDown("not connected")
+        rel.sessions.resume()
+        quiet = rel.scheduler.run is not None and rel.scheduler.run.routine
+        if rel.state is R.IN_SYNC:
+            rel.set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
+        rel.set_state(R.RESYNCING, why, quiet=quiet)
 
     def send(self, make: Callable[[int], tp.Operation], marks: tracking.Marks = NO_MARKS) -> Pending:
         """Queue a resync frame (nothing applied locally). Never checkpoints.
@@ -217,5 +228,13 @@ class ResyncStream:
         rel.ledger.dirty_changed = True
         if not rel.ledger.save_dirty():
             raise tp.LinkDown("cannot save the dirty set; the resync is retried with the next session")
-        rel.in_sync_again()
+        try:
+            generation = rel.ledger.replica_matches(rel.pipeline.acked_seq)
+        except OSError as exc:
+            raise tp.LinkDown(f"cannot record that the replica is in sync ({exc}); the resync is retried with "
+                              f"the next session") from None
+        rel.lag_since = None
+        rel.set_state(R.IN_SYNC, "resync complete", quiet=rel.scheduler.run is not None and rel.scheduler.run.routine)
+        assert rel.link.conn is not None
+        rel.sessions.tell_generation(rel.link.conn, generation)
         return True

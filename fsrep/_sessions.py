@@ -1,0 +1,133 @@
+"""What each session of the link means for its group (the link's owner):
+the handshake verdict applied, the frames the secondary sends (acks,
+durable reports, replies, refusals), the ack watchdog's question, and the
+generation the replica is told.
+
+The rules of the verdict are ``_verdict.decide``'s; this module only
+carries them out — a new row there is, at most, a new branch here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+import tracking
+import transport as tp
+
+from ._state import RelationshipState
+from ._verdict import Decision, Known, Reported, decide
+
+if TYPE_CHECKING:
+    from ._splitter import Relationship
+
+log = logging.getLogger(__name__)
+R = RelationshipState
+
+
+class Sessions:
+    """The link's view of one relationship."""
+
+    def __init__(self, rel: Relationship) -> None:
+        self._rel = rel
+        self.replica_seq = 0  # where the replica said it was, at the last handshake
+        self._from_replica = False  # the next resync starts at the replica's position
+        self._tell_generation = False
+
+    def connected(self, conn: tp.Connection, welcome: tp.Welcome) -> None:
+        """Judge the replica just connected to; the group is InSync, or
+        OutOfSync (connected) when the replica needs a resync, or
+        SplitBrain when it must not be resynced."""
+        rel, record, pipeline = self._rel, self._rel.record, self._rel.pipeline
+        log.info("group %s: connected to %s%s and authenticated; replica at seq %d, primary at %s",
+                 record.id, record.secondary, f" over {conn.tls_version}" if conn.tls_version else "",
+                 welcome.last_seq, rel.position)
+        self.replica_seq = welcome.last_seq
+        queued = rel.scheduler.queued
+        known = Known(record.generation_ids, pipeline.acked_seq, pipeline.durable_seq, pipeline.next_seq,
+                      record.stale, rel.replica_may_be_ahead, queued is not None and queued.mode == "full")
+        replica = Reported(welcome.last_seq, bool(welcome.fresh), tracking.generations.unpack(welcome.generations))
+        verdict = decide(known, replica)
+        self._tell_generation = verdict.tell_generation
+        if verdict.decision.refused:
+            self._refuse(verdict.reason)
+            return
+        if verdict.lost_after is not None:
+            rel.mark_stale(verdict.reason)
+            for marks in pipeline.lost_by_replica(verdict.lost_after):
+                rel.ledger.dirty_apply(marks)
+            rel.ledger.dirty_changed = True
+            pipeline.restart_at(verdict.lost_after)
+            log.info("group %s: the secondary lost changes after seq %d that it had not made durable; they are "
+                     "dirty", record.id, verdict.lost_after)
+        elif verdict.decision is Decision.CHECKSUM:
+            rel.ledger.mark_everything(verdict.reason)
+            rel.mark_stale(verdict.reason)
+            rel.ledger.save_dirty()
+        if record.stale:
+            rel.set_state(R.OUT_OF_SYNC, f"replica needs a resync: {record.stale_reason}")
+            self._from_replica = True
+        else:
+            pipeline.restart_at(welcome.last_seq)
+            rel.set_state(R.IN_SYNC, verdict.reason)
+            if self._tell_generation:
+                self.tell_generation(conn, record.generation_ids[-1])
+
+    def _refuse(self, reason: str) -> None:
+        """When the replica holds data newer than ours, or the histories are
+        unrelated, never resync (either way): stay connected, keep changes
+        local and dirty, and say why — the operator decides
+        (``fsrep-resync --mode full`` discards the replica's side)."""
+        rel = self._rel
+        if rel.record.stale:
+            rel.ledger.restate(reason)
+        else:
+            rel.mark_stale(reason)
+        self._from_replica = True  # a full resync, if the operator asks, starts at the replica's position
+        rel.set_state(R.OUT_OF_SYNC, "replica connected")
+        rel.set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
+                                              "'fsrep-resync --mode full' (which discards the replica's changes)")
+
+    def resume(self) -> None:
+        """A resync begins: after a handshake that found the replica stale,
+        the stream continues from the replica's own position."""
+        if self._from_replica:
+            self._rel.pipeline.restart_at(self.replica_seq)
+            self._from_replica = False
+
+    def tell_generation(self, conn: tp.Connection, generation: bytes) -> None:
+        """The replica learns where both sides now stand."""
+        self._tell_generation = False
+        self._rel.queue(conn, tp.Generation(seq=self._rel.pipeline.next_seq, generation=generation))
+
+    def received(self, conn: tp.Connection, event: tp.Frame) -> None:
+        rel = self._rel
+        if isinstance(event, tp.Ack):
+            for entry in rel.pipeline.on_ack(event.seq, trio.current_time()):
+                rel.pending(entry).done.set()
+            run = rel.scheduler.run
+            if rel.state is R.RESYNCING and run is not None:
+                run.progressed(rel.pipeline.last_progress)
+            rel.stream.acked(event.seq)
+        elif isinstance(event, tp.Durable):
+            rel.pipeline.on_durable(event.seq)
+        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap)):
+            rel.stream.replied(event)
+        elif isinstance(event, tp.Nack):
+            if rel.state is R.RESYNCING:
+                # The replica is not what the dirty set says: never retry the same steps forever.
+                rel.ledger.mark_everything(f"the replica refused resync step {event.seq}: {event.message}")
+            raise tp.LinkDown(f"secondary could not apply seq {event.seq}: "
+                              f"{errno.errorcode.get(event.errno, event.errno)} {event.message}")
+
+    def overdue(self, now: float) -> bool:
+        return self._rel.pipeline.overdue(now, self._rel.timeouts.ack)
+
+    def link_lost(self, reason: str) -> None:
+        self._rel.link_lost(reason)
+
+    def start_session_tasks(self, nursery: trio.Nursery) -> None:
+        self._rel.scheduler.start_session_tasks(nursery)
