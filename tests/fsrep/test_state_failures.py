@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import tracking
 from tests.conftest import Cluster, assert_same_tree, fsrep_resync, wait_for
 
 
@@ -51,17 +52,19 @@ def _write(path: Path, data: bytes, offset: int = 0) -> None:
 
 
 def test_a_change_the_activity_log_cannot_record_fails_and_status_says_why(mounted: Cluster) -> None:
-    _write(mounted.mnt / "before", b"x")
+    _write(mounted.mnt / "f", b"x")
+    far = 64 * tracking.EXTENT_SIZE  # an extent not active yet: the log must be saved before the write
     with read_only(_groups_dir(mounted)):
         with pytest.raises(OSError) as caught:
-            _write(mounted.mnt / "refused", b"y" * 4096)
+            _write(mounted.mnt / "f", b"y" * 4096, far)
         assert caught.value.errno == errno.EROFS
         faults = _faults(mounted)
         assert any("cannot save the activity log" in fault for fault in faults), faults
         assert mounted.status()["state"] == "InSync"  # nothing was applied on either side
-    _write(mounted.mnt / "refused", b"z" * 4096)  # accepted again, and the fault cleared
+    assert (mounted.mnt / "f").stat().st_size == 1  # the refused write was not applied
+    _write(mounted.mnt / "f", b"z" * 4096, far)  # accepted again, and the fault cleared
     assert _faults(mounted) == []
-    assert (mounted.mnt / "refused").read_bytes() == b"z" * 4096
+    assert (mounted.mnt / "f").stat().st_size == far + 4096
     _assert_replicated(mounted)
 
 
