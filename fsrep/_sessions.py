@@ -18,6 +18,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._pipeline import Position
 from ._state import RelationshipState
 from ._verdict import Decision, Known, Reported, decide
 
@@ -42,14 +43,15 @@ class Sessions:
         OutOfSync (connected) when the replica needs a resync, or
         SplitBrain when it must not be resynced."""
         rel, record, pipeline = self._rel, self._rel.record, self._rel.pipeline
-        log.info("group %s: connected to %s%s and authenticated; replica at seq %d, primary at %s",
+        replica = Reported(welcome.last_seq, bool(welcome.fresh), tracking.generations.unpack(welcome.generations))
+        theirs = Position(replica.generations[-1].hex() if replica.generations else "none", replica.last_seq)
+        log.info("group %s: connected to %s%s and authenticated; replica at %s, primary at %s",
                  record.id, record.secondary, f" over {conn.tls_version}" if conn.tls_version else "",
-                 welcome.last_seq, rel.position)
+                 theirs, rel.position)
         self.replica_seq = welcome.last_seq
         queued = rel.scheduler.queued
         known = Known(record.generation_ids, pipeline.acked_seq, pipeline.durable_seq, pipeline.next_seq,
                       record.stale, rel.replica_may_be_ahead, queued is not None and queued.mode == "full")
-        replica = Reported(welcome.last_seq, bool(welcome.fresh), tracking.generations.unpack(welcome.generations))
         verdict = decide(known, replica)
         self._tell_generation = verdict.tell_generation
         if verdict.decision.refused:
@@ -62,7 +64,7 @@ class Sessions:
             rel.ledger.dirty_changed = True
             pipeline.restart_at(verdict.lost_after)
             log.info("group %s: the secondary lost changes after seq %d that it had not made durable; they are "
-                     "dirty", record.id, verdict.lost_after)
+                     "dirty (%s)", record.id, verdict.lost_after, verdict.reason)
         elif verdict.decision is Decision.CHECKSUM:
             rel.ledger.mark_everything(verdict.reason)
             rel.mark_stale(verdict.reason)
