@@ -17,9 +17,10 @@ import pytest
 
 import tracking
 import transport as tp
-from fsrep._tree import _APPLY, RESERVED, Tree, remove_tree
+from fsrep._apply import remove_tree
+from fsrep._tree import RESERVED, Tree
 from tests.conftest import deep_chain
-from transport._frames import ATTR_ALL, OPERATION_TYPES
+from transport._frames import ATTR_ALL
 
 XATTR = b"user.fsrep-test"
 
@@ -75,11 +76,6 @@ def _mkfile(tree: Tree, path: bytes, data: bytes = b"", mode: int = 0o644) -> No
     tree.apply(tp.Create(seq=1, path=path, mode=mode, uid=0, gid=0))
     if data:
         tree.apply(tp.Write(seq=1, path=path, offset=0, data=data))
-
-
-def test_every_operation_but_the_questions_has_a_handler() -> None:
-    assert set(OPERATION_TYPES) - set(_APPLY) == {tp.ListDir, tp.Checksum, tp.ListData, tp.Generation}  # questions
-    assert set(_APPLY) <= set(OPERATION_TYPES)
 
 
 # --- each operation on disk ---------------------------------------------------------
