@@ -24,6 +24,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._progress import ResyncRun
 from ._sparse import data_segments
 from ._splitter import Relationship
@@ -31,7 +32,6 @@ from ._tree import Tree
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-MAX_IN_FLIGHT = 32 * 1024 * 1024
 REPORT_EVERY = 5.0
 
 
@@ -75,11 +75,10 @@ async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
             directories.append((path, st))
         progress.tick(entries=1)
     root = tree.lstat(b"")
-    rel.send(lambda seq: tp.SetAttr(seq=seq, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID,
-                                    mode=stat.S_IMODE(root.st_mode), uid=root.st_uid, gid=root.st_gid))
+    rel.send(attributes(b"", root, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID))
     _send_xattrs(rel, tree, b"")
     for path, st in [*reversed(directories), (b"", root)]:
-        rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
+        rel.send(attributes(path, st, tp.ATTR_TIMES))
     rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
     await rel.all_acked()  # until then, a lost link leaves "everything" dirty
     rel.dirty = tracking.DirtySet()  # the replica now matches: nothing can change while writers are held
@@ -92,10 +91,6 @@ async def full_resync(rel: Relationship, tree: Tree, run: ResyncRun) -> None:
              sent, elapsed)
 
 
-def _times(seq: int, path: bytes, st: os.stat_result) -> tp.SetAttr:
-    return tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_TIMES, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-
-
 async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result,
                       hard_links: dict[int, bytes], progress: _Progress) -> None:
     mode = st.st_mode
@@ -104,23 +99,16 @@ async def _send_entry(rel: Relationship, tree: Tree, path: bytes, st: os.stat_re
         if first != path:
             rel.send(lambda seq: tp.Link(seq=seq, target=first, new=path))
             return
-    if stat.S_ISDIR(mode):
-        rel.send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-    elif stat.S_ISLNK(mode):
-        target = tree.readlink(path)
-        rel.send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
-        rel.send(lambda seq: _times(seq, path, st))  # the symlink's own times
+    rel.send(creation(tree, path, st))
+    if stat.S_ISLNK(mode):
+        rel.send(attributes(path, st, tp.ATTR_TIMES))  # the symlink's own times
         return
-    elif stat.S_ISREG(mode):
-        rel.send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
+    if stat.S_ISREG(mode):
         await _send_data(rel, tree, path, st, progress)
-        rel.send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_SIZE, size=st.st_size))
-    else:
-        rel.send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid,
-                                      gid=st.st_gid))
+        rel.send(attributes(path, st, tp.ATTR_SIZE))
     _send_xattrs(rel, tree, path)
     if not stat.S_ISDIR(mode):
-        rel.send(lambda seq: _times(seq, path, st))
+        rel.send(attributes(path, st, tp.ATTR_TIMES))
 
 
 async def _send_data(rel: Relationship, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
@@ -150,13 +138,5 @@ def _data_bytes(tree: Tree) -> int:
 
 
 def _send_xattrs(rel: Relationship, tree: Tree, path: bytes) -> None:
-    try:
-        names = tree.listxattr(path)
-    except OSError:
-        return
-    for name in names:
-        try:
-            value = tree.getxattr(path, name)
-        except OSError:
-            continue
-        rel.send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name, value=value))
+    for frame in xattrs(tree, path, drop_others=False):  # an emptied replica has no others
+        rel.send(frame)

@@ -52,6 +52,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._fullsync import full_resync
 from ._progress import ResyncRun
 from ._sparse import data_segments, next_data
@@ -60,7 +61,6 @@ from ._tree import Tree
 
 log = logging.getLogger(__name__)
 CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
-MAX_IN_FLIGHT = 32 * 1024 * 1024
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
 DIRECTORY_BATCH = 64  # directories whose listings are asked for at once
 ENTRIES_PER_STEP = 512  # entries a walk or a directory's comparison looks at between letting clients in
@@ -488,19 +488,12 @@ class QuickResync:
             reason = f"a hard link ({path!r}) changed while out of sync"
             self.dirty.mark_everything(reason)
             raise tp.LinkDown(reason)
+        send(creation(self.tree, path, st))
         if stat.S_ISDIR(mode):
-            send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
             self._mark_dir(st.st_ino, path)
-        elif stat.S_ISREG(mode):
-            send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-            if st.st_size:
-                self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
-                self.created.add(st.st_ino)
-        elif stat.S_ISLNK(mode):
-            target = self.tree.readlink(path)
-            send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
-        else:
-            send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid, gid=st.st_gid))
+        elif stat.S_ISREG(mode) and st.st_size:
+            self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
+            self.created.add(st.st_ino)
         self.dirty.mark_meta(st.st_ino, path)
 
     # --- data and attributes ------------------------------------------------------------
@@ -621,26 +614,13 @@ class QuickResync:
             return
         st = self.tree.lstat(path)
         send = functools.partial(self.rel.send, marks=tracking.Marks(meta=((ino, path),)))
-        if not stat.S_ISLNK(st.st_mode):
-            fields = tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES
-            if stat.S_ISREG(st.st_mode):
-                fields |= tp.ATTR_SIZE
-            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=fields, mode=stat.S_IMODE(st.st_mode),
-                                        uid=st.st_uid, gid=st.st_gid, size=st.st_size, atime_ns=st.st_atime_ns,
-                                        mtime_ns=st.st_mtime_ns))
-            try:
-                names = self.tree.listxattr(path)
-                for name in names:
-                    value = self.tree.getxattr(path, name)
-                    send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name,
-                                                                         value=value))
-                send(lambda seq: tp.KeepXattrs(seq=seq, path=path, names=b"\0".join(names)))
-            except OSError:
-                pass
-        else:  # a symlink's own owner and times: its mode is always 0777
-            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES,
-                                        uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
-                                        mtime_ns=st.st_mtime_ns))
+        if stat.S_ISLNK(st.st_mode):  # a symlink's own owner and times: its mode is always 0777
+            send(attributes(path, st, tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES))
+        else:
+            size = tp.ATTR_SIZE if stat.S_ISREG(st.st_mode) else 0
+            send(attributes(path, st, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES | size))
+            for frame in xattrs(self.tree, path, drop_others=True):
+                send(frame)
         self.dirty.clean_meta(ino)
 
 

@@ -5,7 +5,6 @@ first. Runs on a real directory (as root, like test_tree.py)."""
 from __future__ import annotations
 
 import errno
-import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import transport as tp
 from fsrep._apply import TABLE, Kind, Target, apply
 from fsrep._secondary import Secondary
 from fsrep._tree import Tree
+from tests.conftest import entry_states
 from transport._frames import FRAME_TYPES, OPERATION_TYPES
 
 XATTR = b"user.fsrep-test"
@@ -36,7 +36,7 @@ class RecordingReplica:
     seen: list[tuple[tp.Operation, dict[str, tuple]]] = field(default_factory=list)
 
     def before_apply(self, op: tp.Operation) -> None:
-        self.seen.append((op, _snapshot(Path(self.tree.root))))
+        self.seen.append((op, entry_states(Path(self.tree.root))))
 
 
 @pytest.fixture
@@ -51,26 +51,6 @@ def replica(tmp_path: Path) -> Iterator[RecordingReplica]:
         yield RecordingReplica(tree)
     finally:
         tree.close()
-
-
-def _snapshot(top: Path) -> dict[str, tuple]:
-    """What a frame could change below *top* (not atimes: reading changes
-    them), links never followed."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in ["", *dirnames, *filenames]:
-            p = os.path.join(dirpath, name) if name else dirpath
-            st = os.lstat(p)
-            content: bytes | str | None = None
-            if stat.S_ISREG(st.st_mode):
-                content = Path(p).read_bytes()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(p)
-            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
-                n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
-            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                                            st.st_ctime_ns, st.st_nlink, st.st_ino, content, xattrs)
-    return out
 
 
 # One frame of every type that changes a replica, in an order that applies cleanly to the fixture's tree.
@@ -131,11 +111,11 @@ def test_the_samples_here_cover_every_row_that_changes_a_replica() -> None:
 @pytest.mark.parametrize(("op", "answer_type"), QUESTIONS, ids=[f"{type(op).__name__}-{op.seq}" for op, _ in QUESTIONS])
 def test_a_question_answers_at_its_seq_and_changes_nothing(replica: RecordingReplica, op: tp.Operation,
                                                            answer_type: type[tp.Frame]) -> None:
-    before = _snapshot(Path(replica.tree.root))
+    before = entry_states(Path(replica.tree.root))
     answer = apply(replica, op)
     assert isinstance(answer, answer_type)
     assert answer.seq == op.seq  # type: ignore[attr-defined]
-    assert _snapshot(Path(replica.tree.root)) == before
+    assert entry_states(Path(replica.tree.root)) == before
     assert replica.seen == []  # a question never reaches the seam
     assert replica.generations == []
 
@@ -156,13 +136,13 @@ def test_the_answers_say_what_the_tree_holds(replica: RecordingReplica) -> None:
 def test_every_change_passes_the_seam_before_it_is_applied(replica: RecordingReplica) -> None:
     root = Path(replica.tree.root)
     for op in CHANGES:
-        before = _snapshot(root)
+        before = entry_states(root)
         assert apply(replica, op) is None
         seen, at_seam = replica.seen[-1]
         assert seen is op
         assert at_seam == before, f"{type(op).__name__} changed the tree before the seam saw it"
     assert [op for op, _ in replica.seen] == CHANGES
-    assert _snapshot(root).keys() == {"."}  # the last one, Purge, emptied it: each did its work
+    assert entry_states(root).keys() == {"."}  # the last one, Purge, emptied it: each did its work
 
 
 def test_the_seam_sees_what_a_write_is_about_to_overwrite(replica: RecordingReplica) -> None:
@@ -173,11 +153,11 @@ def test_the_seam_sees_what_a_write_is_about_to_overwrite(replica: RecordingRepl
 
 
 def test_a_generation_extends_the_history_and_leaves_the_tree(replica: RecordingReplica) -> None:
-    before = _snapshot(Path(replica.tree.root))
+    before = entry_states(Path(replica.tree.root))
     replica.generations = [uuid.UUID(int=1).bytes]
     apply(replica, tp.Generation(seq=1, generation=GENERATION))
     assert replica.generations == [uuid.UUID(int=1).bytes, GENERATION]
-    assert _snapshot(Path(replica.tree.root)) == before
+    assert entry_states(Path(replica.tree.root)) == before
     assert [op for op, _ in replica.seen] == [tp.Generation(seq=1, generation=GENERATION)]
 
 
@@ -190,11 +170,11 @@ def test_a_failed_change_is_an_oserror_after_the_seam(replica: RecordingReplica)
 @pytest.mark.parametrize("op", [tp.ListDir(seq=1, path=b""), tp.Generation(seq=1, generation=GENERATION)],
                          ids=lambda op: type(op).__name__)
 def test_the_primary_s_tree_applies_mutations_only(replica: RecordingReplica, op: tp.Operation) -> None:
-    before = _snapshot(Path(replica.tree.root))
+    before = entry_states(Path(replica.tree.root))
     with pytest.raises(OSError) as caught:
         replica.tree.apply(op)
     assert caught.value.errno == errno.ENOSYS
-    assert _snapshot(Path(replica.tree.root)) == before
+    assert entry_states(Path(replica.tree.root)) == before
 
 
 def test_the_secondary_s_replica_is_what_the_table_applies_to(tmp_path: Path) -> None:
