@@ -56,6 +56,9 @@ class Kind(enum.Enum):
     HISTORY = "history"  # changes the replica's generation history; passes before_apply first
 
 
+_M, _Q, _H = Kind.MUTATION, Kind.QUESTION, Kind.HISTORY
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """How one frame type is applied: *handler* acts on what *kind* says."""
@@ -97,16 +100,16 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
             left it.
     """
     row = row_of(op)
-    if row.kind is Kind.QUESTION:
+    kind = row.kind
+    if kind is _Q:
         answer: tp.Frame = row.handler(replica.tree, op)
         return answer
     replica.before_apply(op)  # the seam: see the module docstring
-    if row.kind is Kind.HISTORY:
-        replica.generations = row.handler(replica.generations, op)
-        log.info("group %s: replica now at generation %s (seq %d)", replica.id, replica.generations[-1].hex(),
-                 op.seq)
+    if kind is _M:
+        _change(replica.tree, op, row.handler)
         return None
-    _change(replica.tree, op, row.handler)
+    replica.generations = row.handler(replica.generations, op)  # the one other kind: HISTORY
+    log.info("group %s: replica now at generation %s (seq %d)", replica.id, replica.generations[-1].hex(), op.seq)
     return None
 
 
@@ -118,12 +121,13 @@ def mutate(tree: Tree, op: tp.Operation) -> None:
         OSError: as ``apply``; ENOSYS for a frame that is no mutation.
     """
     row = row_of(op)
-    if row.kind is not Kind.MUTATION:
+    if row.kind is not _M:
         raise OSError(errno.ENOSYS, f"{type(op).__name__} is not a mutation")
     _change(tree, op, row.handler)
 
 
 def _change(tree: Tree, op: tp.Operation, handler: Callable[[Tree, Any], None]) -> None:
+    """Run a mutation's handler, then set the mtimes its frame carries."""
     handler(tree, op)
     if op.TIMES:
         for path, mtime_ns in op.mtimes():
@@ -158,18 +162,16 @@ def _generation(history: list[bytes], op: tp.Generation) -> list[bytes]:
 
 
 def _write(tree: Tree, op: tp.Write) -> None:
-    _write_pieces(tree, op.path, [(op.offset, op.data)], op.mtime_ns)
+    fd = tree.writable(op.path)
+    pwrite_all(fd, op.data, op.offset)
+    _stamp(fd, op.mtime_ns)
 
 
 def _write_runs(tree: Tree, op: tp.WriteRuns) -> None:
-    _write_pieces(tree, op.path, op.pieces(), op.mtime_ns)
-
-
-def _write_pieces(tree: Tree, path: bytes, pieces: list[tuple[int, bytes | memoryview]], mtime_ns: int) -> None:
-    fd = tree.writable(path)
-    for offset, data in pieces:
+    fd = tree.writable(op.path)
+    for offset, data in op.pieces():
         pwrite_all(fd, data, offset)
-    _stamp(fd, mtime_ns)
+    _stamp(fd, op.mtime_ns)
 
 
 def _punch(tree: Tree, op: tp.Punch) -> None:
@@ -395,8 +397,6 @@ def _fsync(tree: Tree, op: tp.Fsync) -> None:
     finally:
         os.close(fd)
 
-
-_M, _Q, _H = Kind.MUTATION, Kind.QUESTION, Kind.HISTORY
 
 TABLE: dict[type[tp.Operation], Row] = {
     tp.Write: Row(_M, _write),
