@@ -23,6 +23,7 @@ import trio
 
 import transport as tp
 
+from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._progress import ResyncRun
 from ._sparse import data_segments
 from ._stream import ResyncStream
@@ -30,7 +31,6 @@ from ._tree import Tree
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-MAX_IN_FLIGHT = 32 * 1024 * 1024
 REPORT_EVERY = 5.0
 
 
@@ -56,72 +56,60 @@ class _Progress:
                      self.run.copied_bytes, self.run.copy_total, self.run.rate(now) / 2**20)
 
 
-async def full_resync(rel: ResyncStream, tree: Tree, run: ResyncRun) -> None:
-    """Bring the replica of *rel* to the primary's state.
+async def full_resync(stream: ResyncStream, tree: Tree, run: ResyncRun) -> None:
+    """Bring the replica of *stream*'s group to the primary's state.
 
     Raises:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
-    rel.begin_resync(f"full resync: {rel.dirty.reason}")
+    stream.begin_resync(f"full resync: {stream.dirty.reason}")
     run.copy_total = run.copied_bytes + _data_bytes(tree)
-    progress = _Progress(rel.record.id, run)
-    rel.send(lambda seq: tp.Purge(seq=seq))
+    progress = _Progress(stream.record.id, run)
+    stream.send(lambda seq: tp.Purge(seq=seq))
     hard_links: dict[int, bytes] = {}
     directories: list[tuple[bytes, os.stat_result]] = []
     for path, st in tree.walk():
-        await _send_entry(rel, tree, path, st, hard_links, progress)
+        await _send_entry(stream, tree, path, st, hard_links, progress)
         if stat.S_ISDIR(st.st_mode):
             directories.append((path, st))
         progress.tick(entries=1)
     root = tree.lstat(b"")
-    rel.send(lambda seq: tp.SetAttr(seq=seq, path=b"", fields=tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID,
-                                    mode=stat.S_IMODE(root.st_mode), uid=root.st_uid, gid=root.st_gid))
-    _send_xattrs(rel, tree, b"")
+    stream.send(attributes(b"", root, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID))
+    _send_xattrs(stream, tree, b"")
     for path, st in [*reversed(directories), (b"", root)]:
-        rel.send(lambda seq, path=path, st=st: _times(seq, path, st))
-    rel.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
-    await rel.all_acked()  # until then, a lost link leaves "everything" dirty
-    rel.replica_matches()  # nothing can change while writers are held
-    await rel.finish_resync()
+        stream.send(attributes(path, st, tp.ATTR_TIMES))
+    stream.send(lambda seq: tp.Fsync(seq=seq, path=b"", whole=1))
+    await stream.all_acked()  # until then, a lost link leaves "everything" dirty
+    stream.replica_matches()  # nothing can change while writers are held
+    await stream.finish_resync()
     elapsed = trio.current_time() - progress.start
     sent = run.copied_bytes - progress.first_bytes
-    rel.ran(sent, elapsed)
-    log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", rel.record.id, progress.entries,
+    stream.ran(sent, elapsed)
+    log.info("group %s: full resync complete: %d entries, %d bytes in %.1fs", stream.record.id, progress.entries,
              sent, elapsed)
 
 
-def _times(seq: int, path: bytes, st: os.stat_result) -> tp.SetAttr:
-    return tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_TIMES, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-
-
-async def _send_entry(rel: ResyncStream, tree: Tree, path: bytes, st: os.stat_result,
+async def _send_entry(stream: ResyncStream, tree: Tree, path: bytes, st: os.stat_result,
                       hard_links: dict[int, bytes], progress: _Progress) -> None:
     mode = st.st_mode
     if not stat.S_ISDIR(mode) and st.st_nlink > 1:
         first = hard_links.setdefault(st.st_ino, path)
         if first != path:
-            rel.send(lambda seq: tp.Link(seq=seq, target=first, new=path))
+            stream.send(lambda seq: tp.Link(seq=seq, target=first, new=path))
             return
-    if stat.S_ISDIR(mode):
-        rel.send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-    elif stat.S_ISLNK(mode):
-        target = tree.readlink(path)
-        rel.send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
-        rel.send(lambda seq: _times(seq, path, st))  # the symlink's own times
+    stream.send(creation(tree, path, st))
+    if stat.S_ISLNK(mode):
+        stream.send(attributes(path, st, tp.ATTR_TIMES))  # the symlink's own times
         return
-    elif stat.S_ISREG(mode):
-        rel.send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-        await _send_data(rel, tree, path, st, progress)
-        rel.send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_SIZE, size=st.st_size))
-    else:
-        rel.send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid,
-                                      gid=st.st_gid))
-    _send_xattrs(rel, tree, path)
+    if stat.S_ISREG(mode):
+        await _send_data(stream, tree, path, st, progress)
+        stream.send(attributes(path, st, tp.ATTR_SIZE))
+    _send_xattrs(stream, tree, path)
     if not stat.S_ISDIR(mode):
-        rel.send(lambda seq: _times(seq, path, st))
+        stream.send(attributes(path, st, tp.ATTR_TIMES))
 
 
-async def _send_data(rel: ResyncStream, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
+async def _send_data(stream: ResyncStream, tree: Tree, path: bytes, st: os.stat_result, progress: _Progress) -> None:
     fd = tree.open_regular(path, os.O_RDONLY)
     try:
         for start, end in data_segments(fd, 0, st.st_size):
@@ -130,10 +118,11 @@ async def _send_data(rel: ResyncStream, tree: Tree, path: bytes, st: os.stat_res
                 data = os.pread(fd, min(CHUNK, end - offset), offset)
                 if not data:
                     break
-                rel.send(lambda seq, offset=offset, data=data: tp.Write(seq=seq, path=path, offset=offset, data=data))
+                stream.send(lambda seq, offset=offset, data=data: tp.Write(seq=seq, path=path, offset=offset,
+                                                                           data=data))
                 offset += len(data)
                 progress.tick(nbytes=len(data))
-                await rel.throttle(MAX_IN_FLIGHT)
+                await stream.throttle(MAX_IN_FLIGHT)
                 pause = progress.run.pause_for(len(data), trio.current_time())
                 if pause:
                     await trio.sleep(pause)
@@ -147,14 +136,6 @@ def _data_bytes(tree: Tree) -> int:
     return sum(min(st.st_size, st.st_blocks * 512) for _, st in tree.walk() if stat.S_ISREG(st.st_mode))
 
 
-def _send_xattrs(rel: ResyncStream, tree: Tree, path: bytes) -> None:
-    try:
-        names = tree.listxattr(path)
-    except OSError:
-        return
-    for name in names:
-        try:
-            value = tree.getxattr(path, name)
-        except OSError:
-            continue
-        rel.send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name, value=value))
+def _send_xattrs(stream: ResyncStream, tree: Tree, path: bytes) -> None:
+    for frame in xattrs(tree, path, drop_others=False):  # an emptied replica has no others
+        stream.send(frame)

@@ -52,6 +52,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._fullsync import full_resync
 from ._progress import ResyncRun
 from ._sparse import data_segments, next_data
@@ -60,38 +61,38 @@ from ._tree import Tree
 
 log = logging.getLogger(__name__)
 CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
-MAX_IN_FLIGHT = 32 * 1024 * 1024
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
 DIRECTORY_BATCH = 64  # directories whose listings are asked for at once
 ENTRIES_PER_STEP = 512  # entries a walk or a directory's comparison looks at between letting clients in
 MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
-async def resync(rel: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun) -> None:
+async def resync(stream: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None,
+                 run: ResyncRun) -> None:
     """Run *run*: quick (or checksum) when the dirty set can be trusted,
     full when asked or when it cannot.
 
     Raises:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
-    if run.mode == "full" and not rel.dirty.everything:
-        rel.mark_everything_dirty(f"full resync requested ({run.reason})")
+    if run.mode == "full" and not stream.dirty.everything:
+        stream.mark_everything_dirty(f"full resync requested ({run.reason})")
     directories: list[tuple[int, bytes]] = []
-    if rel.dirty.everything and run.mode != "full":
+    if stream.dirty.everything and run.mode != "full":
         directories, hard_links = await _scan_directories(tree)
         if not hard_links:
             # Never silently in sync, never a needless copy: compare everything by digest, clients writing on.
-            log.info("group %s: checksum resync of the whole tree (%s)", rel.record.id, rel.dirty.reason)
-            await QuickResync(rel, tree, locate, run, directories).run()
+            log.info("group %s: checksum resync of the whole tree (%s)", stream.record.id, stream.dirty.reason)
+            await QuickResync(stream, tree, locate, run, directories).run()
             return
-    if rel.dirty.everything:
-        log.info("group %s: full resync (%s); new changes wait until it is done", rel.record.id, rel.dirty.reason)
-        with rel.holding_mutations():
-            await full_resync(rel, tree, run)
+    if stream.dirty.everything:
+        log.info("group %s: full resync (%s); new changes wait until it is done", stream.record.id, stream.dirty.reason)
+        with stream.holding_mutations():
+            await full_resync(stream, tree, run)
         return
     if run.mode == "checksum":
         directories, _ = await _scan_directories(tree)
-    await QuickResync(rel, tree, locate, run, directories).run()
+    await QuickResync(stream, tree, locate, run, directories).run()
 
 
 async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
@@ -115,12 +116,12 @@ async def _scan_directories(tree: Tree) -> tuple[list[tuple[int, bytes]], bool]:
 
 
 class QuickResync:
-    def __init__(self, rel: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun,
+    def __init__(self, stream: ResyncStream, tree: Tree, locate: Callable[[int], bytes | None] | None, run: ResyncRun,
                  directories: Sequence[tuple[int, bytes]] = ()) -> None:
-        self.rel = rel
+        self.stream = stream
         self.directories = directories
         self.created: set[int] = set()  # files this run created on the replica: their holes need no copy
-        self.dirty = rel.dirty
+        self.dirty = stream.dirty
         self.tree = tree
         self.locate = locate  # where the mount last saw a backing inode, relative to the group
         self.progress = run
@@ -132,14 +133,14 @@ class QuickResync:
         self._seen_files: dict[int, tuple[bytes, int, int]] = {}  # checksum mode: the files to compare
 
     async def run(self) -> None:
-        rel = self.rel
+        stream = self.stream
         verify = bool(self.directories)
         for ino, path in self.directories:  # checksum: the whole namespace gets compared
             self.dirty.mark_dir(ino, path)
         say = log.debug if self.progress.routine else log.info
-        say("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", rel.record.id,
+        say("group %s: %s resync of %d dirty directories and %d files (%d dirty bytes)", stream.record.id,
                  self.progress.mode, len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
-        rel.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
+        stream.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
         self.started = trio.current_time()
         while True:
             await trio.lowlevel.checkpoint()  # a pass that finds nothing to wait for still lets clients in
@@ -151,10 +152,10 @@ class QuickResync:
                 self.dirty.clean_everything()  # every file was compared: what differs is marked
             elif self.dirty.files():
                 await self._files()
-            elif await rel.finish_resync():
+            elif await stream.finish_resync():
                 break
-        rel.ran(self.bytes_sent, trio.current_time() - self.started)
-        say("group %s: %s resync complete: %d bytes of data in %.1fs%s", rel.record.id, self.progress.mode,
+        stream.ran(self.bytes_sent, trio.current_time() - self.started)
+        say("group %s: %s resync complete: %d bytes of data in %.1fs%s", stream.record.id, self.progress.mode,
                  self.bytes_sent, trio.current_time() - self.started,
                  f"; {self.progress.checked_bytes} bytes compared by digest, "
                  f"{self.progress.mismatched_bytes} differed" if self.directories else "")
@@ -220,7 +221,7 @@ class QuickResync:
     def _uncompared(self, path: bytes, ino: int, offset: int, size: int) -> None:
         """The file moved or went during its comparison: what was not
         compared is copied instead."""
-        self.rel.mark_stale("a checksum resync could not compare a file that moved")
+        self.stream.mark_stale("a checksum resync could not compare a file that moved")
         self.dirty.mark_regions(ino, path, tracking.regions_for(offset, size - offset))
         self.dirty.mark_meta(ino, path)
         self.progress.checked(size - offset, 0, trio.current_time())
@@ -229,7 +230,7 @@ class QuickResync:
                       length: int) -> Callable[[], Awaitable[tp.Frame]] | None:
         if not self._is(path, ino):
             return None
-        return self.rel.ask(lambda seq: tp.ListData(seq=seq, path=path, offset=offset, length=length))
+        return self.stream.ask(lambda seq: tp.ListData(seq=seq, path=path, offset=offset, length=length))
 
     def _data_spans(self, path: bytes, ino: int, offset: int, end: int,
                     theirs: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
@@ -280,7 +281,7 @@ class QuickResync:
             return None
         count = -(-length // tracking.REGION_SIZE)
         mine = self.tree.digests(path, offset, count)
-        reply = self.rel.ask(lambda seq: tp.Checksum(seq=seq, path=path, offset=offset, count=count))
+        reply = self.stream.ask(lambda seq: tp.Checksum(seq=seq, path=path, offset=offset, count=count))
         return mine, reply
 
     def _compare(self, path: bytes, ino: int, offset: int, mine: bytes, theirs: bytes) -> None:
@@ -289,11 +290,11 @@ class QuickResync:
         mismatched = 0
         for i in range(len(mine) // size):
             if mine[i * size:(i + 1) * size] != theirs[i * size:(i + 1) * size]:
-                self.rel.mark_stale("a checksum resync found regions that differ")
+                self.stream.mark_stale("a checksum resync found regions that differ")
                 self.dirty.mark_regions(ino, path, tracking.RegionRange(first + i, 1))
                 mismatched += tracking.REGION_SIZE
         if mismatched:
-            log.info("group %s: checksum: %d bytes of %r differ from the replica", self.rel.record.id,
+            log.info("group %s: checksum: %d bytes of %r differ from the replica", self.stream.record.id,
                      mismatched, path)
         self.progress.checked(len(mine) // size * tracking.REGION_SIZE, mismatched, trio.current_time())
 
@@ -333,7 +334,7 @@ class QuickResync:
                 if stat.S_ISREG(st.st_mode):
                     self._by_inode.setdefault(st.st_ino, path)
             log.info("group %s: searched the tree for files changed under a removed name (%d files)",
-                     self.rel.record.id, len(self._by_inode))
+                     self.stream.record.id, len(self._by_inode))
         return self._by_inode
 
     # --- directories -------------------------------------------------------------------
@@ -355,7 +356,7 @@ class QuickResync:
         directory dirty (or the heap ran dry with some left) — never a scan
         per directory."""
         batch = self._next_batch()
-        asked = [(path, ino, self.rel.ask_listing(path)) for path, ino in batch]
+        asked = [(path, ino, self.stream.ask_listing(path)) for path, ino in batch]
         for path, ino, listing in asked:
             secondary = await listing()
             if not self.dirty.dir_dirty(ino):
@@ -368,7 +369,7 @@ class QuickResync:
                     heapq.heappush(self._queue, (_depth(where), where, ino))
                 continue
             self.progress.compared_directory(entries, trio.current_time())
-        await self.rel.throttle(MAX_IN_FLIGHT)
+        await self.stream.throttle(MAX_IN_FLIGHT)
 
     def _next_batch(self) -> list[tuple[bytes, int]]:
         """Up to DIRECTORY_BATCH dirty directories of the smallest depth:
@@ -427,7 +428,7 @@ class QuickResync:
         the end; and a move of it shows in the check after each step."""
         marked = self.dirty.dir_marks(ino)
         marks = tracking.Marks(dirs=((ino, path),))  # a fix-up lost with the link: compare it again
-        send = functools.partial(self.rel.send, marks=marks)
+        send = functools.partial(self.stream.send, marks=marks)
         names = sorted(self.tree.listdir(path))
         for child in sorted(_join(path, name) for name in set(secondary) - set(names)):
             send(lambda seq, child=child: tp.Remove(seq=seq, path=child))
@@ -460,7 +461,7 @@ class QuickResync:
         same_kind = theirs is not None and stat.S_IFMT(theirs.mode) == stat.S_IFMT(st.st_mode)
         if not same_kind or stat.S_ISLNK(st.st_mode):
             if theirs is not None:
-                self.rel.send(lambda seq: tp.Remove(seq=seq, path=child), marks)
+                self.stream.send(lambda seq: tp.Remove(seq=seq, path=child), marks)
             self._create(child, st, marks)
             return
         assert theirs is not None
@@ -480,26 +481,19 @@ class QuickResync:
             self.dirty.mark_meta(st.st_ino, child)
 
     def _create(self, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
-        send, mode = functools.partial(self.rel.send, marks=marks), st.st_mode
+        send, mode = functools.partial(self.stream.send, marks=marks), st.st_mode
         if not stat.S_ISDIR(mode) and st.st_nlink > 1:
             # Which name the replica holds this inode under is not tracked: compare everything instead
             # of breaking the hard link into two files.
             reason = f"a hard link ({path!r}) changed while out of sync"
             self.dirty.mark_everything(reason)
             raise tp.LinkDown(reason)
+        send(creation(self.tree, path, st))
         if stat.S_ISDIR(mode):
-            send(lambda seq: tp.MkDir(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
             self._mark_dir(st.st_ino, path)
-        elif stat.S_ISREG(mode):
-            send(lambda seq: tp.Create(seq=seq, path=path, mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid))
-            if st.st_size:
-                self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
-                self.created.add(st.st_ino)
-        elif stat.S_ISLNK(mode):
-            target = self.tree.readlink(path)
-            send(lambda seq: tp.Symlink(seq=seq, path=path, target=target, uid=st.st_uid, gid=st.st_gid))
-        else:
-            send(lambda seq: tp.MkNod(seq=seq, path=path, mode=mode, rdev=st.st_rdev, uid=st.st_uid, gid=st.st_gid))
+        elif stat.S_ISREG(mode) and st.st_size:
+            self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, st.st_size))
+            self.created.add(st.st_ino)
         self.dirty.mark_meta(st.st_ino, path)
 
     # --- data and attributes ------------------------------------------------------------
@@ -519,7 +513,7 @@ class QuickResync:
             if step is None:
                 break  # the file is gone, or no longer a regular file (its metadata may still be dirty)
             cursor, more, copied, known = step
-            await self.rel.throttle(MAX_IN_FLIGHT)
+            await self.stream.throttle(MAX_IN_FLIGHT)
             pause = self.progress.pause_for(copied, trio.current_time())
             if pause:
                 await trio.sleep(pause)
@@ -598,11 +592,11 @@ class QuickResync:
             os.close(fd)
         marks = tracking.Marks(regions=tuple((ino, path, offset, len(data)) for offset, data in pieces))
         if pieces:  # one frame for all the runs: a frame's cost on both sides, not one per run
-            self.rel.send(lambda seq: tp.WriteRuns.of(seq, path, pieces, mtime_ns), marks)
+            self.stream.send(lambda seq: tp.WriteRuns.of(seq, path, pieces, mtime_ns), marks)
         punched = [(first * region, min(stop * region, MAX_FILE) - first * region) for first, stop in holes
                    if first * region < MAX_FILE]
         if punched and ino not in self.created:  # a file this run created is all holes there already
-            self.rel.send(lambda seq: tp.Punch(seq=seq, path=path, runs=tp.pack_runs(punched), mtime_ns=mtime_ns),
+            self.stream.send(lambda seq: tp.Punch(seq=seq, path=path, runs=tp.pack_runs(punched), mtime_ns=mtime_ns),
                           tracking.Marks(regions=tuple((ino, path, offset, length) for offset, length in punched)))
         copied = sum(len(data) for _, data in pieces)
         if copied:
@@ -619,27 +613,14 @@ class QuickResync:
             self.dirty.forget_file(ino)
             return
         st = self.tree.lstat(path)
-        send = functools.partial(self.rel.send, marks=tracking.Marks(meta=((ino, path),)))
-        if not stat.S_ISLNK(st.st_mode):
-            fields = tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES
-            if stat.S_ISREG(st.st_mode):
-                fields |= tp.ATTR_SIZE
-            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=fields, mode=stat.S_IMODE(st.st_mode),
-                                        uid=st.st_uid, gid=st.st_gid, size=st.st_size, atime_ns=st.st_atime_ns,
-                                        mtime_ns=st.st_mtime_ns))
-            try:
-                names = self.tree.listxattr(path)
-                for name in names:
-                    value = self.tree.getxattr(path, name)
-                    send(lambda seq, name=name, value=value: tp.SetXattr(seq=seq, path=path, name=name,
-                                                                         value=value))
-                send(lambda seq: tp.KeepXattrs(seq=seq, path=path, names=b"\0".join(names)))
-            except OSError:
-                pass
-        else:  # a symlink's own owner and times: its mode is always 0777
-            send(lambda seq: tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES,
-                                        uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
-                                        mtime_ns=st.st_mtime_ns))
+        send = functools.partial(self.stream.send, marks=tracking.Marks(meta=((ino, path),)))
+        if stat.S_ISLNK(st.st_mode):  # a symlink's own owner and times: its mode is always 0777
+            send(attributes(path, st, tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES))
+        else:
+            size = tp.ATTR_SIZE if stat.S_ISREG(st.st_mode) else 0
+            send(attributes(path, st, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_TIMES | size))
+            for frame in xattrs(self.tree, path, drop_others=True):
+                send(frame)
         self.dirty.clean_meta(ino)
 
 

@@ -5,10 +5,11 @@ strictly in sequence order.
 How this works: a connection authenticates (``accept_secondary_session``:
 mutual TLS first when the daemon has a certificate, then the pre-shared key),
 names its group, and gets the replica's last applied sequence number in the
-Welcome. Operations are applied through ``Tree`` (confined to the replica
-root) as they are decoded; all frames already received are applied before
-one cumulative Ack is sent, so acks are pipelined and batched. A Fsync
-barrier is made durable (in a worker thread) before it is acked. An
+Welcome. Operations are applied as they are decoded, each through its row
+of ``_apply``'s table (on a ``Tree`` confined to the replica root); all
+frames already received are applied before one cumulative Ack is sent, so
+acks are pipelined and batched. A Fsync barrier is made durable (in a
+worker thread) before it is acked. An
 operation that fails is Nacked and the session ends: applying anything after
 it would break write-order fidelity.
 
@@ -49,6 +50,7 @@ import tracking
 import transport as tp
 
 from ._accept import Handshake, Handshakes, serve_listeners
+from ._apply import apply
 from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._store import StoreLock, check_directory
@@ -99,6 +101,11 @@ class Replica:
             return exc.errno == errno.ENOENT  # any other failure cannot tell; applying will
         held = os.fstat(self.tree.root_fd)
         return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def before_apply(self, op: tp.Operation) -> None:
+        """Called by ``_apply.apply`` just before each frame that changes
+        the replica. Nothing is kept yet: an undo log records here what
+        *op* is about to overwrite."""
 
     def checkpoint(self) -> None:
         """Make the data durable, then record the position (never the
@@ -312,30 +319,20 @@ class Secondary:
         return sum(1 for replica in self.replicas.values() if replica.session is not None)
 
     async def _apply(self, conn: tp.Connection, replica: Replica, op: tp.Operation) -> bool:
+        """Apply *op* through the table (``_apply``) and queue its answer;
+        False when it failed and the session must end."""
         try:
-            if isinstance(op, tp.ListDir):
-                entries, more = replica.tree.entries(op.path, op.after, tp.MAX_LISTING)
-                conn.enqueue(tp.Listing(seq=op.seq, more=int(more), entries=tp.encode_entries(entries)))
-            elif isinstance(op, tp.Generation):
-                replica.generations = tracking.generations.extend(replica.generations, op.generation)
-                log.info("group %s: replica now at generation %s (seq %d)", replica.id, op.generation.hex(), op.seq)
-            elif isinstance(op, tp.Checksum):
-                digests = replica.tree.digests(op.path, op.offset, op.count)
-                conn.enqueue(tp.Digests(seq=op.seq, digests=digests))
-            elif isinstance(op, tp.ListData):
-                runs, end = replica.tree.data_map(op.path, op.offset, op.length, tp.MAX_RUNS)
-                conn.enqueue(tp.DataMap(seq=op.seq, end=end, runs=tp.pack_runs(runs)))
-            elif op.BARRIER and self._sessions() > 1:
+            if op.BARRIER and self._sessions() > 1:
                 # A flush can be slow: in a thread, so the other groups' sessions go on meanwhile.
                 replica.busy = True
                 try:
-                    await trio.to_thread.run_sync(replica.tree.apply, op)
+                    answer = await trio.to_thread.run_sync(apply, replica, op)
                 finally:
                     replica.busy = False
             else:
                 # Alone, a session waits for its barrier either way, and the hand-off to a thread and
                 # back (about 0.25 ms here) would be most of a fast flush.
-                replica.tree.apply(op)
+                answer = apply(replica, op)
         except OSError as exc:
             code = exc.errno or errno.EIO
             log.error("group %s: cannot apply seq %d (%s): %s; ending the session", replica.id, op.seq,
@@ -344,6 +341,8 @@ class Secondary:
             conn.enqueue(tp.Nack(seq=op.seq, errno=code, message=str(exc)[:500]))
             await conn.flush()
             return False
+        if answer is not None:
+            conn.enqueue(answer)
         replica.last_applied = op.seq
         return True
 

@@ -5,7 +5,9 @@ replica and a hole of any size costs a few system calls, never a read or
 a write of its zeros.
 
 Also the other libc calls the os module lacks (renameat2, syncfs,
-getdents64, and utimensat with UTIME_OMIT: an mtime set without touching the atime).
+getdents64, and utimensat with UTIME_OMIT: an mtime set without touching the atime),
+and two small helpers over it that both sides need: a pwrite of every byte
+(``pwrite_all``) and the path that names a descriptor's inode (``proc_path``).
 
 Caveats:
 - A filesystem without SEEK_DATA reports the whole file as data; one
@@ -107,6 +109,25 @@ def data_segments(fd: int, start: int, stop: int) -> Iterator[tuple[int, int]]:
         offset = found[1]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of *data* at *offset* of *fd*: pwrite(2) may write less
+    than it was given (a signal, a large buffer) and says how much.
+
+    Raises:
+        OSError: as pwrite(2); the bytes written before it stay written.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def proc_path(fd: int) -> str:
+    """A path naming exactly the inode *fd* refers to (even an O_PATH fd)."""
+    return f"/proc/self/fd/{fd}"
+
+
 def punch(fd: int, offset: int, length: int) -> None:
     """Make bytes offset..offset+length of *fd* read as zeros, leaving its
     size alone: the data there is punched out (or overwritten with zeros
@@ -117,6 +138,5 @@ def punch(fd: int, offset: int, length: int) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
             raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
-        at = first
-        while at < end:
-            at += os.pwrite(fd, memoryview(_ZEROS)[:min(len(_ZEROS), end - at)], at)
+        for at in range(first, end, len(_ZEROS)):
+            pwrite_all(fd, memoryview(_ZEROS)[:min(len(_ZEROS), end - at)], at)

@@ -1,9 +1,11 @@
 """A directory tree reached only through file descriptors.
 
-Both sides apply replicated operations through this one class: the primary
-to its store, the secondary to a replica. Because the code is the same, an
-operation that succeeded on the primary does the same thing on the
-secondary.
+Both sides apply replicated operations to a tree of this class: the
+primary to its store, the secondary to a replica, each frame through the
+same row of ``_apply``'s table. Because the code is the same, an operation
+that succeeded on the primary does the same thing on the secondary. This
+class owns the confinement, the descriptor caches and the reads; the
+frames' handlers reach the tree only through it.
 
 How this works: every path is group-relative (already validated by the
 frame: no absolute paths, no ``..``). Parent directories are opened one
@@ -16,7 +18,7 @@ itself).
 
 Times: a frame that changes an mtime carries the value the primary's store
 got (see ``tp.Operation``); the primary fills it in with ``stamped`` right
-after applying the frame, and ``apply`` sets it right after the change —
+after applying the frame, and applying it sets it right after the change —
 through the same confined descriptors, never following a symlink, the atime
 left alone — so in sequence order the replica's mtimes are the primary's.
 
@@ -46,16 +48,12 @@ from collections.abc import Iterable, Iterator
 import tracking
 import transport as tp
 
-from ._sparse import data_segments, punch, renameat2, set_mtime, syncfs
+from ._apply import mutate
+from ._sparse import data_segments, proc_path, set_mtime, syncfs
 
 RESERVED = b".fsrep"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE = 64
-
-def proc_path(fd: int) -> str:
-    """A path naming exactly the inode *fd* refers to (even an O_PATH fd)."""
-    return f"/proc/self/fd/{fd}"
-
 
 class Tree:
     """Operations on the tree below *root*, confined to it."""
@@ -198,7 +196,9 @@ class Tree:
                 raise OSError(code, f"{os.fsdecode(path)!r} is not a regular file")
             return os.open(proc_path(fd), flags | os.O_CLOEXEC)
 
-    def _file(self, path: bytes) -> int:
+    def writable(self, path: bytes) -> int:
+        """A cached write descriptor of regular file *path*; the tree
+        closes it (when the cache drops it, or the path is forgotten)."""
         fd = self._files.get(path)
         if fd is None:
             fd = self.open_regular(path, os.O_WRONLY)
@@ -206,6 +206,11 @@ class Tree:
         else:
             self._files.move_to_end(path)
         return fd
+
+    def keep_writable(self, path: bytes, fd: int) -> None:
+        """Cache *fd*, just opened for writing regular file *path*, as
+        ``writable`` would; from now on the tree closes it."""
+        self._remember(self._files, path, fd)
 
     # --- reads ---------------------------------------------------------------
 
@@ -321,22 +326,36 @@ class Tree:
         with self.entry(path) as fd:
             return [os.fsencode(n) for n in os.listxattr(proc_path(fd))]
 
-    # --- mutations -------------------------------------------------------------
+    # --- mutations (what each frame does is ``_apply``'s table) -------------------
 
     def apply(self, op: tp.Operation) -> None:
-        """Apply one replicated operation.
+        """Apply one replicated mutation (the primary applies its own
+        through here; a replica's stream goes through ``_apply.apply``).
 
         Raises:
             OSError: the operation failed; the tree is as the failed system
-                call left it.
+                call left it. ENOSYS for a frame that is no mutation.
         """
-        handler = _APPLY.get(type(op))
-        if handler is None:  # pragma: no cover - every Operation has one
-            raise OSError(errno.ENOSYS, f"no handler for {type(op).__name__}")
-        handler(self, op)
-        if op.TIMES:
-            for path, mtime_ns in op.mtimes():
-                self._set_mtime(path, mtime_ns)
+        mutate(self, op)
+
+    def set_mtime(self, path: bytes, mtime_ns: int) -> None:
+        """The mtime of the entry itself (a symlink's own), atime untouched."""
+        if not path:
+            set_mtime(self.root_fd, b".", mtime_ns)
+            return
+        d, name = self.at(path)
+        set_mtime(d, name, mtime_ns)
+
+    @contextlib.contextmanager
+    def held_parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """Like ``at``, with a descriptor of its own: resolving a second
+        path may evict (and close) cached ones."""
+        d, name = self.at(path)
+        fd = os.dup(d)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def stamped(self, op: tp.Operation) -> tp.Operation:
         """*op*, just applied to this tree, with the mtimes it carries
@@ -360,247 +379,3 @@ class Tree:
                 found[path] = self.lstat(path).st_mtime_ns
             values[name] = found[path]
         return dataclasses.replace(op, **values)
-
-    def _set_mtime(self, path: bytes, mtime_ns: int) -> None:
-        """The mtime of the entry itself (a symlink's own), atime untouched."""
-        if not path:
-            set_mtime(self.root_fd, b".", mtime_ns)
-            return
-        d, name = self.at(path)
-        set_mtime(d, name, mtime_ns)
-
-    def _write(self, op: tp.Write) -> None:
-        fd = self._file(op.path)
-        _pwrite_all(fd, op.data, op.offset)
-        if op.mtime_ns != tp.NO_TIME:
-            set_mtime(fd, None, op.mtime_ns)
-
-    def _write_runs(self, op: tp.WriteRuns) -> None:
-        fd = self._file(op.path)
-        for offset, data in op.pieces():
-            _pwrite_all(fd, data, offset)
-        if op.mtime_ns != tp.NO_TIME:
-            set_mtime(fd, None, op.mtime_ns)
-
-    def _punch(self, op: tp.Punch) -> None:
-        fd = self._file(op.path)
-        for offset, length in op.run_list():
-            punch(fd, offset, length)
-        if op.mtime_ns != tp.NO_TIME:
-            set_mtime(fd, None, op.mtime_ns)
-
-    def _set_mode(self, fd: int, mode: int) -> None:
-        os.chmod(proc_path(fd), stat.S_IMODE(mode))
-
-    def _setattr(self, op: tp.SetAttr) -> None:
-        if op.fields & tp.ATTR_SIZE:
-            os.ftruncate(self._file(op.path), op.size)
-        if op.fields & (tp.ATTR_UID | tp.ATTR_GID | tp.ATTR_MODE | tp.ATTR_TIMES):
-            with self.entry(op.path) as fd:
-                target = proc_path(fd)
-                if op.fields & (tp.ATTR_UID | tp.ATTR_GID):
-                    uid = op.uid if op.fields & tp.ATTR_UID else -1
-                    gid = op.gid if op.fields & tp.ATTR_GID else -1
-                    os.chown(target, uid, gid)
-                if op.fields & tp.ATTR_MODE:
-                    self._set_mode(fd, op.mode)
-                if op.fields & tp.ATTR_TIMES:
-                    os.utime(target, ns=(op.atime_ns, op.mtime_ns))  # a symlink's own: the fd names it
-        if op.fields & tp.ATTR_MTIME:
-            self._set_mtime(op.path, op.mtime_ns)
-
-    def _own(self, path: bytes, mode: int, uid: int, gid: int) -> None:
-        """Give a new entry its owner, then its exact mode (chown may clear
-        set-id bits, so the mode goes last)."""
-        with self.entry(path) as fd:
-            os.chown(proc_path(fd), uid, gid)
-            if not stat.S_ISLNK(os.stat(fd).st_mode):
-                self._set_mode(fd, mode)
-
-    def _create(self, op: tp.Create) -> None:
-        d, name = self.at(op.path)
-        self.forget(op.path)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     stat.S_IMODE(op.mode), dir_fd=d)
-        try:
-            os.fchown(fd, op.uid, op.gid)
-            os.fchmod(fd, stat.S_IMODE(op.mode))
-        except BaseException:
-            os.close(fd)
-            raise
-        self._remember(self._files, op.path, fd)
-
-    def _mknod(self, op: tp.MkNod) -> None:
-        d, name = self.at(op.path)
-        self.forget(op.path)
-        os.mknod(name, op.mode, op.rdev, dir_fd=d)
-        self._own(op.path, op.mode, op.uid, op.gid)
-
-    def _mkdir(self, op: tp.MkDir) -> None:
-        d, name = self.at(op.path)
-        os.mkdir(name, stat.S_IMODE(op.mode), dir_fd=d)
-        self._own(op.path, op.mode, op.uid, op.gid)
-
-    def _unlink(self, op: tp.Unlink) -> None:
-        d, name = self.at(op.path)
-        self.forget(op.path)
-        os.unlink(name, dir_fd=d)
-
-    def _rmdir(self, op: tp.RmDir) -> None:
-        d, name = self.at(op.path)
-        self.forget_all()
-        d, name = self.at(op.path)
-        os.rmdir(name, dir_fd=d)
-
-    @contextlib.contextmanager
-    def _held_parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
-        """Like ``at``, with a descriptor of its own: resolving a second
-        path may evict (and close) cached ones."""
-        d, name = self.at(path)
-        fd = os.dup(d)
-        try:
-            yield fd, name
-        finally:
-            os.close(fd)
-
-    def _rename(self, op: tp.Rename) -> None:
-        self.forget_all()
-        with self._held_parent(op.old) as (src_dir, src):
-            dst_dir, dst = self.at(op.new)
-            if op.flags:
-                renameat2(src_dir, src, dst_dir, dst, op.flags)
-            else:
-                os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
-        self.forget_all()
-
-    def _link(self, op: tp.Link) -> None:
-        with self._held_parent(op.target) as (src_dir, src):
-            dst_dir, dst = self.at(op.new)
-            os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
-
-    def _symlink(self, op: tp.Symlink) -> None:
-        d, name = self.at(op.path)
-        self.forget(op.path)
-        os.symlink(op.target, name, dir_fd=d)
-        os.chown(name, op.uid, op.gid, dir_fd=d, follow_symlinks=False)
-
-    def _setxattr(self, op: tp.SetXattr) -> None:
-        with self.entry(op.path) as fd:
-            os.setxattr(proc_path(fd), op.name, op.value)
-
-    def _removexattr(self, op: tp.RemoveXattr) -> None:
-        with self.entry(op.path) as fd:
-            os.removexattr(proc_path(fd), op.name)
-
-    def _keepxattrs(self, op: tp.KeepXattrs) -> None:
-        keep = set(op.name_list())
-        with self.entry(op.path) as fd:
-            where = proc_path(fd)
-            for name in os.listxattr(where):
-                if os.fsencode(name) in keep:
-                    continue
-                try:
-                    os.removexattr(where, name)
-                except OSError as exc:  # one this host's kernel or policy keeps (security.*): not ours to drop
-                    if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.ENODATA):
-                        raise
-
-    def _fsync(self, op: tp.Fsync) -> None:
-        if op.whole:
-            self.sync()
-            return
-        with self.entry(op.path) as entry:
-            mode = os.fstat(entry).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                return  # a node's data is not ours to flush; its entry is flushed with its directory
-            fd = os.open(proc_path(entry), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            (os.fdatasync if op.datasync else os.fsync)(fd)
-        finally:
-            os.close(fd)
-
-
-def _remove(tree: Tree, op: tp.Remove) -> None:
-    """Nothing at op.path afterwards: a file, link or whole subtree goes;
-    already absent is fine."""
-    tree.forget_all()
-    d, name = tree.at(op.path)
-    try:
-        st = os.stat(name, dir_fd=d, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        remove_tree(d, name)
-    else:
-        os.unlink(name, dir_fd=d)
-
-
-def _purge(tree: Tree, op: tp.Purge) -> None:
-    """Remove everything below the root."""
-    tree.forget_all()
-    for name in tree.listdir(b""):
-        st = os.stat(name, dir_fd=tree.root_fd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            remove_tree(tree.root_fd, name)
-        else:
-            os.unlink(name, dir_fd=tree.root_fd)
-
-
-def remove_tree(parent_fd: int, name: bytes) -> None:
-    """Remove directory *name* of *parent_fd* and everything below it.
-
-    A loop holding one descriptor at a time, where ``shutil.rmtree``
-    recurses (and keeps one descriptor per level): a tree may be deeper
-    than Python's stack or the open-file limit. Symlinks are removed, never
-    followed; going back up is through ``..`` of the directory just
-    emptied, so the walk never leaves the subtree it was given.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    names = [name]  # from parent_fd down to fd
-    fd = os.open(name, flags, dir_fd=parent_fd)
-    try:
-        while names:
-            child = None
-            with os.scandir(fd) as listing:
-                for entry in listing:
-                    if entry.is_dir(follow_symlinks=False):
-                        child = os.fsencode(entry.name)
-                        break
-                    os.unlink(entry.name, dir_fd=fd)
-            if child is not None:
-                below = os.open(child, flags, dir_fd=fd)
-                os.close(fd)
-                fd = below
-                names.append(child)
-                continue
-            emptied = names.pop()
-            if names:
-                above = os.open(b"..", flags & ~os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = above
-                os.rmdir(emptied, dir_fd=fd)
-            else:
-                os.close(fd)
-                fd = -1
-                os.rmdir(emptied, dir_fd=parent_fd)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-_APPLY = {
-    tp.Write: Tree._write, tp.WriteRuns: Tree._write_runs, tp.Punch: Tree._punch, tp.SetAttr: Tree._setattr,
-    tp.Create: Tree._create,
-    tp.MkNod: Tree._mknod, tp.MkDir: Tree._mkdir, tp.Unlink: Tree._unlink,
-    tp.RmDir: Tree._rmdir, tp.Rename: Tree._rename, tp.Link: Tree._link, tp.KeepXattrs: Tree._keepxattrs,
-    tp.Symlink: Tree._symlink, tp.SetXattr: Tree._setxattr,
-    tp.RemoveXattr: Tree._removexattr, tp.Fsync: Tree._fsync, tp.Purge: _purge, tp.Remove: _remove,
-}

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -97,6 +98,28 @@ def empty_files(directory: Path, count: int, prefix: str = "entry") -> set[bytes
     finally:
         os.close(fd)
     return names
+
+
+def entry_states(top: Path) -> dict[str, tuple]:
+    """What a replicated operation could change of each entry below *top*
+    (by path relative to it): its inode, mode, owner, size, mtime, ctime,
+    link count, content or link target, and extended attributes; links never
+    followed. Not atimes: reading changes them."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in ["", *dirnames, *filenames]:
+            p = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(p)
+            content: bytes | str | None = None
+            if stat.S_ISREG(st.st_mode):
+                content = Path(p).read_bytes()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(p)
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                n: os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                                            st.st_ctime_ns, st.st_nlink, st.st_ino, content, xattrs)
+    return out
 
 
 def assert_same_tree(a: Path, b: Path) -> None:

@@ -8,7 +8,9 @@ secondary records the primary's generations in order, as operations of the
 stream, so its history says which state of the primary its data matches.
 
 Comparing the two histories at the handshake tells the direction a resync
-may go — or that it cannot be told, and nothing may be resynced.
+may go — or that it cannot be told, and nothing may be resynced. The
+transport carries a history as ``pack`` lays it out and checks it with
+``unpack``, so these sizes are the wire's too.
 """
 
 from __future__ import annotations

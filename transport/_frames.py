@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tracking import generations  # sans-IO: a Welcome carries the history just as tracking keeps it
+
 from ._errors import InvalidPath, LocalProtocolError
 
 PROTOCOL_VERSION = 6  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
@@ -25,8 +27,6 @@ PROTOCOL_VERSION = 6  # 2: generations in Welcome; Checksum, Digests, Generation
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
-GENERATION_ID_SIZE = 16
-MAX_GENERATIONS = 32
 MAX_PATH = 64 * 1024  # relative to a group's root: deeper than PATH_MAX, as a tree reached by chdir can be
 MAX_TARGET = 4096  # a symlink's target, as symlink(2) takes it
 MAX_NAME = 255
@@ -179,7 +179,8 @@ class Welcome(Frame):
 
     ``last_seq`` is the last sequence number the replica has durably applied;
     ``fresh`` is 1 when the replica was created by this handshake;
-    ``generations`` is its generation id history, oldest first (16 bytes each).
+    ``generations`` is its generation id history, oldest first, as
+    ``tracking.generations.pack`` lays it out.
     """
 
     TYPE = 4
@@ -190,10 +191,10 @@ class Welcome(Frame):
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        size = len(self.generations)
-        if size % GENERATION_ID_SIZE or size > MAX_GENERATIONS * GENERATION_ID_SIZE:
-            raise LocalProtocolError(f"Welcome.generations must be at most {MAX_GENERATIONS} ids of "
-                                     f"{GENERATION_ID_SIZE} bytes")
+        try:
+            generations.unpack(self.generations)
+        except ValueError as exc:
+            raise LocalProtocolError(f"Welcome.generations: {exc}") from None
 
 
 # --- operations --------------------------------------------------------------
