@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import tracking
 import transport as tp
 
+from ._pipeline import Position
 from ._sparse import proc_path, punch, pwrite_all, renameat2, set_mtime
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
         _change(replica.tree, op, row.handler)
         return None
     replica.generations = row.handler(replica.generations, op)  # the one other kind: HISTORY
-    log.info("group %s: replica now at generation %s (seq %d)", replica.id, replica.generations[-1].hex(), op.seq)
+    log.info("group %s: replica now at %s", replica.id, Position(replica.generations[-1].hex(), op.seq))
     return None
 
 

@@ -53,6 +53,7 @@ from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
 from ._limits import raise_open_file_limit
 from ._logs import setup_logging
+from ._pipeline import Position
 from ._store import StoreLock, check_directory
 from ._tree import Tree
 
@@ -101,6 +102,11 @@ class Replica:
             return exc.errno == errno.ENOENT  # any other failure cannot tell; applying will
         held = os.fstat(self.tree.root_fd)
         return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    @property
+    def position(self) -> Position:
+        """What the replica holds: the last change applied, in its generation."""
+        return Position(self.generations[-1].hex() if self.generations else "none", self.last_applied)
 
     def before_apply(self, op: tp.Operation) -> None:
         """Called by ``_apply.apply`` just before each frame that changes
@@ -283,8 +289,8 @@ class Secondary:
         try:
             await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0),
                                        generations=tracking.generations.pack(replica.generations)))
-            log.info("group %s: %s authenticated%s; replica at seq %d", replica.id, peer,
-                     f" over {conn.tls_version}" if conn.tls_version else "", replica.last_applied)
+            log.info("group %s: %s authenticated%s; replica at %s", replica.id, peer,
+                     f" over {conn.tls_version}" if conn.tls_version else "", replica.position)
             while True:
                 event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
                 replica.heard = trio.current_time()
@@ -305,8 +311,7 @@ class Secondary:
                             conn.enqueue(tp.Ack(seq=replica.last_applied))
                         conn.enqueue(tp.Close(last_seq=replica.last_applied))
                         await conn.flush()
-                        log.info("group %s: %s closed the session at seq %d", replica.id, peer,
-                                 replica.last_applied)
+                        log.info("group %s: %s closed the session at %s", replica.id, peer, replica.position)
                         return
                     event = conn.next_buffered_event()
                 if replica.last_applied != acked:
@@ -335,8 +340,8 @@ class Secondary:
                 answer = apply(replica, op)
         except OSError as exc:
             code = exc.errno or errno.EIO
-            log.error("group %s: cannot apply seq %d (%s): %s; ending the session", replica.id, op.seq,
-                      type(op).__name__, exc)
+            log.error("group %s: cannot apply seq %d (%s) at %s: %s; ending the session", replica.id, op.seq,
+                      type(op).__name__, replica.position, exc)
             conn.enqueue(tp.Ack(seq=replica.last_applied))
             conn.enqueue(tp.Nack(seq=op.seq, errno=code, message=str(exc)[:500]))
             await conn.flush()
