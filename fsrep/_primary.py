@@ -257,7 +257,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     async def control(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("cmd") == "status":
             return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
-                    "groups": [group.rel.statistics() for group in mount.all]}
+                    "groups": [group.rel.statistics().to_json() for group in mount.all]}
         if req.get("cmd") == "resync":
             return await start_resync(mount, req)
         return {"error": f"unknown command {req.get('cmd')!r}"}

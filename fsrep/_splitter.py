@@ -38,7 +38,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -48,6 +47,7 @@ import transport as tp
 from ._config import GroupRecord, GroupStore
 from ._progress import ResyncRun, clamp_rate, stronger
 from ._state import RelationshipState, check_transition
+from ._status import EndedRun, GroupStatus, QueuedRun
 
 log = logging.getLogger(__name__)
 R = RelationshipState
@@ -984,38 +984,36 @@ class Relationship:
             return round(now - self._lag_since, 3)
         return round(now - self._last_progress, 3) if self._inflight else 0.0
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> GroupStatus:
         dirty_bytes = self.dirty.dirty_bytes
         run = self.resync_run
         progress = run.snapshot(dirty_bytes, trio.current_time(), self.dirty.dir_count) if run is not None else None
+        running = progress if progress is not None and progress.running else None
         queued = self._resync_queued
-        return {
-            "id": self.record.id,
-            "path": "/" + self.record.path,
-            "state": self.state.value,
-            "policy": self.record.policy,
-            "secondary": self.record.secondary,
-            "connected": self.conn is not None,
-            "last_acked_seq": self.acked_seq,
-            "ops_in_flight": len(self._inflight),
-            "lag_bytes": self._lag_bytes() + (dirty_bytes if self.record.stale else 0),
-            "lag_seconds": self._lag_seconds(),
-            "bytes_in_flight": self._bytes_in_flight,
-            "dirty_bytes": dirty_bytes,
-            "bytes_remaining": progress["bytes_remaining"] if progress and progress["running"] else dirty_bytes,
-            "bytes_per_second": progress["bytes_per_second"] if progress else 0,
-            "eta_seconds": progress["eta_seconds"] if progress and progress["running"] else None,
-            "percent": progress["percent"] if progress and progress["running"] else
-            (100.0 if self.state is R.IN_SYNC else 0.0),
-            "resync": progress,
-            "resync_queued": {"id": queued.id, "mode": queued.mode, "restarts": queued.restarts}
-            if queued is not None else None,
-            "resync_recent": [{"id": r.id, "mode": r.mode, "outcome": r.outcome, "verified": r.verified}
-                              for r in self._recent_runs],
-            "resync_bytes_sent": self.resync_bytes,
-            "last_resync_seconds": round(self.last_resync_seconds, 3),
-            "generation": self.record.generations[-1],
-            "stale_reason": self.record.stale_reason if self.record.stale else "",
-            "last_error": self.last_error,
-            "internal_errors": self.internal_errors,
-        }
+        return GroupStatus(
+            id=self.record.id,
+            path="/" + self.record.path,
+            state=self.state.value,
+            policy=self.record.policy,
+            secondary=self.record.secondary,
+            connected=self.conn is not None,
+            last_acked_seq=self.acked_seq,
+            ops_in_flight=len(self._inflight),
+            lag_bytes=self._lag_bytes() + (dirty_bytes if self.record.stale else 0),
+            lag_seconds=self._lag_seconds(),
+            bytes_in_flight=self._bytes_in_flight,
+            dirty_bytes=dirty_bytes,
+            bytes_remaining=running.bytes_remaining if running else dirty_bytes,
+            bytes_per_second=progress.bytes_per_second if progress else 0,
+            eta_seconds=running.eta_seconds if running else None,
+            percent=running.percent if running else (100.0 if self.state is R.IN_SYNC else 0.0),
+            resync=progress,
+            resync_queued=QueuedRun(queued.id, queued.mode, queued.restarts) if queued is not None else None,
+            resync_recent=tuple(EndedRun(r.id, r.mode, r.outcome, r.verified) for r in self._recent_runs),
+            resync_bytes_sent=self.resync_bytes,
+            last_resync_seconds=round(self.last_resync_seconds, 3),
+            generation=self.record.generations[-1],
+            stale_reason=self.record.stale_reason if self.record.stale else "",
+            last_error=self.last_error,
+            internal_errors=self.internal_errors,
+        )
