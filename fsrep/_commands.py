@@ -83,14 +83,15 @@ class Request(Generic[ReplyT]):
         unknown = sorted(set(message) - set(fields) - {"cmd"})
         if unknown:
             takes = f"its fields are {', '.join(fields)}" if fields else "it takes none"
-            raise BadRequest(f"{cls.command} takes no field {unknown[0]!r} ({takes})")
+            raise BadRequest(f"{cls.command} takes no field {shown(unknown[0])} ({takes})")
         missing = [name for name, f in fields.items() if name not in message and _required(f)]
         if missing:
-            raise BadRequest(f"{cls.command} needs the field {missing[0]!r}")
+            raise BadRequest(f"{cls.command} needs the field {shown(missing[0])}")
+        given = {name: message[name] for name in fields if name in message}
         hints = typing.get_type_hints(cls)
-        for name in fields.keys() & message.keys():
-            _check_type(cls.command, name, message[name], hints[name])
-        return cls(**{name: message[name] for name in fields.keys() & message.keys()})
+        for name, value in given.items():
+            _check_type(cls.command, name, value, hints[name])
+        return cls(**given)
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:

@@ -79,8 +79,9 @@ def test_the_wire_form_of_a_resync_is_the_one_the_tools_always_sent() -> None:
     ({}, 'the request names no command: send {"cmd": NAME, ...} with NAME one of status, resync'),
     ({"cmd": "promote"}, 'unknown command "promote": use one of status, resync'),
     ({"cmd": 7}, "unknown command 7: use one of status, resync"),
-    ({"cmd": "status", "verbose": True}, "status takes no field 'verbose' (it takes none)"),
-    ({"cmd": "resync", "rate-limit": 5}, "resync takes no field 'rate-limit' (its fields are group, mode, rate_limit)"),
+    ({"cmd": "status", "verbose": True}, 'status takes no field "verbose" (it takes none)'),
+    ({"cmd": "resync", "rate-limit": 5}, 'resync takes no field "rate-limit" (its fields are group, mode, rate_limit)'),
+    ({"cmd": "resync", "x" * 1000: 5}, 'resync takes no field "' + "x" * 59 + '... (its fields'),
     ({"cmd": "resync", "group": 5}, "resync: group must be a string or null, not 5"),
     ({"cmd": "resync", "mode": ["quick"]}, 'resync: mode must be a string, not ["quick"]'),
     ({"cmd": "resync", "rate_limit": True}, "resync: rate_limit must be a whole number, not true"),
@@ -101,7 +102,7 @@ def test_a_bad_request_is_refused_in_one_line_that_names_the_problem(message: ob
 
 
 def test_a_missing_field_is_named_and_a_present_one_is_type_checked() -> None:
-    with pytest.raises(fsrep.BadRequest, match=r"^promote needs the field 'name'$"):
+    with pytest.raises(fsrep.BadRequest, match=r'^promote needs the field "name"$'):
         _NeedsAName.from_json({"cmd": "promote"})
     with pytest.raises(fsrep.BadRequest, match=r"^promote: force must be true or false, not 1$"):
         _NeedsAName.from_json({"cmd": "promote", "name": "r", "force": 1})
@@ -185,7 +186,7 @@ BAD_LINES = [
     (b'{"cmd": "promote"}\n', 'bad request: unknown command "promote"'),
     (b'{"cmd": "resync", "group": 5}\n', "bad request: resync: group must be a string or null, not 5"),
     (b'{"cmd": "resync", "mode": "fast"}\n', 'bad request: unknown resync mode "fast"'),
-    (b'{"cmd": "status", "verbose": true}\n', "bad request: status takes no field 'verbose'"),
+    (b'{"cmd": "status", "verbose": true}\n', 'bad request: status takes no field "verbose"'),
     (b'{"cmd": "resync", "group": "nope"}\n', "no consistency group 'nope' (groups: "),
     (b" " * (MAX_REQUEST + 8192) + b"\n", "bad request: request too long"),
 ]
