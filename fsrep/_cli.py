@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from ._args import ACK_TIMEOUT, ASYNC_INTERVAL, LAG_BUDGET, RATE_LIMIT, RESYNC_STALL_TIMEOUT, Parser
+from ._commands import StatusRequest
 from ._config import (
     POLICIES,
     ConfigError,
@@ -29,9 +30,10 @@ from ._config import (
     tls_context,
     write_key,
 )
-from ._control import ControlError, DaemonGone, daemon_for, request
+from ._control import ControlError, DaemonGone, call, daemon_for
 from ._mounts import Mount, enclosing_mount, find_mount, is_dead, unmount
 from ._splitter import Timeouts
+from ._status import GroupStatus, ResyncProgress
 from ._store import check_directory
 
 PROG = "fsrep"
@@ -263,11 +265,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     with os.fdopen(read_fd, "rb") as ready:
         line = ready.readline().decode(errors="replace").strip()
     if line == "ready":
-        status = request(Path(opts.store, ".fsrep"), {"cmd": "status"})
+        status = call(Path(opts.store, ".fsrep"), StatusRequest())
         print(f"mounted {opts.store} on {opts.mountpoint} (pid {proc.pid})")
-        for group in status.get("groups", []):
-            print(f"  group {group['id']} ({group['path']}) is {group['state']}, policy {group['policy']}, "
-                  f"secondary {group['secondary']}")
+        for group in status.groups:
+            print(f"  group {group.id} ({group.path}) is {group.state}, policy {group.policy}, "
+                  f"secondary {group.secondary}")
         return 0
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
@@ -301,47 +303,58 @@ def _run_foreground(opts: Any, ready_fd: int | None) -> int:
     return 0
 
 
+STATUS_COLUMNS = [("group", "id"), ("path", "path"), ("state", "state"), ("policy", "policy"),
+                  ("secondary", "secondary"), ("connected", "connected"), ("acked seq", "last_acked_seq"),
+                  ("ops in flight", "ops_in_flight"), ("bytes in flight", "bytes_in_flight"),
+                  ("dirty bytes", "dirty_bytes"), ("lag bytes", "lag_bytes"), ("lag s", "lag_seconds")]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    _, reply = daemon_for(args.mountpoint)
+    _, status = daemon_for(args.mountpoint)
     if args.json:
-        print(json.dumps({"groups": reply["groups"]}, indent=2))
+        print(json.dumps({"groups": [group.to_json() for group in status.groups]}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"fsrep {reply['mountpoint']} (store {reply['store']}, pid {reply['pid']})")
-    columns = [("group", "id"), ("path", "path"), ("state", "state"), ("policy", "policy"),
-               ("secondary", "secondary"), ("connected", "connected"), ("acked seq", "last_acked_seq"),
-               ("ops in flight", "ops_in_flight"), ("bytes in flight", "bytes_in_flight"),
-               ("dirty bytes", "dirty_bytes"), ("lag bytes", "lag_bytes"), ("lag s", "lag_seconds")]
-    for title, _ in columns:
+    table = Table(title=f"fsrep {status.mountpoint} (store {status.store}, pid {status.pid})")
+    for title, _ in STATUS_COLUMNS:
         table.add_column(title, overflow="fold")
-    for group in reply["groups"]:
-        table.add_row(*[_cell(group[key]) for _, key in columns])
+    for group in status.groups:
+        table.add_row(*[_cell(getattr(group, name)) for _, name in STATUS_COLUMNS])
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
-    for group in reply["groups"]:
-        run = group.get("resync")
-        if run and run["running"]:
-            eta = "-" if run["eta_seconds"] is None else f"{run['eta_seconds']:.0f}s"
-            console.print(f"group {group['id']}: {run['mode']} resync {run['percent']:.1f}%: "
-                          f"{_directories(run)}{run['bytes_remaining']} bytes left at {run['bytes_per_second']} "
-                          f"bytes/s, ETA {eta}")
-        if group.get("stale_reason"):
-            console.print(f"group {group['id']}: replica needs a resync: {group['stale_reason']}")
-        if group.get("last_error"):
-            console.print(f"group {group['id']}: last error: {group['last_error']}")
-        if group.get("internal_errors"):
-            console.print(f"group {group['id']}: {group['internal_errors']} requests failed with an internal error "
-                          f"(EIO; see the log); the tree is compared by digest")
+    for group in status.groups:
+        for line in _notes(group):
+            console.print(f"group {group.id}: {line}")
     return 0
 
 
-def _directories(run: dict[str, Any]) -> str:
+def _notes(group: GroupStatus) -> list[str]:
+    """What the table does not show of a group: the resync under way, and
+    why the group is not in sync."""
+    notes = []
+    run = group.resync
+    if run is not None and run.running:
+        eta = "-" if run.eta_seconds is None else f"{run.eta_seconds:.0f}s"
+        notes.append(f"{run.mode} resync {run.percent:.1f}%: {_directories(run)}{run.bytes_remaining} bytes left "
+                     f"at {run.bytes_per_second} bytes/s, ETA {eta}")
+    if group.stale_reason:
+        notes.append(f"replica needs a resync: {group.stale_reason}")
+    if group.last_error:
+        notes.append(f"last error: {group.last_error}")
+    notes.extend(f"failing: {fault}" for fault in group.faults)
+    if group.internal_errors:
+        notes.append(f"{group.internal_errors} requests failed with an internal error (EIO; see the log); the tree "
+                     f"is compared by digest")
+    return notes
+
+
+def _directories(run: ResyncProgress) -> str:
     """How far the comparison of directories got, while some are left."""
-    if not run["directories_remaining"]:
+    if not run.directories_remaining:
         return ""
-    return (f"{run['directories_checked']} directories compared ({run['entries_checked']} entries), "
-            f"{run['directories_remaining']} left; ")
+    return (f"{run.directories_checked} directories compared ({run.entries_checked} entries), "
+            f"{run.directories_remaining} left; ")
 
 
 def _cell(value: Any) -> str:
@@ -352,7 +365,7 @@ def _cell(value: Any) -> str:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     try:
-        _, reply = daemon_for(args.mountpoint)
+        _, status = daemon_for(args.mountpoint)
     except DaemonGone:
         mount = find_mount(args.mountpoint)
         if mount is None or not is_dead(mount.mountpoint):
@@ -361,18 +374,18 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"the daemon of {args.mountpoint} was gone (killed or crashed): unmounted it lazily; the next "
               f"'fsrep mount' of {mount.store} recovers from the state it left in {mount.store}/.fsrep")
         return 0
-    pid = int(reply["pid"])
+    pid = status.pid
     try:
-        unmount(reply["mountpoint"])
+        unmount(status.mountpoint)
     except OSError as exc:
         raise CommandError(f"cannot unmount {args.mountpoint}: {exc.strerror}") from None
     deadline = time.monotonic() + UMOUNT_TIMEOUT
     while _alive(pid):
         if time.monotonic() > deadline:
             raise CommandError(f"unmounted, but daemon pid {pid} is still saving state after "
-                               f"{UMOUNT_TIMEOUT:g}s; see {reply['store']}/.fsrep/fsrep.log")
+                               f"{UMOUNT_TIMEOUT:g}s; see {status.store}/.fsrep/fsrep.log")
         time.sleep(0.05)
-    print(f"unmounted {args.mountpoint}; state saved in {reply['store']}/.fsrep")
+    print(f"unmounted {args.mountpoint}; state saved in {status.store}/.fsrep")
     return 0
 
 

@@ -1,6 +1,8 @@
 """The control socket: a unix socket in the store's ``.fsrep/`` over which
-``fsrep status`` (and later resync and move) talk to a running daemon. One
-JSON object per line each way.
+``fsrep status``, ``fsrep-resync`` and the other tools talk to a running
+daemon. One JSON object per line each way; what the objects say is
+``_commands``'s (the requests, the table of handlers) and ``_status``'s (the
+status records). This module only carries them.
 
 The socket is bound and reached through ``/proc/self/fd/<dir>/`` so a long
 store path never exceeds the 108-byte limit of unix socket addresses.
@@ -15,22 +17,28 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from ._commands import Request, StatusRequest
 from ._config import META_DIR
 from ._mounts import find_mount, is_dead
+from ._status import DaemonStatus, Record, UnreadableReply
 
 log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
+DISCARD_TIMEOUT = 1.0  # seconds a client has to close after its reply
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[Any], Awaitable[dict[str, Any]]]  # a parsed JSON request -> the reply object
+ReplyT = TypeVar("ReplyT", bound=Record)
 
 
 class ControlError(Exception):
-    """Raised by the client when no daemon answers on the socket."""
+    """Raised by the client when the daemon cannot be asked (it does not
+    answer, or its reply is unreadable) or refuses the request; the message
+    is one line for the operator."""
 
 
 class DaemonGone(ControlError):
@@ -71,6 +79,7 @@ async def serve_control(meta_dir: Path, handler: Handler, *,
                 reply = {"error": f"the request failed: {type(exc).__name__}: {exc} (see the daemon log)"}
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
+                await _discard_rest(stream)
 
     try:
         task_status.started()
@@ -78,6 +87,17 @@ async def serve_control(meta_dir: Path, handler: Handler, *,
     finally:
         with contextlib.suppress(OSError):
             (meta_dir / SOCKET_NAME).unlink()
+
+
+async def _discard_rest(stream: trio.SocketStream) -> None:
+    """Say the reply is complete, and read (boundedly) what the client
+    still sends: closing a unix socket with unread bytes resets it, and the
+    client of a request too long would get that instead of its reply."""
+    await stream.send_eof()
+    left = MAX_REQUEST
+    with trio.move_on_after(DISCARD_TIMEOUT):
+        while left > 0 and (data := await stream.receive_some(65536)):
+            left -= len(data)
 
 
 async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
@@ -92,7 +112,7 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
     return buf.split(b"\n", 1)[0]
 
 
-def daemon_for(mountpoint: str) -> tuple[Path, dict[str, Any]]:
+def daemon_for(mountpoint: str) -> tuple[Path, DaemonStatus]:
     """The control directory of the daemon serving *mountpoint*, and its
     status.
 
@@ -105,23 +125,40 @@ def daemon_for(mountpoint: str) -> tuple[Path, dict[str, Any]]:
         raise ControlError(f"{mountpoint} is not an fsrep mount (see 'mount -t fuse.fsrep')")
     meta = Path(mount.store, META_DIR)
     try:
-        reply = request(meta, {"cmd": "status"})
+        return meta, call(meta, StatusRequest())
     except DaemonGone:
         if is_dead(mount.mountpoint):  # asked only now: the stat of a live mount waits on its daemon
             raise DaemonGone(f"the daemon of {mountpoint} is gone (killed or crashed): run 'fsrep umount "
                              f"{mountpoint}', then mount it again") from None
         raise
-    if "error" in reply:
-        raise ControlError(reply["error"])
-    return meta, reply
 
 
-def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request to the daemon of a store and return its reply.
+def call(meta_dir: Path, req: Request[ReplyT], timeout: float = 10.0) -> ReplyT:
+    """Ask the daemon of a store *req*; its reply record.
 
     Raises:
         DaemonGone: no daemon is listening.
-        ControlError: it did not answer in time.
+        ControlError: it did not answer in time, refused the request (the
+            message is its reason), or sent a reply this fsrep cannot read.
+    """
+    reply = request(meta_dir, req.to_json(), timeout)
+    if "error" in reply:
+        raise ControlError(str(reply["error"]))
+    try:
+        return req.reply.from_json(reply)  # type: ignore[return-value]  # the request names its reply type
+    except UnreadableReply as exc:
+        raise ControlError(f"the daemon's reply to {req.command} is not one this fsrep reads ({exc}); is the "
+                           f"daemon of another fsrep version? remount to run this one") from None
+
+
+def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request object to the daemon of a store and return its
+    reply object, as they are on the wire (``call`` sends a request type and
+    reads its reply record).
+
+    Raises:
+        DaemonGone: no daemon is listening.
+        ControlError: it did not answer in time, or not with a JSON object.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, _short_address(meta_dir) as address:
         sock.settimeout(timeout)
@@ -139,6 +176,9 @@ def request(meta_dir: Path, message: dict[str, Any], timeout: float = 10.0) -> d
         except OSError as exc:
             raise ControlError(f"the daemon did not answer: {exc}") from None
     try:
-        return json.loads(b"".join(chunks))
+        reply = json.loads(b"".join(chunks))
     except ValueError:
-        raise ControlError("the daemon sent an unreadable reply") from None
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError("the daemon sent an unreadable reply")
+    return reply

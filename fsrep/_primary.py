@@ -1,6 +1,7 @@
 """The primary daemon: opens the store, connects each group's relationship,
-mounts the FUSE filesystem, serves the control socket, and on unmount or
-SIGTERM drains what is in flight and saves state."""
+mounts the FUSE filesystem, serves the control socket (its commands are
+``_commands``'s table), and on unmount or SIGTERM drains what is in flight
+and saves state."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import trio
@@ -22,13 +22,13 @@ import tracking
 import transport as tp
 
 from . import _declare as declare
+from ._commands import Daemon, dispatch
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
 from ._groups import Group, Groups
 from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._ops import Operations
-from ._progress import MODES
 from ._resync import resync
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
@@ -127,38 +127,6 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
 
 
-async def start_resync(mount: Groups, req: dict[str, Any]) -> dict[str, Any]:
-    """The control socket's ``resync`` command: start or join a run — and,
-    when the secondary is not connected, try it at once first (an operator
-    who asks for a resync has usually just brought it back)."""
-    mode, rate_limit, name = req.get("mode", "quick"), req.get("rate_limit", 0), req.get("group")
-    if name is not None and not isinstance(name, str):
-        return {"error": f"a group is named by its id or path, not {name!r}"}
-    group = mount.find(name)
-    if group is None:
-        known = ", ".join(f"{g.rel.record.id} (/{g.rel.record.path})" for g in mount.all)
-        what = "this mount has several groups; name one" if name is None else f"no consistency group {name!r}"
-        return {"error": f"{what} (groups: {known})"}
-    rel = group.rel
-    if mode not in MODES:
-        return {"error": f"unknown resync mode {mode!r}: use one of {', '.join(MODES)}"}
-    if not isinstance(rate_limit, int) or isinstance(rate_limit, bool) or rate_limit < 0:
-        return {"error": f"rate limit must be a whole number of bytes per second, not {rate_limit!r}"}
-    if mode == "checksum" and rel.record.policy == "strict" and rel.state is RelationshipState.IN_SYNC:
-        return {"error": f"group {rel.record.id} uses policy strict: while a checksum resync compares "
-                         f"directories, changes in them would fail with EIO — remount with --policy sync to run it"}
-    await rel.reconnect_now()
-    if rel.conn is None:
-        return {"error": f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
-                         f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when "
-                         f"it is back"}
-    try:
-        run = rel.request_resync(mode, reason="requested by fsrep-resync", rate_limit=rate_limit)
-    except ValueError as exc:
-        return {"error": str(exc)}
-    return {"group": rel.record.id, "run": run.id, "mode": run.mode, "rate_limit": run.rate_limit}
-
-
 def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[Tree, Groups]:
     """Every group of the mount with its tree, record and tracking state,
     not yet connected."""
@@ -254,14 +222,6 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     refusal = ""
     fuse_mounted = unmount = False
 
-    async def control(req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("cmd") == "status":
-            return {"pid": os.getpid(), "store": str(store), "mountpoint": str(mountpoint),
-                    "groups": [group.rel.statistics() for group in mount.all]}
-        if req.get("cmd") == "resync":
-            return await start_resync(mount, req)
-        return {"error": f"unknown command {req.get('cmd')!r}"}
-
     async def on_signals() -> None:
         nonlocal unmount
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -302,7 +262,8 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 record = group.rel.record
                 log.info("mounted %s on %s; group %s (/%s) is %s (policy %s, secondary %s)", store, mountpoint,
                          record.id, record.path, group.rel.state.value, record.policy, record.secondary)
-            await nursery.start(serve_control, lock.meta, control)
+            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount))
+            await nursery.start(serve_control, lock.meta, commands)
             nursery.start_soon(on_signals)
             ready("ready")
             await pyfuse3.main(min_tasks=4, max_tasks=256)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import re
 from dataclasses import dataclass, field
-from typing import Any
+
+from ._status import ResyncProgress
 
 MODES = ("quick", "checksum", "full")
 RATE_FLOOR = 1024 * 1024  # bytes/s: a rate limit below this would let a resync starve
@@ -156,8 +157,8 @@ class ResyncRun:
             then, before = self.started_at, self._done_at_start
         return (self.done_bytes() - before) / (now - then) if now > then else 0.0
 
-    def snapshot(self, dirty_bytes: int, now: float, dirty_dirs: int = 0) -> dict[str, Any]:
-        """The status fields of this run. While directories are left to
+    def snapshot(self, dirty_bytes: int, now: float, dirty_dirs: int = 0) -> ResyncProgress:
+        """This run as status shows it. While directories are left to
         compare (*dirty_dirs*; the bytes to copy are not all known yet),
         the ETA counts them at the rate directories have gone so far, and
         each counts DIRECTORY_WEIGHT bytes in the percentage."""
@@ -172,28 +173,28 @@ class ResyncRun:
             work_left = remaining + dirs_left * DIRECTORY_WEIGHT
             percent = 100.0 * work_done / (work_done + work_left) if work_done + work_left else 0.0
         end = self.finished_at if self.finished_at is not None else now
-        return {
-            "id": self.id,
-            "mode": self.mode,
-            "reason": self.reason,
-            "running": self.running,
-            "finished": self.finished,
-            "outcome": self.outcome,
-            "verified": self.verified,
-            "restarts": self.restarts,
-            "rate_limit": self.rate_limit,
-            "bytes_copied": self.copied_bytes,
-            "bytes_checked": self.checked_bytes,
-            "bytes_mismatched": self.mismatched_bytes,
-            "bytes_remaining": remaining,
-            "bytes_per_second": round(rate),
-            "directories_checked": self.dirs_checked,
-            "directories_remaining": dirs_left,
-            "entries_checked": self.entries_checked,
-            "eta_seconds": self._eta(remaining, rate, dirs_left, now),
-            "percent": round(percent, 1),
-            "elapsed_seconds": round(end - self.started_at, 3) if self.started_at is not None else 0.0,
-        }
+        return ResyncProgress(
+            id=self.id,
+            mode=self.mode,
+            reason=self.reason,
+            running=self.running,
+            finished=self.finished,
+            outcome=self.outcome,
+            verified=self.verified,
+            restarts=self.restarts,
+            rate_limit=self.rate_limit,
+            bytes_copied=self.copied_bytes,
+            bytes_checked=self.checked_bytes,
+            bytes_mismatched=self.mismatched_bytes,
+            bytes_remaining=remaining,
+            bytes_per_second=round(rate),
+            directories_checked=self.dirs_checked,
+            directories_remaining=dirs_left,
+            entries_checked=self.entries_checked,
+            eta_seconds=self._eta(remaining, rate, dirs_left, now),
+            percent=round(percent, 1),
+            elapsed_seconds=round(end - self.started_at, 3) if self.started_at is not None else 0.0,
+        )
 
     def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:
         """Seconds left; None when not known (no rate yet)."""

@@ -44,7 +44,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import trio
 
@@ -56,10 +56,12 @@ from ._faults import Faults
 from ._ledger import Ledger
 from ._link import DEFAULT_TIMEOUTS, Link, Timeouts
 from ._pipeline import NO_MARKS, Drain, InFlight, Pipeline, Position
+from ._progress import ResyncRun
 from ._recorder import ActivityTracker, Recorder
 from ._scheduler import ResyncScheduler
 from ._sessions import Sessions
 from ._state import RelationshipState, check_transition
+from ._status import EndedRun, GroupStatus, QueuedRun
 from ._stream import ResyncStream
 
 __all__ = ["Pending", "Relationship", "Timeouts"]
@@ -331,7 +333,7 @@ class Relationship:
     async def reconnect_now(self) -> None:
         await self.link.reconnect_now()
 
-    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False) -> Any:
+    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False) -> ResyncRun:
         return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine)
 
     async def resync_now(self, reason: str) -> None:
@@ -358,7 +360,7 @@ class Relationship:
 
     # --- status ------------------------------------------------------------------
 
-    def _lag_seconds(self) -> float:
+    def lag_seconds(self) -> float:
         """How long the replica has been missing changes made here."""
         now = trio.current_time()
         if self.record.stale and self.lag_since is not None:
@@ -366,40 +368,43 @@ class Relationship:
         since = self.pipeline.waiting_since()
         return round(now - since, 3) if since is not None else 0.0
 
-    def statistics(self) -> dict[str, Any]:
-        dirty_bytes = self.dirty.dirty_bytes
-        run = self.scheduler.run
-        progress = run.snapshot(dirty_bytes, trio.current_time(), self.dirty.dir_count) if run is not None else None
-        queued = self.scheduler.queued
-        pipeline = self.pipeline
-        return {
-            "id": self.record.id,
-            "path": "/" + self.record.path,
-            "state": self.state.value,
-            "policy": self.record.policy,
-            "secondary": self.record.secondary,
-            "connected": self.link.conn is not None,
-            "last_acked_seq": pipeline.acked_seq,
-            "ops_in_flight": len(pipeline),
-            "lag_bytes": pipeline.lag_bytes + (dirty_bytes if self.record.stale else 0),
-            "lag_seconds": self._lag_seconds(),
-            "bytes_in_flight": pipeline.bytes_in_flight,
-            "dirty_bytes": dirty_bytes,
-            "bytes_remaining": progress["bytes_remaining"] if progress and progress["running"] else dirty_bytes,
-            "bytes_per_second": progress["bytes_per_second"] if progress else 0,
-            "eta_seconds": progress["eta_seconds"] if progress and progress["running"] else None,
-            "percent": progress["percent"] if progress and progress["running"] else
-            (100.0 if self.state is R.IN_SYNC else 0.0),
-            "resync": progress,
-            "resync_queued": {"id": queued.id, "mode": queued.mode, "restarts": queued.restarts}
-            if queued is not None else None,
-            "resync_recent": [{"id": r.id, "mode": r.mode, "outcome": r.outcome, "verified": r.verified}
-                              for r in self.scheduler.recent],
-            "resync_bytes_sent": self.stream.bytes_sent,
-            "last_resync_seconds": round(self.stream.last_seconds, 3),
-            "generation": self.record.generations[-1],
-            "stale_reason": self.record.stale_reason if self.record.stale else "",
-            "last_error": self.link.last_error,
-            "faults": self.faults.messages(),
-            "internal_errors": self.internal_errors,
-        }
+    def statistics(self) -> GroupStatus:
+        return group_status(self)
+
+
+def group_status(rel: Relationship) -> GroupStatus:
+    """What ``fsrep status`` shows of *rel*, now."""
+    dirty, record, pipeline, scheduler = rel.dirty, rel.record, rel.pipeline, rel.scheduler
+    dirty_bytes = dirty.dirty_bytes
+    run = scheduler.run
+    progress = run.snapshot(dirty_bytes, trio.current_time(), dirty.dir_count) if run is not None else None
+    running = progress if progress is not None and progress.running else None
+    queued = scheduler.queued
+    return GroupStatus(
+        id=record.id,
+        path="/" + record.path,
+        state=rel.state.value,
+        policy=record.policy,
+        secondary=record.secondary,
+        connected=rel.link.conn is not None,
+        last_acked_seq=pipeline.acked_seq,
+        ops_in_flight=len(pipeline),
+        lag_bytes=pipeline.lag_bytes + (dirty_bytes if record.stale else 0),
+        lag_seconds=rel.lag_seconds(),
+        bytes_in_flight=pipeline.bytes_in_flight,
+        dirty_bytes=dirty_bytes,
+        bytes_remaining=running.bytes_remaining if running else dirty_bytes,
+        bytes_per_second=progress.bytes_per_second if progress else 0,
+        eta_seconds=running.eta_seconds if running else None,
+        percent=running.percent if running else (100.0 if rel.state is R.IN_SYNC else 0.0),
+        resync=progress,
+        resync_queued=QueuedRun(queued.id, queued.mode, queued.restarts) if queued is not None else None,
+        resync_recent=tuple(EndedRun(r.id, r.mode, r.outcome, r.verified) for r in scheduler.recent),
+        resync_bytes_sent=rel.stream.bytes_sent,
+        last_resync_seconds=round(rel.stream.last_seconds, 3),
+        generation=record.generations[-1],
+        stale_reason=record.stale_reason if record.stale else "",
+        last_error=rel.link.last_error,
+        faults=tuple(rel.faults.messages()),
+        internal_errors=rel.internal_errors,
+    )

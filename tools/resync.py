@@ -11,15 +11,26 @@ secondary is back) whether or not this command still watches.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fsrep._args import RATE_LIMIT, Parser
-from fsrep._control import ControlError, daemon_for, request
-from fsrep._progress import MODES
+from fsrep import (
+    MODES,
+    RATE_LIMIT,
+    ControlError,
+    GroupStatus,
+    Parser,
+    ResyncProgress,
+    ResyncRequest,
+    ResyncStarted,
+    StatusRequest,
+    call,
+    daemon_for,
+)
 
 PROG = "fsrep-resync"
 POLL = 0.25
@@ -68,68 +79,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Resync the group named, or every group; the outcome of one group, or
     ``{"groups": [...]}`` for several."""
     meta, status = daemon_for(args.mountpoint)
-    names = [args.group] if args.group is not None else [group["id"] for group in status["groups"]]
-    replies, outcomes, failures = [], [], []
+    names = [args.group] if args.group is not None else [group.id for group in status.groups]
+    started, outcomes, failures = [], [], []
     for name in names:  # start them all first: groups resync side by side
-        reply = request(meta, {"cmd": "resync", "group": name, "mode": args.mode, "rate_limit": args.rate_limit})
-        if "error" in reply:
-            failures.append(reply["error"])
-        else:
-            replies.append(reply)
-    for reply in replies:
         try:
-            outcomes.append(_follow(meta, reply, args))
+            started.append(call(meta, ResyncRequest(group=name, mode=args.mode, rate_limit=int(args.rate_limit))))
+        except ControlError as exc:
+            failures.append(str(exc))
+    for run in started:
+        try:
+            outcomes.append(_follow(meta, run, args))
         except ResyncFailed as exc:
-            failures.append(f"group {reply['group']}: {exc}" if len(names) > 1 else str(exc))
+            failures.append(f"group {run.group}: {exc}" if len(names) > 1 else str(exc))
     if failures:
         raise ResyncFailed("; ".join(failures))
     return outcomes[0] if len(outcomes) == 1 else {"groups": outcomes}
 
 
-def _follow(meta: Path, reply: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _follow(meta: Path, started: ResyncStarted, args: argparse.Namespace) -> dict[str, Any]:
     """Show one group's run until it ends; its outcome."""
-    run_id, group_id = reply["run"], reply["group"]
+    run_id = started.run
     if not args.json:
-        limit = f", at most {reply['rate_limit']} bytes/s" if reply["rate_limit"] else ""
-        print(f"group {group_id}: {reply['mode']} resync (run {run_id}){limit}", flush=True)
+        limit = f", at most {started.rate_limit} bytes/s" if started.rate_limit else ""
+        print(f"group {started.group}: {started.mode} resync (run {run_id}){limit}", flush=True)
     with _Display(enabled=not args.json) as display:
         while True:
-            group = _group(meta, group_id)
-            progress = group.get("resync") or {}
-            if progress.get("id") == run_id and progress.get("finished"):
+            group = _group(meta, started.group)
+            progress = group.resync if group.resync is not None and group.resync.id == run_id else None
+            if progress is not None and progress.finished:
                 display.update(progress)
-                return _outcome(group, progress, reply["mode"])
-            recent = {r["id"]: r for r in group.get("resync_recent", [])}
-            if run_id in recent and progress.get("id") != run_id:  # ended while another run took over
-                ended = recent[run_id]
-                return _outcome(group, {**progress, **ended, "id": run_id}, reply["mode"])
-            queued = group.get("resync_queued") or {}
-            if progress.get("id") != run_id and queued.get("id") != run_id:
+                return _outcome(group, _summary(progress), started.mode)
+            ended = next((r for r in group.resync_recent if r.id == run_id), None)
+            if ended is not None and progress is None:  # ended while another run took over
+                return _outcome(group, _summary(group.resync) | dataclasses.asdict(ended), started.mode)
+            queued = group.resync_queued is not None and group.resync_queued.id == run_id
+            if progress is None and not queued:
                 raise ResyncFailed(f"run {run_id} is no longer known to the daemon; see its log")
-            if queued.get("id") == run_id and not group["connected"]:
-                raise ResyncFailed(f"the link to {group['secondary']} was lost ({group['last_error'] or 'no reason'})"
+            if queued and not group.connected:
+                raise ResyncFailed(f"the link to {group.secondary} was lost ({group.last_error or 'no reason'})"
                                    f"; the resync resumes by itself when it is back — run {PROG} again to follow it")
-            if progress.get("id") == run_id:
+            if progress is not None:
                 display.update(progress)
             time.sleep(POLL)
 
 
-def _group(meta: Path, group_id: str) -> dict[str, Any]:
-    status = request(meta, {"cmd": "status"})
-    for group in status.get("groups", []):
-        if group["id"] == group_id:
-            return group
-    raise ResyncFailed(f"group {group_id} is gone from the daemon's status")
+def _group(meta: Path, group_id: str) -> GroupStatus:
+    group = call(meta, StatusRequest()).group(group_id)
+    if group is None:
+        raise ResyncFailed(f"group {group_id} is gone from the daemon's status")
+    return group
 
 
-def _outcome(group: dict[str, Any], progress: dict[str, Any], mode: str) -> dict[str, Any]:
-    if progress["outcome"] != "InSync" or group["state"] != "InSync":
-        raise ResyncFailed(f"the resync ended {progress['outcome'] or 'unfinished'}; the group is {group['state']}"
-                           f" ({group['stale_reason'] or group['last_error'] or 'see the daemon log'})")
+def _summary(progress: ResyncProgress | None) -> dict[str, Any]:
+    return {} if progress is None else progress.to_json()
+
+
+def _outcome(group: GroupStatus, progress: dict[str, Any], mode: str) -> dict[str, Any]:
+    if progress["outcome"] != "InSync" or group.state != "InSync":
+        raise ResyncFailed(f"the resync ended {progress['outcome'] or 'unfinished'}; the group is {group.state}"
+                           f" ({group.stale_reason or group.last_error or 'see the daemon log'})")
     if mode == "checksum" and not progress["verified"]:
         raise ResyncFailed("the group is InSync but the checksum comparison did not complete; run it again")
-    summary = {"group": group["id"], "state": group["state"], **progress}
-    return summary
+    return {"group": group.id, "state": group.state, **progress}
 
 
 class _Display:
@@ -163,28 +174,27 @@ class _Display:
         if self.bar is not None:
             self.bar.stop()
 
-    def update(self, progress: dict[str, Any]) -> None:
+    def update(self, progress: ResyncProgress) -> None:
         if not self.enabled:
             return
-        done = progress["bytes_copied"] + progress["bytes_checked"]
-        total = done + progress["bytes_remaining"]
-        dirs = progress["directories_remaining"]
+        done = progress.bytes_copied + progress.bytes_checked
+        total = done + progress.bytes_remaining
+        dirs = progress.directories_remaining
         if self.bar is not None:
-            phase = f" ({progress['directories_checked']} dirs, {dirs} left)" if dirs else ""
+            phase = f" ({progress.directories_checked} dirs, {dirs} left)" if dirs else ""
             self.bar.update(self.task, completed=done, total=total or None,
-                            description=f"{progress['mode']} resync{phase}")
+                            description=f"{progress.mode} resync{phase}")
             return
         now = time.monotonic()
-        if now - self.last_line >= PLAIN_EVERY or progress["finished"]:
+        if now - self.last_line >= PLAIN_EVERY or progress.finished:
             self.last_line = now
-            eta = progress["eta_seconds"]
-            print(f"{progress['percent']:5.1f}%  "
-                  + (f"{progress['directories_checked']} directories compared, {dirs} left, " if dirs else "")
-                  + f"copied {progress['bytes_copied']} B, compared "
-                  f"{progress['bytes_checked']} B, {progress['bytes_remaining']} B left, "
-                  f"{progress['bytes_per_second']} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
-                  + (f"  -> {progress['outcome']}" if progress["finished"] else ""), flush=True)
-
+            eta = progress.eta_seconds
+            print(f"{progress.percent:5.1f}%  "
+                  + (f"{progress.directories_checked} directories compared, {dirs} left, " if dirs else "")
+                  + f"copied {progress.bytes_copied} B, compared "
+                  f"{progress.bytes_checked} B, {progress.bytes_remaining} B left, "
+                  f"{progress.bytes_per_second} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
+                  + (f"  -> {progress.outcome}" if progress.finished else ""), flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,13 +50,13 @@ def test_snapshot_reports_rate_eta_and_percent() -> None:
     for second in range(1, 5):
         run.copied(10 * MiB, float(second))
     snap = run.snapshot(dirty_bytes=60 * MiB, now=4.0)
-    assert snap["running"]
-    assert not snap["finished"]
-    assert snap["bytes_copied"] == 40 * MiB
-    assert snap["bytes_remaining"] == 60 * MiB
-    assert snap["bytes_per_second"] == 10 * MiB
-    assert snap["eta_seconds"] == 6.0
-    assert snap["percent"] == 40.0
+    assert snap.running
+    assert not snap.finished
+    assert snap.bytes_copied == 40 * MiB
+    assert snap.bytes_remaining == 60 * MiB
+    assert snap.bytes_per_second == 10 * MiB
+    assert snap.eta_seconds == 6.0
+    assert snap.percent == 40.0
 
 
 def test_checksum_remaining_counts_what_is_left_to_compare() -> None:
@@ -65,8 +65,8 @@ def test_checksum_remaining_counts_what_is_left_to_compare() -> None:
     run.check_total = 100 * MiB
     run.checked(30 * MiB, 4096, 1.0)
     snap = run.snapshot(dirty_bytes=4096, now=1.0)
-    assert snap["bytes_remaining"] == 70 * MiB + 4096
-    assert snap["bytes_mismatched"] == 4096
+    assert snap.bytes_remaining == 70 * MiB + 4096
+    assert snap.bytes_mismatched == 4096
 
 
 def test_a_finished_run_is_complete() -> None:
@@ -74,13 +74,13 @@ def test_a_finished_run_is_complete() -> None:
     run.start(0.0)
     run.finish("InSync", 2.0, verified=True)
     snap = run.snapshot(dirty_bytes=0, now=3.0)
-    assert snap["finished"]
-    assert not snap["running"]
-    assert snap["verified"]
-    assert snap["percent"] == 100.0
-    assert snap["bytes_remaining"] == 0
-    assert snap["eta_seconds"] == 0.0
-    assert snap["elapsed_seconds"] == 2.0
+    assert snap.finished
+    assert not snap.running
+    assert snap.verified
+    assert snap.percent == 100.0
+    assert snap.bytes_remaining == 0
+    assert snap.eta_seconds == 0.0
+    assert snap.elapsed_seconds == 2.0
 
 
 def test_the_directory_phase_counts_directories_and_has_no_eta_of_zero() -> None:
@@ -89,22 +89,22 @@ def test_the_directory_phase_counts_directories_and_has_no_eta_of_zero() -> None
     for second in range(1, 5):
         run.compared_directory(entries=10, now=float(second))
     snap = run.snapshot(dirty_bytes=0, now=4.0, dirty_dirs=12)
-    assert snap["directories_checked"] == 4
-    assert snap["entries_checked"] == 40
-    assert snap["directories_remaining"] == 12
-    assert snap["bytes_remaining"] == 0
-    assert snap["eta_seconds"] == 12.0  # 12 directories left at one a second
-    assert snap["percent"] == 25.0
+    assert snap.directories_checked == 4
+    assert snap.entries_checked == 40
+    assert snap.directories_remaining == 12
+    assert snap.bytes_remaining == 0
+    assert snap.eta_seconds == 12.0  # 12 directories left at one a second
+    assert snap.percent == 25.0
 
 
 def test_directories_left_with_bytes_of_no_known_rate_give_no_eta() -> None:
     run = ResyncRun(1, "quick", "test")
     run.start(0.0)
-    assert run.snapshot(dirty_bytes=0, now=1.0, dirty_dirs=5)["eta_seconds"] is None  # none compared yet
+    assert run.snapshot(dirty_bytes=0, now=1.0, dirty_dirs=5).eta_seconds is None  # none compared yet
     run.compared_directory(entries=1, now=1.0)
     snap = run.snapshot(dirty_bytes=MiB, now=2.0, dirty_dirs=5)
-    assert snap["eta_seconds"] is None  # nothing copied yet: how long the data takes is not known
-    assert 0.0 < snap["percent"] < 100.0
+    assert snap.eta_seconds is None  # nothing copied yet: how long the data takes is not known
+    assert 0.0 < snap.percent < 100.0
 
 
 def test_a_finished_run_has_no_directories_left() -> None:
@@ -113,5 +113,5 @@ def test_a_finished_run_has_no_directories_left() -> None:
     run.compared_directory(entries=3, now=1.0)
     run.finish("InSync", 2.0)
     snap = run.snapshot(dirty_bytes=0, now=3.0, dirty_dirs=2)
-    assert snap["directories_remaining"] == 0
-    assert snap["eta_seconds"] == 0.0
+    assert snap.directories_remaining == 0
+    assert snap.eta_seconds == 0.0

@@ -83,11 +83,11 @@ async def test_split_applies_and_queues_without_a_checkpoint_in_sequence_order(t
                     return tp.Write(seq=seq, path=b"f", offset=i, data=bytes([i]))
                 pendings.append(rel.split(write))
         assert applied == list(range(first, first + 101))
-        assert rel.statistics()["ops_in_flight"] == 101
+        assert rel.statistics().ops_in_flight == 101
         for pending in pendings:
             await rel.wait(pending)
         assert rel.pipeline.acked_seq == first + 100
-        assert rel.statistics()["ops_in_flight"] == 0
+        assert rel.statistics().ops_in_flight == 0
         replica = tmp_path / "secondary" / rel.record.id / "f"
         assert replica.read_bytes() == bytes(range(100))
 

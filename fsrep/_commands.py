@@ -1,0 +1,259 @@
+"""The commands a primary daemon answers on its control socket, in one
+table.
+
+How this works: a request is one JSON object, ``{"cmd": NAME, FIELD: VALUE,
+...}``. ``COMMANDS`` maps each NAME to its request type — a frozen dataclass
+whose fields are the request's fields — and the handler that answers it.
+``dispatch()`` reads the object into its request type, checking that the
+command exists, that each field it needs is there, that none it does not
+take is, and that each value has the field's JSON type; the request's own
+``__post_init__`` checks the values. A bad request is answered with one line
+that names the problem, and the daemon goes on. The handler returns a reply
+record (``to_json()`` is what is sent) or raises ``Refused``.
+
+A new command is a request dataclass (its ``command`` name and ``reply``
+type), an async handler ``(Daemon, request) -> reply``, and a row in
+``COMMANDS``.
+
+Clients build the same request types and read the same reply records
+(``fsrep.call``), so both ends of the socket share one definition. This
+module imports no trio or FUSE at run time: a client pays for neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
+
+from ._args import RATE_LIMIT
+from ._progress import MODES
+from ._state import RelationshipState
+from ._status import DaemonStatus, Record
+
+if TYPE_CHECKING:
+    from ._groups import Group, Groups
+
+ReplyT = TypeVar("ReplyT", bound=Record)
+JSON_TYPES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+              types.NoneType: "null"}
+SHOWN = 60  # characters of a bad value quoted in an error
+
+
+class BadRequest(ValueError):
+    """Raised when a request cannot be read: not an object, an unknown
+    command, a missing or unknown field, a value of the wrong type or out of
+    range. The message is one line that names the problem (the sender's
+    fault; the daemon answers it and goes on)."""
+
+
+class Refused(Exception):
+    """Raised by a handler that understood the request but cannot do it now
+    (no such group, the secondary unreachable, ...). The message is the one
+    line the operator sees."""
+
+
+class Request(Generic[ReplyT]):
+    """What every request type shares: its command name, its reply record,
+    and the JSON form on the wire."""
+
+    __slots__ = ()
+    command: ClassVar[str]
+    reply: ClassVar[type[Record]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The object a client sends."""
+        return {"cmd": self.command, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, message: dict[str, Any]) -> Self:
+        """The request *message* makes.
+
+        Raises:
+            BadRequest: a field is missing, unknown, or of the wrong type, or
+                a value the request does not allow.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(message) - set(fields) - {"cmd"})
+        if unknown:
+            takes = f"its fields are {', '.join(fields)}" if fields else "it takes none"
+            raise BadRequest(f"{cls.command} takes no field {shown(unknown[0])} ({takes})")
+        missing = [name for name, f in fields.items() if name not in message and _required(f)]
+        if missing:
+            raise BadRequest(f"{cls.command} needs the field {shown(missing[0])}")
+        given = {name: message[name] for name in fields if name in message}
+        hints = typing.get_type_hints(cls)
+        for name, value in given.items():
+            _check_type(cls.command, name, value, hints[name])
+        return cls(**given)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_type(command: str, name: str, value: Any, hint: Any) -> None:
+    """Raise BadRequest unless *value* is of one of the JSON types *hint*
+    allows (``str``, ``int``, ``float``, ``bool``, ``None`` and unions of them;
+    true and false are not numbers)."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, typing.Union) else (hint,)
+    if any(isinstance(value, t) and (t is bool or not isinstance(value, bool)) for t in allowed):
+        return
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    wanted = " or ".join(JSON_TYPES[t] for t in allowed)
+    raise BadRequest(f"{command}: {name} must be {wanted}, not {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """*value* as JSON, cut short: an error quotes it in one short line."""
+    text = json.dumps(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+# --- requests and replies ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(Request[DaemonStatus]):
+    """Every group's state (``fsrep status``; tools poll it)."""
+
+    command: ClassVar[str] = "status"
+    reply: ClassVar[type[Record]] = DaemonStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncStarted(Record):
+    """The run that will resync the group (it may have been running or
+    queued already); ``rate_limit`` as applied, bytes/s, 0 for none."""
+
+    group: str
+    run: int
+    mode: str
+    rate_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequest(Request[ResyncStarted]):
+    """Start a resync of one group, or join the run that does at least as
+    much (``fsrep-resync``). *group* is its id or path; None names the only
+    group. *rate_limit* is bytes/s, 0 for the mount's default."""
+
+    command: ClassVar[str] = "resync"
+    reply: ClassVar[type[Record]] = ResyncStarted
+    group: str | None = None
+    mode: str = "quick"
+    rate_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise BadRequest(f"unknown resync mode {shown(self.mode)}: use one of {', '.join(MODES)}")
+        if not 0 <= self.rate_limit <= RATE_LIMIT.high:
+            raise BadRequest(f"rate limit must be a whole number of bytes per second from 0 to "
+                             f"{int(RATE_LIMIT.high)}, not {shown(self.rate_limit)}")
+
+
+# --- handlers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Daemon:
+    """What a handler may use: the running mount."""
+
+    store: Path
+    mountpoint: Path
+    groups: Groups
+
+
+async def show_status(daemon: Daemon, req: StatusRequest) -> DaemonStatus:
+    return DaemonStatus(pid=os.getpid(), store=str(daemon.store), mountpoint=str(daemon.mountpoint),
+                        groups=tuple(group.rel.statistics() for group in daemon.groups.all))
+
+
+def _group(groups: Groups, name: str | None) -> Group:
+    """The group *name* names (the only one for None).
+
+    Raises:
+        Refused: no such group, or several and none named.
+    """
+    group = groups.find(name)
+    if group is None:
+        known = ", ".join(f"{g.rel.record.id} (/{g.rel.record.path})" for g in groups.all)
+        what = "this mount has several groups; name one" if name is None else f"no consistency group {name!r}"
+        raise Refused(f"{what} (groups: {known})")
+    return group
+
+
+async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
+    """Start or join a run — and, when the secondary is not connected, try
+    it at once first (an operator who asks for a resync has usually just
+    brought it back)."""
+    rel = _group(daemon.groups, req.group).rel
+    if req.mode == "checksum" and rel.record.policy == "strict" and rel.state is RelationshipState.IN_SYNC:
+        raise Refused(f"group {rel.record.id} uses policy strict: while a checksum resync compares directories, "
+                      f"changes in them would fail with EIO — remount with --policy sync to run it")
+    await rel.reconnect_now()
+    if rel.conn is None:
+        raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
+                      f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when it is "
+                      f"back")
+    try:
+        run = rel.request_resync(req.mode, reason="requested by fsrep-resync", rate_limit=req.rate_limit)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
+
+
+# --- the table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Generic[ReplyT]):
+    """One row of the table: how a command's request is read, and who
+    answers it."""
+
+    request: type[Request[ReplyT]]
+    handler: Callable[[Daemon, Any], Awaitable[ReplyT]]
+
+
+COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
+    Command(StatusRequest, show_status),
+    Command(ResyncRequest, start_resync),
+)}
+
+
+def parse_request(message: Any) -> Request[Any]:
+    """The request the JSON value *message* makes.
+
+    Raises:
+        BadRequest: it is not an object naming a known command with the
+            fields that command takes.
+    """
+    if not isinstance(message, dict):
+        raise BadRequest(f"a request is a JSON object, not {shown(message)}")
+    names = ", ".join(COMMANDS)
+    if "cmd" not in message:
+        raise BadRequest(f'the request names no command: send {{"cmd": NAME, ...}} with NAME one of {names}')
+    row = COMMANDS.get(message["cmd"]) if isinstance(message["cmd"], str) else None
+    if row is None:
+        raise BadRequest(f"unknown command {shown(message['cmd'])}: use one of {names}")
+    return row.request.from_json(message)
+
+
+async def dispatch(daemon: Daemon, message: Any) -> dict[str, Any]:
+    """The reply to *message*: the handler's record, or ``{"error": LINE}``
+    for a bad or refused request."""
+    try:
+        req = parse_request(message)
+        reply = await COMMANDS[req.command].handler(daemon, req)
+    except BadRequest as exc:
+        return {"error": f"bad request: {exc}"}
+    except Refused as exc:
+        return {"error": str(exc)}
+    return reply.to_json()

@@ -1,0 +1,181 @@
+"""What ``fsrep status`` shows, as frozen records: a resync run's progress,
+one consistency group's status, and the daemon's status around them.
+
+The daemon builds them (``Relationship.statistics()``,
+``ResyncRun.snapshot()``) and sends them over the control socket as JSON
+(``Record.to_json()``); the client reads them back (``from_json()``) and
+renders the table, ``--json`` and the resync progress from the same record.
+The JSON keys are the field names, which operators and scripts read:
+renaming a field changes the interface.
+
+Pure data: no trio, no socket, so the client side imports it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+
+
+class UnreadableReply(ValueError):
+    """Raised by ``from_json`` when a reply is not the record it should be
+    (a daemon of another fsrep version, most likely)."""
+
+
+def _fields(cls: type, data: Any) -> dict[str, Any]:
+    """The values of *cls*'s fields in the JSON object *data*.
+
+    Raises:
+        UnreadableReply: *data* is not an object, or lacks a field.
+    """
+    if not isinstance(data, dict):
+        raise UnreadableReply(f"a {cls.__name__} is a JSON object, not {type(data).__name__}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise UnreadableReply(f"the {cls.__name__} has no {', '.join(missing)}")
+    return {f.name: data[f.name] for f in dataclasses.fields(cls)}
+
+
+_R = TypeVar("_R", bound="Record")
+
+
+class Record:
+    """JSON in and out for a frozen record: ``to_json()`` is the object
+    sent, ``from_json()`` reads it back (a record with nested records reads
+    those itself)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # each subclass is a dataclass
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        return cls(**_fields(cls, data))
+
+
+def _many(cls: type[_R], data: Any) -> tuple[_R, ...]:
+    """The records of the JSON array *data*.
+
+    Raises:
+        UnreadableReply: *data* is not an array of such records.
+    """
+    if not isinstance(data, list | tuple):
+        raise UnreadableReply(f"a list of {cls.__name__} is a JSON array, not {type(data).__name__}")
+    return tuple(cls.from_json(item) for item in data)
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncProgress(Record):
+    """One resync run as the operator sees it (``ResyncRun.snapshot()``).
+    ``outcome`` is "" until it ends, then "InSync" or why it failed;
+    ``eta_seconds`` is None while not known."""
+
+    id: int
+    mode: str
+    reason: str
+    running: bool
+    finished: bool
+    outcome: str
+    verified: bool
+    restarts: int
+    rate_limit: int
+    bytes_copied: int
+    bytes_checked: int
+    bytes_mismatched: int
+    bytes_remaining: int
+    bytes_per_second: int
+    directories_checked: int
+    directories_remaining: int
+    entries_checked: int
+    eta_seconds: float | None
+    percent: float
+    elapsed_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun(Record):
+    """The run that starts when the one under way ends."""
+
+    id: int
+    mode: str
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndedRun(Record):
+    """A run that ended recently (how a follower learns the end of a run
+    another one superseded)."""
+
+    id: int
+    mode: str
+    outcome: str
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus(Record):
+    """One consistency group's relationship (``Relationship.statistics()``).
+
+    ``bytes_remaining``, ``bytes_per_second``, ``eta_seconds`` and
+    ``percent`` are the running resync's when there is one, else what a
+    resync would have to move; ``resync`` is the last run's progress."""
+
+    id: str
+    path: str
+    state: str
+    policy: str
+    secondary: str
+    connected: bool
+    last_acked_seq: int
+    ops_in_flight: int
+    lag_bytes: int
+    lag_seconds: float
+    bytes_in_flight: int
+    dirty_bytes: int
+    bytes_remaining: int
+    bytes_per_second: int
+    eta_seconds: float | None
+    percent: float
+    resync: ResyncProgress | None
+    resync_queued: QueuedRun | None
+    resync_recent: tuple[EndedRun, ...]
+    resync_bytes_sent: int
+    last_resync_seconds: float
+    generation: str
+    stale_reason: str
+    last_error: str
+    faults: tuple[str, ...]  # what fails until it clears (a state file that cannot be saved), with why
+    internal_errors: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        fields = _fields(cls, data)
+        fields["resync"] = None if fields["resync"] is None else ResyncProgress.from_json(fields["resync"])
+        fields["resync_queued"] = (None if fields["resync_queued"] is None
+                                   else QueuedRun.from_json(fields["resync_queued"]))
+        fields["resync_recent"] = _many(EndedRun, fields["resync_recent"])
+        fields["faults"] = tuple(str(fault) for fault in fields["faults"] or ())
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus(Record):
+    """The reply to ``status``: the primary daemon and each of its groups,
+    the default group first."""
+
+    pid: int
+    store: str
+    mountpoint: str
+    groups: tuple[GroupStatus, ...]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        fields = _fields(cls, data)
+        fields["groups"] = _many(GroupStatus, fields["groups"])
+        return cls(**fields)
+
+    def group(self, group_id: str) -> GroupStatus | None:
+        """The group with id *group_id*; None if the daemon has none."""
+        return next((group for group in self.groups if group.id == group_id), None)
