@@ -25,7 +25,7 @@ Caveats:
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import tracking
 from tracking import Marks
@@ -35,11 +35,11 @@ from ._inodes import InodeTable
 from ._tree import Tree
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """Where an inode is: its group, its path relative to the group's root
     and to the mount's, and the backing inodes of the group's directories
-    above it, the group's root first."""
+    above it, the group's root first. (A NamedTuple, not a frozen
+    dataclass: one is made on every walk, and costs a third as much.)"""
 
     ino: int
     group: Group
@@ -79,7 +79,8 @@ class Effects:
             return None
         mount_path, dirs = found
         group, path = self.groups.route(mount_path)
-        return Location(ino, group, path, mount_path, tuple(self.backing(d) for d in dirs[group.depth:]))
+        backing = self.inodes.fuse_ino
+        return Location(ino, group, path, mount_path, tuple(backing(d) for d in dirs[group.depth:]))
 
     # --- changes to one file ---------------------------------------------------------
 
