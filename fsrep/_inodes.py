@@ -16,6 +16,9 @@ Caveats:
   returns None and the FUSE layer serves it from its open descriptor.
 - Only links the kernel looked up are known. A file reached through one
   hard link does not know its other names until they are looked up.
+- ``epoch`` moves on with every change that can give any inode another
+  path (a link added or removed, a node made or dropped), never otherwise:
+  a path worked out at one epoch holds as long as the epoch stays.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class InodeTable:
         self._root_st_ino = root_st_ino
         self._nodes: dict[int, Node] = {ROOT: Node(ROOT, lookups=1)}
         self._entries: dict[Link, int] = {}
+        self.epoch = 0  # moves on whenever a path may change (see Caveats)
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -129,7 +133,9 @@ class InodeTable:
             node = self._nodes[ino] = Node(ino)
         node.lookups += 1
         if ino != ROOT:
-            node.links.add((parent, name))
+            if (parent, name) not in node.links:
+                node.links.add((parent, name))
+                self.epoch += 1
             self._entries[(parent, name)] = ino
         return ino
 
@@ -156,6 +162,7 @@ class InodeTable:
                 if self._entries.get(link) == node.ino:
                     del self._entries[link]
             del self._nodes[node.ino]
+            self.epoch += 1
 
     # --- namespace changes ---------------------------------------------------
 
@@ -163,6 +170,7 @@ class InodeTable:
         ino = self._entries.pop((parent, name), None)
         if ino is not None and ino in self._nodes:
             self._nodes[ino].links.discard((parent, name))
+            self.epoch += 1
 
     def unlinked(self, parent: int, name: bytes) -> None:
         """*name* was removed from *parent* (unlink or rmdir)."""
@@ -176,6 +184,7 @@ class InodeTable:
         if ino is not None and ino in self._nodes:
             self._nodes[ino].links.add((new_parent, new_name))
             self._entries[(new_parent, new_name)] = ino
+            self.epoch += 1
 
     def exchanged(self, a_parent: int, a_name: bytes, b_parent: int, b_name: bytes) -> None:
         """RENAME_EXCHANGE: the two entries swap inodes."""
@@ -187,3 +196,4 @@ class InodeTable:
             if ino is not None and ino in self._nodes:
                 self._nodes[ino].links.add(link)
                 self._entries[link] = ino
+                self.epoch += 1
