@@ -63,6 +63,7 @@ from ._effects import Effects, Location
 from ._groups import Group, Groups
 from ._handles import Handles, removed
 from ._inodes import ROOT, InodeTable
+from ._sparse import pwrite_all
 from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
@@ -486,7 +487,7 @@ async def _write_in_pieces(fh: int, off: int, buf: bytes, where: Location, effec
         piece = view[start:start + FRAME_FIRST]
 
         def apply(seq: int | None, piece: memoryview = piece, at: int = off + start) -> tp.Operation:
-            _write_all(fh, piece, at)
+            pwrite_all(fh, piece, at)
             return tp.Write(seq=seq or 0, path=path, offset=at, data=piece)
 
         def frame(seq: int, piece: memoryview = piece, at: int = off + start) -> tp.Operation:
@@ -569,12 +570,6 @@ def _emptied(fd: int, path: bytes) -> Apply:
         return tp.SetAttr(seq=seq, path=path, fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=0,
                           mtime_ns=os.fstat(fd).st_mtime_ns)
     return apply
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def _written_here(fh: int, off: int, data: bytes | memoryview, path: bytes, written: list[int]) -> Apply:
