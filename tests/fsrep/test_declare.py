@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,12 @@ KEY = b"k" * 32
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    path.mkdir()
-    return path
+    """A primary store: the test's own directory."""
+    return tmp_path
 
 
 @pytest.fixture
-def tree(store: Path):
+def tree(store: Path) -> Iterator[Tree]:
     tree = Tree(store)
     yield tree
     tree.close()
@@ -54,9 +54,8 @@ def test_make_root_makes_what_is_missing_and_says_what(store: Path, tree: Tree) 
 
 
 @pytest.mark.parametrize("in_the_way", ["file", "symlink"])
-def test_make_root_refuses_a_file_or_a_symlink_in_the_way(store: Path, tree: Tree, tmp_path: Path,
-                                                          in_the_way: str) -> None:
-    elsewhere = tmp_path / "elsewhere"
+def test_make_root_refuses_a_file_or_a_symlink_in_the_way(store: Path, tree: Tree, in_the_way: str) -> None:
+    elsewhere = store / "elsewhere"
     elsewhere.mkdir()
     if in_the_way == "file":
         (store / "vms").write_text("not a directory")
