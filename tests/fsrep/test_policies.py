@@ -8,7 +8,9 @@ import signal
 import threading
 import time
 
-from tests.conftest import DEADLINE, Cluster, run_fsrep, wait_for
+import pytest
+
+from tests.conftest import DEADLINE, LINK_CLOSED, Cluster, run_fsrep, wait_for
 
 MiB = 1024 * 1024
 
@@ -78,6 +80,7 @@ def test_semi_sync_writes_wait_once_the_lag_budget_is_spent(cluster: Cluster) ->
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_async_ships_changes_periodically(cluster: Cluster) -> None:
     cluster.mount("--async-interval", "2", policy="async")
     for i in range(20):
