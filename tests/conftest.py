@@ -38,15 +38,17 @@ _CLUSTERS: list[Cluster] = []  # every cluster made so far, so each test's are c
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 # What the daemons log when a test cuts, stalls or kills on purpose, for @pytest.mark.expect_log.
+AT = r"(?: at seq \d+ of generation [0-9a-f]+)?"  # the position a line may name
 _HUNG_UP = r"(?:\S+ closed the connection|(?:send to|receive from) \S+: \[Errno 104\] Connection reset by peer)$"
-LINK_CLOSED = r" WARNING \S+: group \S+: link to \S+ lost: " + _HUNG_UP  # the primary's, the secondary gone
-ACKS_STOPPED = r" WARNING \S+: group \S+: link to \S+ lost: no acknowledgement for \d+s$"
+LINK_LOST = r" WARNING \S+: group \S+: link to \S+ lost" + AT + ": "  # then why
+LINK_CLOSED = LINK_LOST + _HUNG_UP  # the primary's, the secondary gone
+ACKS_STOPPED = LINK_LOST + r"no acknowledgement for \d+s$"
 SESSION_CLOSED = r" WARNING \S+: group \S+: session with \S+ ended: " + _HUNG_UP  # the secondary's, the primary gone
 REFUSED_PEER = (r" WARNING \S+: refused a peer that did not authenticate: (?:\d+ more in the last \d+s \(the "
                 r"latest: )?\S+: ")  # then why: the rest of the line
 RESERVE_GIVEN_UP = r" WARNING \S+: the store's disk is full: fsrep gave up its \d+ KiB reserve to save its state$"
-HARD_LINK_FALLBACK = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost: resync abandoned): a hard link "
-                      r"\(b'.*'\) changed while out of sync$")  # a quick resync gives up for the whole tree
+HARD_LINK_FALLBACK = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost" + AT + r": resync abandoned): a "
+                      r"hard link \(b'.*'\) changed while out of sync$")  # a quick resync gives up for the whole tree
 UNCLEAN_SHUTDOWN = (r" WARNING \S+: group \S+: the primary daemon did not shut down cleanly; \d+ active extents "
                     r"from the activity log are dirty$")
 

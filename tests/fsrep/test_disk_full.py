@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LINK_CLOSED, RESERVE_GIVEN_UP, SESSION_CLOSED, Cluster, assert_same_tree, wait_for
+from tests.conftest import AT, LINK_CLOSED, RESERVE_GIVEN_UP, SESSION_CLOSED, Cluster, assert_same_tree, wait_for
 
 STALE_MARK_UNSAVED = (r" ERROR \S+: group \S+: cannot record that the replica is stale \(\[Errno 28\] No space left on "
                       r"device\); changes that cannot be replicated are refused until it can be saved$")
 DIRTY_SET_UNSAVED = (r" ERROR \S+: group \S+: cannot save the dirty set \(\[Errno 28\] No space left on device\); "
                      r"retrying$")
-RESULT_UNSAVED = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost: resync abandoned): cannot save "
-                  r"the dirty set; the resync is retried with the next session$")
+RESULT_UNSAVED = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost" + AT + r": resync abandoned): cannot "
+                  r"save the dirty set; the resync is retried with the next session$")
 
 KiB = 1024
 

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import (
     ACKS_STOPPED,
     LINK_CLOSED,
+    LINK_LOST,
     REFUSED_PEER,
     RESERVE_GIVEN_UP,
     SESSION_CLOSED,
@@ -269,8 +270,8 @@ def test_kill_of_both_daemons_during_a_resync_loses_nothing(cluster: Cluster) ->
     cluster.assert_replicated()
 
 
-LOCAL_WRITE_FAILED = (r" WARNING \S+: group \S+: link to \S+ lost: a local write failed after it was sent "
-                      r"\(\[Errno 28\] No space left on device\); the resync repairs the replica$")
+LOCAL_WRITE_FAILED = (LINK_LOST + r"a local write failed after it was sent \(\[Errno 28\] No space left on device\); "
+                      r"the resync repairs the replica$")
 OWN_STATE_ON_A_FULL_DISK = r" ERROR \S+: group \S+: .*\[Errno 28\] No space left on device"  # the same disk
 
 

@@ -27,8 +27,10 @@ from fsrep._accept import MAX_HANDSHAKES_PER_ADDRESS
 from fsrep._config import read_key
 from fsrep._secondary import PROBE_TIMEOUT
 from tests.conftest import (
+    AT,
     DEADLINE,
     LINK_CLOSED,
+    LINK_LOST,
     REFUSED_PEER,
     SESSION_CLOSED,
     Cluster,
@@ -43,20 +45,20 @@ from tests.conftest import (
 pytestmark = pytest.mark.expect_log(SESSION_CLOSED)
 
 # What the secondary says when it refuses a peer, for @pytest.mark.expect_log.
-THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 3 \(\w+\): \[Errno (?:20|40)\] (?:Not a directory: "
-                     r"b'dirlink'|'filelink' is not a regular file); ending the session$")
+THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 3 \(\w+\)" + AT + r": \[Errno (?:20|40)\] (?:Not a "
+                     r"directory: b'dirlink'|'filelink' is not a regular file); ending the session$")
 OUTSIDE_THE_ROOT = (r" WARNING \S+: (?:dropping connection with \S+|group \S+: session with \S+ ended: protocol error "
                     r"from \S+): invalid Create frame: \[Errno 22\] Create\.path b'[^']*' is absolute or has an empty, "
                     r"'\.' or '\.\.' component$")
 UNAUTHENTICATED = REFUSED_PEER + r"protocol error from \S+: "
-LISTING_THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 10 \(ListDir\): \[Errno 20\] Not a directory: "
-                             r"b'out'; ending the session$")
-THROUGH_A_NODE = (r" ERROR \S+: group \S+: cannot apply seq 2 \((?:Write|WriteRuns|SetAttr)\): \[Errno 22\] 'dev' is "
-                  r"not a regular file; ending the session$")
+LISTING_THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 10 \(ListDir\)" + AT + r": \[Errno 20\] Not a "
+                             r"directory: b'out'; ending the session$")
+THROUGH_A_NODE = (r" ERROR \S+: group \S+: cannot apply seq 2 \((?:Write|WriteRuns|SetAttr)\)" + AT + r": \[Errno 22\] "
+                  r"'dev' is not a regular file; ending the session$")
 REPLICA_DISK_FULL = (
-    r" WARNING \S+: group \S+: link to \S+ lost: secondary could not apply seq \d+: ENOSPC \[Errno 28\] No space left "
-    r"on device$",
-    r" ERROR \S+: group \S+: cannot apply seq \d+ \(\w+\): \[Errno 28\] No space left on device; ending the session$",
+    LINK_LOST + r"secondary could not apply seq \d+: ENOSPC \[Errno 28\] No space left on device$",
+    r" ERROR \S+: group \S+: cannot apply seq \d+ \(\w+\)" + AT + r": \[Errno 28\] No space left on device; ending the "
+    r"session$",
     r" ERROR \S+: group \S+: cannot save the replica position(?: at the end of the session)?: \[Errno 28\] No space "
     r"left on device",
 )
