@@ -1,13 +1,20 @@
 """Fixtures that run the real thing: ``fsrep serve`` on 127.0.0.1 and
 ``fsrep mount`` through the CLI, and a digest of a whole tree to compare the
 primary store with the replica. ``proxied`` puts a FaultProxy (tests/proxy.py)
-between the two, to cut, stall or slow the link."""
+between the two, to cut, stall or slow the link.
+
+Every WARNING, ERROR or traceback a cluster's daemons log fails the test
+that made the cluster, at its teardown, unless the test names it with
+``@pytest.mark.expect_log(PATTERN, ...)`` (regular expressions searched in
+each line): a fault test says which complaints its fault causes, and any
+other is news."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -27,6 +34,24 @@ FSREP = [sys.executable, "-m", "fsrep"]
 RESYNC = [sys.executable, "-m", "tools.resync"]
 DEADLINE = 30.0
 MiB = 1024 * 1024
+COMPLAINT = re.compile(r" (?:WARNING|ERROR|CRITICAL) |Traceback")  # a line of a daemon's log worth reading
+_CLUSTERS: list[Cluster] = []  # every cluster made so far, so each test's are checked at its teardown
+_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+# What the daemons log when a test cuts, stalls or kills on purpose, for @pytest.mark.expect_log.
+AT = r"(?: at seq \d+ of generation [0-9a-f]+)?"  # the position a line may name
+_HUNG_UP = r"(?:\S+ closed the connection|(?:send to|receive from) \S+: \[Errno 104\] Connection reset by peer)$"
+LINK_LOST = r" WARNING \S+: group \S+: link to \S+ lost" + AT + ": "  # then why
+LINK_CLOSED = LINK_LOST + _HUNG_UP  # the primary's, the secondary gone
+ACKS_STOPPED = LINK_LOST + r"no acknowledgement for \d+s$"
+SESSION_CLOSED = r" WARNING \S+: group \S+: session with \S+ ended: " + _HUNG_UP  # the secondary's, the primary gone
+REFUSED_PEER = (r" WARNING \S+: refused a peer that did not authenticate: (?:\d+ more in the last \d+s \(the "
+                r"latest: )?\S+: ")  # then why: the rest of the line
+RESERVE_GIVEN_UP = r" WARNING \S+: the store's disk is full: fsrep gave up its \d+ KiB reserve to save its state$"
+HARD_LINK_FALLBACK = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost" + AT + r": resync abandoned): a "
+                      r"hard link \(b'.*'\) changed while out of sync$")  # a quick resync gives up for the whole tree
+UNCLEAN_SHUTDOWN = (r" WARNING \S+: group \S+: the primary daemon did not shut down cleanly; \d+ active extents "
+                    r"from the activity log are dirty$")
 
 
 def capped(memory_cap: int | None, open_files: int | None = None) -> list[str]:
@@ -175,6 +200,7 @@ class Cluster:
     mounted: bool = False
     proxy: FaultProxy | None = None  # when set, mount() reaches the secondary through it
     memory_cap: int | None = None  # bytes of address space for the primary daemon
+    complaints: dict[Path, list[str]] = field(default_factory=dict, init=False)  # by log, read at cleanup
 
     @property
     def secondary_address(self) -> str:
@@ -189,6 +215,7 @@ class Cluster:
             d.mkdir()
         run_fsrep("keygen", str(self.key))
         self.secondary = Secondary(self.base / "secondary", self.key)
+        _CLUSTERS.append(self)
 
     def mount(self, *extra: str, policy: str = "sync", check: bool = True) -> subprocess.CompletedProcess[str]:
         done = run_fsrep("mount", str(self.primary_store), str(self.mnt), "--secondary", self.secondary_address,
@@ -226,7 +253,6 @@ class Cluster:
         if self.mounted:
             self.umount()
         assert_same_tree(self.primary_store, self.secondary.replica_root())
-        self.assert_no_errors_logged()
 
     def primary_pid(self) -> int:
         """The process id of the mounted primary daemon (from its store lock)."""
@@ -235,16 +261,52 @@ class Cluster:
     def primary_log(self) -> str:
         return (self.primary_store / ".fsrep" / "fsrep.log").read_text()
 
-    def assert_no_errors_logged(self) -> None:
-        for log in (self.primary_store / ".fsrep" / "fsrep.log", self.secondary.store / ".fsrep" / "serve.log"):
-            bad = [line for line in log.read_text().splitlines() if " ERROR " in line or "Traceback" in line]
-            assert not bad, f"unexpected errors in {log}: {bad[:5]}"
+    def read_complaints(self) -> list[str]:
+        """The WARNING, ERROR and traceback lines of every daemon log of the
+        cluster's stores and of any other store a test made beside them,
+        each prefixed with its store. A log no longer there (its tmpfs
+        gone) keeps what was read before."""
+        stores = {self.primary_store, self.secondary.store, *self.base.iterdir()} - {self.mnt}
+        for store in sorted(stores):
+            try:
+                for log in (store / ".fsrep").glob("*.log"):
+                    lines = log.read_text(errors="replace").splitlines()
+                    name = store.relative_to(self.base) if store.is_relative_to(self.base) else store
+                    self.complaints[log] = [f"{name}: {line}" for line in lines if COMPLAINT.search(line)]
+            except OSError:  # not a store (a file, a dead mount point)
+                continue
+        return [line for lines in self.complaints.values() for line in lines]
 
     def cleanup(self) -> None:
+        """Stop both daemons, then read their logs' complaints (before a
+        tmpfs under a store goes away with them)."""
         if self.mounted or _is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         _wait_daemon_gone(self.primary_store)
         self.secondary.stop(signal.SIGKILL)
+        self.read_complaints()
+
+
+def expected_log(node: pytest.Item) -> list[re.Pattern[str]]:
+    """The patterns of the test's ``expect_log`` markers, each refused if
+    it would match any line at all."""
+    patterns = [re.compile(p) for marker in node.iter_markers("expect_log") for p in marker.args]
+    for pattern in patterns:
+        if pattern.search(""):
+            raise pytest.UsageError(f"{node.nodeid}: expect_log({pattern.pattern!r}) matches every line; "
+                                    f"name the complaint the test expects")
+    return patterns
+
+
+def assert_no_unexpected_log(clusters: list[Cluster], allowed: list[re.Pattern[str]]) -> None:
+    """Fail on any complaint in the clusters' logs that no *allowed*
+    pattern names."""
+    lines = [line for cluster in clusters for line in cluster.read_complaints()]
+    unexpected = [line for line in lines if not any(p.search(line) for p in allowed)]
+    if unexpected:
+        shown = "\n".join(unexpected[:20]) + (f"\n... and {len(unexpected) - 20} more" if len(unexpected) > 20 else "")
+        pytest.fail(f"the daemons logged what this test does not expect (name what a fault causes with "
+                    f"@pytest.mark.expect_log(PATTERN)):\n{shown}", pytrace=False)
 
 
 def _is_mounted(path: Path) -> bool:
@@ -271,6 +333,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """A skipped test is a failed test here: nothing may pass by not running."""
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
     if report.skipped:
         report.outcome = "failed"
         report.longrepr = f"{item.nodeid} was skipped; skipping is not allowed in this suite"
@@ -285,6 +349,22 @@ def fuse_available() -> None:
         pytest.fail("fusermount3 is missing: install the fuse3 package (make deps does)", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("the FUSE tests run as root (allow_other, chown to other users)", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_log(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every cluster a test makes (the fixture's or its own) has its logs
+    read at the test's teardown — after the cluster's, since an autouse
+    fixture is set up first — unless the test already failed, which is
+    the news then."""
+    allowed = expected_log(request.node)
+    first = len(_CLUSTERS)
+    yield
+    made = _CLUSTERS[first:]
+    del _CLUSTERS[first:]
+    report = request.node.stash.get(_CALL_REPORT, None)
+    if made and report is not None and report.passed:
+        assert_no_unexpected_log(made, allowed)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster, fsrep_resync, run_fsrep
+from tests.conftest import SESSION_CLOSED, UNCLEAN_SHUTDOWN, Cluster, fsrep_resync, run_fsrep
 
 
 def _one_line_error(done, code: int = 1) -> str:
@@ -184,6 +184,7 @@ def _mounted_anywhere(path: Path) -> bool:
         return any(line.split()[4] == str(path) for line in f)
 
 
+@pytest.mark.expect_log(SESSION_CLOSED)
 def test_umount_after_the_daemon_died_unmounts_lazily(mounted: Cluster) -> None:
     (mounted.mnt / "f").write_text("kept")
     mounted.kill_primary()
@@ -203,6 +204,7 @@ def test_umount_after_the_daemon_died_unmounts_lazily(mounted: Cluster) -> None:
     assert (mounted.primary_store / "f").read_text() == "kept"
 
 
+@pytest.mark.expect_log(UNCLEAN_SHUTDOWN, SESSION_CLOSED)
 def test_mounting_over_a_dead_mount(cluster: Cluster) -> None:
     """A dead mount of this very store is cleared, as the operator would;
     a dead mount of another store is left alone, with the command to run."""

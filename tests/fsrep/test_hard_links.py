@@ -70,4 +70,3 @@ def test_a_file_with_no_name_left_stays_local(mounted: Cluster) -> None:
 def _replica_empty(cluster: Cluster) -> None:
     cluster.umount()
     assert list(cluster.secondary.replica_root().iterdir()) == []
-    cluster.assert_no_errors_logged()

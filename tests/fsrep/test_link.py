@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.conftest import Cluster, fsrep_resync, wait_for, write_random
+import pytest
+
+from tests.conftest import ACKS_STOPPED, LINK_CLOSED, SESSION_CLOSED, Cluster, fsrep_resync, wait_for, write_random
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -74,6 +76,7 @@ class _Writer:
 
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
 def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster) -> None:
     proxied.mount()
     assert proxied.status()["state"] == "InSync"
@@ -97,6 +100,7 @@ def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster
     proxied.assert_replicated()
 
 
+@pytest.mark.expect_log(ACKS_STOPPED, SESSION_CLOSED)
 def test_stalled_link_goes_out_of_sync_after_the_ack_timeout_and_recovers(proxied: Cluster) -> None:
     proxied.mount("--ack-timeout", "1")
     (proxied.mnt / "before").write_bytes(os.urandom(10 * KiB))
@@ -150,6 +154,7 @@ def test_a_slow_link_still_replicates_and_stays_in_sync(proxied: Cluster) -> Non
     proxied.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
 def test_resync_after_a_cut_carries_about_the_dirty_bytes(proxied: Cluster) -> None:
     proxied.mount()
     big = proxied.mnt / "disk.img"
@@ -176,6 +181,7 @@ def test_resync_after_a_cut_carries_about_the_dirty_bytes(proxied: Cluster) -> N
     proxied.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
 def test_link_cut_during_a_resync_loses_nothing_that_was_in_flight(proxied: Cluster) -> None:
     proxied.mount("--resync-rate-limit", "2M")  # 1 MiB resync writes, one every half second
     big = proxied.mnt / "big"
@@ -196,6 +202,7 @@ def test_link_cut_during_a_resync_loses_nothing_that_was_in_flight(proxied: Clus
     proxied.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
 def test_link_cut_during_a_resync_of_scattered_runs_loses_none_of_them(proxied: Cluster) -> None:
     """Scattered 4 KiB runs travel many to a frame (WriteRuns): every run of
     a frame lost with the link must be dirty again, not only the first."""
@@ -220,6 +227,7 @@ def test_link_cut_during_a_resync_of_scattered_runs_loses_none_of_them(proxied: 
     proxied.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
 def test_fsrep_resync_reconnects_at_once_instead_of_waiting_out_the_backoff(proxied: Cluster) -> None:
     proxied.mount()
     write_random(proxied.mnt / "f", 1)

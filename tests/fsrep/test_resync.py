@@ -11,13 +11,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Cluster, deep_chain, fsrep_resync, run_fsrep, wait_for, write_random
+import pytest
+
+from tests.conftest import (
+    HARD_LINK_FALLBACK,
+    LINK_CLOSED,
+    SESSION_CLOSED,
+    Cluster,
+    deep_chain,
+    fsrep_resync,
+    run_fsrep,
+    wait_for,
+    write_random,
+)
 
 MiB = 1024 * 1024
 
 
-
-
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "disk.img"
@@ -38,6 +49,7 @@ def test_quick_resync_sends_about_the_changed_regions(cluster: Cluster) -> None:
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED, HARD_LINK_FALLBACK)
 def test_namespace_changes_while_out_of_sync(cluster: Cluster) -> None:
     cluster.mount()
     m = cluster.mnt
@@ -88,6 +100,7 @@ print(n)
 """
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: Cluster) -> None:
     cluster.mount()
     target = cluster.mnt / "hot"
@@ -114,6 +127,7 @@ def test_writers_hammering_the_same_regions_during_resync_lose_nothing(cluster: 
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_kill_of_the_secondary_after_a_checkpoint_resyncs_only_what_it_lost(cluster: Cluster) -> None:
     cluster.mount()
     big = cluster.mnt / "big"
@@ -170,6 +184,7 @@ def test_baseline_of_an_existing_tree_while_it_is_written(cluster: Cluster) -> N
     assert os.stat(cluster.secondary.replica_root() / "sparse").st_blocks < 1024, "the sparse file was filled"
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_extended_attributes_removed_while_out_of_sync_are_removed_on_the_replica(cluster: Cluster) -> None:
     cluster.mount()
     f = cluster.mnt / "f"

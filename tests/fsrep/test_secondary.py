@@ -26,7 +26,50 @@ import transport as tp
 from fsrep._accept import MAX_HANDSHAKES_PER_ADDRESS
 from fsrep._config import read_key
 from fsrep._secondary import PROBE_TIMEOUT
-from tests.conftest import DEADLINE, Cluster, _wait_daemon_gone, assert_same_tree, run_fsrep, wait_for, write_random
+from tests.conftest import (
+    AT,
+    DEADLINE,
+    LINK_CLOSED,
+    LINK_LOST,
+    REFUSED_PEER,
+    SESSION_CLOSED,
+    Cluster,
+    _wait_daemon_gone,
+    assert_same_tree,
+    run_fsrep,
+    wait_for,
+    write_random,
+)
+
+# The hand-written client hangs up without a Close frame, which the secondary logs (when it sees it in time).
+pytestmark = pytest.mark.expect_log(SESSION_CLOSED)
+
+# What the secondary says when it refuses a peer, for @pytest.mark.expect_log.
+THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 3 \(\w+\)" + AT + r": \[Errno (?:20|40)\] (?:Not a "
+                     r"directory: b'dirlink'|'filelink' is not a regular file); ending the session$")
+OUTSIDE_THE_ROOT = (r" WARNING \S+: (?:dropping connection with \S+|group \S+: session with \S+ ended: protocol error "
+                    r"from \S+): invalid Create frame: \[Errno 22\] Create\.path b'[^']*' is absolute or has an empty, "
+                    r"'\.' or '\.\.' component$")
+UNAUTHENTICATED = REFUSED_PEER + r"protocol error from \S+: "
+LISTING_THROUGH_A_SYMLINK = (r" ERROR \S+: group \S+: cannot apply seq 10 \(ListDir\)" + AT + r": \[Errno 20\] Not a "
+                             r"directory: b'out'; ending the session$")
+THROUGH_A_NODE = (r" ERROR \S+: group \S+: cannot apply seq 2 \((?:Write|WriteRuns|SetAttr)\)" + AT + r": \[Errno 22\] "
+                  r"'dev' is not a regular file; ending the session$")
+REPLICA_DISK_FULL = (
+    LINK_LOST + r"secondary could not apply seq \d+: ENOSPC \[Errno 28\] No space left on device$",
+    r" ERROR \S+: group \S+: cannot apply seq \d+ \(\w+\)" + AT + r": \[Errno 28\] No space left on device; ending the "
+    r"session$",
+    r" ERROR \S+: group \S+: cannot save the replica position(?: at the end of the session)?: \[Errno 28\] No space "
+    r"left on device",
+)
+REPLICA_REPLACED = (r" WARNING \S+: group \S+: the replica directory \S+ was removed or replaced \(the replica was at "
+                    r"seq \d+\); starting an empty replica at seq 0, which the primary fills with a baseline$")
+REPLICA_REMOVED = (r" WARNING \S+: group \S+: the replica directory \S+ was removed; ending the session so that the "
+                   r"primary reconnects to an empty replica$")
+MADE_ROOM = r" WARNING \S+: closed a connection still authenticating to make room: "
+HUGE_FRAME = UNAUTHENTICATED + r"frame length 4194304 outside 2\.\.4096\)?$"
+HELD = r" WARNING \S+: dropping connection with \S+: group \S+ is held by a live session from \S+; refusing$"
+DEAD_SESSION = r" WARNING \S+: group \S+: the session from \S+ is dead \(silent for \d+s\); \S+ replaces it$"
 
 
 async def _connect(cluster: Cluster, group: bytes) -> tuple[tp.Connection, tp.Welcome]:
@@ -65,6 +108,7 @@ def outside(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.expect_log(THROUGH_A_SYMLINK)
 async def test_escaping_symlinks_are_refused(cluster: Cluster, outside: Path) -> None:
     group = uuid.uuid4().bytes
     conn, welcome = await _connect(cluster, group)
@@ -89,6 +133,7 @@ async def test_escaping_symlinks_are_refused(cluster: Cluster, outside: Path) ->
 
 
 @pytest.mark.parametrize("evil", [b"../escaped", b"/tmp/escap", b"a/../../xy", b"./escaped0"])
+@pytest.mark.expect_log(OUTSIDE_THE_ROOT)
 async def test_paths_outside_the_root_end_the_session(cluster: Cluster, evil: bytes) -> None:
     group = uuid.uuid4().bytes
     conn, _ = await _connect(cluster, group)
@@ -105,6 +150,7 @@ async def test_paths_outside_the_root_end_the_session(cluster: Cluster, evil: by
     assert "dropping connection" in log
 
 
+@pytest.mark.expect_log(UNAUTHENTICATED)
 async def test_operations_before_authentication_are_never_applied(cluster: Cluster) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", cluster.secondary.port)
     await stream.send_all(tp.encode(tp.Create(seq=1, path=b"sneaky", mode=0o644, uid=0, gid=0)))
@@ -115,6 +161,7 @@ async def test_operations_before_authentication_are_never_applied(cluster: Clust
     assert [p.name for p in cluster.secondary.store.iterdir()] == [".fsrep"]
 
 
+@pytest.mark.expect_log(UNAUTHENTICATED)
 async def test_garbage_and_oversized_frames_drop_the_connection(cluster: Cluster) -> None:
     for junk in (b"\x00" * 64, b"\xff\xff\xff\xff\x01\x0a" + b"x" * 100, os.urandom(1000)):
         stream = await trio.open_tcp_stream("127.0.0.1", cluster.secondary.port)
@@ -147,6 +194,7 @@ async def test_operations_apply_in_order_and_acks_are_cumulative(cluster: Cluste
     assert data == b"\0" * 3 + b"".join(b"%03d" % s for s in range(2, 201))
 
 
+@pytest.mark.expect_log(LISTING_THROUGH_A_SYMLINK)
 async def test_listing_and_remove_answer_at_their_place_in_the_stream(cluster: Cluster, outside: Path) -> None:
     group = uuid.uuid4().bytes
     conn, _ = await _connect(cluster, group)
@@ -180,6 +228,7 @@ async def test_listing_and_remove_answer_at_their_place_in_the_stream(cluster: C
     assert os.listdir(outside) == ["victim"]
 
 
+@pytest.mark.expect_log(THROUGH_A_NODE)
 async def test_a_peer_cannot_write_to_a_host_device_through_a_node_it_made(cluster: Cluster, tmp_path: Path) -> None:
     backing = tmp_path / "loop-backing"
     backing.write_bytes(b"\0" * (1024 * 1024))
@@ -213,6 +262,7 @@ async def test_a_peer_cannot_write_to_a_host_device_through_a_node_it_made(clust
     assert backing.read_bytes() == b"\0" * (1024 * 1024), "the device's backing file was written"
 
 
+@pytest.mark.expect_log(LINK_CLOSED, *REPLICA_DISK_FULL)
 def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp_path: Path) -> None:
     """The secondary's store on a small tmpfs: a write past its size fails,
     the position cannot be saved either; once the primary removes the file,
@@ -253,6 +303,7 @@ def _wait_in_sync_again(cluster: Cluster) -> dict:
                     "the group InSync again", timeout=60)
 
 
+@pytest.mark.expect_log(LINK_CLOSED, REPLICA_REPLACED)
 def test_a_replica_directory_removed_while_the_secondary_is_down_gets_a_baseline(cluster: Cluster) -> None:
     cluster.mount()
     _fill(cluster.mnt, "before")
@@ -275,9 +326,9 @@ def test_a_replica_directory_removed_while_the_secondary_is_down_gets_a_baseline
     assert len(announced) == 1, announced
     assert group in announced[0]
     assert "empty replica" in announced[0]
-    cluster.assert_no_errors_logged()
 
 
+@pytest.mark.expect_log(LINK_CLOSED, REPLICA_REMOVED, REPLICA_REPLACED)
 def test_a_replica_directory_removed_under_a_running_secondary_gets_a_baseline(cluster: Cluster) -> None:
     cluster.mount()
     _fill(cluster.mnt, "before")
@@ -370,6 +421,7 @@ def _dropped(sock: socket.socket) -> bool:
     return True
 
 
+@pytest.mark.expect_log(MADE_ROOM, HUGE_FRAME)
 def test_a_flood_of_peers_that_never_authenticate_does_not_keep_the_primary_out(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     cluster.secondary.open_files = OPEN_FILES
@@ -424,6 +476,7 @@ async def _serve_as_primary(conn: tp.Connection, acked: trio.Event) -> None:
             acked.set()
 
 
+@pytest.mark.expect_log(HELD)
 async def test_a_live_session_keeps_its_replica_and_a_second_claimant_is_refused(cluster: Cluster) -> None:
     group = uuid.uuid4().bytes
     holder, _ = await _connect(cluster, group)
@@ -443,6 +496,7 @@ async def test_a_live_session_keeps_its_replica_and_a_second_claimant_is_refused
     assert (cluster.secondary.store / str(uuid.UUID(bytes=group)) / "still-mine").exists()
 
 
+@pytest.mark.expect_log(DEAD_SESSION)
 async def test_a_session_that_no_longer_answers_is_replaced_within_the_probe_timeout(cluster: Cluster) -> None:
     group = uuid.uuid4().bytes
     silent, _ = await _connect(cluster, group)  # never reads again: a primary gone behind a cut link
@@ -470,6 +524,7 @@ def _refusals(cluster: Cluster) -> int:
     return (cluster.secondary.store / ".fsrep" / "serve.log").read_text().count("held by a live session")
 
 
+@pytest.mark.expect_log(HELD)
 def test_a_second_primary_from_a_copied_store_is_refused_until_the_first_is_gone(cluster: Cluster,
                                                                                     tmp_path: Path) -> None:
     cluster.mount()

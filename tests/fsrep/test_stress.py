@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import Cluster, wait_for
+import pytest
+
+from tests.conftest import HARD_LINK_FALLBACK, LINK_CLOSED, SESSION_CLOSED, Cluster, wait_for
 
 STRESS = r"""
 import errno, os, random, sys
@@ -60,6 +62,7 @@ for _ in range(ops):
 """
 
 
+@pytest.mark.expect_log(LINK_CLOSED, HARD_LINK_FALLBACK, SESSION_CLOSED)
 def test_random_workload_across_link_cuts_ends_identical(cluster: Cluster) -> None:
     cluster.mount("--ack-timeout", "3")
     procs = [subprocess.Popen([sys.executable, "-c", STRESS, str(cluster.mnt), str(seed), "600"])

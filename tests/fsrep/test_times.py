@@ -12,8 +12,10 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from fsrep._digest import tree_differences
-from tests.conftest import Cluster, fsrep_resync
+from tests.conftest import LINK_CLOSED, Cluster, fsrep_resync
 
 MiB = 1024 * 1024
 PAST = 1_000_000_000_000_000_007  # 2001: no change made now gives an entry this time
@@ -124,6 +126,7 @@ def _tree_before_cut(m: Path) -> None:
     (m / "quiet" / "data").write_bytes(os.urandom(20_000))
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_a_quick_resync_after_a_cut_link_copies_the_times(cluster: Cluster) -> None:
     cluster.mount()
     _tree_before_cut(cluster.mnt)

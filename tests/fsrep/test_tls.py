@@ -23,7 +23,16 @@ import transport as tp
 from fsrep._config import read_key
 from fsrep._secondary import HANDSHAKE_TIMEOUT
 from tests.certs import CA, Identity, issue, make_ca
-from tests.conftest import Cluster, run_fsrep, wait_for, write_random
+from tests.conftest import REFUSED_PEER, Cluster, run_fsrep, wait_for, write_random
+
+CERTIFICATE_REJECTED = REFUSED_PEER + r"TLS handshake failed: the peer's certificate was rejected: "
+NO_CERTIFICATE = REFUSED_PEER + r"TLS handshake failed: the peer sent no certificate\)?$"
+OURS_REJECTED = (REFUSED_PEER + r"TLS handshake failed: the peer closed the connection \(it may have refused this "
+                 r"host's certificate; its log says why\)\)?$")
+PLAIN_PEER = (REFUSED_PEER + r"TLS handshake failed: the peer does not speak TLS \(both sides need --tls-cert, "
+              r"--tls-key and --tls-ca\)\)?$")
+TLS_PEER = (REFUSED_PEER + r"protocol error from \S+: the peer began a TLS handshake, and this side runs without "
+            r"TLS\)?$")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,7 @@ def test_a_good_pair_replicates_over_tls_13(tmp_path: Path, pki: Pki) -> None:
                  "(not signed by the CA of --tls-ca)"),
     ("expired", "the peer's certificate was rejected: certificate has expired"),
 ])
+@pytest.mark.expect_log(CERTIFICATE_REJECTED)
 def test_a_primary_certificate_the_secondary_rejects_is_refused_before_anything_is_applied(
         tmp_path: Path, pki: Pki, who: str, reason: str) -> None:
     with _cluster(tmp_path, pki.secondary.args()) as cluster:
@@ -134,6 +144,7 @@ def test_a_primary_certificate_the_secondary_rejects_is_refused_before_anything_
         _assert_nothing_applied(cluster)
 
 
+@pytest.mark.expect_log(NO_CERTIFICATE)
 async def test_a_primary_without_a_certificate_is_refused_before_anything_is_applied(tmp_path: Path,
                                                                                       pki: Pki) -> None:
     no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -154,6 +165,7 @@ async def test_a_primary_without_a_certificate_is_refused_before_anything_is_app
                   "IP address mismatch, certificate is not valid for '127.0.0.1'. (it must name the address "
                   "given in --secondary in its subjectAltName)"),
 ])
+@pytest.mark.expect_log(OURS_REJECTED)
 def test_a_secondary_certificate_the_primary_rejects_is_refused_before_anything_is_applied(
         tmp_path: Path, pki: Pki, who: str, reason: str) -> None:
     with _cluster(tmp_path, getattr(pki, who).args()) as cluster:
@@ -164,6 +176,7 @@ def test_a_secondary_certificate_the_primary_rejects_is_refused_before_anything_
         _assert_nothing_applied(cluster)
 
 
+@pytest.mark.expect_log(PLAIN_PEER)
 def test_a_plain_primary_is_refused_by_a_tls_secondary_at_once(tmp_path: Path, pki: Pki) -> None:
     with _cluster(tmp_path, pki.secondary.args()) as cluster:
         _mount_refused(cluster, [], "closed the connection before the handshake; its log says why (a secondary "
@@ -173,6 +186,7 @@ def test_a_plain_primary_is_refused_by_a_tls_secondary_at_once(tmp_path: Path, p
         _assert_nothing_applied(cluster)
 
 
+@pytest.mark.expect_log(TLS_PEER)
 def test_a_tls_primary_is_refused_by_a_plain_secondary_at_once(tmp_path: Path, pki: Pki) -> None:
     with _cluster(tmp_path, []) as cluster:
         _mount_refused(cluster, pki.primary.args(), "failed: the peer does not speak TLS (both sides need "

@@ -10,8 +10,14 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from fsrep._control import request
-from tests.conftest import Cluster, fsrep_resync, run_fsrep, wait_for
+from tests.conftest import LINK_CLOSED, LINK_LOST, SESSION_CLOSED, Cluster, fsrep_resync, run_fsrep, wait_for
+
+STALLED = (r" WARNING \S+: group \S+: the checksum resync made no progress for 1s; restarting it on a new session$",
+           LINK_LOST + r"the resync made no progress for 1s$",
+           r" WARNING \S+: group \S+: resync failed: resync interrupted: the resync made no progress for 1s$")
 
 MiB = 1024 * 1024
 
@@ -71,6 +77,7 @@ def test_full_recopies_everything(mounted: Cluster) -> None:
     mounted.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_progress_is_in_status_while_a_limited_resync_runs(cluster: Cluster) -> None:
     cluster.mount("--resync-rate-limit", "1M")
     f = cluster.mnt / "f"
@@ -99,6 +106,7 @@ def test_progress_is_in_status_while_a_limited_resync_runs(cluster: Cluster) -> 
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(LINK_CLOSED)
 def test_a_run_cut_off_by_a_link_loss_is_superseded_by_the_stronger_run_queued(cluster: Cluster) -> None:
     cluster.mount("--resync-rate-limit", "1M")
     f = cluster.mnt / "f"
@@ -125,6 +133,7 @@ def test_a_run_cut_off_by_a_link_loss_is_superseded_by_the_stronger_run_queued(c
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(*STALLED, SESSION_CLOSED)
 def test_a_resync_that_stalls_is_reported_and_restarted(cluster: Cluster) -> None:
     cluster.mount("--ack-timeout", "60", "--resync-stall-timeout", "1")
     (cluster.mnt / "f").write_bytes(os.urandom(MiB))

@@ -1,0 +1,1 @@
+"""The test suite (a package, so that pytest and the tests import conftest as one module)."""
