@@ -25,9 +25,11 @@ $(STAMP): pyproject.toml Makefile
 demo: deps
 	$(PY) -m fsrep._demo
 
-# pytest exits 5 when it collects nothing; that is a failure here too.
+# pytest exits 5 when it collects nothing; that is a failure here too. Two
+# workers (pytest-xdist): most of a mount test's time is spent waiting on its
+# daemons, so two run in about the time of one on two cores.
 test: deps
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests
 
 lint: deps
 	$(VENV)/bin/ruff check fsrep tracking transport tools tests bench

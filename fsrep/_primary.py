@@ -198,6 +198,16 @@ async def _ready_to_serve(group: Group) -> str:
     return ""
 
 
+async def _drain_all(mount: Groups, timeout: float) -> None:  # noqa: ASYNC109 - each group's bound
+    """Let every group finish what is in flight (each within *timeout*),
+    say goodbye to its secondary and save its state, all at once; not
+    cut short by a cancellation around it."""
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as draining:
+            for group in mount.all:
+                draining.start_soon(functools.partial(group.rel.drain_and_close, timeout=timeout))
+
+
 async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     """Mount and serve until unmounted or told to stop.
 
@@ -240,7 +250,8 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 await nursery.start(group.rel.serve)
             for group in mount.all:
                 refusal = refusal or await _ready_to_serve(group)
-            if refusal:
+            if refusal:  # the secondaries are told goodbye; the groups' state stays as it was
+                await _drain_all(mount, timeout=5)
                 nursery.cancel_scope.cancel()
                 return
             for group in mount.all:
@@ -268,10 +279,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             ready("ready")
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             log.info("filesystem unmounted; draining")
-            with trio.CancelScope(shield=True):
-                async with trio.open_nursery() as draining:
-                    for group in mount.all:
-                        draining.start_soon(functools.partial(group.rel.drain_and_close, timeout=30))
+            await _drain_all(mount, timeout=30)
             nursery.cancel_scope.cancel()
     finally:
         if fuse_mounted:
