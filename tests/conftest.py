@@ -39,7 +39,7 @@ _CLUSTERS: list[Cluster] = []  # every cluster made so far, so each test's are c
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 # What the daemons log when a test cuts, stalls or kills on purpose, for @pytest.mark.expect_log.
-AT = r"(?: at seq \d+ of generation [0-9a-f]+)?"  # the position a line may name
+AT = r"(?: at seq \d+ of generation (?:[0-9a-f]+|none))?"  # the position a line may name
 _HUNG_UP = r"(?:\S+ closed the connection|(?:send to|receive from) \S+: \[Errno 104\] Connection reset by peer)$"
 LINK_LOST = r" WARNING \S+: group \S+: link to \S+ lost" + AT + ": "  # then why
 LINK_CLOSED = LINK_LOST + _HUNG_UP  # the primary's, the secondary gone
