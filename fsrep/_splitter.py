@@ -262,8 +262,8 @@ class Relationship:
         if new is self.state:
             return
         check_transition(self.state, new)
-        (log.debug if quiet else log.info)("group %s: %s -> %s at %s (%s)", self.record.id, self.state.value,
-                                           new.value, self.position, why)
+        say = log.warning if new is R.SPLIT_BRAIN else log.debug if quiet else log.info  # an operator must act
+        say("group %s: %s -> %s at %s (%s)", self.record.id, self.state.value, new.value, self.position, why)
         self.state = new
 
     def mark_stale(self, reason: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 import tracking
 from fsrep._digest import tree_digest
 from fsrep._secondary import REPLICA_KIND
-from tests.conftest import Cluster, fsrep_resync, run_fsrep
+from tests.conftest import AT, Cluster, fsrep_resync, run_fsrep
 
 
 def _replica_state(cluster: Cluster) -> tuple[object, dict]:
@@ -45,6 +45,11 @@ def test_generations_advance_on_out_of_sync_and_resync(cluster: Cluster) -> None
     cluster.assert_replicated()
 
 
+SPLIT_BRAIN = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain" + AT + r" \(.*; nothing is resynced until an "
+               r"operator runs 'fsrep-resync --mode full' \(which discards the replica's changes\)\)$")
+
+
+@pytest.mark.expect_log(SPLIT_BRAIN)
 @pytest.mark.parametrize("history", ["newer", "unrelated"])
 def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cluster, history: str) -> None:
     cluster.mount()
@@ -80,6 +85,7 @@ def test_a_replica_with_newer_or_unrelated_data_is_never_overwritten(cluster: Cl
     cluster.assert_replicated()
 
 
+@pytest.mark.expect_log(SPLIT_BRAIN)
 def test_strict_refuses_to_mount_over_a_split_brain(cluster: Cluster) -> None:
     cluster.mount()
     (cluster.mnt / "a").write_text("x")
