@@ -40,7 +40,8 @@ _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 # What the daemons log when a test cuts, stalls or kills on purpose, for @pytest.mark.expect_log.
 AT = r"(?: at seq \d+ of generation (?:[0-9a-f]+|none))?"  # the position a line may name
-_HUNG_UP = r"(?:\S+ closed the connection|(?:send to|receive from) \S+: \[Errno 104\] Connection reset by peer)$"
+_HUNG_UP = (r"(?:\S+ closed the connection|(?:send to|receive from) \S+: \[Errno (?:104\] Connection reset by peer|"
+            r"32\] Broken pipe))$")  # how a peer that hung up shows, by when it is noticed
 LINK_LOST = r" WARNING \S+: group \S+: link to \S+ lost" + AT + ": "  # then why
 LINK_CLOSED = LINK_LOST + _HUNG_UP  # the primary's, the secondary gone
 ACKS_STOPPED = LINK_LOST + r"no acknowledgement for \d+s$"
