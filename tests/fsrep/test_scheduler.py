@@ -112,15 +112,15 @@ async def test_a_finished_checksum_run_is_verified(tmp_path: Path) -> None:
 
 
 async def test_a_run_is_stalled_after_the_stall_timeout_without_progress(tmp_path: Path,
-                                                                          autojump_clock: trio.testing.MockClock
+                                                                          mock_clock: trio.testing.MockClock
                                                                           ) -> None:
     scheduler = _relationship(tmp_path).scheduler
     run = scheduler.request("quick", reason="a")
     scheduler.take()
-    await trio.sleep(29)
+    mock_clock.jump(29)
     assert scheduler.stalled(run, trio.current_time()) is None
     run.progressed(trio.current_time())
-    await trio.sleep(30.5)
+    mock_clock.jump(30.5)
     assert scheduler.stalled(run, trio.current_time()) == pytest.approx(30.5)
 
 
