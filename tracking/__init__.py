@@ -3,8 +3,9 @@
 Layout: ``_regions`` (region numbers, roaring-bitmap region sets),
 ``_persist`` (the one atomic, versioned, checksummed way to write state),
 ``_dirty`` (what may differ, per group), ``_activity`` (the activity log
-that makes in-flight changes crash safe) and ``generations`` (which side
-holds the newest data). All sans-IO but ``_persist``.
+that makes in-flight changes crash safe), ``_snapshots`` (pseudo
+snapshots: common points and what changed since each) and ``generations``
+(which side holds the newest data). All sans-IO but ``_persist``.
 """
 
 from . import generations as generations
@@ -29,4 +30,18 @@ from ._regions import RegionRange as RegionRange
 from ._regions import RegionSet as RegionSet
 from ._regions import region_digests as region_digests
 from ._regions import regions_for as regions_for
+from ._snapshots import AUTO_PREFIX as AUTO_PREFIX
+from ._snapshots import DIR as DIR
+from ._snapshots import MAX_RUNS_PER_CHANGE as MAX_RUNS_PER_CHANGE
+from ._snapshots import MAX_SNAPSHOTS as MAX_SNAPSHOTS
+from ._snapshots import META as META
+from ._snapshots import SNAPSHOTS_KIND as SNAPSHOTS_KIND
+from ._snapshots import WHOLE as WHOLE
+from ._snapshots import PathChange as PathChange
+from ._snapshots import PathChanges as PathChanges
+from ._snapshots import SnapshotChain as SnapshotChain
+from ._snapshots import SnapshotError as SnapshotError
+from ._snapshots import SnapshotId as SnapshotId
+from ._snapshots import Taking as Taking
+from ._snapshots import check_name as check_name
 from .generations import Verdict as Verdict

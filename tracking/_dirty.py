@@ -22,6 +22,7 @@ Caveats:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,30 @@ class DirtySet:
         if entry is None:
             entry = self._files[ino] = _File()
         return entry
+
+    def merge(self, other: DirtySet) -> None:
+        """Add everything *other* marks (a union: snapshots' changes since
+        them are sums of these)."""
+        for ino, theirs in other._files.items():
+            mine = self._files.get(ino)
+            if mine is None:
+                mine = self._files[ino] = _File()
+            mine.regions.update(theirs.regions)
+            mine.meta |= theirs.meta
+        for ino in other._dirs:
+            if ino not in self._dirs:
+                self._dirs.add(ino)
+                self.dirs_added += 1
+            self._dir_marks[ino] = self._dir_marks.get(ino, 0) + 1
+        self._heads |= other._heads
+        self._hints.update(other._hints)
+        if other.everything and not self.everything:
+            self.mark_everything(other.reason)
+
+    def copy(self) -> DirtySet:
+        copied = DirtySet()
+        copied.merge(self)
+        return copied
 
     # --- questions ------------------------------------------------------------------
 
@@ -219,11 +244,11 @@ class DirtySet:
     # --- persistence -------------------------------------------------------------------
 
     def to_payload(self) -> dict[str, Any]:
-        """A JSON-able snapshot; region sets as [first, count] runs."""
+        """A JSON-able snapshot; region sets in roaring's serialization."""
         return {
             "everything": self.everything,
             "reason": self.reason,
-            "files": {str(ino): {"meta": f.meta, "runs": [[r.first, r.count] for r in f.regions.ranges()]}
+            "files": {str(ino): {"meta": f.meta, "bits": base64.b64encode(f.regions.to_bytes()).decode()}
                       for ino, f in self._files.items()},
             "dirs": sorted(self._dirs),
             "heads": sorted(self._heads),
@@ -244,11 +269,13 @@ class DirtySet:
             dirty.reason = str(payload["reason"])
             for ino, f in payload["files"].items():
                 entry = dirty._files[int(ino)] = _File(meta=bool(f["meta"]))
-                for first, count in f["runs"]:
+                if "bits" in f:
+                    entry.regions = RegionSet.from_bytes(base64.b64decode(f["bits"], validate=True))
+                for first, count in f.get("runs", ()):  # as fsrep wrote them before region sets were serialized
                     entry.regions.add(RegionRange(int(first), int(count)))
             dirty._dirs = {int(ino) for ino in payload["dirs"]}
             dirty._heads = {int(ino) for ino in payload.get("heads", [])} & dirty._dirs
             dirty._hints = {int(ino): bytes.fromhex(path) for ino, path in payload["hints"].items()}
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a dirty set: {exc!r}") from None
         return dirty

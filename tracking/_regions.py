@@ -15,6 +15,7 @@ one Python step per region.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ class _Full:
 
 
 FULL = _Full()
+_CHUNK_HEADER = struct.Struct(">Q?I")  # chunk key, wholly in the set, size of its bitmap
 _Chunk = BitMap | _Full
 
 
@@ -112,6 +114,57 @@ class RegionSet:
             chunk.add_range(first, stop)
             if len(chunk) == CHUNK:
                 self._chunks[key] = FULL
+
+    def update(self, other: RegionSet) -> None:
+        """Add every region of *other* (bitmap unions, chunk by chunk)."""
+        for key, theirs in other._chunks.items():
+            mine = self._chunks.get(key)
+            if mine is FULL:
+                continue
+            if theirs is FULL:
+                self._chunks[key] = FULL
+            elif mine is None:
+                assert isinstance(theirs, BitMap)
+                self._chunks[key] = BitMap(theirs)
+            else:
+                assert isinstance(mine, BitMap)
+                assert isinstance(theirs, BitMap)
+                mine |= theirs
+                if len(mine) == CHUNK:
+                    self._chunks[key] = FULL
+
+    def to_bytes(self) -> bytes:
+        """The set in roaring's own serialization, chunk by chunk: compact
+        and fast however scattered the regions are (a run list of a
+        million isolated regions is ten times larger and slower)."""
+        out = []
+        for key in sorted(self._chunks):
+            chunk = self._chunks[key]
+            body = b"" if chunk is FULL else chunk.serialize()  # type: ignore[union-attr]
+            out.append(_CHUNK_HEADER.pack(key, chunk is FULL, len(body)) + body)
+        return b"".join(out)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> RegionSet:
+        """Raises ValueError when *blob* is not one."""
+        regions = cls()
+        pos = 0
+        try:
+            while pos < len(blob):
+                key, full, size = _CHUNK_HEADER.unpack_from(blob, pos)
+                pos += _CHUNK_HEADER.size
+                if key >= MAX_REGIONS >> CHUNK_BITS or len(blob) < pos + size:
+                    raise ValueError("region chunk out of range or cut short")
+                if full:
+                    regions._chunks[key] = FULL
+                else:
+                    bitmap = BitMap.deserialize(blob[pos:pos + size])
+                    if bitmap:
+                        regions._chunks[key] = bitmap
+                pos += size
+        except (struct.error, TypeError) as exc:
+            raise ValueError(f"not a region set: {exc}") from None
+        return regions
 
     def discard(self, regions: RegionRange) -> None:
         for key, first, stop in self._pieces(regions):

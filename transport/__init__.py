@@ -22,7 +22,11 @@ from ._frames import ATTR_MTIME as ATTR_MTIME
 from ._frames import ATTR_SIZE as ATTR_SIZE
 from ._frames import ATTR_TIMES as ATTR_TIMES
 from ._frames import ATTR_UID as ATTR_UID
+from ._frames import CHANGE_DIR as CHANGE_DIR
+from ._frames import CHANGE_META as CHANGE_META
+from ._frames import CHANGE_WHOLE as CHANGE_WHOLE
 from ._frames import DIGEST_SIZE as DIGEST_SIZE
+from ._frames import MAX_CHANGES as MAX_CHANGES
 from ._frames import MAX_CHECKSUM_REGIONS as MAX_CHECKSUM_REGIONS
 from ._frames import MAX_DATA as MAX_DATA
 from ._frames import MAX_LISTING as MAX_LISTING
@@ -33,6 +37,7 @@ from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE
 from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE
 from ._frames import Ack as Ack
+from ._frames import Changes as Changes
 from ._frames import Checksum as Checksum
 from ._frames import Close as Close
 from ._frames import Create as Create
@@ -61,9 +66,12 @@ from ._frames import Purge as Purge
 from ._frames import Remove as Remove
 from ._frames import RemoveXattr as RemoveXattr
 from ._frames import Rename as Rename
+from ._frames import RetireSnapshot as RetireSnapshot
 from ._frames import RmDir as RmDir
 from ._frames import SetAttr as SetAttr
 from ._frames import SetXattr as SetXattr
+from ._frames import Snapshot as Snapshot
+from ._frames import SnapshotChanges as SnapshotChanges
 from ._frames import Symlink as Symlink
 from ._frames import Unlink as Unlink
 from ._frames import Welcome as Welcome
@@ -71,8 +79,10 @@ from ._frames import Write as Write
 from ._frames import WriteRuns as WriteRuns
 from ._frames import check_path as check_path
 from ._frames import decode_entries as decode_entries
+from ._frames import encode_changes as encode_changes
 from ._frames import encode_entries as encode_entries
 from ._frames import pack_runs as pack_runs
+from ._frames import pack_snapshots as pack_snapshots
 from ._session import PrimarySession as PrimarySession
 from ._session import SecondarySession as SecondarySession
 from ._session import SessionState as SessionState

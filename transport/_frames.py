@@ -22,8 +22,9 @@ from tracking import generations  # sans-IO: a Welcome carries the history just 
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 6  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
-# 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME
+PROTOCOL_VERSION = 7  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+# 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
+# 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -180,14 +181,16 @@ class Welcome(Frame):
     ``last_seq`` is the last sequence number the replica has durably applied;
     ``fresh`` is 1 when the replica was created by this handshake;
     ``generations`` is its generation id history, oldest first, as
-    ``tracking.generations.pack`` lays it out.
+    ``tracking.generations.pack`` lays it out; ``snapshots`` the pseudo
+    snapshots it holds, as ``pack_snapshots`` lays them out.
     """
 
     TYPE = 4
-    FIELDS = (("last_seq", U64), ("fresh", U8), ("generations", BLOB))
+    FIELDS = (("last_seq", U64), ("fresh", U8), ("generations", BLOB), ("snapshots", BLOB))
     last_seq: int
     fresh: int
     generations: bytes = b""
+    snapshots: bytes = b""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -195,6 +198,52 @@ class Welcome(Frame):
             generations.unpack(self.generations)
         except ValueError as exc:
             raise LocalProtocolError(f"Welcome.generations: {exc}") from None
+        unpack_snapshots(self.snapshots)
+
+    def snapshot_list(self) -> list[tuple[str, int]]:
+        return unpack_snapshots(self.snapshots)
+
+
+MAX_SNAPSHOT_NAME = 64
+MAX_SNAPSHOT_LIST = 256
+_SNAPSHOT_ENTRY = struct.Struct(">QB")
+
+
+def _check_snapshot_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8", "replace")) > MAX_SNAPSHOT_NAME \
+            or not name.isascii() or not name.isprintable() or "/" in name:
+        raise LocalProtocolError(f"{what} must be 1..{MAX_SNAPSHOT_NAME} printable ASCII characters")
+
+
+def pack_snapshots(snapshots: list[tuple[str, int]]) -> bytes:
+    """(name, seq) of each snapshot, as a Welcome carries them."""
+    out = []
+    for name, seq in snapshots:
+        _check_snapshot_name(name, "snapshot name")
+        out.append(_SNAPSHOT_ENTRY.pack(seq, len(name)) + name.encode("ascii"))
+    return b"".join(out)
+
+
+def unpack_snapshots(blob: bytes) -> list[tuple[str, int]]:
+    """Raises LocalProtocolError when *blob* is not a list of snapshots."""
+    found: list[tuple[str, int]] = []
+    pos = 0
+    try:
+        while pos < len(blob):
+            seq, n = _SNAPSHOT_ENTRY.unpack_from(blob, pos)
+            pos += _SNAPSHOT_ENTRY.size
+            raw = bytes(blob[pos:pos + n])
+            if len(raw) != n:
+                raise LocalProtocolError("truncated snapshot name")
+            pos += n
+            name = raw.decode("ascii", "replace")
+            _check_snapshot_name(name, "snapshot name")
+            found.append((name, seq))
+    except struct.error:
+        raise LocalProtocolError("truncated snapshot list") from None
+    if len(found) > MAX_SNAPSHOT_LIST:
+        raise LocalProtocolError(f"more than {MAX_SNAPSHOT_LIST} snapshots")
+    return found
 
 
 # --- operations --------------------------------------------------------------
@@ -625,6 +674,125 @@ class Generation(Operation):
     generation: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot(Operation):
+    """Take pseudo snapshot ``name`` here, at this point of the stream:
+    the replica records it (``created``: seconds since the epoch, as the
+    primary took it) and starts recording what changes since."""
+
+    TYPE = 42
+    FIELDS = (("seq", U64), ("name", TEXT), ("created", I64))
+    seq: int
+    name: str
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_snapshot_name(self.name, "Snapshot.name")
+
+
+@dataclass(frozen=True, slots=True)
+class RetireSnapshot(Operation):
+    """Forget pseudo snapshot ``name`` (what changed since it stays
+    recorded for the snapshot before it)."""
+
+    TYPE = 43
+    FIELDS = (("seq", U64), ("name", TEXT))
+    seq: int
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_snapshot_name(self.name, "RetireSnapshot.name")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChanges(Operation):
+    """Ask what changed on the replica since snapshot ``name``: the paths
+    after path ``after`` (``started`` 0: from the first), at this point of
+    the stream. The secondary answers with Changes before it acks."""
+
+    TYPE = 44
+    FIELDS = (("seq", U64), ("name", TEXT), ("started", U8), ("after", PATH))
+    seq: int
+    name: str
+    started: int = 0
+    after: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_snapshot_name(self.name, "SnapshotChanges.name")
+
+
+CHANGE_META, CHANGE_DIR, CHANGE_WHOLE = 1, 2, 4  # flags of one change (tracking.META, DIR, WHOLE)
+MAX_CHANGES = 1024 * 1024  # bytes of changes in one Changes frame
+MAX_CHANGE_RUNS = 8192  # runs of one path (tracking.MAX_RUNS_PER_CHANGE: more are sent whole)
+_CHANGE = struct.Struct(">IBI")  # path length, flags, run count
+_REGION_RUN = struct.Struct(">QQ")  # first region, count
+MAX_REGION = 2**52  # regions of a 64-bit file at 4 KiB (tracking.MAX_REGIONS)
+
+
+def encode_changes(changes: list[tuple[bytes, int, list[tuple[int, int]]]]) -> bytes:
+    """(path, flags, [(first region, count)]) of each changed path."""
+    out = []
+    for path, flags, runs in changes:
+        check_path(path, what="Changes path")
+        out.append(_CHANGE.pack(len(path), flags, len(runs)) + path)
+        out.extend(_REGION_RUN.pack(first, count) for first, count in runs)
+    return b"".join(out)
+
+
+def decode_changes(blob: bytes) -> list[tuple[bytes, int, list[tuple[int, int]]]]:
+    """Raises LocalProtocolError when *blob* is not a list of changes."""
+    found = []
+    pos = 0
+    try:
+        while pos < len(blob):
+            n, flags, count = _CHANGE.unpack_from(blob, pos)
+            pos += _CHANGE.size
+            if flags & ~(CHANGE_META | CHANGE_DIR | CHANGE_WHOLE) or count > MAX_CHANGE_RUNS or n > MAX_PATH:
+                raise LocalProtocolError("malformed change")
+            path = bytes(blob[pos:pos + n])
+            if len(path) != n:
+                raise LocalProtocolError("truncated change")
+            check_path(path, what="Changes path")
+            pos += n
+            runs = []
+            for _ in range(count):
+                first, length = _REGION_RUN.unpack_from(blob, pos)
+                pos += _REGION_RUN.size
+                if first + length > MAX_REGION:
+                    raise LocalProtocolError("a changed region lies past the largest offset")
+                runs.append((first, length))
+            found.append((path, flags, runs))
+    except struct.error:
+        raise LocalProtocolError("truncated change") from None
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Changes(Frame):
+    """Secondary -> primary: the answer to SnapshotChanges ``seq``.
+    ``found`` 0: the replica holds no such snapshot; ``more`` 1: another
+    page follows a SnapshotChanges after the last path."""
+
+    TYPE = 45
+    FIELDS = (("seq", U64), ("found", U8), ("more", U8), ("entries", BLOB))
+    seq: int
+    found: int
+    more: int
+    entries: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if len(self.entries) > MAX_CHANGES + MAX_PATH + MAX_CHANGE_RUNS * _REGION_RUN.size + _CHANGE.size:
+            raise LocalProtocolError("Changes frame too large")
+        decode_changes(self.entries)
+
+    def items(self) -> list[tuple[bytes, int, list[tuple[int, int]]]]:
+        return decode_changes(self.entries)
+
+
 MAX_CHECKSUM_REGIONS = 4096
 DIGEST_SIZE = 8
 
@@ -802,6 +970,7 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
-                Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap)
+                Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
+                Snapshot, RetireSnapshot, SnapshotChanges, Changes)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

@@ -58,6 +58,12 @@ SAMPLES: list[tp.Frame] = [
     tp.Punch(seq=23, path=b"sparse", runs=tp.pack_runs([(0, 4096)]), mtime_ns=16),
     tp.ListData(seq=24, path=b"sparse", offset=0, length=2**62),
     tp.DataMap(seq=24, end=2**50, runs=tp.pack_runs([(4096, 8192), (2**44, 1)])),
+    tp.Snapshot(seq=25, name="hourly-2026-12-02T05:00", created=1_796_000_000),
+    tp.RetireSnapshot(seq=26, name="old"),
+    tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
+    tp.Changes(seq=27, found=1, more=1, entries=tp.encode_changes([(b"", tp.CHANGE_DIR, []),
+                                                                   (b"d/f", tp.CHANGE_META, [(0, 3), (2**51, 1)])])),
+    tp.Welcome(last_seq=7, fresh=0, snapshots=tp.pack_snapshots([("s1", 5), ("auto-x", 2**63)])),
     tp.DataMap(seq=24, end=2**62, runs=b""),
     tp.Ack(seq=15),
     tp.Nack(seq=16, errno=28, message="No space left on device ✓"),
@@ -94,6 +100,25 @@ def _header(length: int, version: int = tp.PROTOCOL_VERSION, type_code: int = tp
 
 
 # --- round trips ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blob", [
+    tp.encode_changes([(b"f", 8, [])]),  # an unknown flag
+    tp.encode_changes([(b"f", 1, [(2**52, 1)])]),  # past the last region
+    tp.encode_changes([(b"f", 1, [(0, 1)])])[:-3],  # cut short
+    tp.encode_changes([(b"f", 1, [])]).replace(b"f", b"/"),  # an absolute path
+])
+def test_malformed_changes_cannot_be_built(blob: bytes) -> None:
+    with pytest.raises(tp.ProtocolError):
+        tp.Changes(seq=1, found=1, more=0, entries=blob)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "caf\u00e9", "tab\there"])
+def test_snapshot_names_are_short_printable_ascii(name: str) -> None:
+    with pytest.raises(tp.ProtocolError):
+        tp.Snapshot(seq=1, name=name)
+    with pytest.raises(tp.ProtocolError):
+        tp.pack_snapshots([(name, 1)])
 
 
 def test_every_frame_type_has_a_sample() -> None:
