@@ -17,6 +17,10 @@ from ._commands import BadRequest as BadRequest
 from ._commands import Request as Request
 from ._commands import ResyncRequest as ResyncRequest
 from ._commands import ResyncStarted as ResyncStarted
+from ._commands import SnapshotCreateRequest as SnapshotCreateRequest
+from ._commands import SnapshotDeleteRequest as SnapshotDeleteRequest
+from ._commands import SnapshotListRequest as SnapshotListRequest
+from ._commands import SnapshotTaken as SnapshotTaken
 from ._commands import StatusRequest as StatusRequest
 from ._control import ControlError as ControlError
 from ._control import DaemonGone as DaemonGone
@@ -29,3 +33,5 @@ from ._status import EndedRun as EndedRun
 from ._status import GroupStatus as GroupStatus
 from ._status import QueuedRun as QueuedRun
 from ._status import ResyncProgress as ResyncProgress
+from ._status import SnapshotList as SnapshotList
+from ._status import SnapshotStatus as SnapshotStatus

@@ -79,3 +79,24 @@ ASYNC_INTERVAL = Number("seconds", 0.1, DAY)
 RESYNC_STALL_TIMEOUT = Number("seconds", 1, DAY)
 LAG_BUDGET = Number("bytes", 0, GiB)  # what is unacknowledged is held in memory
 RATE_LIMIT = Number("bytes/s", 0, 1024 * GiB)  # 0: none; a limit below RATE_FLOOR is raised to it
+SNAPSHOT_INTERVAL = Number("seconds", 0, 366 * DAY)  # 0: no scheduled snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A whole number from *low* to *high* (an argparse ``type``)."""
+
+    low: int
+    high: int
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = self.low - 1
+        if not self.low <= value <= self.high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {self.low} to {self.high}")
+        return value
+
+
+SNAPSHOT_KEEP = Count(1, 60)  # scheduled snapshots kept (a group holds at most 64)

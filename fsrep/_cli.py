@@ -17,7 +17,17 @@ from typing import Any
 
 import trio
 
-from ._args import ACK_TIMEOUT, ASYNC_INTERVAL, LAG_BUDGET, RATE_LIMIT, RESYNC_STALL_TIMEOUT, Parser
+from . import _snapshot_cli as snapshot_cli
+from ._args import (
+    ACK_TIMEOUT,
+    ASYNC_INTERVAL,
+    LAG_BUDGET,
+    RATE_LIMIT,
+    RESYNC_STALL_TIMEOUT,
+    SNAPSHOT_INTERVAL,
+    SNAPSHOT_KEEP,
+    Parser,
+)
 from ._commands import StatusRequest
 from ._config import (
     POLICIES,
@@ -32,6 +42,8 @@ from ._config import (
 )
 from ._control import ControlError, DaemonGone, call, daemon_for
 from ._mounts import Mount, enclosing_mount, find_mount, is_dead, unmount
+from ._snapshots import SNAPSHOT_INTERVAL as SNAPSHOT_INTERVAL_DEFAULT
+from ._snapshots import SNAPSHOT_KEEP as SNAPSHOT_KEEP_DEFAULT
 from ._splitter import Timeouts
 from ._status import GroupStatus, ResyncProgress
 from ._store import check_directory
@@ -126,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
+    p.add_argument("--snapshot-interval", type=SNAPSHOT_INTERVAL, default=SNAPSHOT_INTERVAL_DEFAULT,
+                   metavar="SECONDS", help=f"take a pseudo snapshot of each group this often while it is InSync "
+                                           f"(default {SNAPSHOT_INTERVAL_DEFAULT:g}; 0: never)")
+    p.add_argument("--snapshot-keep", type=SNAPSHOT_KEEP, default=SNAPSHOT_KEEP_DEFAULT, metavar="N",
+                   help=f"keep this many of the scheduled snapshots (default {SNAPSHOT_KEEP_DEFAULT}); those taken "
+                        f"with 'fsrep snapshot create' stay until deleted")
+
     p = sub.add_parser("umount", help="drain, save state and unmount", formatter_class=fmt,
                        epilog="example:\n  fsrep umount /mnt/data")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -134,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="example:\n  fsrep status /mnt/data\n  fsrep status /mnt/data --json")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    snapshot_cli.add_parser(sub, fmt)
     return parser
 
 
@@ -202,7 +222,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
                         writeback_cache=args.writeback_cache,
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
-                        resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose)
+                        resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose,
+                        snapshot_interval=args.snapshot_interval, snapshot_keep=args.snapshot_keep)
 
 
 def _check_apart(store: Path, mountpoint: Path) -> None:
@@ -336,10 +357,16 @@ def _notes(group: GroupStatus) -> list[str]:
     run = group.resync
     if run is not None and run.running:
         eta = "-" if run.eta_seconds is None else f"{run.eta_seconds:.0f}s"
-        notes.append(f"{run.mode} resync {run.percent:.1f}%: {_directories(run)}{run.bytes_remaining} bytes left "
-                     f"at {run.bytes_per_second} bytes/s, ETA {eta}")
+        basis = f" from snapshot {run.snapshot}" if run.snapshot else ""
+        notes.append(f"{run.mode} resync{basis} {run.percent:.1f}%: {_directories(run)}{run.bytes_remaining} "
+                     f"bytes left at {run.bytes_per_second} bytes/s, ETA {eta}")
     if group.stale_reason:
         notes.append(f"replica needs a resync: {group.stale_reason}")
+    if group.snapshot is not None:
+        s = group.snapshot
+        taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.created))
+        notes.append(f"newest common snapshot: {s.name} (taken {taken}, at seq {s.seq} of generation "
+                     f"{s.generation[:8]})")
     if group.last_error:
         notes.append(f"last error: {group.last_error}")
     notes.extend(f"failing: {fault}" for fault in group.faults)
@@ -398,4 +425,4 @@ def _alive(pid: int) -> bool:
 
 
 COMMANDS = {"keygen": cmd_keygen, "serve": cmd_serve, "mount": cmd_mount, "umount": cmd_umount,
-            "status": cmd_status}
+            "status": cmd_status, "snapshot": snapshot_cli.cmd_snapshot}

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
+from tracking import SnapshotError, check_name
+
 from ._args import RATE_LIMIT
 from ._progress import MODES
 from ._state import RelationshipState
-from ._status import DaemonStatus, Record
+from ._status import DaemonStatus, GroupSnapshots, Record, SnapshotList, SnapshotStatus, fields_of
 
 if TYPE_CHECKING:
     from ._groups import Group, Groups
@@ -68,8 +70,11 @@ class Request(Generic[ReplyT]):
     reply: ClassVar[type[Record]]
 
     def to_json(self) -> dict[str, Any]:
-        """The object a client sends."""
-        return {"cmd": self.command, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        """The object a client sends (a field left at None, its default,
+        is left out: a new optional field does not change what was sent)."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {"cmd": self.command, **{f.name: getattr(self, f.name) for f in fields
+                                        if not (f.default is None and getattr(self, f.name) is None)}}
 
     @classmethod
     def from_json(cls, message: dict[str, Any]) -> Self:
@@ -150,13 +155,74 @@ class ResyncRequest(Request[ResyncStarted]):
     group: str | None = None
     mode: str = "quick"
     rate_limit: int = 0
+    snapshot: str | None = None  # mode snapshot: from this one, not the newest common snapshot
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise BadRequest(f"unknown resync mode {shown(self.mode)}: use one of {', '.join(MODES)}")
+        if self.snapshot is not None:
+            if self.mode != "snapshot":
+                raise BadRequest("a snapshot is named only with mode snapshot")
+            _snapshot_name(self.snapshot)
         if not 0 <= self.rate_limit <= RATE_LIMIT.high:
             raise BadRequest(f"rate limit must be a whole number of bytes per second from 0 to "
                              f"{int(RATE_LIMIT.high)}, not {shown(self.rate_limit)}")
+
+
+def _snapshot_name(name: str) -> None:
+    try:
+        check_name(name)
+    except SnapshotError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken(Record):
+    """The snapshot ``snapshot create`` took."""
+
+    group: str
+    snapshot: SnapshotStatus
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        fields = fields_of(cls, data)
+        return cls(group=fields["group"], snapshot=SnapshotStatus.from_json(fields["snapshot"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCreateRequest(Request[SnapshotTaken]):
+    """Take a pseudo snapshot of one group (*group*: its id or path, None
+    for the only one), named *name* or by the time."""
+
+    command: ClassVar[str] = "snapshot-create"
+    reply: ClassVar[type[Record]] = SnapshotTaken
+    group: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            _snapshot_name(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotListRequest(Request[SnapshotList]):
+    """Every group's snapshots."""
+
+    command: ClassVar[str] = "snapshot-list"
+    reply: ClassVar[type[Record]] = SnapshotList
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDeleteRequest(Request[SnapshotTaken]):
+    """Retire snapshot *name* of one group, on both sides."""
+
+    command: ClassVar[str] = "snapshot-delete"
+    reply: ClassVar[type[Record]] = SnapshotTaken
+    name: str
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        _snapshot_name(self.name)
 
 
 # --- handlers --------------------------------------------------------------------------
@@ -203,11 +269,41 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
         raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
                       f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when it is "
                       f"back")
+    if req.mode == "snapshot" and rel.snapshots.basis(req.snapshot) is None:
+        named = f"named {req.snapshot} " if req.snapshot else ""
+        raise Refused(f"group {rel.record.id} has no common snapshot {named}with its replica ('fsrep snapshot "
+                      f"MOUNTPOINT list' shows them); use '--mode checksum' instead")
     try:
-        run = rel.request_resync(req.mode, reason="requested by fsrep-resync", rate_limit=req.rate_limit)
+        run = rel.request_resync(req.mode, reason="requested by fsrep-resync", rate_limit=req.rate_limit,
+                                 snapshot=req.snapshot or "")
     except ValueError as exc:
         raise Refused(str(exc)) from None
     return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
+
+
+async def create_snapshot(daemon: Daemon, req: SnapshotCreateRequest) -> SnapshotTaken:
+    rel = _group(daemon.groups, req.group).rel
+    try:
+        sid = await rel.snapshots.create(req.name)
+    except SnapshotError as exc:
+        raise Refused(str(exc)) from None
+    return SnapshotTaken(group=rel.record.id, snapshot=rel.snapshots.status(sid))
+
+
+async def list_snapshots(daemon: Daemon, req: SnapshotListRequest) -> SnapshotList:
+    return SnapshotList(groups=tuple(GroupSnapshots(group=g.rel.record.id, path="/" + g.rel.record.path,
+                                                    snapshots=g.rel.snapshots.listing()) for g in daemon.groups.all))
+
+
+async def delete_snapshot(daemon: Daemon, req: SnapshotDeleteRequest) -> SnapshotTaken:
+    rel = _group(daemon.groups, req.group).rel
+    sid = rel.snapshots.chain.find(req.name)
+    if sid is None:
+        raise Refused(f"group {rel.record.id} has no snapshot named {req.name} ('fsrep snapshot MOUNTPOINT list' "
+                      f"shows them)")
+    shown_before = rel.snapshots.status(sid)
+    rel.snapshots.delete(req.name)
+    return SnapshotTaken(group=rel.record.id, snapshot=shown_before)
 
 
 # --- the table -------------------------------------------------------------------------
@@ -225,6 +321,9 @@ class Command(Generic[ReplyT]):
 COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
     Command(StatusRequest, show_status),
     Command(ResyncRequest, start_resync),
+    Command(SnapshotCreateRequest, create_snapshot),
+    Command(SnapshotListRequest, list_snapshots),
+    Command(SnapshotDeleteRequest, delete_snapshot),
 )}
 
 

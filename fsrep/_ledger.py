@@ -32,12 +32,16 @@ class Ledger:
     """The durable state of one group's tracking."""
 
     def __init__(self, record: GroupRecord, groups: GroupStore, faults: Faults,
-                 unsettled: Callable[[], list[tracking.Marks]], settled: Callable[[], None]) -> None:
+                 unsettled: Callable[[], list[tracking.Marks]], settled: Callable[[], None], *,
+                 saved_with: Callable[[], bool] = lambda: True,
+                 leaving: Callable[[str, int], None] = lambda generation, seq: None) -> None:
         self.record = record
         self.groups = groups
         self._faults = faults
         self._unsettled = unsettled  # marks a crash of this daemon would leave unknown (in flight, not durable)
         self._settled = settled  # called after each dirty-set save: the activity log may let go of extents
+        self._saved_with = saved_with  # state saved with the dirty set (the snapshots): whether it is on disk
+        self._leaving = leaving  # the replica stops being current at (generation, seq): the automatic point
         self.dirty = tracking.DirtySet()
         self.dirty_changed = False
         self._stale_unsaved = False
@@ -51,6 +55,7 @@ class Ledger:
         ``stale_durable``)."""
         if self.record.stale:
             return
+        self._leaving(self.record.generations[-1], acked_seq)
         self.record.stale = True
         self.record.stale_reason = reason
         self.record.last_seq = acked_seq
@@ -137,8 +142,16 @@ class Ledger:
         return saved
 
     def save_dirty(self) -> bool:
-        """Persist the dirty set (atomically) if it changed. Returns whether
-        what is on disk is current."""
+        """Persist the dirty set (atomically) if it changed, and what is
+        saved with it. Returns whether what is on disk is current; only
+        then may the activity log let go of what it holds for them."""
+        saved = self._save_dirty_set()
+        saved = self._saved_with() and saved
+        if saved:
+            self._settled()
+        return saved
+
+    def _save_dirty_set(self) -> bool:
         if not self.dirty_changed:
             return True
         try:
@@ -149,7 +162,6 @@ class Ledger:
             return False
         self.dirty_changed = False
         self._faults.clear("dirty", "the dirty set is saved again")
-        self._settled()
         return True
 
     async def save_periodically(self) -> None:

@@ -30,6 +30,7 @@ from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._ops import Operations
 from ._resync import resync
+from ._snapshots import SNAPSHOT_INTERVAL, SNAPSHOT_KEEP
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
 from ._store import StoreLock, check_directory
@@ -53,6 +54,8 @@ class MountOptions:
     verbose: bool = False
     groups: tuple[GroupSpec, ...] = ()  # declared groups, the default group first; none: the whole mount
     retire: tuple[str, ...] = ()  # paths of groups the store knows that are to be retired
+    snapshot_interval: float = SNAPSHOT_INTERVAL  # seconds between scheduled snapshots; 0: none
+    snapshot_keep: int = SNAPSHOT_KEEP  # scheduled snapshots kept
 
     @property
     def specs(self) -> tuple[GroupSpec, ...]:
@@ -113,7 +116,9 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
         rel.ledger.mark_everything(baseline)
     if not record.clean_shutdown:
         try:
-            count = tracking.ActivityLog.recover(groups.activity(record).load(), rel.dirty)
+            payload = groups.activity(record).load()
+            count = tracking.ActivityLog.recover(payload, rel.dirty)
+            rel.snapshots.recover(payload)
             log.warning("group %s: the primary daemon did not shut down cleanly; %d active extents from the "
                         "activity log are dirty", record.id, count)
         except (tracking.StateError, ValueError) as exc:
@@ -124,7 +129,8 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
             record.stale_reason = "the primary daemon did not shut down cleanly"
             record.new_generation()
     if rel.dirty.everything:
-        log.info("group %s: the whole tree will be compared: %s", record.id, rel.dirty.reason)
+        log.info("group %s: tracking cannot say what differs (%s): the resync starts from the newest common "
+                 "snapshot, or compares the whole tree if there is none", record.id, rel.dirty.reason)
 
 
 def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[Tree, Groups]:
@@ -142,6 +148,7 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         rel = Relationship(record, groups, opts.key, opts.timeouts, tls=opts.tls)
         rel.scheduler.default_rate_limit = opts.resync_rate_limit
         rel.lag_budget = opts.lag_budget
+        rel.snapshots.interval, rel.snapshots.keep = opts.snapshot_interval, opts.snapshot_keep
         _tracking_state(rel, groups, baseline)
         opened.append(Group(rel, tree, spec.path.encode()))
     mount = Groups(opened)

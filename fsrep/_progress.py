@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ._status import ResyncProgress
 
-MODES = ("quick", "checksum", "full")
+MODES = ("quick", "snapshot", "checksum", "full")
 RATE_FLOOR = 1024 * 1024  # bytes/s: a rate limit below this would let a resync starve
 RATE_WINDOW = 10.0  # seconds of history behind bytes_per_second
 DIRECTORY_WEIGHT = 64 * 1024  # a directory to compare counts as this many bytes of work in the percentage
@@ -40,7 +40,7 @@ def clamp_rate(rate_limit: int) -> int:
 
 
 def stronger(a: str, b: str) -> str:
-    """The mode that does at least what both do (full > checksum > quick)."""
+    """The mode that does at least what both do (full > checksum > snapshot > quick)."""
     return max(a, b, key=MODES.index)
 
 
@@ -71,6 +71,8 @@ class ResyncRun:
     entries_checked: int = 0  # the entries of those directories
     last_progress: float = 0.0
     routine: bool = False  # started by policy async on its schedule: logged at debug level
+    basis: str = ""  # mode snapshot: the snapshot the run resyncs from (asked for, or once chosen)
+    based: bool = False  # what may differ since the snapshot is in the dirty set: a restart need not add it again
     _done_at_start: int = 0
     _allowance: float = 0.0
     _allowance_at: float = 0.0
@@ -194,6 +196,7 @@ class ResyncRun:
             eta_seconds=self._eta(remaining, rate, dirs_left, now),
             percent=round(percent, 1),
             elapsed_seconds=round(end - self.started_at, 3) if self.started_at is not None else 0.0,
+            snapshot=self.basis,
         )
 
     def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:

@@ -1,5 +1,6 @@
-"""Bringing a stale replica back: quick resync from the dirty set, or a full
-resync when tracking cannot say what differs.
+"""Bringing a stale replica back: quick resync from the dirty set; when
+tracking cannot say what differs, from a common snapshot
+(``_from_snapshot``), else a checksum or a full resync.
 
 How quick resync works (clients keep reading and writing throughout):
 
@@ -53,6 +54,7 @@ import tracking
 import transport as tp
 
 from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
+from ._from_snapshot import based_on_snapshot
 from ._fullsync import full_resync
 from ._progress import ResyncRun
 from ._sparse import next_data
@@ -78,6 +80,12 @@ async def resync(stream: ResyncStream, tree: Tree, locate: Callable[[int], bytes
     """
     if run.mode == "full" and not stream.dirty.everything:
         stream.mark_everything_dirty(f"full resync requested ({run.reason})")
+    if (stream.dirty.everything and run.mode in ("quick", "snapshot")) or (run.mode == "snapshot" and not run.based):
+        if await based_on_snapshot(stream, tree, run):
+            await QuickResync(stream, tree, locate, run).run()
+            return
+        if run.mode == "snapshot" and not stream.dirty.everything:
+            stream.mark_everything_dirty(f"no common snapshot to resync from ({run.reason})")
     directories: list[tuple[int, bytes]] = []
     if stream.dirty.everything and run.mode != "full":
         directories, hard_links = await _scan_directories(tree)

@@ -49,9 +49,11 @@ class ResyncScheduler:
 
     # --- steps ---------------------------------------------------------------------
 
-    def request(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False) -> ResyncRun:
+    def request(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
+                snapshot: str = "") -> ResyncRun:
         """Start a resync, or join the one running or queued (raising its
         mode to *mode* if that does more). Returns the run that will do it.
+        *snapshot*: mode snapshot from that snapshot, not the newest common one.
 
         Raises:
             ValueError: the group is SplitBrain and *mode* is not full.
@@ -72,9 +74,10 @@ class ResyncScheduler:
         if self.queued is not None:
             self.queued.mode = stronger(self.queued.mode, mode)
             self.queued.rate_limit = clamp_rate(rate_limit or self.queued.rate_limit)
+            self.queued.basis = snapshot or self.queued.basis
             return self.queued
         self._ids += 1
-        run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine)
+        run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine, basis=snapshot)
         if mode == "quick" and rel.state is R.IN_SYNC and not rel.dirty:
             run.start(now)
             self.finish(run, "InSync")

@@ -50,8 +50,11 @@ class Sessions:
                  theirs, rel.position)
         self.replica_seq = welcome.last_seq
         queued = rel.scheduler.queued
+        rel.snapshots.reported(welcome, replica.generations)
+        basis = rel.snapshots.basis()
         known = Known(record.generation_ids, pipeline.acked_seq, pipeline.durable_seq, pipeline.next_seq,
-                      record.stale, rel.replica_may_be_ahead, queued is not None and queued.mode == "full")
+                      record.stale, rel.replica_may_be_ahead, queued is not None and queued.mode == "full",
+                      basis.name if basis is not None else "")
         verdict = decide(known, replica)
         self._tell_generation = verdict.tell_generation
         if verdict.decision.refused:
@@ -65,7 +68,7 @@ class Sessions:
             pipeline.restart_at(verdict.lost_after)
             log.info("group %s: the secondary lost changes after seq %d that it had not made durable; they are "
                      "dirty (%s)", record.id, verdict.lost_after, verdict.reason)
-        elif verdict.decision is Decision.CHECKSUM:
+        elif verdict.decision in (Decision.CHECKSUM, Decision.SNAPSHOT):  # the resync finds the snapshot again
             rel.ledger.mark_everything(verdict.reason)
             rel.mark_stale(verdict.reason)
             rel.ledger.save_dirty()
@@ -77,6 +80,7 @@ class Sessions:
             rel.set_state(R.IN_SYNC, verdict.reason)
             if self._tell_generation:
                 self.tell_generation(conn, record.generation_ids[-1])
+            rel.snapshots.retire_orphans(conn)
 
     def _refuse(self, reason: str) -> None:
         """When the replica holds data newer than ours, or the histories are
@@ -116,7 +120,7 @@ class Sessions:
             rel.stream.acked(event.seq)
         elif isinstance(event, tp.Durable):
             rel.pipeline.on_durable(event.seq)
-        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap)):
+        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes)):
             rel.stream.replied(event)
         elif isinstance(event, tp.Nack):
             if rel.state is R.RESYNCING:

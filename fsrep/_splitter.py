@@ -11,7 +11,10 @@ The relationship holds the state and the policy and ties the parts
 together; each part has one job:
 
 - ``Pipeline`` (sans-IO): sequence numbers, what is in flight, acked, durable.
-- ``Recorder``: what each mutation touches, for every tracker (activity log).
+- ``Recorder``: what each mutation touches, for every tracker (activity
+  log, pseudo snapshots).
+- ``Snapshots``: the pseudo snapshots, their changes since, the automatic
+  point when the group leaves InSync.
 - ``Ledger``: the stale mark and the dirty set on disk.
 - ``Link``: connection, backoff, session, reader, pinger, ack watchdog.
 - ``decide`` (pure): what a connected replica needs (in sync, resync, refuse).
@@ -60,6 +63,7 @@ from ._progress import ResyncRun
 from ._recorder import ActivityTracker, Recorder
 from ._scheduler import ResyncScheduler
 from ._sessions import Sessions
+from ._snapshots import Snapshots
 from ._state import RelationshipState, check_transition
 from ._status import EndedRun, GroupStatus, QueuedRun
 from ._stream import ResyncStream
@@ -90,9 +94,11 @@ class Relationship:
         self.pipeline = Pipeline(record.last_seq)
         self.faults = Faults(record.id)
         self.activity = ActivityTracker(record.id, groups, groups.activity(record), self.faults,
-                                        lambda: self.pipeline.durable_seq)
-        self.recorder = Recorder([self.activity])
-        self.ledger = Ledger(record, groups, self.faults, self.pipeline.unsettled_marks, self.activity.settle)
+                                        lambda: min(self.pipeline.durable_seq, self.snapshots.saved_seq))
+        self.snapshots = Snapshots(self, groups, self.faults)
+        self.recorder = Recorder([self.activity, self.snapshots])
+        self.ledger = Ledger(record, groups, self.faults, self.pipeline.unsettled_marks, self.activity.settle,
+                             saved_with=self.snapshots.save, leaving=self.snapshots.left_sync)
         address = parse_address(record.secondary, what="the group's secondary")
         self.sessions = Sessions(self)
         self.link = Link(self.sessions, record.id, address, key, record.group_id, timeouts, tls)
@@ -325,6 +331,7 @@ class Relationship:
         scheduler's hook (set by the daemon)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.ledger.save_periodically)
+            nursery.start_soon(self.snapshots.run_schedule)
             async with self.link.running():
                 task_status.started()
                 await self.link.stopped()
@@ -333,8 +340,9 @@ class Relationship:
     async def reconnect_now(self) -> None:
         await self.link.reconnect_now()
 
-    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False) -> ResyncRun:
-        return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine)
+    def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
+                       snapshot: str = "") -> ResyncRun:
+        return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine, snapshot=snapshot)
 
     async def resync_now(self, reason: str) -> None:
         await self.scheduler.resync_now(reason)
@@ -407,4 +415,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         last_error=rel.link.last_error,
         faults=tuple(rel.faults.messages()),
         internal_errors=rel.internal_errors,
+        snapshot=rel.snapshots.newest_common(),
     )

@@ -23,7 +23,7 @@ class UnreadableReply(ValueError):
     (a daemon of another fsrep version, most likely)."""
 
 
-def _fields(cls: type, data: Any) -> dict[str, Any]:
+def fields_of(cls: type, data: Any) -> dict[str, Any]:
     """The values of *cls*'s fields in the JSON object *data*.
 
     Raises:
@@ -52,7 +52,7 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return cls(**_fields(cls, data))
+        return cls(**fields_of(cls, data))
 
 
 def _many(cls: type[_R], data: Any) -> tuple[_R, ...]:
@@ -92,6 +92,7 @@ class ResyncProgress(Record):
     eta_seconds: float | None
     percent: float
     elapsed_seconds: float
+    snapshot: str  # mode snapshot: the snapshot it resyncs from
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,48 @@ class EndedRun(Record):
     mode: str
     outcome: str
     verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus(Record):
+    """One pseudo snapshot of a group: its name, when it was taken
+    (seconds since the epoch), the position it marks, whether fsrep took
+    it itself when the group left InSync (``auto``), whether the replica
+    holds it too (``common``), and about how much changed here since it."""
+
+    name: str
+    created: float
+    generation: str
+    seq: int
+    auto: bool
+    common: bool
+    changed_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSnapshots(Record):
+    """The snapshots of one group, oldest first."""
+
+    group: str
+    path: str
+    snapshots: tuple[SnapshotStatus, ...]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        fields = fields_of(cls, data)
+        fields["snapshots"] = _many(SnapshotStatus, fields["snapshots"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotList(Record):
+    """The reply to ``snapshot-list``: every group's snapshots."""
+
+    groups: tuple[GroupSnapshots, ...]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        return cls(groups=_many(GroupSnapshots, fields_of(cls, data)["groups"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +191,17 @@ class GroupStatus(Record):
     last_error: str
     faults: tuple[str, ...]  # what fails until it clears (a state file that cannot be saved), with why
     internal_errors: int
+    snapshot: SnapshotStatus | None  # the newest common snapshot: where a resync can start from
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        fields = _fields(cls, data)
+        fields = fields_of(cls, data)
         fields["resync"] = None if fields["resync"] is None else ResyncProgress.from_json(fields["resync"])
         fields["resync_queued"] = (None if fields["resync_queued"] is None
                                    else QueuedRun.from_json(fields["resync_queued"]))
         fields["resync_recent"] = _many(EndedRun, fields["resync_recent"])
         fields["faults"] = tuple(str(fault) for fault in fields["faults"] or ())
+        fields["snapshot"] = None if fields["snapshot"] is None else SnapshotStatus.from_json(fields["snapshot"])
         return cls(**fields)
 
 
@@ -172,7 +217,7 @@ class DaemonStatus(Record):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        fields = _fields(cls, data)
+        fields = fields_of(cls, data)
         fields["groups"] = _many(GroupStatus, fields["groups"])
         return cls(**fields)
 

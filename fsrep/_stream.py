@@ -25,6 +25,7 @@ from ._pipeline import NO_MARKS
 from ._state import RelationshipState
 
 if TYPE_CHECKING:
+    from ._snapshots import Snapshots
     from ._splitter import Pending, Relationship
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,27 @@ class ResyncStream:
             rel.set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
         rel.set_state(R.RESYNCING, why, quiet=quiet)
 
-    def send(self, make: Callable[[int], tp.Operation], marks: tracking.Marks = NO_MARKS) -> Pending:
+    @property
+    def snapshots(self) -> Snapshots:
+        return self._rel.snapshots
+
+    def retracked(self) -> None:
+        """The run replaced what the dirty set says (from a snapshot): save it."""
+        self._rel.ledger.dirty_changed = True
+
+    def prepare(self) -> None:
+        """Before a run's first question, asked while clients' changes
+        still stay local (``early``): continue the stream at the replica's
+        position."""
+        if self._rel.link.conn is None:
+            raise tp.LinkDown("not connected")
+        self._rel.sessions.resume()
+
+    def send(self, make: Callable[[int], tp.Operation], marks: tracking.Marks = NO_MARKS, *,
+             early: bool = False) -> Pending:
         """Queue a resync frame (nothing applied locally). Never checkpoints.
+        *early*: a question asked before the run begins (after ``prepare``),
+        while the group is still InSync or OutOfSync.
 
         *marks* say what becomes dirty again should the frame not reach the
         replica: the link is lost before its ack, the secondary crashes
@@ -113,7 +133,7 @@ class ResyncStream:
         """
         rel = self._rel
         conn = rel.link.conn
-        if rel.state is not R.RESYNCING or conn is None:
+        if conn is None or not (rel.state is R.RESYNCING or early and rel.state in (R.IN_SYNC, R.OUT_OF_SYNC)):
             raise tp.LinkDown(f"resync interrupted: {rel.link.last_error or 'link lost'}")
         run = rel.scheduler.run
         if run is not None:
@@ -121,16 +141,16 @@ class ResyncStream:
         rel.ledger.dirty_changed = True  # what it cleans stays in the saved dirty set until durable there
         return rel.queue(conn, make(rel.pipeline.next_seq), marks)
 
-    def ask(self, make: Callable[[int], tp.Operation]) -> Callable[[], Awaitable[tp.Frame]]:
+    def ask(self, make: Callable[[int], tp.Operation], *, early: bool = False) -> Callable[[], Awaitable[tp.Frame]]:
         """Queue a resync question (ListDir, Checksum) now — in the caller's
-        step — and return what awaits its reply.
+        step — and return what awaits its reply (*early*: see ``send``).
 
         Raises:
             LinkDown: the link was lost (now or before the reply came).
         """
         event = trio.Event()
         replies: list[tp.Frame] = []
-        seq = self.send(make).seq
+        seq = self.send(make, early=early).seq
         self._replies[seq] = (event, replies)
 
         async def reply() -> tp.Frame:

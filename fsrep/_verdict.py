@@ -24,7 +24,8 @@ G = tracking.Verdict
 class Decision(enum.Enum):
     IN_SYNC = "in sync"
     QUICK = "quick resync"  # what the dirty set names
-    CHECKSUM = "checksum resync"  # tracking cannot say what differs: compare the whole tree by digest
+    SNAPSHOT = "resync from a snapshot"  # tracking cannot say what differs: what changed since a common snapshot
+    CHECKSUM = "checksum resync"  # nor can a snapshot: compare the whole tree by digest
     FULL = "full resync"  # the operator asked to discard the replica's side
     REFUSE_WRONG_WAY = "refuse: wrong way"  # the replica is newer: resyncing would lose its changes
     REFUSE_CANNOT_TELL = "refuse: cannot tell"  # unrelated histories
@@ -45,6 +46,7 @@ class Known:
     stale: bool  # the replica lacks changes (the durable stale mark)
     may_be_ahead: bool = False  # after a crash here: the replica may hold changes never counted
     full_asked: bool = False  # a full resync is queued (the operator discards the replica's side)
+    snapshot: str = ""  # the newest snapshot both sides hold (or the automatic point): a resync can start there
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ def decide(known: Known, replica: Reported) -> Verdict:
         reason = (f"the secondary has an empty replica (new, or its directory was removed), primary acknowledged "
                   f"{known.acked_seq}" if replica.fresh else
                   f"replica at seq {seq}, primary acknowledged {known.acked_seq}")
+        if known.snapshot and not replica.fresh:
+            return Verdict(Decision.SNAPSHOT, f"{reason}; resync from snapshot {known.snapshot}",
+                           tell_generation=tell)
         return Verdict(Decision.CHECKSUM, reason, tell_generation=tell)
     if known.stale:
         return Verdict(Decision.QUICK, "the replica is stale", tell_generation=tell)

@@ -196,6 +196,12 @@ class SnapshotChain(Generic[C]):
             union.merge(later.delta)
         return union
 
+    def deltas(self, name: str) -> list[C]:
+        """The deltas whose union is ``since(name)`` (none for an unknown
+        name): for a cheap upper bound of its size."""
+        entry = self._find(name)
+        return [] if entry is None else [e.delta for e in self._entries[self._entries.index(entry):]]
+
     def intercept(self, name: str) -> DirtySet | None:
         entry = self._find(name)
         return entry.intercept if entry is not None else None

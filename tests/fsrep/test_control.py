@@ -28,11 +28,12 @@ MiB = 1024 * 1024
 GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_acked_seq", "ops_in_flight",
               "lag_bytes", "lag_seconds", "bytes_in_flight", "dirty_bytes", "bytes_remaining", "bytes_per_second",
               "eta_seconds", "percent", "resync", "resync_queued", "resync_recent", "resync_bytes_sent",
-              "last_resync_seconds", "generation", "stale_reason", "last_error", "faults", "internal_errors"]
+              "last_resync_seconds", "generation", "stale_reason", "last_error", "faults", "internal_errors",
+              "snapshot"]
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
                "bytes_copied", "bytes_checked", "bytes_mismatched", "bytes_remaining", "bytes_per_second",
                "directories_checked", "directories_remaining", "entries_checked", "eta_seconds", "percent",
-               "elapsed_seconds"]
+               "elapsed_seconds", "snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ def test_each_command_reads_back_what_a_client_sends(request_: fsrep.Request) ->
 
 
 def test_the_table_names_each_command_by_its_request_and_its_fields_are_json_scalars() -> None:
-    assert set(COMMANDS) == {"status", "resync"}
+    assert set(COMMANDS) == {"status", "resync", "snapshot-create", "snapshot-list", "snapshot-delete"}
     for name, row in COMMANDS.items():
         assert row.request.command == name
         for field in dataclasses.fields(row.request):
@@ -76,18 +77,19 @@ def test_the_wire_form_of_a_resync_is_the_one_the_tools_always_sent() -> None:
 @pytest.mark.parametrize(("message", "problem"), [
     ([1], "a request is a JSON object, not [1]"),
     ("status", 'a request is a JSON object, not "status"'),
-    ({}, 'the request names no command: send {"cmd": NAME, ...} with NAME one of status, resync'),
-    ({"cmd": "promote"}, 'unknown command "promote": use one of status, resync'),
-    ({"cmd": 7}, "unknown command 7: use one of status, resync"),
+    ({}, 'the request names no command: send {"cmd": NAME, ...} with NAME one of status, resync, snapshot-create, '
+         'snapshot-list, snapshot-delete'),
+    ({"cmd": "promote"}, 'unknown command "promote": use one of status, resync, snapshot-create'),
+    ({"cmd": 7}, "unknown command 7: use one of status, resync, snapshot-create"),
     ({"cmd": "status", "verbose": True}, 'status takes no field "verbose" (it takes none)'),
-    ({"cmd": "resync", "rate-limit": 5}, 'resync takes no field "rate-limit" (its fields are group, mode, rate_limit)'),
+    ({"cmd": "resync", "rate-limit": 5}, 'resync takes no field "rate-limit" (its fields are group, mode, rate_limit, snapshot)'),
     ({"cmd": "resync", "x" * 1000: 5}, 'resync takes no field "' + "x" * 59 + '... (its fields'),
     ({"cmd": "resync", "group": 5}, "resync: group must be a string or null, not 5"),
     ({"cmd": "resync", "mode": ["quick"]}, 'resync: mode must be a string, not ["quick"]'),
     ({"cmd": "resync", "rate_limit": True}, "resync: rate_limit must be a whole number, not true"),
     ({"cmd": "resync", "rate_limit": 1.5}, "resync: rate_limit must be a whole number, not 1.5"),
     ({"cmd": "resync", "rate_limit": "50M"}, 'resync: rate_limit must be a whole number, not "50M"'),
-    ({"cmd": "resync", "mode": "fast"}, 'unknown resync mode "fast": use one of quick, checksum, full'),
+    ({"cmd": "resync", "mode": "fast"}, 'unknown resync mode "fast": use one of quick, snapshot, checksum, full'),
     ({"cmd": "resync", "rate_limit": -1}, "rate limit must be a whole number of bytes per second from 0 to "),
     ({"cmd": "resync", "rate_limit": 10**400}, "not 1" + "0" * 59 + "..."),
     ({"cmd": "resync", "mode": "x" * 1000}, 'unknown resync mode "' + "x" * 59 + "...: use one of"),
@@ -117,7 +119,7 @@ def _group_status(**changes: object) -> fsrep.GroupStatus:
         id=3, mode="checksum", reason="asked", running=True, finished=False, outcome="", verified=False,
         restarts=1, rate_limit=MiB, bytes_copied=10, bytes_checked=20, bytes_mismatched=4, bytes_remaining=70,
         bytes_per_second=5, directories_checked=2, directories_remaining=1, entries_checked=9, eta_seconds=None,
-        percent=30.0, elapsed_seconds=1.5)
+        percent=30.0, elapsed_seconds=1.5, snapshot="")
     group = fsrep.GroupStatus(
         id="g1", path="/", state="Resyncing", policy="sync", secondary="127.0.0.1:1", connected=True,
         last_acked_seq=12, ops_in_flight=0, lag_bytes=70, lag_seconds=0.5, bytes_in_flight=0, dirty_bytes=70,
@@ -125,7 +127,9 @@ def _group_status(**changes: object) -> fsrep.GroupStatus:
         resync_queued=fsrep.QueuedRun(id=4, mode="full", restarts=0),
         resync_recent=(fsrep.EndedRun(id=2, mode="quick", outcome="superseded by run 3", verified=False),),
         resync_bytes_sent=10, last_resync_seconds=0.0, generation="ab" * 8, stale_reason="link lost",
-        last_error="", faults=(), internal_errors=0)
+        last_error="", faults=(), internal_errors=0,
+        snapshot=fsrep.SnapshotStatus(name="s1", created=1.5, generation="cd" * 16, seq=9, auto=False, common=True,
+                                      changed_bytes=4096))
     return dataclasses.replace(group, **changes)
 
 
@@ -137,7 +141,7 @@ def test_a_group_status_keeps_its_keys_and_survives_the_socket() -> None:
     assert wire["resync_queued"] == {"id": 4, "mode": "full", "restarts": 0}
     assert wire["resync_recent"] == [{"id": 2, "mode": "quick", "outcome": "superseded by run 3", "verified": False}]
     assert fsrep.GroupStatus.from_json(wire) == group
-    idle = _group_status(resync=None, resync_queued=None, resync_recent=())
+    idle = _group_status(resync=None, resync_queued=None, resync_recent=(), snapshot=None)
     assert fsrep.GroupStatus.from_json(json.loads(json.dumps(idle.to_json()))) == idle
 
 

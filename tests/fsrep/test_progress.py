@@ -17,7 +17,7 @@ def test_stronger_mode_does_at_least_both() -> None:
 
 
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match="quick, checksum, full"):
+    with pytest.raises(ValueError, match="quick, snapshot, checksum, full"):
         ResyncRun(1, "fast", "test")
 
 

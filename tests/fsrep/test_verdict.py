@@ -11,8 +11,8 @@ D = Decision
 
 
 def known(*, history: tuple[bytes, ...] = (OLD, MID), acked: int = 10, durable: int = 10, next_seq: int = 11,
-          stale: bool = False, ahead: bool = False, full: bool = False) -> Known:
-    return Known(history, acked, durable, next_seq, stale, ahead, full)
+          stale: bool = False, ahead: bool = False, full: bool = False, snapshot: str = "") -> Known:
+    return Known(history, acked, durable, next_seq, stale, ahead, full, snapshot)
 
 
 def replica(last_seq: int = 10, *, fresh: bool = False, history: tuple[bytes, ...] = (OLD, MID)) -> Reported:
@@ -31,6 +31,11 @@ ROWS = [
     ("lost non-durable changes, stale already", known(durable=6, stale=True), replica(6), D.QUICK, 6, False),
     ("replica lost durable, acknowledged changes", known(durable=9), replica(5), D.CHECKSUM, None, False),
     ("replica ahead of anything sent", known(), replica(12), D.CHECKSUM, None, False),
+    ("replica lost durable changes; a common snapshot", known(durable=9, snapshot="s1"), replica(5), D.SNAPSHOT,
+     None, False),
+    ("replica ahead; a common snapshot", known(snapshot="s1"), replica(12), D.SNAPSHOT, None, False),
+    ("an emptied replica has no snapshot of use", known(snapshot="s1"), replica(0, fresh=True), D.CHECKSUM, None,
+     False),
     ("ahead after a crash here is expected", known(stale=True, ahead=True), replica(50), D.QUICK, None, False),
     ("an emptied replica", known(), replica(0, fresh=True), D.CHECKSUM, None, False),
     ("an emptied replica, behind but fresh", known(durable=6), replica(7, fresh=True), D.CHECKSUM, None, False),
@@ -55,6 +60,10 @@ def test_each_row_of_the_verdict(what: str, primary: Known, reported: Reported, 
 
 def test_every_decision_has_a_row() -> None:
     assert {row[3] for row in ROWS} == set(Decision)
+
+
+def test_a_resync_from_a_snapshot_names_it() -> None:
+    assert "resync from snapshot hourly-1" in decide(known(snapshot="hourly-1"), replica(12)).reason
 
 
 def test_refusals_say_why_in_the_operators_terms() -> None:
