@@ -47,13 +47,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Start or join a resync of a consistency group and show its progress.",
         epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
                "  fsrep-resync /mnt/data --json\n\n"
-               "modes: quick copies the regions tracking marked dirty; checksum compares every region by\n"
-               "xxh3 digest and copies those that differ; full re-copies everything (writers wait).\n"
+               "  fsrep-resync /mnt/data --mode snapshot --snapshot before-upgrade\n\n"
+               "modes: quick copies the regions tracking marked dirty; snapshot copies what changed on\n"
+               "either side since a common pseudo snapshot (the newest, or --snapshot NAME); checksum\n"
+               "compares every region by xxh3 digest and copies those that differ; full re-copies\n"
+               "everything (writers wait). quick falls back to snapshot, then checksum, by itself when\n"
+               "tracking cannot say what differs.\n"
                "exit status: 0 when the group is InSync (and, for checksum, verified); 1 otherwise.")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("--group", metavar="ID", help="the consistency group (id or path, like /vms/vm1; "
                                                        "default: every group of the mount)")
     parser.add_argument("--mode", choices=MODES, default="quick")
+    parser.add_argument("--snapshot", metavar="NAME", help="with --mode snapshot: resync from this snapshot "
+                                                          "(default: the newest both sides hold)")
     parser.add_argument("--rate-limit", type=RATE_LIMIT, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
@@ -61,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.snapshot is not None and args.mode != "snapshot":
+        parser.error("--snapshot goes with --mode snapshot")
     try:
         result = run(args)
     except (ControlError, ResyncFailed) as exc:
@@ -83,7 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started, outcomes, failures = [], [], []
     for name in names:  # start them all first: groups resync side by side
         try:
-            started.append(call(meta, ResyncRequest(group=name, mode=args.mode, rate_limit=int(args.rate_limit))))
+            started.append(call(meta, ResyncRequest(group=name, mode=args.mode, rate_limit=int(args.rate_limit),
+                                                    snapshot=args.snapshot)))
         except ControlError as exc:
             failures.append(str(exc))
     for run in started:
@@ -101,7 +111,8 @@ def _follow(meta: Path, started: ResyncStarted, args: argparse.Namespace) -> dic
     run_id = started.run
     if not args.json:
         limit = f", at most {started.rate_limit} bytes/s" if started.rate_limit else ""
-        print(f"group {started.group}: {started.mode} resync (run {run_id}){limit}", flush=True)
+        basis = f" from snapshot {args.snapshot}" if args.snapshot else ""
+        print(f"group {started.group}: {started.mode} resync{basis} (run {run_id}){limit}", flush=True)
     with _Display(enabled=not args.json) as display:
         while True:
             group = _group(meta, started.group)
