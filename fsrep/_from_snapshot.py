@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Awaitable
 
 import tracking
 import transport as tp
@@ -41,12 +42,13 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     """
     snapshots, record = stream.snapshots, stream.record
     sid = snapshots.basis(run.basis or None)
+    run.based = True  # once it is known (not cut short by the link): a restart of the run goes on from the dirty set
     if sid is None:
         log.info("group %s: no common snapshot%s to resync from; comparing the whole tree by digest instead",
                  record.id, f" named {run.basis}" if run.basis else "")
         return False
     changes = snapshots.may_differ(sid)
-    if not sid.auto and not await _replica_changes(stream, tree, sid.name, changes):
+    if not sid.auto and not await _asked(run, _replica_changes(stream, tree, sid.name, changes)):
         log.info("group %s: the replica no longer holds %s; comparing the whole tree by digest instead",
                  record.id, sid)
         return False
@@ -55,10 +57,19 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     dirty.merge(changes)
     dirty.clean_everything()
     stream.retracked()
-    run.mode, run.basis, run.based = "snapshot", sid.name, True
+    run.mode, run.basis = "snapshot", sid.name
     log.info("group %s: resync from %s (%s): %d files, %d directories and %d bytes of data may differ",
              record.id, sid, why, len(dirty.files()), dirty.dir_count, dirty.dirty_bytes)
     return True
+
+
+async def _asked(run: ResyncRun, question: Awaitable[bool]) -> bool:
+    """*question*'s answer; a link lost before it leaves the run to try again."""
+    try:
+        return await question
+    except tp.LinkDown:
+        run.based = False
+        raise
 
 
 async def _replica_changes(stream: ResyncStream, tree: Tree, name: str, into: tracking.DirtySet) -> bool:

@@ -80,7 +80,8 @@ async def resync(stream: ResyncStream, tree: Tree, locate: Callable[[int], bytes
     """
     if run.mode == "full" and not stream.dirty.everything:
         stream.mark_everything_dirty(f"full resync requested ({run.reason})")
-    if (stream.dirty.everything and run.mode in ("quick", "snapshot")) or (run.mode == "snapshot" and not run.based):
+    if (stream.dirty.everything or run.mode == "snapshot") and run.mode in ("quick", "snapshot") and not run.based:
+        # Once per run: what a snapshot cannot say either (a hard link changed) ends in a full resync.
         if await based_on_snapshot(stream, tree, run):
             await QuickResync(stream, tree, locate, run).run()
             return

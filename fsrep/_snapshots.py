@@ -163,7 +163,8 @@ class Snapshots:
         except tracking.SnapshotError as exc:  # a name taken within the same second: the one there serves
             log.debug("group %s: no automatic point: %s", rel.record.id, exc)
             return
-        self._this_session.add(sid.name)
+        if rel.state is R.IN_SYNC:  # the replica acknowledged everything up to here in this session
+            self._this_session.add(sid.name)
         log.info("group %s: automatic %s: the common point while out of sync (%d dirty bytes known)",
                  rel.record.id, sid, changes.dirty_bytes)
 

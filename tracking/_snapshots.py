@@ -260,7 +260,9 @@ class _Node:
         return bool(self.flags or self.regions)
 
     def merge(self, other: _Node) -> None:
-        """Fold *other* (and its subtree) into this node, without recursion."""
+        """Fold a copy of *other* (and its subtree) into this node, without
+        recursion: nothing is shared, so changing one later leaves the
+        other as it was."""
         stack = [(self, other)]
         while stack:
             mine, theirs = stack.pop()
@@ -272,9 +274,8 @@ class _Node:
             for name, child in theirs.children.items():
                 existing = mine.children.get(name)
                 if existing is None:
-                    mine.children[name] = child
-                else:
-                    stack.append((existing, child))
+                    existing = mine.children[name] = _Node()
+                stack.append((existing, child))
 
 
 class PathChanges:

@@ -163,6 +163,19 @@ def test_path_changes_round_trip_and_merge() -> None:
         PathChanges.from_payload({"paths": [["zz", 0, []]]})
 
 
+def test_asking_what_changed_since_an_older_snapshot_leaves_each_record_as_it_was() -> None:
+    chain: SnapshotChain[PathChanges] = SnapshotChain(PathChanges)
+    chain.add(_sid("old"))
+    chain.current().mark_regions(b"d/f", RegionRange(0, 1))
+    chain.add(_sid("new"))
+    chain.current().mark_regions(b"d/f", RegionRange(9, 1))
+    chain.current().mark(b"d/g", META)
+    assert {c.path for c in chain.since("old").walk()} == {b"d/f", b"d/g"}
+    (older, newer) = chain.deltas("old")
+    assert [(c.path, c.runs) for c in older.walk()] == [(b"d/f", (RegionRange(0, 1),))]
+    assert {c.path for c in newer.walk()} == {b"d/f", b"d/g"}
+
+
 def test_a_path_of_very_many_runs_is_reported_whole() -> None:
     changes = PathChanges()
     for region in range(0, 40_000, 2):
