@@ -9,10 +9,20 @@ result:
   The primary applies its own mutations through the same rows
   (``Tree.apply`` calls ``mutate``), so an operation that succeeded there
   does the same thing here.
-- ``QUESTION`` — ListDir, Checksum, ListData: reads the tree at this point
-  of the stream and returns the answer frame; it changes nothing.
+- ``QUESTION`` — ListDir, Checksum, ListData, SnapshotChanges: reads the
+  replica (its tree, or its snapshots) at this point of the stream and
+  returns the answer frame: ``handler(replica, frame)``; it changes nothing.
 - ``HISTORY`` — Generation: changes the replica's generation history, not
   its tree: ``handler(history, frame)`` returns the new history.
+- ``SNAPSHOT`` — Snapshot, RetireSnapshot: changes the replica's pseudo
+  snapshots, not its tree: ``handler(replica, frame)``.
+
+A mutation's row also says what it changes since a snapshot (``marks``):
+while the replica holds one, ``marks(changes, tree, frame)`` records it by
+path in the newest snapshot's delta, before the handler runs (a frame that
+fails half way has changed something all the same). These mirror what the
+primary marks for the same change (``_effects``), so the two sides' records
+compare path for path. A replica without snapshots pays one method call.
 
 ``apply(replica, frame)`` is the secondary's one way in. **The seam**: every
 frame that changes the replica (every row but a question) passes
@@ -42,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import tracking
 import transport as tp
 
+from . import _replica_snapshots as replica_snapshots
 from ._pipeline import Position
 from ._sparse import proc_path, punch, pwrite_all, renameat2, set_mtime
 
@@ -55,17 +66,22 @@ class Kind(enum.Enum):
     MUTATION = "mutation"  # changes the tree; passes before_apply first
     QUESTION = "question"  # reads the tree and answers; changes nothing
     HISTORY = "history"  # changes the replica's generation history; passes before_apply first
+    SNAPSHOT = "snapshot"  # changes the replica's pseudo snapshots; passes before_apply first
 
 
-_M, _Q, _H = Kind.MUTATION, Kind.QUESTION, Kind.HISTORY
+_M, _Q, _H, _S = Kind.MUTATION, Kind.QUESTION, Kind.HISTORY, Kind.SNAPSHOT
+Marks = Callable[[tracking.PathChanges, "Tree", Any], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """How one frame type is applied: *handler* acts on what *kind* says."""
+    """How one frame type is applied: *handler* acts on what *kind* says;
+    *marks* records what a mutation changes since a snapshot (None: it
+    changes nothing a snapshot tracks)."""
 
     kind: Kind
     handler: Callable[[Any, Any], Any]
+    marks: Marks | None = None
 
 
 @runtime_checkable
@@ -75,6 +91,7 @@ class Target(Protocol):
     id: str
     tree: Tree
     generations: list[bytes]  # the primary's, oldest first
+    snapshots: tracking.SnapshotChain[tracking.PathChanges]  # oldest first
 
     def before_apply(self, op: tp.Operation) -> None:
         """Called just before each frame that changes the replica."""
@@ -103,11 +120,18 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
     row = row_of(op)
     kind = row.kind
     if kind is _Q:
-        answer: tp.Frame = row.handler(replica.tree, op)
+        answer: tp.Frame = row.handler(replica, op)
         return answer
     replica.before_apply(op)  # the seam: see the module docstring
     if kind is _M:
+        if row.marks is not None:
+            changes = replica.snapshots.current()
+            if changes is not None:
+                row.marks(changes, replica.tree, op)
         _change(replica.tree, op, row.handler)
+        return None
+    if kind is _S:
+        row.handler(replica, op)
         return None
     replica.generations = row.handler(replica.generations, op)  # the one other kind: HISTORY
     log.info("group %s: replica now at %s", replica.id, Position(replica.generations[-1].hex(), op.seq))
@@ -138,17 +162,17 @@ def _change(tree: Tree, op: tp.Operation, handler: Callable[[Tree, Any], None]) 
 # --- questions ------------------------------------------------------------------
 
 
-def _list_dir(tree: Tree, op: tp.ListDir) -> tp.Listing:
-    entries, more = tree.entries(op.path, op.after, tp.MAX_LISTING)
+def _list_dir(replica: Target, op: tp.ListDir) -> tp.Listing:
+    entries, more = replica.tree.entries(op.path, op.after, tp.MAX_LISTING)
     return tp.Listing(seq=op.seq, more=int(more), entries=tp.encode_entries(entries))
 
 
-def _checksum(tree: Tree, op: tp.Checksum) -> tp.Digests:
-    return tp.Digests(seq=op.seq, digests=tree.digests(op.path, op.offset, op.count))
+def _checksum(replica: Target, op: tp.Checksum) -> tp.Digests:
+    return tp.Digests(seq=op.seq, digests=replica.tree.digests(op.path, op.offset, op.count))
 
 
-def _list_data(tree: Tree, op: tp.ListData) -> tp.DataMap:
-    runs, end = tree.data_map(op.path, op.offset, op.length, tp.MAX_RUNS)
+def _list_data(replica: Target, op: tp.ListData) -> tp.DataMap:
+    runs, end = replica.tree.data_map(op.path, op.offset, op.length, tp.MAX_RUNS)
     return tp.DataMap(seq=op.seq, end=end, runs=tp.pack_runs(runs))
 
 
@@ -399,27 +423,96 @@ def _fsync(tree: Tree, op: tp.Fsync) -> None:
         os.close(fd)
 
 
+# --- what each change marks since a snapshot -------------------------------------------
+
+
+def _marks_write(changes: tracking.PathChanges, tree: Tree, op: tp.Write) -> None:
+    changes.mark_regions(op.path, tracking.regions_for(op.offset, len(op.data)))
+
+
+def _marks_write_runs(changes: tracking.PathChanges, tree: Tree, op: tp.WriteRuns) -> None:
+    for offset, data in op.pieces():
+        changes.mark_regions(op.path, tracking.regions_for(offset, len(data)))
+
+
+def _marks_punch(changes: tracking.PathChanges, tree: Tree, op: tp.Punch) -> None:
+    for offset, length in op.run_list():
+        changes.mark_regions(op.path, tracking.regions_for(offset, length))
+
+
+def _marks_setattr(changes: tracking.PathChanges, tree: Tree, op: tp.SetAttr) -> None:
+    """The metadata; a truncate, the regions between the two sizes too
+    (the old one read here: one lstat, and truncates are rare)."""
+    changes.mark(op.path, tracking.META)
+    if op.fields & tp.ATTR_SIZE:
+        try:
+            old = tree.lstat(op.path).st_size
+        except OSError:  # the truncate fails the same way; should it not, the whole file counts as changed
+            changes.mark(op.path, tracking.WHOLE)
+            return
+        low, high = sorted((old, op.size))
+        changes.mark_regions(op.path, tracking.regions_for(low, high - low))
+
+
+def _marks_meta(changes: tracking.PathChanges, tree: Tree, op: tp.SetXattr | tp.RemoveXattr | tp.KeepXattrs) -> None:
+    changes.mark(op.path, tracking.META)
+
+
+def _marks_made(changes: tracking.PathChanges, tree: Tree, op: tp.Create | tp.MkNod | tp.MkDir | tp.Symlink) -> None:
+    changes.mark_entry(op.path, tracking.META)
+
+
+def _marks_link(changes: tracking.PathChanges, tree: Tree, op: tp.Link) -> None:
+    changes.mark_entry(op.new, tracking.META)
+    changes.mark(op.target, tracking.META)  # its link count
+
+
+def _marks_removed(changes: tracking.PathChanges, tree: Tree, op: tp.Unlink | tp.RmDir | tp.Remove) -> None:
+    changes.mark_entry(op.path)
+
+
+def _marks_rename(changes: tracking.PathChanges, tree: Tree, op: tp.Rename) -> None:
+    """The entry's record moves with it; with RENAME_EXCHANGE the two
+    swap, each arriving whole at the other's name."""
+    if not op.flags & tp.RENAME_EXCHANGE:
+        changes.move(op.old, op.new)
+        return
+    # Through a name no path can hold (a NUL), in the old entry's directory: nothing of it is left after.
+    parent = op.old.rpartition(b"/")[0]
+    aside = parent + b"/\0exchange" if parent else b"\0exchange"
+    changes.move(op.old, aside)
+    changes.move(op.new, op.old)
+    changes.move(aside, op.new)
+
+
+def _marks_purge(changes: tracking.PathChanges, tree: Tree, op: tp.Purge) -> None:
+    changes.mark(b"", tracking.DIR)  # every entry of the root: the primary compares them
+
+
 TABLE: dict[type[tp.Operation], Row] = {
-    tp.Write: Row(_M, _write),
-    tp.WriteRuns: Row(_M, _write_runs),
-    tp.Punch: Row(_M, _punch),
-    tp.SetAttr: Row(_M, _setattr),
-    tp.SetXattr: Row(_M, _setxattr),
-    tp.RemoveXattr: Row(_M, _removexattr),
-    tp.KeepXattrs: Row(_M, _keepxattrs),
-    tp.Create: Row(_M, _create),
-    tp.MkNod: Row(_M, _mknod),
-    tp.MkDir: Row(_M, _mkdir),
-    tp.Symlink: Row(_M, _symlink),
-    tp.Link: Row(_M, _link),
-    tp.Rename: Row(_M, _rename),
-    tp.Unlink: Row(_M, _unlink),
-    tp.RmDir: Row(_M, _rmdir),
-    tp.Remove: Row(_M, _remove),
-    tp.Purge: Row(_M, _purge),
-    tp.Fsync: Row(_M, _fsync),
+    tp.Write: Row(_M, _write, _marks_write),
+    tp.WriteRuns: Row(_M, _write_runs, _marks_write_runs),
+    tp.Punch: Row(_M, _punch, _marks_punch),
+    tp.SetAttr: Row(_M, _setattr, _marks_setattr),
+    tp.SetXattr: Row(_M, _setxattr, _marks_meta),
+    tp.RemoveXattr: Row(_M, _removexattr, _marks_meta),
+    tp.KeepXattrs: Row(_M, _keepxattrs, _marks_meta),
+    tp.Create: Row(_M, _create, _marks_made),
+    tp.MkNod: Row(_M, _mknod, _marks_made),
+    tp.MkDir: Row(_M, _mkdir, _marks_made),
+    tp.Symlink: Row(_M, _symlink, _marks_made),
+    tp.Link: Row(_M, _link, _marks_link),
+    tp.Rename: Row(_M, _rename, _marks_rename),
+    tp.Unlink: Row(_M, _unlink, _marks_removed),
+    tp.RmDir: Row(_M, _rmdir, _marks_removed),
+    tp.Remove: Row(_M, _remove, _marks_removed),
+    tp.Purge: Row(_M, _purge, _marks_purge),
+    tp.Fsync: Row(_M, _fsync),  # durability only: nothing a snapshot tracks
     tp.ListDir: Row(_Q, _list_dir),
     tp.Checksum: Row(_Q, _checksum),
     tp.ListData: Row(_Q, _list_data),
+    tp.SnapshotChanges: Row(_Q, replica_snapshots.changes_since),
     tp.Generation: Row(_H, _generation),
+    tp.Snapshot: Row(_S, replica_snapshots.take),
+    tp.RetireSnapshot: Row(_S, replica_snapshots.retire),
 }

@@ -26,7 +26,11 @@ Durability of the position: ``last_seq`` is written to
 ``.fsrep/replicas/<id>.json`` only after ``syncfs`` has made the data up to
 it durable — periodically, at session end and at shutdown — so the saved
 position never runs ahead of the data. It may lag behind; the primary then
-sees a mismatch and resyncs instead of trusting it.
+sees a mismatch and resyncs instead of trusting it. The replica's pseudo
+snapshots (``_replica_snapshots``) are saved between the two, to
+``<id>.snapshots``, and the position file lists the ones that save held:
+after a crash the replica reports only snapshots its data reached, each
+with every change applied up to the position.
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 import tracking
 import transport as tp
 
+from . import _replica_snapshots as replica_snapshots
 from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
 from ._limits import raise_open_file_limit
@@ -76,6 +82,19 @@ class Probe:
     answered: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Saving:
+    """What one checkpoint writes, captured between two frames: the
+    position, and the snapshots as they stood then (their chain's payload,
+    None when the replica holds none and nothing changed)."""
+
+    number: int  # captures of one replica count up: an older one is never written over a newer
+    last_seq: int
+    generations: list[str]
+    chain: dict[str, Any] | None
+    snapshots: list[list[Any]]
+
+
 @dataclass(slots=True)
 class Replica:
     id: str
@@ -84,6 +103,7 @@ class Replica:
     last_applied: int
     last_saved: int
     generations: list[bytes] = field(default_factory=list)  # the primary's, oldest first
+    snapshots: replica_snapshots.Chain = field(default_factory=replica_snapshots.new_chain)  # oldest first
     session: trio.CancelScope | None = None
     session_done: trio.Event | None = None
     conn: tp.Connection | None = None
@@ -92,6 +112,9 @@ class Replica:
     probe: Probe | None = None
     claimant: str | None = None  # a newcomer deciding whether the session is dead
     lock: threading.Lock = field(default_factory=threading.Lock)
+    captured: int = 0  # the number of the last Saving captured
+    written: int = 0  # and of the last one written
+    replaced: bool = False  # its directory was replaced: nothing more of it is saved
 
     def root_replaced(self) -> bool:
         """Whether the replica's directory was removed or replaced since
@@ -113,17 +136,51 @@ class Replica:
         the replica. Nothing is kept yet: an undo log records here what
         *op* is about to overwrite."""
 
-    def checkpoint(self) -> None:
-        """Make the data durable, then record the position (never the
-        other way round)."""
+    @property
+    def snapshots_file(self) -> Path:
+        return self.state_file.with_suffix(".snapshots")
+
+    def capture(self) -> Saving | None:
+        """What a checkpoint writes, as it stands now; None when nothing
+        changed since the last, or while a frame is applied in a worker
+        thread (the next checkpoint saves it). Call it from the thread that
+        applies frames: the chain is read here, not while it changes."""
+        chain = self.snapshots
+        if self.busy or (self.last_applied == self.last_saved and not chain.changed):
+            return None
+        self.captured += 1
+        payload = chain.to_payload() if chain or chain.changed else None
+        return Saving(self.captured, self.last_applied, [g.hex() for g in self.generations], payload,
+                      replica_snapshots.listed(chain))
+
+    def checkpoint(self, saving: Saving | None = None) -> None:
+        """Make the data durable, then the snapshots, then record the
+        position (never the other way round): *saving*, else what
+        ``capture`` finds now.
+
+        Raises:
+            OSError: a write failed; the next checkpoint writes it all again.
+        """
         with self.lock:
-            position, generations = self.last_applied, list(self.generations)
-            if position == self.last_saved:
+            if saving is None:
+                saving = self.capture()
+            if saving is None or self.replaced or saving.number < self.written:
                 return
-            self.tree.sync()
-            tracking.save_state(self.state_file, REPLICA_KIND, {"id": self.id, "last_seq": position,
-                                                                "generations": [g.hex() for g in generations]})
-            self.last_saved = position
+            try:
+                self.tree.sync()
+                if saving.chain is not None:
+                    replica_snapshots.save(self.snapshots_file, saving.chain)
+                _save_position(self.state_file, self.id, saving.last_seq, saving.generations, saving.snapshots)
+            except BaseException:
+                self.snapshots.changed = True
+                raise
+            self.written, self.last_saved = saving.number, saving.last_seq
+
+    async def checkpoint_in_thread(self) -> None:
+        """``checkpoint`` of what the replica holds now, written from a worker thread."""
+        saving = self.capture()
+        if saving is not None:
+            await trio.to_thread.run_sync(self.checkpoint, saving)
 
 
 class Secondary:
@@ -154,27 +211,30 @@ class Secondary:
         if replica is not None and (replica.session is not None or not replica.root_replaced()):
             return replica  # one still in a session is reopened when that session has ended
         state_file = self.registry / f"{gid}.json"
+        chain_file = state_file.with_suffix(".snapshots")
         root = self.store / gid
         try:
             state = tracking.load_state(state_file, REPLICA_KIND)
             last = int(state["last_seq"])
             generations = [bytes.fromhex(g) for g in state.get("generations", [])]
+            chain = replica_snapshots.load(chain_file, state.get("snapshots", []), last, gid)
         except tracking.StateMissing:
-            last, generations = 0, []
+            last, generations, chain = 0, [], replica_snapshots.new_chain()
             root.mkdir(mode=0o755, exist_ok=True)
-            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
+            _save_position(state_file, gid, 0, [], [])
             log.info("new replica for group %s at %s", gid, root)
         if replica is not None or not root.is_dir():
             log.warning("group %s: the replica directory %s was removed or replaced (the replica was at seq %d); "
                         "starting an empty replica at seq 0, which the primary fills with a baseline", gid, root, last)
             if replica is not None:
-                with replica.lock:  # a checkpoint of the old one after this has nothing to save
-                    replica.last_saved = replica.last_applied
+                with replica.lock:  # nothing of the old one is saved after this
+                    replica.replaced = True
                     replica.tree.close()
-            last, generations = 0, []
-            tracking.save_state(state_file, REPLICA_KIND, {"id": gid, "last_seq": 0, "generations": []})
+            last, generations, chain = 0, [], replica_snapshots.new_chain()
+            _save_position(state_file, gid, 0, [], [])
+            replica_snapshots.save(chain_file, chain.to_payload())
             root.mkdir(mode=0o755, exist_ok=True)
-        replica = Replica(gid, Tree(root), state_file, last, last, generations)
+        replica = Replica(gid, Tree(root), state_file, last, last, generations, chain)
         self.replicas[gid] = replica
         return replica
 
@@ -226,7 +286,7 @@ class Secondary:
                 try:
                     with trio.CancelScope(shield=True):
                         await conn.aclose()
-                        await trio.to_thread.run_sync(replica.checkpoint)
+                        await replica.checkpoint_in_thread()
                 except OSError as exc:
                     log.error("group %s: cannot save the replica position at the end of the session: %s; "
                               "the primary resends what it finds missing", replica.id, exc)
@@ -288,7 +348,8 @@ class Secondary:
     async def _session(self, conn: tp.Connection, replica: Replica, peer: str) -> None:
         try:
             await conn.send(tp.Welcome(last_seq=replica.last_applied, fresh=int(replica.last_applied == 0),
-                                       generations=tracking.generations.pack(replica.generations)))
+                                       generations=tracking.generations.pack(replica.generations),
+                                       snapshots=tp.pack_snapshots([(s.name, s.seq) for s in replica.snapshots])))
             log.info("group %s: %s authenticated%s; replica at %s", replica.id, peer,
                      f" over {conn.tls_version}" if conn.tls_version else "", replica.position)
             while True:
@@ -362,7 +423,7 @@ class Secondary:
                     replica.session.cancel()
                     continue
                 try:
-                    await trio.to_thread.run_sync(replica.checkpoint)
+                    await replica.checkpoint_in_thread()
                 except OSError as exc:
                     log.error("group %s: cannot save the replica position: %s", replica.id, exc)
                     continue
@@ -378,6 +439,13 @@ class Secondary:
             except OSError as exc:
                 log.error("group %s: cannot save the replica position: %s", replica.id, exc)
             replica.tree.close()
+
+
+def _save_position(path: Path, group: str, last_seq: int, generations: list[str], listed: list[list[Any]]) -> None:
+    """Durably record a replica's position: the last seq its data holds,
+    its generation history (hex), and the snapshots saved with it."""
+    tracking.save_state(path, REPLICA_KIND, {"id": group, "last_seq": last_seq, "generations": generations,
+                                             "snapshots": listed})
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -1,6 +1,7 @@
 """The apply table: a row for every operation the transport decodes,
-questions that change nothing, and every change past the before-apply seam
-first. Runs on a real directory (as root, like test_tree.py)."""
+questions that change nothing, every change past the before-apply seam
+first, and what each mutation marks since a snapshot. Runs on a real
+directory (as root, like test_tree.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import tracking
 import transport as tp
 from fsrep._apply import TABLE, Kind, Target, apply
+from fsrep._replica_snapshots import Chain, new_chain
 from fsrep._secondary import Secondary
 from fsrep._tree import Tree
 from tests.conftest import entry_states
@@ -33,6 +35,7 @@ class RecordingReplica:
     tree: Tree
     id: str = "test-group"
     generations: list[bytes] = field(default_factory=list)
+    snapshots: Chain = field(default_factory=new_chain)
     seen: list[tuple[tp.Operation, dict[str, tuple]]] = field(default_factory=list)
 
     def before_apply(self, op: tp.Operation) -> None:
@@ -74,7 +77,9 @@ CHANGES: list[tp.Operation] = [
     tp.Remove(seq=17, path=b"d"),
     tp.Unlink(seq=18, path=b"e/f"),
     tp.RmDir(seq=19, path=b"e"),
-    tp.Purge(seq=20),
+    tp.Snapshot(seq=20, name="before-purge", created=1),
+    tp.RetireSnapshot(seq=21, name="before-purge"),
+    tp.Purge(seq=22),
 ]
 
 QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
@@ -83,6 +88,7 @@ QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
     (tp.Checksum(seq=3, path=b"f", offset=0, count=3), tp.Digests),
     (tp.Checksum(seq=4, path=b"missing", offset=0, count=1), tp.Digests),
     (tp.ListData(seq=5, path=b"f", offset=0, length=10000), tp.DataMap),
+    (tp.SnapshotChanges(seq=6, name="none-taken"), tp.Changes),
 ]
 
 
@@ -97,7 +103,7 @@ def test_the_table_has_a_row_for_every_operation_the_transport_decodes() -> None
 
 def test_the_questions_are_the_frames_the_secondary_answers() -> None:
     questions = {cls for cls, row in TABLE.items() if row.kind is Kind.QUESTION}
-    assert questions == {tp.ListDir, tp.Checksum, tp.ListData}
+    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges}
     assert {type(op) for op, _ in QUESTIONS} == questions
     assert not any(cls.BARRIER for cls in questions)
 
@@ -106,6 +112,7 @@ def test_the_samples_here_cover_every_row_that_changes_a_replica() -> None:
     changing = {cls for cls, row in TABLE.items() if row.kind is not Kind.QUESTION}
     assert {type(op) for op in CHANGES} == changing
     assert {cls for cls, row in TABLE.items() if row.kind is Kind.HISTORY} == {tp.Generation}
+    assert {cls for cls, row in TABLE.items() if row.kind is Kind.SNAPSHOT} == {tp.Snapshot, tp.RetireSnapshot}
 
 
 @pytest.mark.parametrize(("op", "answer_type"), QUESTIONS, ids=[f"{type(op).__name__}-{op.seq}" for op, _ in QUESTIONS])
@@ -188,3 +195,140 @@ def test_the_secondary_s_replica_is_what_the_table_applies_to(tmp_path: Path) ->
         assert replica.generations == [GENERATION]
     finally:
         secondary.close()
+
+
+# --- what each change marks since a snapshot ------------------------------------------
+
+META, DIR, WHOLE = tracking.META, tracking.DIR, tracking.WHOLE
+Marked = list[tuple[bytes, int, list[tuple[int, int]]]]
+
+
+def _marked(replica: RecordingReplica, *ops: tp.Operation, before: tuple[tp.Operation, ...] = ()) -> Marked:
+    """What a snapshot taken after *before* records once *ops* are applied:
+    (path, flags, [(first region, count)]) of each changed path, in order."""
+    for op in before:
+        apply(replica, op)
+    apply(replica, tp.Snapshot(seq=1, name="s", created=1))
+    for op in ops:
+        apply(replica, op)
+    return [(c.path, c.flags, [(r.first, r.count) for r in c.runs]) for c in replica.snapshots.since("s").walk()]
+
+
+MADE = [tp.Create(seq=2, path=b"d/new", mode=0o644, uid=0, gid=0),
+        tp.MkNod(seq=2, path=b"d/new", mode=stat.S_IFIFO | 0o600, rdev=0, uid=0, gid=0),
+        tp.MkDir(seq=2, path=b"d/new", mode=0o755, uid=0, gid=0),
+        tp.Symlink(seq=2, path=b"d/new", target=b"../f", uid=0, gid=0)]
+META_ONLY = [tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_MODE | tp.ATTR_UID, mode=0o600, uid=1),
+             tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_TIMES, atime_ns=1, mtime_ns=2),
+             tp.SetXattr(seq=2, path=b"f", name=XATTR, value=b"v"),
+             tp.KeepXattrs(seq=2, path=b"f", names=b"")]
+
+
+def test_a_write_marks_the_regions_it_touches(replica: RecordingReplica) -> None:
+    assert _marked(replica, tp.Write(seq=2, path=b"f", offset=4090, data=b"x" * 10)) == [(b"f", 0, [(0, 2)])]
+
+
+def test_write_runs_mark_each_run(replica: RecordingReplica) -> None:
+    op = tp.WriteRuns.of(2, b"f", [(0, b"a"), (9000, b"b"), (3 * 4096, b"c" * 4097)])
+    assert _marked(replica, op) == [(b"f", 0, [(0, 1), (2, 3)])]
+
+
+def test_a_punch_marks_each_run(replica: RecordingReplica) -> None:
+    op = tp.Punch(seq=2, path=b"f", runs=tp.pack_runs([(4096, 4096), (20 * 4096, 1)]))
+    assert _marked(replica, op) == [(b"f", 0, [(1, 1), (20, 1)])]
+
+
+@pytest.mark.parametrize(("size", "regions"), [(20000, [(2, 3)]), (0, [(0, 3)]), (10000, [])],
+                         ids=["grown", "shrunk", "same"])
+def test_a_truncate_marks_the_metadata_and_the_regions_between_the_two_sizes(
+        replica: RecordingReplica, size: int, regions: list[tuple[int, int]]) -> None:
+    op = tp.SetAttr(seq=2, path=b"f", fields=tp.ATTR_SIZE | tp.ATTR_MTIME, size=size, mtime_ns=5)
+    assert _marked(replica, op) == [(b"f", META, regions)]
+
+
+def test_a_truncate_that_fails_still_counts_as_a_change_of_all_of_the_file(replica: RecordingReplica) -> None:
+    with pytest.raises(FileNotFoundError):
+        _marked(replica, tp.SetAttr(seq=2, path=b"gone", fields=tp.ATTR_SIZE, size=1))
+    assert [(c.path, c.flags) for c in replica.snapshots.since("s").walk()] == [(b"gone", META | WHOLE)]
+
+
+@pytest.mark.parametrize("op", META_ONLY, ids=lambda op: f"{type(op).__name__}-{getattr(op, 'fields', '')}")
+def test_a_change_of_metadata_marks_the_path_s_metadata(replica: RecordingReplica, op: tp.Operation) -> None:
+    assert _marked(replica, op) == [(b"f", META, [])]
+
+
+def test_removing_an_xattr_marks_the_metadata(replica: RecordingReplica) -> None:
+    op = tp.RemoveXattr(seq=3, path=b"f", name=XATTR)
+    assert _marked(replica, op, before=(tp.SetXattr(seq=2, path=b"f", name=XATTR, value=b"v"),)) == [
+        (b"f", META, [])]
+
+
+@pytest.mark.parametrize("op", MADE, ids=lambda op: type(op).__name__)
+def test_a_new_entry_marks_its_directory_and_its_metadata(replica: RecordingReplica, op: tp.Operation) -> None:
+    assert _marked(replica, op) == [(b"d", DIR, []), (b"d/new", META, [])]
+
+
+def test_a_hard_link_marks_its_directory_the_new_name_and_the_target_s_metadata(replica: RecordingReplica) -> None:
+    assert _marked(replica, tp.Link(seq=2, target=b"f", new=b"d/f2")) == [
+        (b"d", DIR, []), (b"d/f2", META, []), (b"f", META, [])]
+
+
+@pytest.mark.parametrize("op", [tp.Unlink(seq=2, path=b"d/g"), tp.Remove(seq=2, path=b"d/g")],
+                         ids=lambda op: type(op).__name__)
+def test_a_removed_entry_marks_its_directory(replica: RecordingReplica, op: tp.Operation) -> None:
+    assert _marked(replica, op) == [(b"d", DIR, [])]
+
+
+def test_a_removed_directory_marks_its_parent(replica: RecordingReplica) -> None:
+    made = tp.MkDir(seq=2, path=b"d/empty", mode=0o755, uid=0, gid=0)
+    assert _marked(replica, tp.RmDir(seq=3, path=b"d/empty"), before=(made,)) == [(b"d", DIR, [])]
+
+
+def test_a_removed_subtree_marks_its_parent_and_keeps_what_was_recorded_below(replica: RecordingReplica) -> None:
+    marked = _marked(replica, tp.Write(seq=2, path=b"d/g", offset=0, data=b"x"), tp.Remove(seq=3, path=b"d"))
+    assert marked == [(b"", DIR, []), (b"d/g", 0, [(0, 1)])]
+
+
+def test_a_rename_moves_the_record_and_marks_the_entry_whole_at_its_new_name(replica: RecordingReplica) -> None:
+    marked = _marked(replica, tp.Write(seq=2, path=b"f", offset=0, data=b"x"), tp.Rename(seq=3, old=b"f", new=b"d/h"))
+    assert marked == [(b"", DIR, []), (b"d", DIR, []), (b"d/h", WHOLE, [(0, 1)])]
+
+
+def test_a_renamed_directory_takes_the_records_below_it_along(replica: RecordingReplica) -> None:
+    marked = _marked(replica, tp.Write(seq=2, path=b"d/g", offset=8192, data=b"x"),
+                     tp.Rename(seq=3, old=b"d", new=b"moved"))
+    assert marked == [(b"", DIR, []), (b"moved", WHOLE, []), (b"moved/g", 0, [(2, 1)])]
+
+
+def test_an_exchange_swaps_the_two_records_and_marks_both_whole(replica: RecordingReplica) -> None:
+    marked = _marked(replica, tp.Write(seq=2, path=b"f", offset=0, data=b"x"),
+                     tp.SetXattr(seq=3, path=b"d/g", name=XATTR, value=b"v"),
+                     tp.Rename(seq=4, old=b"f", new=b"d/g", flags=tp.RENAME_EXCHANGE))
+    assert marked == [(b"", DIR, []), (b"d", DIR, []), (b"d/g", WHOLE, [(0, 1)]), (b"f", META | WHOLE, [])]
+    assert (Path(replica.tree.root) / "f").stat().st_size == 0  # and the two did swap
+
+
+def test_a_purge_marks_the_root_s_entries(replica: RecordingReplica) -> None:
+    assert _marked(replica, tp.Purge(seq=2)) == [(b"", DIR, [])]
+
+
+@pytest.mark.parametrize("op", [tp.Fsync(seq=2, path=b"f"), tp.Fsync(seq=2, path=b"", whole=1),
+                                tp.Generation(seq=2, generation=GENERATION),
+                                tp.Snapshot(seq=2, name="another"), tp.RetireSnapshot(seq=2, name="another")],
+                         ids=lambda op: type(op).__name__)
+def test_durability_history_and_snapshots_mark_nothing(replica: RecordingReplica, op: tp.Operation) -> None:
+    assert _marked(replica, op) == []
+
+
+def test_every_mutation_row_says_what_it_marks() -> None:
+    """A new mutation fails here until its row says what it changes since a snapshot."""
+    unmarked = {cls for cls, row in TABLE.items() if row.kind is Kind.MUTATION and row.marks is None}
+    assert unmarked == {tp.Fsync}
+    assert all(row.marks is None for row in TABLE.values() if row.kind is not Kind.MUTATION)
+
+
+def test_a_replica_without_snapshots_records_nothing(replica: RecordingReplica) -> None:
+    for op in CHANGES[:5]:
+        apply(replica, op)
+    assert not replica.snapshots.changed
+    assert len(replica.snapshots) == 0
