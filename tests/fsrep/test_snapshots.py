@@ -134,6 +134,7 @@ def test_taking_a_snapshot_without_a_common_point_is_refused_and_leaving_in_sync
 
 def test_the_schedule_takes_snapshots_and_keeps_the_newest(cluster: Cluster) -> None:
     cluster.mount("--snapshot-interval", "0.5", "--snapshot-keep", "2")
+    (cluster.mnt / "f").write_bytes(b"data")
     snapshot(cluster, "create", "--name", "mine")
     wait_for(lambda: "retired snapshot sched-" in cluster.primary_log(), "the schedule to retire one", timeout=30)
     names = [s["name"] for s in listed(cluster)]
