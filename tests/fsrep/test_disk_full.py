@@ -19,6 +19,8 @@ STALE_MARK_UNSAVED = (r" ERROR \S+: group \S+: cannot record that the replica is
                       r"device\); changes that cannot be replicated are refused until it can be saved$")
 DIRTY_SET_UNSAVED = (r" ERROR \S+: group \S+: cannot save the dirty set \(\[Errno 28\] No space left on device\); "
                      r"retrying every second, and the activity log keeps what changed meanwhile$")
+SNAPSHOTS_UNSAVED = (r" ERROR \S+: group \S+: cannot save the snapshots \(\[Errno 28\] No space left on device\); "
+                     r"retrying every second")  # they are saved with the dirty set
 LOG_LINES_LOST = r" WARNING \S+: \d+ log lines were lost: the log file could not be written$"  # the disk is full
 RESULT_UNSAVED = (r" WARNING \S+: group \S+: (?:resync failed|link to \S+ lost" + AT + r": resync abandoned): cannot "
                   r"save the dirty set; the resync is retried with the next session$")
@@ -72,7 +74,7 @@ def _overwrite(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-@pytest.mark.expect_log(LINK_CLOSED, STALE_MARK_UNSAVED, DIRTY_SET_UNSAVED, LOG_LINES_LOST)
+@pytest.mark.expect_log(LINK_CLOSED, STALE_MARK_UNSAVED, DIRTY_SET_UNSAVED, SNAPSHOTS_UNSAVED, LOG_LINES_LOST)
 def test_a_change_the_stale_mark_cannot_cover_fails_with_enospc(small_disk: Cluster) -> None:
     cluster = small_disk
     cluster.mount()
@@ -114,7 +116,8 @@ def test_the_reserve_lets_changes_go_on_when_the_disk_is_full_at_a_link_loss(sma
     assert_same_tree(cluster.primary_store, cluster.secondary.replica_root())
 
 
-@pytest.mark.expect_log(LINK_CLOSED, DIRTY_SET_UNSAVED, RESULT_UNSAVED, SESSION_CLOSED, LOG_LINES_LOST)
+@pytest.mark.expect_log(LINK_CLOSED, DIRTY_SET_UNSAVED, SNAPSHOTS_UNSAVED, RESULT_UNSAVED, SESSION_CLOSED,
+                        LOG_LINES_LOST)
 def test_a_resync_that_cannot_save_its_result_retries_without_escalating(small_disk: Cluster) -> None:
     cluster = small_disk
     cluster.mount()

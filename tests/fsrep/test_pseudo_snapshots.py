@@ -1,5 +1,6 @@
-"""Pseudo snapshots on a real mount: taken while clients write, listed and
-retired on both sides, kept across restarts, refused without a common
+"""Pseudo snapshots on a real mount (fsrep/_snapshots.py, the replica's
+side, the resync from one): taken while clients write, listed and retired
+on both sides, kept across restarts, refused without a common
 point, taken on a schedule — and the resync that starts from one when the
 dirty set is gone moves what changed since it, not the whole tree."""
 
