@@ -260,10 +260,12 @@ class Snapshots:
         """
         rel = self._rel
         name = tracking.check_name(name) if name else self._name(prefix)
-        if self.chain.find(name) is not None or name in self.replica:
+        if self.chain.find(name) is not None:
             raise tracking.SnapshotError(f"group {rel.record.id} has a snapshot named {name} already; choose "
                                          f"another name")
-        self._check_in_sync("take a snapshot")
+        conn = self._check_in_sync("take a snapshot")
+        if name in self.replica:  # only the replica has it: left by a snapshot never finished
+            self._retire_there(conn, name)
         if self.taking is not None:
             raise tracking.SnapshotError(f"a snapshot of group {rel.record.id} is being taken; try again when it "
                                          f"is done")
