@@ -18,7 +18,11 @@ up to it is on both sides, and its delta starts with what was in flight or
 already dirty, so a common point always exists without a round trip.
 
 Durability: the chain is saved with the dirty set (``save``, once a second
-when it changed); what changed since that save is in the activity log,
+when it changed): what was recorded since the last save is appended to a
+journal (``tracking.JournaledState``), and the chain is written whole only
+when a snapshot is added or retired or the journal outgrows it — a save
+costs what changed, not the size of a long-lived snapshot's record. What
+changed since that save is in the activity log,
 which lets an extent go only once the chain holding its change is saved
 (``saved_seq``). A crash of this daemon therefore loses nothing since a
 snapshot: the activity log's extents are added to the newest delta when the
@@ -65,6 +69,7 @@ SNAPSHOT_INTERVAL = 3600.0
 SNAPSHOT_KEEP = 3
 SCHEDULED = "sched-"  # the prefix of the snapshots the schedule takes (and retires)
 NEVER = 2**64
+REWRITE_AFTER = 1024 * 1024  # journal bytes after which the snapshots are saved whole again (or the base's size)
 
 
 def _stamp(now: float) -> str:
@@ -79,6 +84,9 @@ class Snapshots:
         self._groups = groups
         self._faults = faults
         self.path = groups.dir / f"{rel.record.id}.snapshots"
+        self._file = tracking.JournaledState(self.path, tracking.SNAPSHOTS_KIND)
+        self._unsaved = tracking.DirtySet()  # recorded in the newest delta since the last save: the next record
+        self._reshaped = True  # snapshots added or retired since the last save: the base is written again
         self.chain = self._load()
         self.taking: tracking.Taking | None = None
         self.interval = SNAPSHOT_INTERVAL
@@ -92,15 +100,21 @@ class Snapshots:
 
     def _load(self) -> tracking.SnapshotChain[tracking.DirtySet]:
         try:
-            payload = tracking.load_state(self.path, tracking.SNAPSHOTS_KIND)
-            return tracking.SnapshotChain.from_payload(payload, tracking.DirtySet, tracking.DirtySet.from_payload)
+            payload, records = self._file.load()
+            chain = tracking.SnapshotChain.from_payload(payload, tracking.DirtySet, tracking.DirtySet.from_payload)
+            for record in records:  # what was saved since the base, in order
+                chain.delta(str(record["snapshot"])).merge(tracking.DirtySet.from_payload(record["changes"]))
+            chain.changed = False
+            self._reshaped = False
+            return chain
         except tracking.StateMissing:
             pass
-        except (tracking.StateError, ValueError) as exc:
+        except (tracking.StateError, ValueError, KeyError, TypeError) as exc:
             log.warning("group %s: the snapshots file is unusable (%s); it is set aside as %s.bad, and the group has "
                         "no common snapshot until the next one is taken (a resync that needs one compares by digest)",
                         self._rel.record.id, exc, self.path.name)
             self.path.replace(self.path.with_name(self.path.name + ".bad"))
+            self._file.journal.unlink(missing_ok=True)
         return tracking.SnapshotChain(tracking.DirtySet)
 
     # --- the tracker -----------------------------------------------------------------
@@ -110,6 +124,7 @@ class Snapshots:
         delta = self.chain.current()
         if delta is not None:
             delta.apply(marks)
+            self._unsaved.apply(marks)
         if self.taking is not None:
             self.taking.record(marks)
         if seq != tracking.LOCAL_SEQ and (delta is not None or self.taking is not None):
@@ -127,20 +142,31 @@ class Snapshots:
         delta = self.chain.current()
         if delta is not None:
             tracking.ActivityLog.recover(payload, delta)
+            self._reshaped = True  # saved whole next time
 
     def save(self) -> bool:
         """Persist the chain if it changed; whether what is on disk is current."""
         if not self.chain.changed:
             return True
         upto = self._recorded_seq
-        payload = self.chain.to_payload()
+        newest = self.chain.newest
+        whole = self._reshaped or newest is None or \
+            self._file.journal_bytes > max(REWRITE_AFTER, self._file.base_bytes)
         try:
-            self._groups.durably(lambda: tracking.save_state(self.path, tracking.SNAPSHOTS_KIND, payload))
+            if whole:
+                payload = self.chain.to_payload()
+                self._groups.durably(lambda: self._file.rewrite(payload))
+            else:
+                assert newest is not None
+                record = {"snapshot": newest.name, "changes": self._unsaved.to_payload()}
+                self._groups.durably(lambda: self._file.append(record))
         except OSError as exc:
             self.chain.changed = True
             self._faults.say("snapshots", f"cannot save the snapshots ({exc}); retrying every second, and the "
                                           f"activity log keeps what changed meanwhile")
             return False
+        self.chain.changed = self._reshaped = False
+        self._unsaved = tracking.DirtySet()
         self._saved_seq = upto
         self._faults.clear("snapshots", "the snapshots are saved again")
         return True
@@ -160,6 +186,7 @@ class Snapshots:
                                   auto=True)
         try:
             self.chain.add(sid, changes=changes)
+            self._reshaped = True
         except tracking.SnapshotError as exc:  # a name taken within the same second: the one there serves
             log.debug("group %s: no automatic point: %s", rel.record.id, exc)
             return
@@ -233,10 +260,12 @@ class Snapshots:
         """
         rel = self._rel
         name = tracking.check_name(name) if name else self._name(prefix)
-        if self.chain.find(name) is not None or name in self.replica:
+        if self.chain.find(name) is not None:
             raise tracking.SnapshotError(f"group {rel.record.id} has a snapshot named {name} already; choose "
                                          f"another name")
-        self._check_in_sync("take a snapshot")
+        conn = self._check_in_sync("take a snapshot")
+        if name in self.replica:  # only the replica has it: left by a snapshot never finished
+            self._retire_there(conn, name)
         if self.taking is not None:
             raise tracking.SnapshotError(f"a snapshot of group {rel.record.id} is being taken; try again when it "
                                          f"is done")
@@ -255,6 +284,7 @@ class Snapshots:
             await self._drained(Drain(op.seq))
             self._check_in_sync("take a snapshot")
             sid = taking.commit(self.chain, rel.record.generations[-1])
+            self._reshaped = True
         finally:
             self.taking = None
         self.replica[name] = sid.seq
@@ -288,6 +318,7 @@ class Snapshots:
         rel = self._rel
         try:
             sid = self.chain.retire(name)
+            self._reshaped = True
         except tracking.SnapshotError:
             raise tracking.SnapshotError(f"group {rel.record.id} has no snapshot named {name}") from None
         self.save()

@@ -18,6 +18,7 @@ from ._dirty import UNNAMED as UNNAMED
 from ._dirty import DirtySet as DirtySet
 from ._dirty import Marks as Marks
 from ._persist import AlternatingState as AlternatingState
+from ._persist import JournaledState as JournaledState
 from ._persist import StateCorrupt as StateCorrupt
 from ._persist import StateError as StateError
 from ._persist import StateMissing as StateMissing

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,109 @@ class AlternatingState:
             raise StateMissing(f"{self.paths[0]}: missing")
         self.generation, payload = max(found, key=lambda item: item[0])
         return payload
+
+
+class JournaledState:
+    """A large state file kept current cheaply: a base written whole now
+    and then (``rewrite``), and a journal of what changed since, appended
+    with one fdatasync each (``append``) — so a save costs what changed
+    since the last one, not the size of the state.
+
+    Each base carries a new *epoch*; journal records carry the epoch of the
+    base they follow. Loading returns the base and its records in order:
+    records of another epoch (a crash after a rewrite, before the old
+    journal was emptied) are skipped, and a torn last record (a crash in
+    the middle of an append, which the caller never relied on) ends the
+    journal and is cut off before the next append.
+
+    For the pseudo snapshots' records of what changed since each.
+    """
+
+    def __init__(self, base: str | os.PathLike[str], kind: str) -> None:
+        self.path = Path(base)
+        self.journal = self.path.with_name(self.path.name + ".journal")
+        self.kind = kind
+        self.epoch = ""
+        self.base_bytes = 0
+        self.journal_bytes = 0
+
+    def rewrite(self, payload: dict[str, Any]) -> None:
+        """Replace the base with *payload*; the journal starts empty.
+
+        Durability: on disk when this returns.
+        """
+        epoch = uuid.uuid4().hex
+        body = {"epoch": epoch, "state": payload}
+        data = json.dumps({"format": self.kind, "version": STATE_VERSION, "checksum": _checksum(body),
+                           "payload": body}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        atomic_write(self.path, data)
+        self.epoch, self.base_bytes = epoch, len(data)
+        _write_file(self.journal, b"", os.fdatasync)  # what it held is in the base now
+        self.journal_bytes = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add *record* after the base and the records before it.
+
+        Durability: on disk when this returns.
+        """
+        if not self.epoch:
+            raise StateError(f"{self.path}: no base to append to (rewrite first)")
+        body = {"epoch": self.epoch, "record": record}
+        line = json.dumps({"checksum": _checksum(body), **body}, sort_keys=True, separators=(",", ":")).encode()
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(line + b"\n")
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.journal_bytes += len(line) + 1
+
+    def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The base and the intact records that follow it, in order.
+
+        Raises:
+            StateMissing: there is no base.
+            StateCorrupt: the base is damaged (a damaged record only ends
+                the journal).
+        """
+        body = load_state(self.path, self.kind)
+        if not isinstance(body.get("epoch"), str) or not isinstance(body.get("state"), dict):
+            raise StateCorrupt(f"{self.path}: not a {self.kind} base")
+        self.epoch, self.base_bytes = body["epoch"], self.path.stat().st_size
+        try:
+            raw = self.journal.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        except OSError as exc:
+            raise StateCorrupt(f"{self.journal}: cannot read: {exc.strerror}") from None
+        records, good = [], 0
+        for line in raw.splitlines(keepends=True):
+            record = self._record(line)
+            if record is None:
+                break
+            good += len(line)
+            if record[0] == self.epoch:
+                records.append(record[1])
+        if good < len(raw):
+            os.truncate(self.journal, good)  # a torn append: what follows must be readable
+        self.journal_bytes = good
+        return body["state"], records
+
+    def _record(self, line: bytes) -> tuple[str, dict[str, Any]] | None:
+        """(epoch, record) of one intact journal line; None if it is not one."""
+        if not line.endswith(b"\n"):
+            return None
+        try:
+            doc = json.loads(line)
+            body = {"epoch": doc["epoch"], "record": doc["record"]}
+        except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
+            return None
+        if doc.get("checksum") != _checksum(body) or not isinstance(body["record"], dict):
+            return None
+        return str(body["epoch"]), body["record"]
+
+    def remove(self) -> None:
+        for path in (self.path, self.journal):
+            path.unlink(missing_ok=True)

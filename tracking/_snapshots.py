@@ -196,6 +196,17 @@ class SnapshotChain(Generic[C]):
             union.merge(later.delta)
         return union
 
+    def delta(self, name: str) -> C:
+        """Snapshot *name*'s own delta (the changes until the next one).
+
+        Raises:
+            SnapshotError: there is none of that name.
+        """
+        entry = self._find(name)
+        if entry is None:
+            raise SnapshotError(f"no snapshot named {name}")
+        return entry.delta
+
     def deltas(self, name: str) -> list[C]:
         """The deltas whose union is ``since(name)`` (none for an unknown
         name): for a cheap upper bound of its size."""

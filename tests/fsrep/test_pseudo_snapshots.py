@@ -93,6 +93,24 @@ def test_a_snapshot_is_taken_listed_shown_and_deleted_on_both_sides(cluster: Clu
     cluster.assert_replicated()
 
 
+def test_a_save_appends_what_changed_and_leaves_the_record_of_a_snapshot_in_place(mounted: Cluster) -> None:
+    write_random(mounted.mnt / "f", 1)
+    snapshot(mounted, "create", "--name", "s1")
+    base = _group_file(mounted, ".snapshots")
+    wait_for(lambda: mounted.status()["snapshot"] is not None and base.exists(), "the snapshot saved")
+    before = base.stat()
+    journal = base.with_name(base.name + ".journal")
+    with open(mounted.mnt / "f", "r+b") as f:
+        for i in range(3):
+            os.pwrite(f.fileno(), os.urandom(REGION), i * 7 * REGION)
+            os.fsync(f.fileno())
+            wait_for(lambda n=i: journal.exists() and journal.read_bytes().count(b"\n") > n, "an appended record")
+    after = base.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "the base was written again"
+    assert _saved_changes(mounted, "s1") == 3 * REGION
+    mounted.assert_replicated()
+
+
 def test_snapshots_and_what_changed_since_survive_restarts_of_both_daemons(cluster: Cluster) -> None:
     cluster.mount(*NO_SCHEDULE)
     write_random(cluster.mnt / "f", 2)
@@ -225,10 +243,12 @@ def test_a_resync_after_a_crash_that_lost_the_dirty_set_starts_from_the_snapshot
 def _saved_changes(cluster: Cluster, name: str) -> int:
     """Bytes the primary's saved snapshots file records as changed since *name*."""
     try:
-        payload = tracking.load_state(_group_file(cluster, ".snapshots"), tracking.SNAPSHOTS_KIND)
+        payload, records = tracking.JournaledState(_group_file(cluster, ".snapshots"), tracking.SNAPSHOTS_KIND).load()
     except tracking.StateError:
         return 0
     chain = tracking.SnapshotChain.from_payload(payload, tracking.DirtySet, tracking.DirtySet.from_payload)
+    for record in records:
+        chain.delta(record["snapshot"]).merge(tracking.DirtySet.from_payload(record["changes"]))
     return chain.since(name).dirty_bytes if chain.find(name) is not None else 0
 
 

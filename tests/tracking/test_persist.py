@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking import StateCorrupt, StateError, StateMissing, atomic_write, load_state, save_state
+from tracking import JournaledState, StateCorrupt, StateError, StateMissing, atomic_write, load_state, save_state
 from tracking._persist import STATE_VERSION
 
 PAYLOAD = {"a": [1, 2], "b": "x", "nested": {"z": None, "y": 1.5}, "text": "é"}
@@ -144,3 +144,53 @@ def test_alternating_state_survives_a_torn_save_and_continues_its_generations(tm
     assert AlternatingState(tmp_path / "log", "kind").load() == {"n": 3}
     with pytest.raises(StateMissing):
         AlternatingState(tmp_path / "other", "kind").load()
+
+
+# --- a base and its journal ---------------------------------------------------------
+
+
+def test_a_journaled_state_loads_its_base_and_the_records_after_it(tmp_path: Path) -> None:
+    state = JournaledState(tmp_path / "s", "kind")
+    state.rewrite({"n": 1})
+    state.append({"add": 2})
+    state.append({"add": 3})
+    again = JournaledState(tmp_path / "s", "kind")
+    assert again.load() == ({"n": 1}, [{"add": 2}, {"add": 3}])
+    again.append({"add": 4})  # a loaded state goes on appending where it was
+    assert JournaledState(tmp_path / "s", "kind").load()[1] == [{"add": 2}, {"add": 3}, {"add": 4}]
+    again.rewrite({"n": 9})
+    assert JournaledState(tmp_path / "s", "kind").load() == ({"n": 9}, [])
+
+
+def test_a_torn_append_ends_the_journal_and_is_cut_off_before_the_next(tmp_path: Path) -> None:
+    state = JournaledState(tmp_path / "s", "kind")
+    state.rewrite({"n": 1})
+    state.append({"add": 2})
+    with open(state.journal, "ab") as f:
+        f.write(b'{"checksum": "12", "epoch": "x", "rec')  # a crash in the middle of an append
+    again = JournaledState(tmp_path / "s", "kind")
+    assert again.load() == ({"n": 1}, [{"add": 2}])
+    again.append({"add": 3})
+    assert JournaledState(tmp_path / "s", "kind").load()[1] == [{"add": 2}, {"add": 3}]
+
+
+def test_records_of_an_older_base_are_skipped(tmp_path: Path) -> None:
+    state = JournaledState(tmp_path / "s", "kind")
+    state.rewrite({"n": 1})
+    state.append({"add": 2})
+    old_journal = state.journal.read_bytes()
+    state.rewrite({"n": 3})
+    state.journal.write_bytes(old_journal)  # a crash after the new base, before the journal was emptied
+    assert JournaledState(tmp_path / "s", "kind").load() == ({"n": 3}, [])
+
+
+def test_a_damaged_base_is_an_error_with_a_name(tmp_path: Path) -> None:
+    state = JournaledState(tmp_path / "s", "kind")
+    with pytest.raises(StateMissing):
+        state.load()
+    state.rewrite({"n": 1})
+    state.path.write_bytes(state.path.read_bytes()[:-10])
+    with pytest.raises(StateCorrupt):
+        JournaledState(tmp_path / "s", "kind").load()
+    with pytest.raises(StateError, match="no base to append to"):
+        JournaledState(tmp_path / "t", "kind").append({})
