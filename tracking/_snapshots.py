@@ -135,6 +135,13 @@ class SnapshotChain(Generic[C]):
     def _find(self, name: str) -> _Entry[C] | None:
         return next((entry for entry in self._entries if entry.id.name == name), None)
 
+    def _get(self, name: str) -> _Entry[C]:
+        """Raises SnapshotError when there is no snapshot *name*."""
+        entry = self._find(name)
+        if entry is None:
+            raise SnapshotError(f"no snapshot named {name}")
+        return entry
+
     def current(self) -> C | None:
         """Where changes made now go: the newest snapshot's delta (None
         without a snapshot: nothing to record)."""
@@ -167,9 +174,7 @@ class SnapshotChain(Generic[C]):
         Raises:
             SnapshotError: there is none of that name.
         """
-        entry = self._find(name)
-        if entry is None:
-            raise SnapshotError(f"no snapshot named {name}")
+        entry = self._get(name)
         index = self._entries.index(entry)
         if index:
             self._entries[index - 1].delta.merge(entry.delta)
@@ -188,9 +193,7 @@ class SnapshotChain(Generic[C]):
         Raises:
             SnapshotError: there is none of that name.
         """
-        entry = self._find(name)
-        if entry is None:
-            raise SnapshotError(f"no snapshot named {name}")
+        entry = self._get(name)
         union = self._make()
         for later in self._entries[self._entries.index(entry):]:
             union.merge(later.delta)
@@ -202,10 +205,7 @@ class SnapshotChain(Generic[C]):
         Raises:
             SnapshotError: there is none of that name.
         """
-        entry = self._find(name)
-        if entry is None:
-            raise SnapshotError(f"no snapshot named {name}")
-        return entry.delta
+        return self._get(name).delta
 
     def deltas(self, name: str) -> list[C]:
         """The deltas whose union is ``since(name)`` (none for an unknown
