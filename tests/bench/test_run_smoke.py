@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE_TIMEOUT = 240  # the run itself takes about 70 s; installing fio or matplotlib first takes longer
+SMOKE_TIMEOUT = 240  # the run itself takes about 80 s; installing fio or matplotlib first takes longer
 TARGETS = ["raw", "fsrep-alone", "fsrep-loopback", "fsrep-1ms", "rsync"]
 LOCAL = ["seq_write", "seq_read", "write_fsync", "random_jobs", "files", "real"]
 EXPECTED = {  # target: workloads with their metrics, as the smoke run must report them
