@@ -1,6 +1,7 @@
 """What ``bench/run.py`` reports: medians over the rounds, ratios to the raw
 directory and to GlusterFS, the issue's aims checked against the numbers,
-and the report files (Markdown, JSON, a PNG of bar charts).
+bench/snapshot.py's section when it ran, and the report files (Markdown,
+JSON, a PNG of bar charts).
 
 Ratios are speed-ups: above 1 means better than the reference, whichever
 way the metric goes (for seconds and latencies it is reference / value).
@@ -13,6 +14,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import snapshot as snapshot_bench
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ def markdown(summary: dict[str, Any]) -> str:
     for workload in WORKLOADS:
         if any(workload in m.get(t, {}) for t in targets):
             lines += workload_table(m, workload, targets) + [""]
+    if summary.get("snapshots"):
+        lines += ["## Pseudo snapshots (bench/snapshot.py)", "", *snapshot_bench.report_lines(summary["snapshots"]), ""]
     lines += ["## How", "", *[f"- {note}" for note in summary["method"]], ""]
     checks = summary["checks"]
     lines += ["## Checks", ""]

@@ -6,7 +6,9 @@ issue's aims checked, and a report (Markdown, JSON, PNG).
 
 Targets: raw, fsrep-alone, fsrep-loopback, fsrep-1ms, glusterfs, and rsync
 (repair only). Workloads: seq_write, seq_read, write_fsync, random_jobs,
-files, real, repair (see bench/_workloads.py and the report's "How").
+files, real, repair (see bench/_workloads.py and the report's "How"). After
+the rounds, bench/snapshot.py once (what pseudo snapshots cost a writer, and
+a resync from one next to a checksum resync), unless --no-snapshots.
 
 It installs what it misses (fio, glusterfs-server, glusterfs-client, rsync,
 iproute2 with apt-get; matplotlib with pip) and stops everything it starts
@@ -41,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 import _workloads as wl  # noqa: E402
+import snapshot as snapshot_bench  # noqa: E402
 from _common import BenchError, ensure_key, install_signal_handlers, shielded, workdir  # noqa: E402
 from _deps import ensure_debian, ensure_matplotlib  # noqa: E402
 from _peers import Gluster, Link, delayed_link, glusterfs  # noqa: E402
@@ -76,6 +79,8 @@ class Plan:
     tarball: dict[str, int] = field(default_factory=dict)
     rtt_ms: float | None = None
     render: Path | None = None  # only rewrite the report files from this report.json
+    snapshot_params: snapshot_bench.Params | None = None  # None: bench/snapshot.py is left out
+    snapshots: dict[str, Any] | None = None  # what it measured
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
@@ -207,6 +212,21 @@ def run(plan: Plan) -> None:
             for target in order:
                 os.sync()  # no dirty pages of the previous target
                 measure(target, round_no, plan, env)
+        if plan.snapshot_params is not None:
+            measure_snapshots(plan, env)
+
+
+def measure_snapshots(plan: Plan, env: Env) -> None:
+    """bench/snapshot.py's two parts, once, after the rounds."""
+    assert plan.snapshot_params is not None
+    started = time.monotonic()
+    try:
+        plan.snapshots = snapshot_bench.measure(env.base / "snapshots", env.key, plan.snapshot_params)
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        plan.failures.append(f"snapshots: {exc}")
+        print(f"snapshots FAILED: {exc}", file=sys.stderr, flush=True)
+        return
+    print(f"snapshots {time.monotonic() - started:6.1f}s", file=sys.stderr, flush=True)
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -287,6 +307,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "aims": _report.aims(medians),
         "checks": plan.checks,
         "method": method_notes(plan),
+        "snapshots": plan.snapshots,
     }
 
 
@@ -301,6 +322,7 @@ def parse(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--rounds", type=int, help="interleaved rounds, medians reported (default 3; smoke 1)")
     parser.add_argument("--size-mib", type=int, help="sequential and repair file size (default 1024; smoke 8)")
     parser.add_argument("--no-glusterfs", action="store_true", help="leave the glusterfs target out")
+    parser.add_argument("--no-snapshots", action="store_true", help="leave bench/snapshot.py out")
     parser.add_argument("--out", type=Path, default=HERE, help="where the report files go (default: bench/)")
     parser.add_argument("--dir", help="base directory for the stores (a fresh directory inside; default /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
@@ -323,7 +345,9 @@ def parse(argv: list[str] | None = None) -> Plan:
     rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 3)
     if rounds < 1 or not targets:
         parser.error("need at least one round and one target")
-    return Plan(targets, rounds, sizes, args.dir, args.out.resolve(), args.keep)
+    snapshots = None if args.no_snapshots else \
+        snapshot_bench.Params.quick() if args.smoke else snapshot_bench.Params(size_mib=sizes.seq_mib)
+    return Plan(targets, rounds, sizes, args.dir, args.out.resolve(), args.keep, snapshot_params=snapshots)
 
 
 def render(source: Path, out: Path) -> int:
@@ -361,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_report.stdout_table(summary["medians"], plan.targets))
     print()
     print("\n".join(_report.aims_lines(summary["aims"])))
+    if plan.snapshots is not None:
+        print("\n".join(snapshot_bench.aim_lines(plan.snapshots)))
     problems = [f"{t}: {p}" for t, c in plan.checks.items() for p in c["problems"]]
+    problems += [f"snapshots: {p}" for p in (plan.snapshots or {}).get("problems", [])]
     for problem in problems:
         print(f"PROBLEM {problem}")
     print(f"\n{time.monotonic() - started:.0f}s; report: {', '.join(str(p) for p in paths)}")

@@ -1,7 +1,8 @@
 """The benchmark harness (bench/run.py) runs end to end in its smoke mode,
 so it cannot rot between the rare full runs: real mounts, a real secondary
 over loopback and over the namespaces' delay line, fio (installed by the
-harness when missing), every workload, and the report files."""
+harness when missing), every workload, bench/snapshot.py's quick mode, and
+the report files."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE_TIMEOUT = 150  # the run itself takes about 35 s; installing fio or matplotlib first takes longer
+SMOKE_TIMEOUT = 240  # the run itself takes about 80 s; installing fio or matplotlib first takes longer
 TARGETS = ["raw", "fsrep-alone", "fsrep-loopback", "fsrep-1ms", "rsync"]
 LOCAL = ["seq_write", "seq_read", "write_fsync", "random_jobs", "files", "real"]
 EXPECTED = {  # target: workloads with their metrics, as the smoke run must report them
@@ -48,4 +49,14 @@ def test_smoke_run_reports_every_target_and_workload_with_equal_replicas(tmp_pat
     for target in ("fsrep-loopback", "fsrep-1ms"):
         assert report["checks"][target]["replica_equal"] == [True], f"{target}: {report['checks'][target]}"
         assert report["checks"][target]["problems"] == [], target
+    snapshots = report["snapshots"]
+    assert snapshots["problems"] == [], snapshots["problems"]
+    for kind in ("without", "with", "cli"):
+        assert snapshots["latency"][kind]["ops"] > 0, kind
+    assert snapshots["snapshot_ms"]["daemon"]["calls"] == snapshots["parameters"]["seconds"] + \
+        snapshots["parameters"]["cli_calls"]
+    for mode in ("snapshot", "checksum"):
+        assert snapshots["resync"][mode]["replica_equal"], snapshots["resync"][mode]
+    assert snapshots["resync"]["snapshot"]["run_bytes"] >= snapshots["resync"]["changed_bytes"]
+    assert "## Pseudo snapshots" in markdown
     assert not list(tmp_path.glob("fsrep-bench-*")), "the work directory was left behind"
