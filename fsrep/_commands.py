@@ -302,7 +302,7 @@ async def delete_snapshot(daemon: Daemon, req: SnapshotDeleteRequest) -> Snapsho
         raise Refused(f"group {rel.record.id} has no snapshot named {req.name} ('fsrep snapshot MOUNTPOINT list' "
                       f"shows them)")
     shown_before = rel.snapshots.status(sid)
-    rel.snapshots.delete(req.name)
+    await rel.snapshots.delete(req.name)
     return SnapshotTaken(group=rel.record.id, snapshot=shown_before)
 
 

@@ -18,10 +18,11 @@ up to it is on both sides, and its delta starts with what was in flight or
 already dirty, so a common point always exists without a round trip.
 
 Durability: the chain is saved with the dirty set (``save``, once a second
-when it changed): what was recorded since the last save is appended to a
-journal (``tracking.JournaledState``), and the chain is written whole only
-when a snapshot is added or retired or the journal outgrows it — a save
-costs what changed, not the size of a long-lived snapshot's record. What
+when it changed) and, in a worker thread, right after a snapshot is taken
+or retired (``save_soon``); ``SnapshotFile`` appends what was recorded
+since the last save to a journal and writes the chain whole only when it
+was reshaped — a save costs what changed, not the size of a long-lived
+snapshot's record. What
 changed since that save is in the activity log,
 which lets an extent go only once the chain holding its change is saved
 (``saved_seq``). A crash of this daemon therefore loses nothing since a
@@ -55,6 +56,7 @@ import tracking
 import transport as tp
 
 from ._pipeline import Drain
+from ._snapshot_file import Job, SnapshotFile
 from ._state import RelationshipState
 from ._status import SnapshotStatus
 
@@ -69,7 +71,6 @@ SNAPSHOT_INTERVAL = 3600.0
 SNAPSHOT_KEEP = 3
 SCHEDULED = "sched-"  # the prefix of the snapshots the schedule takes (and retires)
 NEVER = 2**64
-REWRITE_AFTER = 1024 * 1024  # journal bytes after which the snapshots are saved whole again (or the base's size)
 
 
 def _stamp(now: float) -> str:
@@ -83,11 +84,8 @@ class Snapshots:
         self._rel = rel
         self._groups = groups
         self._faults = faults
-        self.path = groups.dir / f"{rel.record.id}.snapshots"
-        self._file = tracking.JournaledState(self.path, tracking.SNAPSHOTS_KIND)
-        self._unsaved = tracking.DirtySet()  # recorded in the newest delta since the last save: the next record
-        self._reshaped = True  # snapshots added or retired since the last save: the base is written again
-        self.chain = self._load()
+        self.file = SnapshotFile(groups.dir / f"{rel.record.id}.snapshots", groups)
+        self.chain = self.file.load(rel.record.id)
         self.taking: tracking.Taking | None = None
         self.interval = SNAPSHOT_INTERVAL
         self.keep = SNAPSHOT_KEEP
@@ -96,26 +94,6 @@ class Snapshots:
         self._replica_history: set[str] = set()  # its generations then (hex)
         self._this_session: set[str] = set()  # automatic points taken since that handshake
         self._recorded_seq = 0
-        self._saved_seq = 0
-
-    def _load(self) -> tracking.SnapshotChain[tracking.DirtySet]:
-        try:
-            payload, records = self._file.load()
-            chain = tracking.SnapshotChain.from_payload(payload, tracking.DirtySet, tracking.DirtySet.from_payload)
-            for record in records:  # what was saved since the base, in order
-                chain.delta(str(record["snapshot"])).merge(tracking.DirtySet.from_payload(record["changes"]))
-            chain.changed = False
-            self._reshaped = False
-            return chain
-        except tracking.StateMissing:
-            pass
-        except (tracking.StateError, ValueError, KeyError, TypeError) as exc:
-            log.warning("group %s: the snapshots file is unusable (%s); it is set aside as %s.bad, and the group has "
-                        "no common snapshot until the next one is taken (a resync that needs one compares by digest)",
-                        self._rel.record.id, exc, self.path.name)
-            self.path.replace(self.path.with_name(self.path.name + ".bad"))
-            self._file.journal.unlink(missing_ok=True)
-        return tracking.SnapshotChain(tracking.DirtySet)
 
     # --- the tracker -----------------------------------------------------------------
 
@@ -124,7 +102,7 @@ class Snapshots:
         delta = self.chain.current()
         if delta is not None:
             delta.apply(marks)
-            self._unsaved.apply(marks)
+            self.file.unsaved.apply(marks)
         if self.taking is not None:
             self.taking.record(marks)
         if seq != tracking.LOCAL_SEQ and (delta is not None or self.taking is not None):
@@ -134,7 +112,8 @@ class Snapshots:
     def saved_seq(self) -> int:
         """Every replicated change up to here is in the saved chain: the
         activity log may let go of its extents."""
-        return self._saved_seq if self.chain.changed or self.taking is not None else NEVER
+        busy = self.chain.changed or self.taking is not None or self.file.writing
+        return self.file.saved_seq if busy else NEVER
 
     def recover(self, payload: dict) -> None:
         """After a crash: every extent the activity log held active may
@@ -142,32 +121,28 @@ class Snapshots:
         delta = self.chain.current()
         if delta is not None:
             tracking.ActivityLog.recover(payload, delta)
-            self._reshaped = True  # saved whole next time
+            self.file.reshaped = True  # saved whole next time
 
     def save(self) -> bool:
-        """Persist the chain if it changed; whether what is on disk is current."""
-        if not self.chain.changed:
-            return True
-        upto = self._recorded_seq
-        newest = self.chain.newest
-        whole = self._reshaped or newest is None or \
-            self._file.journal_bytes > max(REWRITE_AFTER, self._file.base_bytes)
-        try:
-            if whole:
-                payload = self.chain.to_payload()
-                self._groups.durably(lambda: self._file.rewrite(payload))
-            else:
-                assert newest is not None
-                record = {"snapshot": newest.name, "changes": self._unsaved.to_payload()}
-                self._groups.durably(lambda: self._file.append(record))
-        except OSError as exc:
-            self.chain.changed = True
-            self._faults.say("snapshots", f"cannot save the snapshots ({exc}); retrying every second, and the "
+        """Persist the chain if it changed (here and now); whether what is
+        on disk is current."""
+        job = self.file.start(self.chain, self._recorded_seq)
+        if job is None:
+            return not self.chain.changed and not self.file.writing
+        return self._finished(job, self.file.write(job))
+
+    async def save_soon(self) -> None:
+        """Persist the chain in a worker thread: the event loop — every
+        client's request — goes on meanwhile."""
+        job = self.file.start(self.chain, self._recorded_seq)
+        if job is not None:
+            self._finished(job, await trio.to_thread.run_sync(self.file.write, job))
+
+    def _finished(self, job: Job, error: OSError | None) -> bool:
+        if not self.file.finish(self.chain, job, error):
+            self._faults.say("snapshots", f"cannot save the snapshots ({error}); retrying every second, and the "
                                           f"activity log keeps what changed meanwhile")
             return False
-        self.chain.changed = self._reshaped = False
-        self._unsaved = tracking.DirtySet()
-        self._saved_seq = upto
         self._faults.clear("snapshots", "the snapshots are saved again")
         return True
 
@@ -186,7 +161,7 @@ class Snapshots:
                                   auto=True)
         try:
             self.chain.add(sid, changes=changes)
-            self._reshaped = True
+            self.file.reshaped = True
         except tracking.SnapshotError as exc:  # a name taken within the same second: the one there serves
             log.debug("group %s: no automatic point: %s", rel.record.id, exc)
             return
@@ -284,11 +259,11 @@ class Snapshots:
             await self._drained(Drain(op.seq))
             self._check_in_sync("take a snapshot")
             sid = taking.commit(self.chain, rel.record.generations[-1])
-            self._reshaped = True
+            self.file.reshaped = True
         finally:
             self.taking = None
         self.replica[name] = sid.seq
-        self.save()
+        await self.save_soon()
         log.info("group %s: took %s in %.1f ms; its intercept log holds %d files and %d directories",
                  rel.record.id, sid, (trio.current_time() - started) * 1000, len(taking.intercept.files()),
                  taking.intercept.dir_count)
@@ -308,7 +283,7 @@ class Snapshots:
             raise tracking.SnapshotError(f"the link to the secondary was lost while the snapshot was taken "
                                          f"({self._rel.link.last_error}); nothing was taken")
 
-    def delete(self, name: str) -> tracking.SnapshotId:
+    async def delete(self, name: str) -> tracking.SnapshotId:
         """Retire snapshot *name* on both sides (on the secondary now if the
         stream is running, else at a later handshake).
 
@@ -318,14 +293,14 @@ class Snapshots:
         rel = self._rel
         try:
             sid = self.chain.retire(name)
-            self._reshaped = True
+            self.file.reshaped = True
         except tracking.SnapshotError:
             raise tracking.SnapshotError(f"group {rel.record.id} has no snapshot named {name}") from None
-        self.save()
         conn = rel.link.conn
         if name in self.replica and conn is not None and rel.state in (R.IN_SYNC, R.RESYNCING):
             self._retire_there(conn, name)
         log.info("group %s: retired %s", rel.record.id, sid)
+        await self.save_soon()
         return sid
 
     async def run_schedule(self) -> None:
@@ -350,7 +325,7 @@ class Snapshots:
             return
         taken = [sid for sid in self.chain if sid.name.startswith(SCHEDULED)]
         for sid in taken[:max(0, len(taken) - self.keep)]:
-            self.delete(sid.name)
+            await self.delete(sid.name)
 
     # --- status -------------------------------------------------------------------------
 
