@@ -11,14 +11,19 @@ from the union of the deltas since the snapshot asked about, a page at a
 time, in path order: the primary asks again after the last path of a page
 while ``more`` is 1.
 
-Durability: the chain is written by the replica's checkpoint after the
+Durability: the chain is saved by the replica's checkpoint after the
 data is synced and before the position file, which lists the snapshots
-the chain held at that save (``listed``). On load only the snapshots the
-position lists, at or below its seq, are kept (``load``): one the
-position never reached was lost with a crash, and the primary takes it
-again or falls back to an older one. Its record of changes is then at
-least everything applied up to the position; what is applied after it is
-sent again and marked again.
+the chain held at that save (``listed``). A save costs what was marked
+since the one before (``SavedChain``): the newest delta tees its marks
+into a second record, which the checkpoint appends to a journal
+(``tracking.JournaledState``); the chain is written whole only when its
+snapshots changed (taken, retired, dropped at load), after a save that
+was not written, or when the journal outgrew the base. On load only the
+snapshots the position lists, at or below its seq, are kept
+(``SavedChain.load``): one the position never reached was lost with a
+crash, and the primary takes it again or falls back to an older one. Its
+record of changes is then at least everything applied up to the
+position; what is applied after it is sent again and marked again.
 
 Memory: a long-lived snapshot costs one trie node per changed path (the
 path's components, shared with its neighbours) and, per file written, a
@@ -35,21 +40,27 @@ the size of the newer deltas plus one page, never more than the whole
 record.
 
 Caveats:
-- Saving the chain rewrites it whole: a checkpoint after changes costs
-  the size of the record, not of what changed since the last one (about
-  17 us a changed path to capture, in the event loop, and as much again
-  to write, in a worker thread).
+- Writing the chain whole (a snapshot taken or retired, a journal grown
+  past the base) costs the size of the record: about 17 us a changed
+  path to capture, in the event loop, and as much again to write, in a
+  worker thread.
+- A record merged over the base keeps what a rename moved at its old
+  path as well as at its new one until the next whole write: more than
+  changed, never less.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tracking
 import transport as tp
+
+from ._snapshots import REWRITE_AFTER
 
 if TYPE_CHECKING:
     from ._apply import Target
@@ -138,35 +149,137 @@ def _after(changes: tracking.PathChanges, after: bytes | None) -> Iterator[track
 # --- saved with the position --------------------------------------------------------
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
-    """Durably write a chain's *payload* (``SnapshotChain.to_payload``) to *path*."""
-    tracking.save_state(path, tracking.SNAPSHOTS_KIND, payload)
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """What one save of a chain writes: the chain whole (``whole``: a new
+    base), or a record of what was marked in its newest delta since the
+    capture before (``number - 1``)."""
+
+    number: int
+    whole: bool
+    payload: dict[str, Any]
 
 
-def load(path: Path, names: list[Any], last_seq: int, group: str) -> Chain:
-    """The chain of *path*, holding only the snapshots the position file
-    lists (*names*: [name, seq] each) at or below *last_seq*. A missing
-    or corrupt file while it lists some drops them all, with one warning:
-    never a refused session, never an empty record that claims a
-    snapshot."""
-    wanted = {(str(name), int(seq)) for name, seq in names if int(seq) <= last_seq}
-    if not wanted:
-        return new_chain()
-    try:
-        chain = tracking.SnapshotChain.from_payload(tracking.load_state(path, tracking.SNAPSHOTS_KIND),
-                                                    tracking.PathChanges, tracking.PathChanges.from_payload)
-    except (tracking.StateError, ValueError) as exc:
-        _dropped(group, path, exc, sorted(name for name, _ in wanted))
+class SavedChain:
+    """A replica's chain on disk (``tracking.JournaledState``), and what
+    the next save must write of it.
+
+    A capture (between two frames, in the event loop) takes what the
+    newest delta's tee collected since the capture before, and gives the
+    delta a new one: the record's size is what was marked meanwhile, not
+    the size of the delta. The chain is captured whole instead when its
+    snapshots are not those the file holds (taken, retired, dropped at
+    load, or unknown after a save that was not written) or when the
+    journal outgrew the base.
+
+    Writes (``write``, in a worker thread) come in the order of the
+    captures (the caller holds one in flight at a time): each record holds
+    only what was marked since the capture before, so a capture made while
+    the one before is not written (failed, skipped, in flight) is whole.
+    Never a record after a failed append either: what it left at the
+    journal's end would end the journal there on load, and every record
+    after it with it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = tracking.JournaledState(path, tracking.SNAPSHOTS_KIND)
+        self._shape: list[tracking.SnapshotId] | None = None  # the snapshots the file holds; None: unknown
+        self._teed: tracking.PathChanges | None = None  # the delta whose marks go to _unsaved too
+        self._unsaved = tracking.PathChanges()
+        self._captured = self._written = 0  # the number of the last capture, and of the last written
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def capture(self, chain: Chain) -> Capture | None:
+        """What the next save of *chain* writes; None when the file holds
+        it already (or it holds no snapshot and never did)."""
+        current = self._shape is not None and self._written == self._captured
+        if not chain.changed and (current or not chain):
+            return None
+        unsaved, newest, shape = self._retee(chain), chain.newest, list(chain)
+        whole = not current or newest is None or shape != self._shape or \
+            self.file.journal_bytes > max(REWRITE_AFTER, self.file.base_bytes)
+        self._shape = shape
+        if whole:
+            self._captured += 1
+            return Capture(self._captured, True, chain.to_payload())
+        chain.changed = False
+        if not unsaved:
+            return None
+        assert newest is not None
+        self._captured += 1
+        return Capture(self._captured, False, {"snapshot": newest.name, "changes": unsaved.to_payload()})
+
+    def _retee(self, chain: Chain) -> tracking.PathChanges:
+        """Start collecting anew what is marked in *chain*'s newest delta;
+        what was collected until now."""
+        unsaved, self._unsaved = self._unsaved, tracking.PathChanges()
+        if self._teed is not None:
+            self._teed.tee(None)
+        newest = chain.newest
+        self._teed = chain.delta(newest.name) if newest is not None else None
+        if self._teed is not None:
+            self._teed.tee(self._unsaved)
+        return unsaved
+
+    def write(self, capture: Capture) -> None:
+        """Durably write *capture*.
+
+        Raises:
+            OSError: it was not written (the next capture is whole).
+        """
+        if capture.whole:
+            self.file.rewrite(capture.payload)
+        else:
+            self.file.append(capture.payload)
+        self._written = capture.number
+
+    def empty(self) -> Chain:
+        """A new, empty chain, written as this file's base (the journal
+        emptied): a replica that starts again from nothing."""
         chain = new_chain()
-        chain.changed = True  # written again at the next checkpoint
+        self.file.rewrite(chain.to_payload())
+        self._shape = list(chain)
+        self._retee(chain)  # nothing of a chain loaded before
         return chain
-    for sid in list(chain):
-        if (sid.name, sid.seq) not in wanted:
-            chain.retire(sid.name)  # its changes stay recorded for the one before it
-    missing = sorted(name for name, seq in wanted if chain.find(name) is None)
-    if missing:
-        _dropped(group, path, "it does not hold them", missing)
-    return chain
+
+    def load(self, names: list[Any], last_seq: int, group: str) -> Chain:
+        """The chain of the file (its base, then each journal record merged
+        into the delta it names), holding only the snapshots the position
+        file lists (*names*: [name, seq] each) at or below *last_seq*. A
+        missing or corrupt base, or a record naming no snapshot, while it
+        lists some drops them all, with one warning: never a refused
+        session, never an empty record that claims a snapshot.
+
+        A damaged record ends the journal without a word
+        (``JournaledState``), and that loses nothing the position relies
+        on: a checkpoint appends its record (one fdatasync) before it
+        writes the position file, so the only record a crash can tear is
+        one whose position was never written."""
+        wanted = {(str(name), int(seq)) for name, seq in names if int(seq) <= last_seq}
+        if not wanted:
+            return new_chain()
+        try:
+            base, records = self.file.load()
+            chain = tracking.SnapshotChain.from_payload(base, tracking.PathChanges, tracking.PathChanges.from_payload)
+            for record in records:
+                chain.delta(str(record["snapshot"])).merge(tracking.PathChanges.from_payload(record["changes"]))
+        except (tracking.StateError, ValueError, KeyError, TypeError) as exc:
+            _dropped(group, self.path, exc, sorted(name for name, _ in wanted))
+            chain = new_chain()
+            chain.changed = True  # written again at the next checkpoint
+            return chain
+        self._shape = list(chain)
+        for sid in list(chain):
+            if (sid.name, sid.seq) not in wanted:
+                chain.retire(sid.name)  # its changes stay recorded for the one before it
+        self._retee(chain)  # what is marked from now on is the next record
+        missing = sorted(name for name, seq in wanted if chain.find(name) is None)
+        if missing:
+            _dropped(group, self.path, "it does not hold them", missing)
+        return chain
 
 
 def _dropped(group: str, path: Path, why: object, names: list[str]) -> None:

@@ -28,9 +28,12 @@ it durable — periodically, at session end and at shutdown — so the saved
 position never runs ahead of the data. It may lag behind; the primary then
 sees a mismatch and resyncs instead of trusting it. The replica's pseudo
 snapshots (``_replica_snapshots``) are saved between the two, to
-``<id>.snapshots``, and the position file lists the ones that save held:
-after a crash the replica reports only snapshots its data reached, each
-with every change applied up to the position.
+``<id>.snapshots`` (a journal appended with what they recorded since the
+save before; now and then the whole chain), and the position file lists
+the ones that save held: after a crash the replica reports only snapshots
+its data reached, each with every change applied up to the position. One
+checkpoint writes from a worker thread at a time, in the order they were
+captured: a record of the snapshots holds only what the one before lacks.
 """
 
 from __future__ import annotations
@@ -85,13 +88,13 @@ class Probe:
 @dataclass(frozen=True, slots=True)
 class Saving:
     """What one checkpoint writes, captured between two frames: the
-    position, and the snapshots as they stood then (their chain's payload,
-    None when the replica holds none and nothing changed)."""
+    position, and the snapshots as they stood then (what the file lacks
+    of their chain, None when it holds it already)."""
 
     number: int  # captures of one replica count up: an older one is never written over a newer
     last_seq: int
     generations: list[str]
-    chain: dict[str, Any] | None
+    chain: replica_snapshots.Capture | None
     snapshots: list[list[Any]]
 
 
@@ -102,6 +105,7 @@ class Replica:
     state_file: Path
     last_applied: int
     last_saved: int
+    saved: replica_snapshots.SavedChain  # where the snapshots are saved
     generations: list[bytes] = field(default_factory=list)  # the primary's, oldest first
     snapshots: replica_snapshots.Chain = field(default_factory=replica_snapshots.new_chain)  # oldest first
     session: trio.CancelScope | None = None
@@ -112,6 +116,7 @@ class Replica:
     probe: Probe | None = None
     claimant: str | None = None  # a newcomer deciding whether the session is dead
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_order: trio.Lock = field(default_factory=trio.Lock)  # one checkpoint from a worker thread at a time
     captured: int = 0  # the number of the last Saving captured
     written: int = 0  # and of the last one written
     replaced: bool = False  # its directory was replaced: nothing more of it is saved
@@ -136,10 +141,6 @@ class Replica:
         the replica. Nothing is kept yet: an undo log records here what
         *op* is about to overwrite."""
 
-    @property
-    def snapshots_file(self) -> Path:
-        return self.state_file.with_suffix(".snapshots")
-
     def capture(self) -> Saving | None:
         """What a checkpoint writes, as it stands now; None when nothing
         changed since the last, or while a frame is applied in a worker
@@ -149,9 +150,8 @@ class Replica:
         if self.busy or (self.last_applied == self.last_saved and not chain.changed):
             return None
         self.captured += 1
-        payload = chain.to_payload() if chain or chain.changed else None
-        return Saving(self.captured, self.last_applied, [g.hex() for g in self.generations], payload,
-                      replica_snapshots.listed(chain))
+        return Saving(self.captured, self.last_applied, [g.hex() for g in self.generations],
+                      self.saved.capture(chain), replica_snapshots.listed(chain))
 
     def checkpoint(self, saving: Saving | None = None) -> None:
         """Make the data durable, then the snapshots, then record the
@@ -164,12 +164,15 @@ class Replica:
         with self.lock:
             if saving is None:
                 saving = self.capture()
-            if saving is None or self.replaced or saving.number < self.written:
+            if saving is None or self.replaced:
                 return
+            if saving.number < self.written:
+                return  # the newer was captured while this was unwritten: it holds the snapshots whole
             try:
                 self.tree.sync()
                 if saving.chain is not None:
-                    replica_snapshots.save(self.snapshots_file, saving.chain)
+                    self.saved.write(saving.chain)
+                # Only now: a record the position relies on is never the torn end of the journal.
                 _save_position(self.state_file, self.id, saving.last_seq, saving.generations, saving.snapshots)
             except BaseException:
                 self.snapshots.changed = True
@@ -177,10 +180,13 @@ class Replica:
             self.written, self.last_saved = saving.number, saving.last_seq
 
     async def checkpoint_in_thread(self) -> None:
-        """``checkpoint`` of what the replica holds now, written from a worker thread."""
-        saving = self.capture()
-        if saving is not None:
-            await trio.to_thread.run_sync(self.checkpoint, saving)
+        """``checkpoint`` of what the replica holds now, written from a
+        worker thread once the one before is (the snapshots' records must
+        be written in the order they were captured)."""
+        async with self.in_order:
+            saving = self.capture()
+            if saving is not None:
+                await trio.to_thread.run_sync(self.checkpoint, saving)
 
 
 class Secondary:
@@ -211,13 +217,13 @@ class Secondary:
         if replica is not None and (replica.session is not None or not replica.root_replaced()):
             return replica  # one still in a session is reopened when that session has ended
         state_file = self.registry / f"{gid}.json"
-        chain_file = state_file.with_suffix(".snapshots")
+        saved = replica_snapshots.SavedChain(state_file.with_suffix(".snapshots"))
         root = self.store / gid
         try:
             state = tracking.load_state(state_file, REPLICA_KIND)
             last = int(state["last_seq"])
             generations = [bytes.fromhex(g) for g in state.get("generations", [])]
-            chain = replica_snapshots.load(chain_file, state.get("snapshots", []), last, gid)
+            chain = saved.load(state.get("snapshots", []), last, gid)
         except tracking.StateMissing:
             last, generations, chain = 0, [], replica_snapshots.new_chain()
             root.mkdir(mode=0o755, exist_ok=True)
@@ -230,11 +236,11 @@ class Secondary:
                 with replica.lock:  # nothing of the old one is saved after this
                     replica.replaced = True
                     replica.tree.close()
-            last, generations, chain = 0, [], replica_snapshots.new_chain()
+            last, generations = 0, []
             _save_position(state_file, gid, 0, [], [])
-            replica_snapshots.save(chain_file, chain.to_payload())
+            chain = saved.empty()
             root.mkdir(mode=0o755, exist_ok=True)
-        replica = Replica(gid, Tree(root), state_file, last, last, generations, chain)
+        replica = Replica(gid, Tree(root), state_file, last, last, saved, generations, chain)
         self.replicas[gid] = replica
         return replica
 

@@ -294,9 +294,18 @@ class PathChanges:
 
     def __init__(self) -> None:
         self._root = _Node()
+        self._tee: PathChanges | None = None
 
     def __bool__(self) -> bool:
         return self._root.marked or bool(self._root.children)
+
+    def tee(self, into: PathChanges | None) -> None:
+        """Mark in *into* too everything marked here from now on (None:
+        stop): what a save has not written yet, while this record goes on
+        whole. A move brings *into* the whole record that arrived at the
+        new path, so an older copy of this record merged with *into* holds
+        at least what this one does."""
+        self._tee = into
 
     def _node(self, path: bytes) -> _Node:
         node = self._root
@@ -311,9 +320,13 @@ class PathChanges:
             if node.regions is None:
                 node.regions = RegionSet()
             node.regions.add(regions)
+            if self._tee is not None:
+                self._tee.mark_regions(path, regions)
 
     def mark(self, path: bytes, flags: int) -> None:
         self._node(path).flags |= flags
+        if self._tee is not None:
+            self._tee.mark(path, flags)
 
     def mark_entry(self, path: bytes, flags: int = 0) -> None:
         """An entry made, removed or replaced at *path*: its directory's
@@ -327,18 +340,27 @@ class PathChanges:
         and what arrives at *new* replaces what was there."""
         self.mark_entry(old)
         self.mark_entry(new, WHOLE)
-        if not old:
+        moved = self._detach(old)
+        if moved is None:
             return
+        if self._tee is not None:  # it may hold only part of what moved: it gets all of it
+            self._tee._detach(old)
+            self._tee._node(new).merge(moved)
+        self._node(new).merge(moved)
+
+    def _detach(self, path: bytes) -> _Node | None:
+        """Take the record of *path* (and below) out of the trie; None if
+        there is none (or *path* is the root, which cannot move)."""
+        if not path:
+            return None
         parent = self._root
-        parts = old.split(b"/")
+        parts = path.split(b"/")
         for part in parts[:-1]:
             found = parent.children.get(part)
             if found is None:
-                return
+                return None
             parent = found
-        moved = parent.children.pop(parts[-1], None)
-        if moved is not None:
-            self._node(new).merge(moved)
+        return parent.children.pop(parts[-1], None)
 
     def merge(self, other: PathChanges) -> None:
         self._root.merge(other._root)

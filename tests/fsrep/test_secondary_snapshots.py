@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -100,6 +101,22 @@ def _position_file(cluster: Cluster, group: bytes) -> Path:
     return cluster.secondary.store / ".fsrep" / "replicas" / f"{uuid.UUID(bytes=group)}.json"
 
 
+def _chain_file(cluster: Cluster, group: bytes) -> Path:
+    return _position_file(cluster, group).with_suffix(".snapshots")
+
+
+def _saved_chain(path: Path) -> tuple[dict, list[dict]]:
+    """The chain's base and the records of its journal (read once the
+    daemon stopped: a load cuts a torn end off)."""
+    return tracking.JournaledState(path, tracking.SNAPSHOTS_KIND).load()
+
+
+def _records(path: Path) -> int:
+    """How many records the journal of chain file *path* holds (read while the daemon runs)."""
+    journal = path.with_name(path.name + ".journal")
+    return journal.read_bytes().count(b"\n") if journal.exists() else 0
+
+
 async def _saved(cluster: Cluster, group: bytes, seq: int) -> dict:
     """The replica's position file once it has recorded *seq*."""
     with trio.fail_after(SAVED_WITHIN):
@@ -160,8 +177,7 @@ async def test_the_welcome_lists_the_replica_s_snapshots_and_a_retired_one_is_go
     assert welcome.snapshot_list() == []
     assert welcome.last_seq == 13
     await _close(conn, 13)
-    chain = tracking.load_state(_position_file(cluster, group).with_suffix(".snapshots"), tracking.SNAPSHOTS_KIND)
-    assert chain == {"snapshots": []}, "a retired snapshot's record was kept"
+    assert _saved_chain(_chain_file(cluster, group)) == ({"snapshots": []}, []), "a retired snapshot's record was kept"
 
 
 # A file's record of this many scattered regions is 128 KiB in a Changes frame; nine of them pass a page.
@@ -246,11 +262,69 @@ async def test_after_a_kill_the_replica_keeps_the_snapshots_its_saved_position_r
     await _close(conn, 14)
 
 
+def _scattered_write(seq: int, n: int) -> tp.Write:
+    """The *n*-th write after SNAPSHOT: region 2n of file a, next to no other."""
+    return tp.Write(seq=seq, path=b"a", offset=2 * n * tracking.REGION_SIZE, data=b"w")
+
+
+async def _appended(cluster: Cluster, conn: tp.Connection, group: bytes, seq: int, count: int) -> None:
+    """Send *count* scattered writes from seq *seq* on, each saved (a record
+    appended) before the next is sent."""
+    chain_file = _chain_file(cluster, group)
+    for n in range(count):
+        await _send(conn, _scattered_write(seq + n, n))
+        await _saved(cluster, group, seq + n)  # the position is written after the record
+        assert _records(chain_file) == n + 1, "not one record appended per checkpoint"
+
+
+async def test_a_checkpoint_appends_what_changed_and_leaves_the_base_as_it_was(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    conn, _ = await _connect(cluster, group)
+    await _send(conn, *BEFORE, SNAPSHOT)
+    await _saved(cluster, group, SNAPSHOT.seq)
+    base = _chain_file(cluster, group)
+    before = base.stat()
+    await _appended(cluster, conn, group, 6, 3)
+    after = base.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "the base was written again"
+    assert await _changes(conn, "s1", 9) == (1, [(b"a", 0, [(0, 1), (2, 1), (4, 1)])], 1)
+    await _close(conn, 9)
+    cluster.secondary.stop()
+    chain, records = _saved_chain(base)
+    assert chain["snapshots"][0]["delta"] == {"paths": []}, "the base holds the snapshot as it was taken"
+    assert [record["snapshot"] for record in records] == ["s1"] * 3
+
+
+async def test_after_a_kill_the_journal_restores_the_changes_up_to_the_saved_position(cluster: Cluster) -> None:
+    group = uuid.uuid4().bytes
+    conn, _ = await _connect(cluster, group)
+    await _send(conn, *BEFORE, SNAPSHOT)
+    await _saved(cluster, group, SNAPSHOT.seq)
+    await _appended(cluster, conn, group, 6, 3)
+    await _send(conn, *[_scattered_write(9 + n, 3 + n) for n in range(3)])  # and these, most likely not saved
+    cluster.secondary.stop(signal.SIGKILL)
+    with pytest.raises(tp.LinkDown):
+        await _reply(conn)
+    saved = tracking.load_state(_position_file(cluster, group), REPLICA_KIND)["last_seq"]
+    assert 8 <= saved <= 11
+    cluster.secondary.start()
+    conn, welcome = await _connect(cluster, group)
+    assert (welcome.last_seq, welcome.snapshot_list()) == (saved, [("s1", 5)])
+    found, changes, _ = await _changes(conn, "s1", saved + 1)
+    assert found
+    ((path, flags, runs),) = changes
+    assert (path, flags) == (b"a", 0)
+    # Every write up to the saved position; one after it only if its record was appended before the kill.
+    assert runs == [(2 * n, 1) for n in range(len(runs))]
+    assert saved - 5 <= len(runs) <= 6
+    await _close(conn, saved + 1)
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
 @pytest.mark.expect_log(CORRUPT_CHAIN)
 async def test_a_damaged_snapshot_file_drops_the_snapshots_with_one_warning(cluster: Cluster, damage: str) -> None:
     group = await _recorded_then_stopped(cluster)
-    chain_file = _position_file(cluster, group).with_suffix(".snapshots")
+    chain_file = _chain_file(cluster, group)
     if damage == "corrupt":
         chain_file.write_bytes(chain_file.read_bytes()[:-40] + b"garbage")
     else:
@@ -279,8 +353,8 @@ async def test_a_replaced_replica_directory_starts_without_snapshots(cluster: Cl
     conn, welcome = await _connect(cluster, group)
     assert (welcome.last_seq, welcome.snapshot_list()) == (0, [])
     await _close(conn, 0)
-    chain = tracking.load_state(_position_file(cluster, group).with_suffix(".snapshots"), tracking.SNAPSHOTS_KIND)
-    assert chain == {"snapshots": []}
+    cluster.secondary.stop()
+    assert _saved_chain(_chain_file(cluster, group)) == ({"snapshots": []}, [])
 
 
 @pytest.mark.expect_log(DUPLICATE)
@@ -376,4 +450,92 @@ def test_a_checkpoint_saves_a_chain_that_changed_alone(replica: Replica) -> None
     replica.snapshots.retire("s")
     replica.checkpoint()
     assert json.loads(replica.state_file.read_text())["payload"]["snapshots"] == []
-    assert tracking.load_state(replica.snapshots_file, tracking.SNAPSHOTS_KIND) == {"snapshots": []}
+    assert _saved_chain(replica.saved.path) == ({"snapshots": []}, [])
+
+
+def test_a_capture_costs_what_changed_since_the_last_not_the_whole_record(replica: Replica) -> None:
+    """The checkpoint's part in the event loop: with a snapshot of 200,000
+    changed paths saved, a few changes more cost milliseconds to capture."""
+    apply(replica, tp.Snapshot(seq=1, name="s"))
+    delta = replica.snapshots.current()
+    assert delta is not None
+    for i in range(200_000):
+        delta.mark_regions(b"d%03d/f%06d" % (i // 1000, i), tracking.RegionRange(i % 50, 1))
+    replica.last_applied = 1
+    replica.checkpoint()  # written whole: it holds a snapshot the file does not
+    ops = [tp.Create(seq=2, path=b"new", mode=0o644, uid=0, gid=0),
+           *[tp.Write(seq=3 + i, path=b"new", offset=i * 3 * tracking.REGION_SIZE, data=b"x") for i in range(3)]]
+    for op in ops:
+        apply(replica, op)
+    replica.last_applied = ops[-1].seq
+    started = time.perf_counter()
+    saving = replica.capture()
+    took = time.perf_counter() - started
+    print(f"capture of a few changes over a 200k-path record: {took * 1000:.2f} ms")
+    assert saving is not None
+    assert saving.chain is not None
+    assert not saving.chain.whole
+    assert saving.chain.payload["changes"] == {"paths": [["", DIR, []], [b"new".hex(), META, [[0, 1], [3, 1], [6, 1]]]]}
+    assert took < 0.1
+    replica.checkpoint(saving)
+    assert _saved_chain(replica.saved.path)[1] == [saving.chain.payload]
+
+
+def _reopened(store: Path, group: bytes) -> Replica:
+    """The replica of *group* as a secondary starting on *store* finds it."""
+    return Secondary(store, b"k" * 32).replica(group)
+
+
+def test_a_failed_append_loses_nothing_the_next_save_writes_it_all(tmp_path: Path) -> None:
+    group = uuid.UUID(int=6).bytes
+    replica = Secondary(tmp_path, b"k" * 32).replica(group)
+    for op in (tp.Create(seq=1, path=b"f", mode=0o644, uid=0, gid=0), tp.Snapshot(seq=2, name="s"),
+               tp.Write(seq=3, path=b"f", offset=0, data=b"x")):
+        apply(replica, op)
+        replica.last_applied = op.seq
+    replica.checkpoint()
+    journal = replica.saved.file.journal
+    journal.unlink()
+    journal.mkdir()  # the append fails: its path is a directory
+    apply(replica, tp.Write(seq=4, path=b"f", offset=4 * tracking.REGION_SIZE, data=b"y"))
+    replica.last_applied = 4
+    with pytest.raises(IsADirectoryError):
+        replica.checkpoint()
+    journal.rmdir()
+    apply(replica, tp.Write(seq=5, path=b"f", offset=8 * tracking.REGION_SIZE, data=b"z"))
+    replica.last_applied = 5
+    base = replica.saved.path.stat()
+    replica.checkpoint()
+    assert replica.saved.path.stat().st_ino != base.st_ino, "not written whole after a failed append"
+    replica.tree.close()
+    again = _reopened(tmp_path, group)
+    assert again.last_applied == 5
+    assert _pages(again, "s") == [[(b"f", 0, [(0, 1), (4, 1), (8, 1)])]]
+    again.tree.close()
+
+
+def test_a_capture_made_before_the_one_before_is_written_writes_the_chain_whole(replica: Replica) -> None:
+    """Its record would lack what the one before holds; and the older,
+    written after it, is not written over it."""
+    apply(replica, tp.Snapshot(seq=1, name="s"))
+    replica.last_applied = 1
+    replica.checkpoint()
+    apply(replica, tp.MkDir(seq=2, path=b"a", mode=0o755, uid=0, gid=0))
+    replica.last_applied = 2
+    first = replica.capture()
+    assert first is not None
+    assert first.chain is not None
+    assert not first.chain.whole
+    apply(replica, tp.MkDir(seq=3, path=b"b", mode=0o755, uid=0, gid=0))
+    replica.last_applied = 3
+    second = replica.capture()
+    assert second is not None
+    assert second.chain is not None
+    assert second.chain.whole
+    replica.checkpoint(second)
+    replica.checkpoint(first)
+    assert replica.last_saved == 3
+    base, records = _saved_chain(replica.saved.path)
+    assert records == []
+    chain = tracking.SnapshotChain.from_payload(base, tracking.PathChanges, tracking.PathChanges.from_payload)
+    assert [c.path for c in chain.since("s").walk()] == [b"", b"a", b"b"]

@@ -185,6 +185,66 @@ def test_a_path_of_very_many_runs_is_reported_whole() -> None:
     assert change.runs == ()
 
 
+PATHS = [b"a", b"a/x", b"a/x/y", b"b", b"b/x", b"c"]
+path_ops = st.lists(st.one_of(
+    st.tuples(st.just("regions"), st.sampled_from(PATHS), st.integers(0, 5)),
+    st.tuples(st.just("mark"), st.sampled_from(PATHS), st.sampled_from([META, DIR, WHOLE])),
+    st.tuples(st.just("entry"), st.sampled_from(PATHS), st.sampled_from([0, META])),
+    st.tuples(st.just("move"), st.sampled_from(PATHS), st.sampled_from(PATHS)),
+    st.tuples(st.sampled_from(["save", "rewrite"]), st.just(b""), st.just(0))), max_size=40)
+
+
+def _covered(changes: PathChanges) -> dict[bytes, tuple[int, set[int]]]:
+    return {c.path: (c.flags, {r for run in c.runs for r in range(run.first, run.stop)}) for c in changes.walk()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(path_ops)
+def test_a_copy_of_a_record_and_what_its_tees_caught_since_hold_the_record(ops) -> None:
+    """What a replica saves of a snapshot's record: a copy now and then
+    (``rewrite``), and since, what a tee of it caught (``save`` starts a
+    new one): merged, they hold every change the record holds, moves
+    included."""
+    record, saved = PathChanges(), PathChanges()
+    tees = [PathChanges()]
+    record.tee(tees[-1])
+    for op, path, arg in ops:
+        if op == "regions":
+            record.mark_regions(path, RegionRange(arg, 1))
+        elif op == "mark":
+            record.mark(path, arg)
+        elif op == "entry":
+            record.mark_entry(path, arg)
+        elif op == "move" and not arg.startswith(path + b"/"):  # no directory moves into itself
+            record.move(path, arg)
+        elif op == "save":
+            tees.append(PathChanges())
+            record.tee(tees[-1])
+        elif op == "rewrite":
+            saved, tees = PathChanges(), [PathChanges()]
+            saved.merge(record)
+            record.tee(tees[-1])
+    for tee in tees:
+        saved.merge(tee)
+    have = _covered(saved)
+    for path, (flags, regions) in _covered(record).items():
+        assert path in have, path
+        assert flags & ~have[path][0] == 0, path
+        assert regions <= have[path][1], path
+
+
+def test_a_tee_catches_only_what_is_marked_while_it_is_on() -> None:
+    record, tee = PathChanges(), PathChanges()
+    record.mark_regions(b"d/f", RegionRange(1, 1))
+    record.tee(tee)
+    record.mark(b"g", META)
+    record.move(b"d", b"e")  # the whole record of d arrives at e, in the tee too
+    record.tee(None)
+    record.mark(b"h", META)
+    assert [(c.path, c.flags, c.runs) for c in tee.walk()] == [
+        (b"", DIR, ()), (b"e", WHOLE, ()), (b"e/f", 0, (RegionRange(1, 1),)), (b"g", META, ())]
+
+
 # --- the property ---------------------------------------------------------------------------
 
 REGIONS = 6
