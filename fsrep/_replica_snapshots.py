@@ -60,8 +60,6 @@ from typing import TYPE_CHECKING, Any
 import tracking
 import transport as tp
 
-from ._snapshots import REWRITE_AFTER
-
 if TYPE_CHECKING:
     from ._apply import Target
 
@@ -200,7 +198,7 @@ class SavedChain:
             return None
         unsaved, newest, shape = self._retee(chain), chain.newest, list(chain)
         whole = not current or newest is None or shape != self._shape or \
-            self.file.journal_bytes > max(REWRITE_AFTER, self.file.base_bytes)
+            self.file.outgrown
         self._shape = shape
         if whole:
             self._captured += 1

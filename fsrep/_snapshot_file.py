@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from ._config import GroupStore
 
 log = logging.getLogger(__name__)
-REWRITE_AFTER = 1024 * 1024  # journal bytes after which the chain is written whole again (or the base's size)
 Chain = tracking.SnapshotChain[tracking.DirtySet]
 
 
@@ -76,7 +75,7 @@ class SnapshotFile:
         if not chain.changed or self.writing:
             return None
         newest = chain.newest
-        if self.reshaped or newest is None or self._file.journal_bytes > max(REWRITE_AFTER, self._file.base_bytes):
+        if self.reshaped or newest is None or self._file.outgrown:
             job = Job(chain.to_payload(), None, self.unsaved, recorded_seq)
         else:
             job = Job(None, {"snapshot": newest.name, "changes": self.unsaved.to_payload()}, self.unsaved,
@@ -105,7 +104,7 @@ class SnapshotFile:
         self.writing = False
         if error is not None:
             chain.changed = True
-            self.reshaped |= job.whole is not None
+            self.reshaped = True  # never an append after a failed one (see JournaledState.append)
             job.unsaved.merge(self.unsaved)  # what came meanwhile, after what the job held
             self.unsaved = job.unsaved
             return False

@@ -158,6 +158,9 @@ class AlternatingState:
         return payload
 
 
+REWRITE_AFTER = 1024 * 1024  # journal bytes below which a journaled state is not written whole again
+
+
 class JournaledState:
     """A large state file kept current cheaply: a base written whole now
     and then (``rewrite``), and a journal of what changed since, appended
@@ -196,8 +199,16 @@ class JournaledState:
         _write_file(self.journal, b"", os.fdatasync)  # what it held is in the base now
         self.journal_bytes = 0
 
+    @property
+    def outgrown(self) -> bool:
+        """The journal is larger than the base (or than REWRITE_AFTER): time
+        to write the state whole again."""
+        return self.journal_bytes > max(REWRITE_AFTER, self.base_bytes)
+
     def append(self, record: dict[str, Any]) -> None:
-        """Add *record* after the base and the records before it.
+        """Add *record* after the base and the records before it. After an
+        append fails, ``rewrite`` before appending again: a record after a
+        half-written one would be read as part of it.
 
         Durability: on disk when this returns.
         """
@@ -234,9 +245,12 @@ class JournaledState:
         except OSError as exc:
             raise StateCorrupt(f"{self.journal}: cannot read: {exc.strerror}") from None
         records, good = [], 0
-        for line in raw.splitlines(keepends=True):
+        lines = raw.splitlines(keepends=True)
+        for index, line in enumerate(lines):
             record = self._record(line)
             if record is None:
+                if index < len(lines) - 1:  # not a torn last append: records the caller relied on are damaged
+                    raise StateCorrupt(f"{self.journal}: record {index + 1} is damaged")
                 break
             good += len(line)
             if record[0] == self.epoch:

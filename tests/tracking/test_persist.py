@@ -194,3 +194,14 @@ def test_a_damaged_base_is_an_error_with_a_name(tmp_path: Path) -> None:
         JournaledState(tmp_path / "s", "kind").load()
     with pytest.raises(StateError, match="no base to append to"):
         JournaledState(tmp_path / "t", "kind").append({})
+
+
+def test_a_damaged_record_before_others_is_corruption_not_a_torn_append(tmp_path: Path) -> None:
+    state = JournaledState(tmp_path / "s", "kind")
+    state.rewrite({"n": 1})
+    for n in range(3):
+        state.append({"add": n})
+    lines = state.journal.read_bytes().splitlines(keepends=True)
+    state.journal.write_bytes(lines[0] + lines[1].replace(b"add", b"adz") + lines[2])  # bit rot in the middle
+    with pytest.raises(StateCorrupt, match="record 2 is damaged"):
+        JournaledState(tmp_path / "s", "kind").load()
