@@ -13,6 +13,7 @@ every fsrep command shares. Importing it loads no FUSE binding.
 
 from ._args import RATE_LIMIT as RATE_LIMIT
 from ._args import Parser as Parser
+from ._args import snapshot_name as snapshot_name
 from ._commands import BadRequest as BadRequest
 from ._commands import Request as Request
 from ._commands import ResyncRequest as ResyncRequest

@@ -100,3 +100,12 @@ class Count:
 
 
 SNAPSHOT_KEEP = Count(1, 60)  # scheduled snapshots kept (a group holds at most 64)
+
+
+def snapshot_name(text: str) -> str:
+    """A snapshot's name as an argparse ``type``: refused before anything is sent."""
+    from tracking import SnapshotError, check_name
+    try:
+        return check_name(text)
+    except SnapshotError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

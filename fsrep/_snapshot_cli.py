@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from ._args import snapshot_name
 from ._commands import SnapshotCreateRequest, SnapshotDeleteRequest, SnapshotListRequest, SnapshotTaken
 from ._control import call, daemon_for
 from ._status import SnapshotList, SnapshotStatus
@@ -28,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = actions.add_parser("create", help="take a snapshot of a group")
     a.add_argument("--group", metavar="ID", help="the group's id or path (needed when the mount has several)")
-    a.add_argument("--name", metavar="NAME", help="letters, digits and ._:+- (default: snap-TIME)")
+    a.add_argument("--name", type=snapshot_name, metavar="NAME", help="letters, digits and ._:+- (default: snap-TIME)")
     a = actions.add_parser("list", help="every group's snapshots")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a = actions.add_parser("delete", help="retire a snapshot on both sides")
-    a.add_argument("name", metavar="NAME")
+    a.add_argument("name", type=snapshot_name, metavar="NAME")
     a.add_argument("--group", metavar="ID", help="the group's id or path (needed when the mount has several)")
 
 

@@ -30,6 +30,7 @@ from fsrep import (
     StatusRequest,
     call,
     daemon_for,
+    snapshot_name,
 )
 
 PROG = "fsrep-resync"
@@ -58,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", metavar="ID", help="the consistency group (id or path, like /vms/vm1; "
                                                        "default: every group of the mount)")
     parser.add_argument("--mode", choices=MODES, default="quick")
-    parser.add_argument("--snapshot", metavar="NAME", help="with --mode snapshot: resync from this snapshot "
-                                                          "(default: the newest both sides hold)")
+    parser.add_argument("--snapshot", type=snapshot_name, metavar="NAME",
+                        help="with --mode snapshot: resync from this snapshot (default: the newest both sides hold)")
     parser.add_argument("--rate-limit", type=RATE_LIMIT, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")

@@ -271,3 +271,21 @@ def test_resync_mode_snapshot_moves_what_changed_since_the_snapshot_named(proxie
     assert unknown.returncode == 1
     assert "no common snapshot named nope" in unknown.stderr
     proxied.assert_replicated()
+
+
+@pytest.mark.parametrize("argv", [["snapshot", "/mnt/x", "create", "--name", "bad name"],
+                                  ["snapshot", "/mnt/x", "delete", "a/b"]])
+def test_a_bad_snapshot_name_is_a_usage_error_in_one_line(argv: list[str]) -> None:
+    done = run_fsrep(*argv, check=False)
+    assert done.returncode == 2
+    assert "is not 1 to 64 letters, digits" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_fsrep_resync_refuses_a_bad_snapshot_name_or_one_without_its_mode() -> None:
+    bad = fsrep_resync("/mnt/x", "--mode", "snapshot", "--snapshot", "x/y")
+    assert bad.returncode == 2
+    assert "is not 1 to 64 letters" in bad.stderr
+    alone = fsrep_resync("/mnt/x", "--snapshot", "s1")
+    assert alone.returncode == 2
+    assert "--snapshot goes with --mode snapshot" in alone.stderr
