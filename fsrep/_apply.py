@@ -92,6 +92,7 @@ class Target(Protocol):
     tree: Tree
     generations: list[bytes]  # the primary's, oldest first
     snapshots: tracking.SnapshotChain[tracking.PathChanges]  # oldest first
+    answering: tuple[str, tracking.PathChanges] | None  # the changes a paged answer is being given from
 
     def before_apply(self, op: tp.Operation) -> None:
         """Called just before each frame that changes the replica."""

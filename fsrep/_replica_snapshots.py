@@ -32,12 +32,12 @@ of regions, so a million scattered regions cost megabytes. A chain holds
 at most ``tracking.MAX_SNAPSHOTS``; retiring a snapshot folds its delta
 into the one before it, and retiring the oldest frees its record.
 
-Cost of one page: ``SnapshotChain.since`` merges the deltas after the one
-asked about into it (the newest alone costs nothing), then the walk skips
-to the page's start along its path (sorting the names of each directory
-on the way) and yields at most a page (``PAGE_BYTES``). So a page costs
-the size of the newer deltas plus one page, never more than the whole
-record.
+Cost of an answer: the union of the deltas since the snapshot asked
+about is gathered once, at its first page, and kept for the pages after
+it (the newest snapshot's delta is read in place, with no copy); each
+page then walks to its start along its path (sorting the names of each
+directory on the way) and yields at most ``PAGE_BYTES``. So an answer
+costs the size of the record once, plus its pages.
 
 Caveats:
 - Writing the chain whole (a snapshot taken or retired, a journal grown
@@ -120,17 +120,36 @@ def changes_since(replica: Target, op: tp.SnapshotChanges) -> tp.Changes:
     order; ``found`` 0 when the replica holds no such snapshot."""
     chain = replica.snapshots
     if chain.find(op.name) is None:
+        replica.answering = None
         return tp.Changes(seq=op.seq, found=0, more=0, entries=b"")
     page: list[bytes] = []
     size, more = 0, 0
-    for change in _after(chain.since(op.name), op.after if op.started else None):
+    for change in _after(_union(replica, op), op.after if op.started else None):
         if size >= PAGE_BYTES:
             more = 1
             break
         encoded = tp.encode_changes([(change.path, change.flags, [(r.first, r.count) for r in change.runs])])
         page.append(encoded)
         size += len(encoded)
+    if not more:
+        replica.answering = None
     return tp.Changes(seq=op.seq, found=1, more=more, entries=b"".join(page))
+
+
+def _union(replica: Target, op: tp.SnapshotChanges) -> tracking.PathChanges:
+    """What changed since snapshot *op.name*, made once per answer: a
+    record of many paths costs its size to gather, not that for each page.
+    The newest snapshot's is its own delta, read in place. (What the later
+    pages then miss, frames applied between them, came from the primary,
+    which knows it.)"""
+    held = replica.answering
+    if op.started and held is not None and held[0] == op.name:
+        return held[1]
+    chain = replica.snapshots
+    deltas = chain.deltas(op.name)
+    union = deltas[0] if len(deltas) == 1 else chain.since(op.name)
+    replica.answering = (op.name, union)
+    return union
 
 
 def _after(changes: tracking.PathChanges, after: bytes | None) -> Iterator[tracking.PathChange]:

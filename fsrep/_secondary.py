@@ -120,6 +120,7 @@ class Replica:
     captured: int = 0  # the number of the last Saving captured
     written: int = 0  # and of the last one written
     replaced: bool = False  # its directory was replaced: nothing more of it is saved
+    answering: tuple[str, tracking.PathChanges] | None = None  # what a paged SnapshotChanges answer reads
 
     def root_replaced(self) -> bool:
         """Whether the replica's directory was removed or replaced since

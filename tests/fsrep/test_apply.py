@@ -36,6 +36,7 @@ class RecordingReplica:
     id: str = "test-group"
     generations: list[bytes] = field(default_factory=list)
     snapshots: Chain = field(default_factory=new_chain)
+    answering: tuple[str, tracking.PathChanges] | None = None
     seen: list[tuple[tp.Operation, dict[str, tuple]]] = field(default_factory=list)
 
     def before_apply(self, op: tp.Operation) -> None:

@@ -419,6 +419,24 @@ def test_pages_of_any_size_list_every_changed_path_once_in_order(replica: Replic
         assert len(pages) == 1
 
 
+def test_a_paged_answer_gathers_the_changes_once_and_reads_the_newest_in_place(
+        replica: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_replica_snapshots, "PAGE_BYTES", 1)
+    apply(replica, tp.Snapshot(seq=1, name="old"))
+    apply(replica, tp.Create(seq=2, path=b"a", mode=0o644, uid=0, gid=0))
+    apply(replica, tp.Snapshot(seq=3, name="new"))
+    for seq, name in enumerate((b"b", b"c", b"d"), 4):
+        apply(replica, tp.Create(seq=seq, path=name, mode=0o644, uid=0, gid=0))
+    unions = []
+    since = replica.snapshots.since
+    monkeypatch.setattr(replica.snapshots, "since", lambda name: unions.append(name) or since(name))
+    assert [p for page in _pages(replica, "old") for p, _, _ in page] == [b"", b"a", b"b", b"c", b"d"]
+    assert unions == ["old"], "the union was gathered again for a later page"
+    assert [p for page in _pages(replica, "new") for p, _, _ in page] == [b"", b"b", b"c", b"d"]
+    assert unions == ["old"], "the newest snapshot's changes were copied"
+    assert replica.answering is None, "the answer's changes are kept after its last page"
+
+
 def test_a_full_chain_retires_its_oldest_to_take_a_new_one(replica: Replica, caplog: pytest.LogCaptureFixture) -> None:
     for seq in range(1, tracking.MAX_SNAPSHOTS + 1):
         apply(replica, tp.Snapshot(seq=seq, name=f"s{seq}"))
