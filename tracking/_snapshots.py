@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from ._dirty import DirtySet
+from ._dirty import DirtySet, Marks
 from ._regions import RegionRange, RegionSet
 
 SNAPSHOTS_KIND = "fsrep-snapshots"
@@ -446,7 +446,7 @@ class Taking:
         self.intercept = DirtySet()
         self.seq: int | None = None  # the replica's position, once its frame is sent
 
-    def record(self, marks: Any) -> None:
+    def record(self, marks: Marks) -> None:
         self.intercept.apply(marks)
 
     def replica_at(self, seq: int) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import tracking
 from tests.conftest import (
+    ACKS_STOPPED,
     LINK_CLOSED,
     SESSION_CLOSED,
     UNCLEAN_SHUTDOWN,
@@ -148,6 +149,30 @@ def test_taking_a_snapshot_without_a_common_point_is_refused_and_leaving_in_sync
     proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
     snapshot(proxied, "create", "--name", "later")
     assert [s["name"] for s in listed(proxied)] == ["later"], "a taken snapshot retires the automatic point"
+    proxied.assert_replicated()
+
+
+@pytest.mark.expect_log(ACKS_STOPPED, SESSION_CLOSED)
+def test_a_link_lost_while_a_snapshot_is_taken_fails_it_in_one_line_and_the_name_is_free_again(
+        proxied: Cluster) -> None:
+    proxied.mount("--ack-timeout", "1", *NO_SCHEDULE)
+    (proxied.mnt / "f").write_bytes(b"x" * REGION)
+    proxied.proxy.stall()  # the Snapshot frame is sent and never acknowledged
+    failed = snapshot(proxied, "create", "--name", "s1", check=False)
+    assert failed.returncode == 1
+    assert "the link to the secondary was lost while the snapshot was taken" in failed.stderr
+    assert "nothing was taken" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert [s["auto"] for s in listed(proxied)] == [True], "only the automatic point of leaving InSync"
+    proxied.proxy.restore()  # the held frames reach the replica: it took s1 there, alone
+    proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    snapshot(proxied, "create", "--name", "s1")
+    (entry,) = listed(proxied)
+    assert (entry["name"], entry["common"]) == ("s1", True)
+    proxied.umount()
+    proxied.mount("--ack-timeout", "1", *NO_SCHEDULE)
+    assert [s["name"] for s in listed(proxied)] == ["s1"]
+    assert proxied.status()["snapshot"]["seq"] == entry["seq"], "the replica kept the first s1, not the second"
     proxied.assert_replicated()
 
 
