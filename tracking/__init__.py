@@ -44,5 +44,6 @@ from ._snapshots import SnapshotChain as SnapshotChain
 from ._snapshots import SnapshotError as SnapshotError
 from ._snapshots import SnapshotId as SnapshotId
 from ._snapshots import Taking as Taking
+from ._snapshots import by_path as by_path
 from ._snapshots import check_name as check_name
 from .generations import Verdict as Verdict

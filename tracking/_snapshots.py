@@ -38,8 +38,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from ._dirty import DirtySet, Marks
-from ._regions import RegionRange, RegionSet
+from ._activity import EXTENT_SIZE
+from ._dirty import UNNAMED, DirtySet, Marks
+from ._regions import RegionRange, RegionSet, regions_for
 
 SNAPSHOTS_KIND = "fsrep-snapshots"
 MAX_SNAPSHOTS = 64
@@ -465,3 +466,39 @@ class Taking:
         sid = SnapshotId(self.name, generation, self.seq, self.created)
         chain.add(sid, intercept=self.intercept)
         return sid
+
+
+def by_path(dirty: DirtySet, files_in: Callable[[bytes], list[bytes]]) -> PathChanges | None:
+    """*dirty* (the primary's record, by inode) as the replica's record (by
+    path): what an old primary changed since a snapshot, kept by path when
+    its store becomes a replica (``fsrep demote``), so the promoted side
+    can ask for it. None when it cannot be told by path — the set says
+    "everything", or names a file it never saw by name — and a resync must
+    compare the whole tree instead.
+
+    A directory whose files' heads may differ (after a crash, the activity
+    log's coarse record) marks the first extent and metadata of each file
+    *files_in* lists there (its names, read from the store).
+    """
+    if dirty.everything:
+        return None
+    changes = PathChanges()
+    for ino in dirty.files():
+        path = dirty.hint(ino)
+        if path is None or path == UNNAMED:
+            return None
+        for run in dirty.ranges(ino):
+            changes.mark_regions(path, run)
+        if dirty.meta_dirty(ino):
+            changes.mark(path, META)
+    for ino in dirty.dirs():
+        path = dirty.hint(ino)
+        if path is None or path == UNNAMED:
+            return None
+        changes.mark(path, DIR)
+        if dirty.heads_dirty(ino):
+            for name in files_in(path):
+                child = path + b"/" + name if path else name
+                changes.mark_regions(child, regions_for(0, EXTENT_SIZE))
+                changes.mark(child, META)
+    return changes

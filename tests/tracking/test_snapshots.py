@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tracking
 from tracking import (
     DIR,
     META,
@@ -368,3 +369,37 @@ def test_what_differs_is_within_the_changes_since_a_common_snapshot_and_its_inte
         for snapshot in model.mine:
             if snapshot.auto or model.theirs.find(snapshot.name) is not None:
                 assert differ <= model.may_differ(snapshot.name), (snapshot, steps)
+
+
+# --- the primary's record by path (a demoted store's) ------------------------------------
+
+
+def test_by_path_keeps_regions_metadata_and_directories_under_their_paths() -> None:
+    dirty = tracking.DirtySet()
+    dirty.mark_regions(11, b"d/f", tracking.RegionRange(3, 2))
+    dirty.mark_meta(12, b"d/g")
+    dirty.mark_dir(10, b"d")
+    changes = tracking.by_path(dirty, lambda path: pytest.fail("no heads were marked"))
+    assert changes is not None
+    got = {c.path: (c.flags, tuple((r.first, r.count) for r in c.runs)) for c in changes.walk()}
+    assert got == {b"d": (tracking.DIR, ()), b"d/f": (0, ((3, 2),)), b"d/g": (tracking.META, ())}
+
+
+def test_by_path_marks_the_heads_of_each_file_a_crash_left_unknown() -> None:
+    dirty = tracking.DirtySet()
+    dirty.mark_heads(10, b"d")
+    changes = tracking.by_path(dirty, lambda path: [b"a", b"b"] if path == b"d" else [])
+    assert changes is not None
+    first = tracking.regions_for(0, tracking.EXTENT_SIZE)
+    got = {c.path: (c.flags, tuple((r.first, r.count) for r in c.runs)) for c in changes.walk()}
+    assert got == {b"d": (tracking.DIR, ()), b"d/a": (tracking.META, ((first.first, first.count),)),
+                   b"d/b": (tracking.META, ((first.first, first.count),))}
+
+
+def test_by_path_cannot_tell_everything_nor_a_file_never_seen_by_name() -> None:
+    everything = tracking.DirtySet()
+    everything.mark_everything("lost")
+    assert tracking.by_path(everything, lambda path: []) is None
+    unnamed = tracking.DirtySet()
+    unnamed.mark_regions(7, tracking.UNNAMED, tracking.RegionRange(0, 1))
+    assert tracking.by_path(unnamed, lambda path: []) is None
