@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from . import _failover_cli as failover_cli
 from . import _snapshot_cli as snapshot_cli
 from ._args import (
     ACK_TIMEOUT,
@@ -154,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     snapshot_cli.add_parser(sub, fmt)
+    failover_cli.add_parsers(sub, fmt)
     return parser
 
 
@@ -425,4 +427,5 @@ def _alive(pid: int) -> bool:
 
 
 COMMANDS = {"keygen": cmd_keygen, "serve": cmd_serve, "mount": cmd_mount, "umount": cmd_umount,
-            "status": cmd_status, "snapshot": snapshot_cli.cmd_snapshot}
+            "status": cmd_status, "snapshot": snapshot_cli.cmd_snapshot, "promote": failover_cli.cmd_promote,
+            "demote": failover_cli.cmd_demote}

@@ -315,7 +315,7 @@ class Command(Generic[ReplyT]):
     answers it."""
 
     request: type[Request[ReplyT]]
-    handler: Callable[[Daemon, Any], Awaitable[ReplyT]]
+    handler: Callable[[Any, Any], Awaitable[ReplyT]]  # (the daemon, its request)
 
 
 COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
@@ -327,8 +327,8 @@ COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
 )}
 
 
-def parse_request(message: Any) -> Request[Any]:
-    """The request the JSON value *message* makes.
+def parse_request(message: Any, table: dict[str, Command[Any]] = COMMANDS) -> Request[Any]:
+    """The request the JSON value *message* makes (one of *table*'s).
 
     Raises:
         BadRequest: it is not an object naming a known command with the
@@ -336,21 +336,22 @@ def parse_request(message: Any) -> Request[Any]:
     """
     if not isinstance(message, dict):
         raise BadRequest(f"a request is a JSON object, not {shown(message)}")
-    names = ", ".join(COMMANDS)
+    names = ", ".join(table)
     if "cmd" not in message:
         raise BadRequest(f'the request names no command: send {{"cmd": NAME, ...}} with NAME one of {names}')
-    row = COMMANDS.get(message["cmd"]) if isinstance(message["cmd"], str) else None
+    row = table.get(message["cmd"]) if isinstance(message["cmd"], str) else None
     if row is None:
         raise BadRequest(f"unknown command {shown(message['cmd'])}: use one of {names}")
     return row.request.from_json(message)
 
 
-async def dispatch(daemon: Daemon, message: Any) -> dict[str, Any]:
+async def dispatch(daemon: Any, message: Any, table: dict[str, Command[Any]] = COMMANDS) -> dict[str, Any]:
     """The reply to *message*: the handler's record, or ``{"error": LINE}``
-    for a bad or refused request."""
+    for a bad or refused request. *daemon* is what *table*'s handlers take
+    (the primary's ``Daemon`` for ``COMMANDS``)."""
     try:
-        req = parse_request(message)
-        reply = await COMMANDS[req.command].handler(daemon, req)
+        req = parse_request(message, table)
+        reply = await table[req.command].handler(daemon, req)
     except BadRequest as exc:
         return {"error": f"bad request: {exc}"}
     except Refused as exc:

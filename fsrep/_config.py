@@ -281,6 +281,7 @@ class GroupRecord:
     stale_reason: str = ""
     clean_shutdown: bool = True
     generations: list[str] = field(default_factory=list)  # hex ids, oldest first
+    promoted_from: str = ""  # hex: promoted from a replica that held the old primary's generation this
 
     @property
     def group_id(self) -> bytes:

@@ -262,6 +262,13 @@ class SavedChain:
         self._retee(chain)  # nothing of a chain loaded before
         return chain
 
+    def rewrite(self, chain: Chain) -> None:
+        """Write *chain* whole as this file's base (the journal emptied):
+        the chain of a replica made from an old primary's store."""
+        self.file.rewrite(chain.to_payload())
+        self._shape = list(chain)
+        self._retee(chain)
+
     def load(self, names: list[Any], last_seq: int, group: str) -> Chain:
         """The chain of the file (its base, then each journal record merged
         into the delta it names), holding only the snapshots the position

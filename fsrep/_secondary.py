@@ -39,7 +39,9 @@ captured: a record of the snapshots holds only what the one before lacks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
 import math
 import os
@@ -57,23 +59,35 @@ import trio
 import tracking
 import transport as tp
 
+from . import _failover as failover
 from . import _replica_snapshots as replica_snapshots
 from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
+from ._commands import dispatch
+from ._config import ConfigError
+from ._control import serve_control
+from ._failover import Promoted
 from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._pipeline import Position
+from ._registry import PROMOTED, REPLICA_KIND, holds_primary_state, save_position
+from ._secondary_commands import SECONDARY_COMMANDS
 from ._store import StoreLock, check_directory
 from ._tree import Tree
 
 log = logging.getLogger(__name__)
-REPLICA_KIND = "fsrep-replica"
 CHECKPOINT_INTERVAL = 2.0
 HANDSHAKE_TIMEOUT = 10.0  # for everything before authentication, however slowly the peer sends
 IDLE_TIMEOUT = 30.0
 # A live primary answers a probe within a round trip (it pings every 2 s besides); short enough that a primary
 # whose old session is dead gets in within its own handshake timeout (5 s).
 PROBE_TIMEOUT = 2.0
+
+
+class ReplicaRefused(Exception):
+    """Raised when a group's replica takes no changes: it was promoted on
+    this host (fenced), or its directory holds a primary store's state. The
+    message, for the connecting primary's operator, says what to do."""
 
 
 @dataclass(slots=True)
@@ -174,7 +188,7 @@ class Replica:
                 if saving.chain is not None:
                     self.saved.write(saving.chain)
                 # Only now: a record the position relies on is never the torn end of the journal.
-                _save_position(self.state_file, self.id, saving.last_seq, saving.generations, saving.snapshots)
+                save_position(self.state_file, self.id, saving.last_seq, saving.generations, saving.snapshots)
             except BaseException:
                 self.snapshots.changed = True
                 raise
@@ -199,6 +213,7 @@ class Secondary:
         self.registry = store / ".fsrep" / "replicas"
         self.registry.mkdir(parents=True, exist_ok=True)
         self.handshakes = Handshakes()
+        self.promoting: set[str] = set()  # groups whose replica is being promoted: no session may open them
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -214,6 +229,8 @@ class Secondary:
         is reset before the directory is made again, so a crash in between
         cannot leave an empty tree that claims an old position."""
         gid = str(uuid.UUID(bytes=group_id))
+        if gid in self.promoting:
+            raise ReplicaRefused(f"group {gid} is being promoted on this host: its replica takes no more changes")
         replica = self.replicas.get(gid)
         if replica is not None and (replica.session is not None or not replica.root_replaced()):
             return replica  # one still in a session is reopened when that session has ended
@@ -222,13 +239,18 @@ class Secondary:
         root = self.store / gid
         try:
             state = tracking.load_state(state_file, REPLICA_KIND)
+            promoted = state.get(PROMOTED)
+            if promoted is not None:
+                raise ReplicaRefused(fenced(gid, promoted))
+            _check_not_a_primary(root, gid)
             last = int(state["last_seq"])
             generations = [bytes.fromhex(g) for g in state.get("generations", [])]
             chain = saved.load(state.get("snapshots", []), last, gid)
         except tracking.StateMissing:
+            _check_not_a_primary(root, gid)
             last, generations, chain = 0, [], replica_snapshots.new_chain()
             root.mkdir(mode=0o755, exist_ok=True)
-            _save_position(state_file, gid, 0, [], [])
+            save_position(state_file, gid, 0, [], [])
             log.info("new replica for group %s at %s", gid, root)
         if replica is not None or not root.is_dir():
             log.warning("group %s: the replica directory %s was removed or replaced (the replica was at seq %d); "
@@ -238,12 +260,60 @@ class Secondary:
                     replica.replaced = True
                     replica.tree.close()
             last, generations = 0, []
-            _save_position(state_file, gid, 0, [], [])
+            save_position(state_file, gid, 0, [], [])
             chain = saved.empty()
             root.mkdir(mode=0o755, exist_ok=True)
         replica = Replica(gid, Tree(root), state_file, last, last, saved, generations, chain)
         self.replicas[gid] = replica
         return replica
+
+    async def promote(self, gid: str, *, force: bool) -> Promoted:
+        """Stop applying group *gid* and make its replica the group's
+        primary store (``_failover.promote``). A live session of its
+        primary is refused unless *force*, which ends it.
+
+        Raises:
+            ConfigError: it cannot (the message says why).
+        """
+        if gid in self.promoting:
+            raise ConfigError(f"group {gid} is being promoted already")
+        self.promoting.add(gid)  # from here on no session opens the replica
+        cut_off = ""
+        try:
+            replica = self.replicas.get(gid)
+            if replica is not None:
+                cut_off = await self._end_session(replica, force)
+                try:
+                    await replica.checkpoint_in_thread()
+                except OSError as exc:
+                    raise ConfigError(f"cannot save the replica's position ({exc.strerror or exc}); free space "
+                                      f"in {self.registry} and promote again") from None
+                with replica.lock:  # nothing of it is saved after this
+                    replica.replaced = True
+                    replica.tree.close()
+                del self.replicas[gid]
+            promoted = await trio.to_thread.run_sync(failover.promote, self.store, gid)
+        finally:
+            self.promoting.discard(gid)
+        return dataclasses.replace(promoted, cut_off=cut_off)
+
+    async def _end_session(self, replica: Replica, force: bool) -> str:
+        """End the replica's session for a promote (a live one only with
+        *force*); who held it ("" if nobody did)."""
+        if replica.session is None or replica.session_done is None:
+            return ""
+        holder = replica.conn.peer if replica.conn is not None else "an earlier connection"
+        if await self._holder_is_live(replica) and not force:
+            raise ConfigError(f"group {replica.id}: its primary {holder} is connected and alive; promoting now "
+                              f"would leave two primaries — stop that primary first, or give --force to cut it off")
+        log.warning("group %s: ending the session from %s to promote the replica", replica.id, holder)
+        replica.session.cancel()
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            await replica.session_done.wait()
+        if not replica.session_done.is_set():
+            raise ConfigError(f"group {replica.id}: the session from {holder} did not end within "
+                              f"{HANDSHAKE_TIMEOUT:g}s; try again")
+        return holder
 
     async def handle(self, stream: trio.SocketStream, handshake: Handshake) -> None:
         """One connection; a bug here drops this peer, never the server."""
@@ -273,6 +343,10 @@ class Secondary:
         conn, group_id = authenticated
         try:
             replica = self.replica(group_id)
+        except ReplicaRefused as exc:
+            log.warning("group %s: refusing %s: %s", uuid.UUID(bytes=group_id), peer, exc)
+            await conn._fail(str(exc))
+            return
         except (tracking.StateError, OSError, KeyError, ValueError, TypeError) as exc:
             log.error("cannot open replica for %s: %s", peer, exc)
             await conn._fail(f"secondary cannot open the replica: {exc}")
@@ -448,11 +522,21 @@ class Secondary:
             replica.tree.close()
 
 
-def _save_position(path: Path, group: str, last_seq: int, generations: list[str], listed: list[list[Any]]) -> None:
-    """Durably record a replica's position: the last seq its data holds,
-    its generation history (hex), and the snapshots saved with it."""
-    tracking.save_state(path, REPLICA_KIND, {"id": group, "last_seq": last_seq, "generations": generations,
-                                             "snapshots": listed})
+def _check_not_a_primary(root: Path, group: str) -> None:
+    """Raises ReplicaRefused when *root* holds a primary store's state."""
+    if holds_primary_state(root):
+        raise ReplicaRefused(f"the replica directory {root} of group {group} holds a primary store's state (a "
+                             f"demote that did not finish: run 'fsrep demote {root} --into {root.parent}' again); "
+                             f"it takes no changes")
+
+
+def fenced(group: str, promoted: dict[str, Any]) -> str:
+    """Why a promoted replica refuses its old primary: it is the group's
+    primary now, and two primaries must never replicate into one replica."""
+    generation = str(promoted.get("generation", ""))[:8]
+    return (f"group {group} was promoted to primary on the secondary's host at generation {generation}: it takes no "
+            f"more changes from this primary, which is the old one — unmount it and run 'fsrep demote STORE --into "
+            f"SECONDARY_STORE' to make it the promoted side's replica")
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
@@ -474,7 +558,6 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tl
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         lock.release()
-        from ._config import ConfigError
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = listeners[0].socket.getsockname()
     raise_open_file_limit()  # after the listen: a refused start says one thing only
@@ -486,6 +569,8 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tl
         async with trio.open_nursery() as nursery:
             nursery.start_soon(secondary.serve, listeners)
             nursery.start_soon(secondary.checkpoints)
+            await nursery.start(serve_control, lock.meta,
+                                functools.partial(dispatch, secondary, table=SECONDARY_COMMANDS))
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)

@@ -54,7 +54,8 @@ class Sessions:
         basis = rel.snapshots.basis()
         known = Known(record.generation_ids, pipeline.acked_seq, pipeline.durable_seq, pipeline.next_seq,
                       record.stale, rel.replica_may_be_ahead, queued is not None and queued.mode == "full",
-                      basis.name if basis is not None else "")
+                      basis.name if basis is not None else "",
+                      bytes.fromhex(record.promoted_from) if record.promoted_from else b"")
         verdict = decide(known, replica)
         self._tell_generation = verdict.tell_generation
         if verdict.decision.refused:

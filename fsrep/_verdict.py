@@ -47,6 +47,7 @@ class Known:
     may_be_ahead: bool = False  # after a crash here: the replica may hold changes never counted
     full_asked: bool = False  # a full resync is queued (the operator discards the replica's side)
     snapshot: str = ""  # the newest snapshot both sides hold (or the automatic point): a resync can start there
+    promoted_from: bytes = b""  # this side was promoted from a replica that held the old primary at this generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,15 @@ def decide(known: Known, replica: Reported) -> Verdict:
                            f"written to as a primary after generation {known.generations[-1].hex()})")
         return Verdict(Decision.REFUSE_CANNOT_TELL, f"the replica's generation {replica.generations[-1].hex()} "
                        "is not in this primary's history, nor ours in its: cannot tell which side is newer")
+    if _old_primary(known, replica):
+        # Both sides went on from the same seq, each in its own direction: seqs say nothing across them.
+        reason = (f"the replica is the old primary (at generation {replica.generations[-1].hex()[:8]}, from before "
+                  f"this side was promoted)")
+        if known.snapshot and not replica.fresh:
+            return Verdict(Decision.SNAPSHOT, f"{reason}; resync from common snapshot {known.snapshot}",
+                           tell_generation=True)
+        return Verdict(Decision.CHECKSUM, f"{reason} and no common snapshot: compare the whole tree by digest",
+                       tell_generation=True)
     tell = history is not G.SAME
     seq = replica.last_seq
     if known.durable_seq <= seq < known.acked_seq and not replica.fresh:
@@ -95,3 +105,13 @@ def decide(known: Known, replica: Reported) -> Verdict:
     if known.stale:
         return Verdict(Decision.QUICK, "the replica is stale", tell_generation=tell)
     return Verdict(Decision.IN_SYNC, "replica matches the primary", tell_generation=tell)
+
+
+def _old_primary(known: Known, replica: Reported) -> bool:
+    """Whether the replica stands where this side stood when it was
+    promoted, or before: it is the old primary (or its replica), and may
+    hold changes this side never had since."""
+    if not known.promoted_from or not replica.generations or known.promoted_from not in known.generations:
+        return False
+    upto = list(known.generations).index(known.promoted_from)
+    return replica.generations[-1] in known.generations[:upto + 1]

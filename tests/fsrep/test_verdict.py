@@ -11,8 +11,12 @@ D = Decision
 
 
 def known(*, history: tuple[bytes, ...] = (OLD, MID), acked: int = 10, durable: int = 10, next_seq: int = 11,
-          stale: bool = False, ahead: bool = False, full: bool = False, snapshot: str = "") -> Known:
-    return Known(history, acked, durable, next_seq, stale, ahead, full, snapshot)
+          stale: bool = False, ahead: bool = False, full: bool = False, snapshot: str = "",
+          promoted_from: bytes = b"") -> Known:
+    return Known(history, acked, durable, next_seq, stale, ahead, full, snapshot, promoted_from)
+
+
+PROMOTED = known(history=(OLD, MID, NEW), stale=True, snapshot="s1", promoted_from=MID)  # promoted from MID, now NEW
 
 
 def replica(last_seq: int = 10, *, fresh: bool = False, history: tuple[bytes, ...] = (OLD, MID)) -> Reported:
@@ -46,6 +50,14 @@ ROWS = [
     ("newer replica, full resync asked", known(full=True), replica(history=(OLD, MID, NEW)), D.FULL, None,
      False),
     ("unrelated, full resync asked", known(full=True), replica(history=(OTHER,)), D.FULL, None, False),
+    ("promoted: the old primary, behind our seq", PROMOTED, replica(4), D.SNAPSHOT, None, True),
+    ("promoted: the old primary, with a tail we never had", PROMOTED, replica(40), D.SNAPSHOT, None, True),
+    ("promoted: an older state of the old primary", PROMOTED, replica(history=(OLD,)), D.SNAPSHOT, None, True),
+    ("promoted, no common snapshot", known(history=(OLD, MID, NEW), stale=True, promoted_from=MID), replica(40),
+     D.CHECKSUM, None, True),
+    ("promoted: the old primary wrote on alone (split brain)", PROMOTED, replica(history=(OLD, MID, OTHER)),
+     D.REFUSE_CANNOT_TELL, None, False),
+    ("promoted: the replica met us since", PROMOTED, replica(10, history=(OLD, MID, NEW)), D.QUICK, None, False),
 ]
 
 

@@ -1,0 +1,255 @@
+"""Failover and failback on real mounts (fsrep/_failover.py, the verdict's
+row for an old primary, the fencing of a promoted replica): the primary
+killed while a client appends fsync'd records, its replica promoted and
+mounted and written, the old primary demoted and resynced from the common
+snapshot, then the same the other way round — the trees equal by digest at
+each step, every acknowledged record there, and only what changed since the
+snapshot sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tracking
+from fsrep._config import GroupStore
+from fsrep._registry import REPLICA_KIND, position_file
+from tests.conftest import (
+    LINK_CLOSED,
+    SESSION_CLOSED,
+    Cluster,
+    Secondary,
+    assert_same_tree,
+    run_fsrep,
+    wait_for,
+    write_random,
+)
+
+MiB = 1024 * 1024
+REGION = 4096
+NO_SCHEDULE = ("--snapshot-interval", "0")
+KILLED = (r" WARNING \S+: group \S+: the primary daemon did not shut down cleanly", SESSION_CLOSED, LINK_CLOSED)
+# The promoted side cannot reach the old primary's host until it is demoted and served.
+UNREACHABLE = r" WARNING \S+: group \S+: link to \S+ lost" r"(?: at seq \d+ of generation \S+)?: cannot connect"
+CUT_OFF = r" WARNING \S+: group \S+: ending the session from \S+ to promote the replica$"
+FENCED = (r" WARNING \S+: group \S+: refusing \S+: group \S+ was promoted to primary",
+          r" WARNING \S+: dropping connection with \S+: group \S+ was promoted to primary")
+FENCED_PRIMARY = r" WARNING \S+: group \S+: link to \S+ lost" r"(?: at seq \d+ of generation \S+)?: \S+ closed the " \
+                 r"session: group \S+ was promoted to primary"
+
+# Appends numbered 64-byte records, each fsync'd before its number is printed: a printed number is acknowledged.
+LEDGER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+i = 0
+while True:
+    try:
+        os.write(fd, b"%063d\\n" % i)
+        os.fsync(fd)
+    except OSError:
+        break
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mount(store: Path, mnt: Path, secondary: str, key: Path) -> None:
+    mnt.mkdir(exist_ok=True)
+    run_fsrep("mount", str(store), str(mnt), "--secondary", secondary, "--key-file", str(key), *NO_SCHEDULE)
+
+
+def status(mnt: Path) -> dict:
+    (group,) = json.loads(run_fsrep("status", str(mnt), "--json").stdout)["groups"]
+    return group
+
+
+def wait_in_sync(mnt: Path) -> dict:
+    """Wait until the group is InSync (the promoted side reconnects within its backoff, at most 30 s)."""
+    return wait_for(lambda: (group := status(mnt))["state"] == "InSync" and group, f"{mnt} InSync", timeout=90,
+                    step=0.2)
+
+
+def acknowledged(ledger: subprocess.Popen) -> int:
+    out, _ = ledger.communicate(timeout=30)
+    numbers = [int(line) for line in out.split()]
+    assert numbers, "the ledger writer acknowledged nothing"
+    return numbers[-1]
+
+
+def assert_ledger(path: Path, last: int) -> None:
+    records = path.read_bytes().split(b"\n")
+    assert [int(r) for r in records[:last + 1]] == list(range(last + 1)), f"{path} lost acknowledged records"
+
+
+def changed_bytes(*writes: tuple[int, int]) -> int:
+    """What (offset, length) writes of distinct files cover, in whole regions."""
+    return sum((offset + length + REGION - 1) // REGION * REGION - offset // REGION * REGION
+               for offset, length in writes)
+
+
+@pytest.mark.expect_log(*KILLED, UNREACHABLE, *FENCED, FENCED_PRIMARY)
+def test_failover_then_failback_sends_only_what_changed_since_the_snapshot(cluster: Cluster) -> None:
+    key, base = cluster.key, cluster.base
+    a_store, a_mnt, b_sec = cluster.primary_store, cluster.mnt, cluster.secondary
+    a_sec = Secondary(base / "a-secondary", key, port=free_port())
+    a_sec.store.mkdir()
+    b_mnt = base / "mnt-b"
+    try:
+        # Host A serves, replicating to B; a snapshot, then more changes and a client appending fsync'd records.
+        mount(a_store, a_mnt, b_sec.address, key)
+        write_random(a_mnt / "big", 32)
+        run_fsrep("umount", str(a_mnt))  # a clean restart: the activity log starts empty
+        mount(a_store, a_mnt, b_sec.address, key)
+        run_fsrep("snapshot", str(a_mnt), "create", "--name", "s1")
+        with open(a_mnt / "big", "r+b") as f:
+            f.seek(3 * MiB)
+            f.write(os.urandom(MiB))
+        ledger = subprocess.Popen([sys.executable, "-c", LEDGER, str(a_mnt / "ledger")], stdout=subprocess.PIPE,
+                                  text=True)
+        wait_for(lambda: (a_mnt / "ledger").exists() and (a_mnt / "ledger").stat().st_size > 64 * 200,
+                 "200 ledger records")
+        cluster.kill_primary()  # host A is lost while the client writes
+        last = acknowledged(ledger)
+        gid = b_sec.replica_root().name
+        b_store = b_sec.store / gid
+
+        # Failover: B's replica is promoted (its daemon running) and served, and written.
+        promoted = run_fsrep("promote", str(b_store)).stdout
+        assert "promoted at generation" in promoted, promoted
+        assert "start at snapshot s1" in promoted, promoted
+        assert_ledger(b_store / "ledger", last)  # every acknowledged record made it before the failover
+        mount(b_store, b_mnt, a_sec.address, key)
+        assert "promoted at generation" in status(b_mnt)["stale_reason"]
+        with open(b_mnt / "big", "r+b") as f:
+            f.seek(17 * MiB + 100)
+            f.write(os.urandom(2 * MiB))
+            os.fsync(f.fileno())
+        (b_mnt / "new-on-b").write_bytes(b"written after the failover\n")
+
+        # The old primary comes back: its store becomes B's replica, resynced from s1 — not from scratch.
+        run_fsrep("umount", str(a_mnt))  # the mount the killed daemon left
+        demoted = run_fsrep("demote", str(a_store), "--into", str(a_sec.store)).stdout
+        assert "snapshots kept: s1" in demoted, demoted
+        assert not a_store.exists()
+        assert (a_sec.store / gid / "big").is_file()
+        assert not (a_sec.store / gid / ".fsrep").exists()
+        a_sec.start()
+        group = wait_in_sync(b_mnt)
+        run = group["resync"]
+        assert run["mode"] == "snapshot", run
+        assert run["snapshot"] == "s1", run
+        # Changed since s1: on B, what it wrote; on A, what its activity log held at the crash — the first
+        # extent of big and of the ledger (a crash leaves extents, not regions) — and never the rest of big.
+        ledger_size = (b_store / "ledger").stat().st_size
+        since = changed_bytes((0, tracking.EXTENT_SIZE), (17 * MiB + 100, 2 * MiB), (0, ledger_size))
+        assert 2 * MiB <= run["bytes_copied"] <= since + 256 * 1024, (run["bytes_copied"], since)
+        run_fsrep("snapshot", str(b_mnt), "create", "--name", "s2")  # a newer common point
+        with open(b_mnt / "big", "r+b") as f:
+            f.seek(25 * MiB)
+            f.write(os.urandom(MiB))
+        run_fsrep("umount", str(b_mnt))
+        assert_same_tree(b_store, a_sec.store / gid)
+        assert_ledger(a_sec.store / gid / "ledger", last)
+
+        # Failback: A's replica promoted, B's store demoted in place, and the same again the other way.
+        run_fsrep("promote", str(a_sec.store / gid))
+        mount(a_sec.store / gid, a_mnt, b_sec.address, key)
+        (a_mnt / "after-failback").write_bytes(b"A serves again\n")
+        run_fsrep("demote", str(b_store), "--into", str(b_sec.store))
+        group = wait_in_sync(a_mnt)
+        run = group["resync"]
+        assert run["mode"] == "snapshot", run
+        assert run["snapshot"] == "s2", run
+        assert MiB <= run["bytes_copied"] <= MiB + 64 * 1024, run  # what B wrote since s2, and A's new file
+        run_fsrep("umount", str(a_mnt))
+        assert_same_tree(a_sec.store / gid, b_store)
+        assert (b_store / "new-on-b").read_bytes() == b"written after the failover\n"
+        assert_ledger(b_store / "ledger", last)
+    finally:
+        for mnt in (b_mnt, a_mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        a_sec.stop(signal.SIGKILL)
+
+
+@pytest.mark.expect_log(*FENCED, FENCED_PRIMARY)
+def test_a_promoted_replica_refuses_the_old_primary(cluster: Cluster) -> None:
+    cluster.mount(*NO_SCHEDULE)
+    (cluster.mnt / "f").write_bytes(b"before\n")
+    cluster.umount()
+    cluster.secondary.stop()
+    replica = cluster.secondary.replica_root()
+    promoted = run_fsrep("promote", str(replica)).stdout  # the daemon stopped: done under the store's lock
+    assert "promoted at generation" in promoted
+    record = tracking.load_state(position_file(cluster.secondary.store, replica.name), REPLICA_KIND)
+    assert record["promoted"]["from"] == record["generations"][-1]
+    (promoted_record,) = GroupStore(str(replica)).load_all()
+    assert promoted_record.promoted_from == record["generations"][-1]
+    assert promoted_record.generations[-1] == record["promoted"]["generation"]
+    cluster.secondary.start()
+    cluster.mount(*NO_SCHEDULE)  # the old primary: refused, it keeps serving its clients locally
+    group = wait_for(lambda: (g := cluster.status())["last_error"] and g, "the refusal")
+    assert "was promoted to primary" in group["last_error"], group
+    assert "fsrep demote" in group["last_error"], group
+    assert group["state"] != "InSync"
+    (cluster.mnt / "f").write_bytes(b"after\n")
+    assert (replica / "f").read_bytes() == b"before\n"  # nothing of the old primary reached the promoted replica
+    again = run_fsrep("promote", str(replica), check=False)
+    assert again.returncode == 1, again.stderr
+    assert "promoted already" in again.stderr, again.stderr
+
+
+@pytest.mark.expect_log(CUT_OFF, SESSION_CLOSED, LINK_CLOSED, *FENCED, FENCED_PRIMARY)
+def test_promote_refuses_a_live_primary_unless_forced(mounted: Cluster) -> None:
+    replica = mounted.secondary.replica_root()
+    refused = run_fsrep("promote", str(replica), check=False)
+    assert refused.returncode == 1
+    assert "connected and alive" in refused.stderr
+    assert "--force" in refused.stderr
+    assert not (replica / ".fsrep").exists()
+    (mounted.mnt / "still").write_bytes(b"replicated\n")
+    assert (replica / "still").read_bytes() == b"replicated\n"
+    forced = run_fsrep("promote", str(replica), "--force").stdout
+    assert "cut off the old primary's session" in forced, forced
+    wait_for(lambda: mounted.status()["state"] != "InSync", "the old primary cut off")
+    (mounted.mnt / "later").write_bytes(b"local only\n")
+    assert not (replica / "later").exists()
+
+
+def test_promote_and_demote_refuse_what_they_cannot_do(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.mount(*NO_SCHEDULE)
+    (cluster.mnt / "f").write_bytes(b"x")
+    other = tmp_path / "other-secondary"
+    other.mkdir()
+    mounted = run_fsrep("demote", str(cluster.primary_store), "--into", str(other), check=False)
+    assert mounted.returncode == 1, mounted.stderr
+    assert "in use by another fsrep daemon" in mounted.stderr, mounted.stderr
+    cluster.umount()
+    not_replica = run_fsrep("promote", str(cluster.secondary.store), check=False)
+    assert not_replica.returncode == 1
+    assert "not a replica directory" in not_replica.stderr
+    gid = cluster.secondary.replica_root().name
+    held = run_fsrep("demote", str(cluster.primary_store), "--into", str(cluster.secondary.store), check=False)
+    assert held.returncode == 1, held.stderr
+    assert "exists already" in held.stderr, held.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    none = run_fsrep("demote", str(plain), "--into", str(other), check=False)
+    assert none.returncode == 1, none.stderr
+    assert "no consistency groups" in none.stderr, none.stderr
+    assert "Traceback" not in mounted.stderr + not_replica.stderr + held.stderr + none.stderr
+    assert (cluster.primary_store / "f").exists()
+    assert not (other / gid).exists()
+
