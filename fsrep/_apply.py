@@ -29,9 +29,9 @@ frame that changes the replica (every row but a question) passes
 ``replica.before_apply(frame)`` there, just before its handler runs. That is
 where an undo log will record what the frame is about to overwrite (the old
 bytes of a write's regions, the entry a Remove or Purge drops), so that a
-resync target can be rolled back to its last consistent point; the
-Generation that ends a resync is where it may let that go. Today the
-secondary's ``Replica.before_apply`` keeps nothing.
+resync target can be rolled back to its last consistent point
+(``_undo``): ResyncBegin opens it, and the Generation that ends a resync is
+where it may let that go.
 
 The handlers reach the tree only through ``Tree``'s confined descriptors
 (``at``, ``entry``, ``writable``, ``held_parent``): none of them follows a
@@ -424,6 +424,10 @@ def _fsync(tree: Tree, op: tp.Fsync) -> None:
         os.close(fd)
 
 
+def _nothing(tree: Tree, op: tp.Operation) -> None:
+    pass
+
+
 # --- what each change marks since a snapshot -------------------------------------------
 
 
@@ -509,6 +513,7 @@ TABLE: dict[type[tp.Operation], Row] = {
     tp.Remove: Row(_M, _remove, _marks_removed),
     tp.Purge: Row(_M, _purge, _marks_purge),
     tp.Fsync: Row(_M, _fsync),  # durability only: nothing a snapshot tracks
+    tp.ResyncBegin: Row(_M, _nothing),  # the replica's undo log opens (its before_apply): the tree is as it was
     tp.ListDir: Row(_Q, _list_dir),
     tp.Checksum: Row(_Q, _checksum),
     tp.ListData: Row(_Q, _list_data),

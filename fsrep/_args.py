@@ -80,6 +80,7 @@ RESYNC_STALL_TIMEOUT = Number("seconds", 1, DAY)
 LAG_BUDGET = Number("bytes", 0, GiB)  # what is unacknowledged is held in memory
 RATE_LIMIT = Number("bytes/s", 0, 1024 * GiB)  # 0: none; a limit below RATE_FLOOR is raised to it
 SNAPSHOT_INTERVAL = Number("seconds", 0, 366 * DAY)  # 0: no scheduled snapshots
+UNDO_LIMIT = Number("bytes", 1024**2, 1024**4)  # old data a replica's undo log may keep during a resync
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from ._args import (
     RESYNC_STALL_TIMEOUT,
     SNAPSHOT_INTERVAL,
     SNAPSHOT_KEEP,
+    UNDO_LIMIT,
     Parser,
 )
 from ._commands import StatusRequest
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
     _tls_arguments(p, "primaries")
+    p.add_argument("--undo-limit", type=UNDO_LIMIT, default="4G", metavar="BYTES",
+                   help="how much old data a replica keeps while a resync overwrites it, so that it can be rolled "
+                        "back if the primary is lost (default 4G; when it is reached the resync waits)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
     p = sub.add_parser("mount", help="mount a primary store, replicating to a secondary", formatter_class=fmt,
@@ -199,7 +203,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_not_on_a_mount(check_directory(args.store, "store"))
     key = read_key(args.key_file)
     tls = tls_context(declared_tls(None, args.tls_cert, args.tls_key, args.tls_ca), server=True)
-    trio.run(functools.partial(run_secondary, args.store, host, port, key, tls=tls, verbose=args.verbose))
+    trio.run(functools.partial(run_secondary, args.store, host, port, key, tls=tls, verbose=args.verbose,
+                               undo_limit=int(args.undo_limit)))
     return 0
 
 

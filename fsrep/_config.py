@@ -301,37 +301,34 @@ class GroupRecord:
 RESERVE_SIZE = 256 * 1024  # disk kept for fsrep's own state on a full store
 
 
-class GroupStore:
-    """The ``.fsrep/groups/`` directory of a primary store.
+class Reserve:
+    """Disk held for fsrep's own state on a store: a full disk must not keep
+    fsrep from writing what lets it go on (on a primary the stale mark and
+    the activity log, on a secondary the undo log of a resync that would
+    free space). ``STORE/.fsrep/reserve`` holds RESERVE_SIZE bytes, given
+    up the first time such a write finds no space, and taken again by
+    ``hold()`` once there is room."""
 
-    A full disk must not keep fsrep from writing the marks that let clients
-    go on (the stale mark before a change kept local, the activity log):
-    ``.fsrep/reserve`` holds RESERVE_SIZE bytes, given up the first time
-    such a write finds no space, and taken again by ``reserve()`` once
-    there is room.
-    """
+    def __init__(self, store: str | os.PathLike[str]) -> None:
+        self.path = Path(store, META_DIR, "reserve")
 
-    def __init__(self, store: str) -> None:
-        self.dir = Path(store, META_DIR, "groups")
-        self._reserve = Path(store, META_DIR, "reserve")
-
-    def reserve(self) -> None:
+    def hold(self) -> None:
         """Hold RESERVE_SIZE bytes of the store's disk, if there is room."""
         try:
-            if self._reserve.stat().st_size >= RESERVE_SIZE:
+            if self.path.stat().st_size >= RESERVE_SIZE:
                 return
         except FileNotFoundError:
             pass
         try:
-            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.posix_fallocate(fd, 0, RESERVE_SIZE)
             finally:
                 os.close(fd)
         except OSError:
-            self._reserve.unlink(missing_ok=True)  # no room yet: try again later
+            self.path.unlink(missing_ok=True)  # no room yet: try again later
 
-    def durably(self, write: Callable[[], None]) -> None:
+    def durably(self, write: Callable[[], object]) -> None:
         """Run *write* (a state file's save); when the disk is full, give up
         the reserve and try once more.
 
@@ -341,12 +338,27 @@ class GroupStore:
         try:
             write()
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._reserve.exists():
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.path.exists():
                 raise
-            self._reserve.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
             log.warning("the store's disk is full: fsrep gave up its %d KiB reserve to save its state",
                         RESERVE_SIZE // 1024)
             write()
+
+
+class GroupStore:
+    """The ``.fsrep/groups/`` directory of a primary store (its state files
+    written through the store's ``Reserve``)."""
+
+    def __init__(self, store: str) -> None:
+        self.dir = Path(store, META_DIR, "groups")
+        self.space = Reserve(store)
+
+    def reserve(self) -> None:
+        self.space.hold()
+
+    def durably(self, write: Callable[[], None]) -> None:
+        self.space.durably(write)
 
     def file(self, record: GroupRecord) -> Path:
         return self.dir / f"{record.id}.json"

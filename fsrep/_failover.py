@@ -49,6 +49,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tracking
 
@@ -60,6 +61,7 @@ from ._snapshot_file import SnapshotFile
 from ._status import Record
 from ._store import StoreLock, check_directory
 from ._tree import Tree
+from ._undo import UndoLog
 
 log = logging.getLogger(__name__)
 PrimaryChain = tracking.SnapshotChain[tracking.DirtySet]
@@ -77,6 +79,7 @@ class Promoted(Record):
     seq: int
     snapshot: str  # the newest snapshot kept ("" for none): where the resync with the old primary starts
     cut_off: str = ""  # the old primary's session ended by --force
+    rolled_back: str = ""  # what the undo log of an unfinished resync undid ("" for nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,10 @@ def promote(store: Path, gid: str) -> Promoted:
     except (tracking.StateError, KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot read the replica's position ({exc}); promote needs it to know what the "
                           f"replica holds — restore {registry}") from None
+    rolled_back = _roll_back(store, gid, state)
+    if rolled_back:
+        last, history, listed = int(state["last_seq"]), [bytes.fromhex(g) for g in state["generations"]], \
+            list(state["snapshots"])
     groups = GroupStore(str(root))
     promoted = state.get(PROMOTED)
     if promoted is not None and any(r.id == gid for r in groups.load_all()):
@@ -172,7 +179,42 @@ def promote(store: Path, gid: str) -> Promoted:
     log.info("group %s: %s; the replica was at seq %d of generation %s", gid, reason, last,
              str(promoted["from"])[:8] or "none")
     return Promoted(group=gid, store=str(root), generation=generation, promoted_from=str(promoted["from"]),
-                    seq=last, snapshot=newest.name if newest is not None else "")
+                    seq=last, snapshot=newest.name if newest is not None else "", rolled_back=rolled_back)
+
+
+def _roll_back(store: Path, gid: str, state: dict[str, Any]) -> str:
+    """Roll the replica back to where an unfinished resync began (its undo
+    log), and its position file with it; what was done ("" for nothing).
+
+    Raises:
+        ConfigError: the log cannot be read or applied (the replica is
+            left for the operator; running promote again retries).
+    """
+    root, registry = store / gid, position_file(store, gid)
+    tree = Tree(root)
+    try:
+        undo = UndoLog(store / META_DIR / "undo" / gid, tree)
+        if not undo.load() or undo.base is None:
+            return ""
+        if undo.ended is not None and undo.ended <= int(state["last_seq"]):
+            undo.release()  # the resync completed, and its data is durable: nothing to undo
+            return ""
+        records = undo.records
+        try:
+            base = undo.rollback()
+        except (OSError, tracking.StateError) as exc:
+            raise ConfigError(f"group {gid}: cannot roll the replica back to where the unfinished resync began "
+                              f"({exc}); nothing is promoted — fix that and run promote again") from None
+    finally:
+        tree.close()
+    state.update(last_seq=int(base["last_seq"]), generations=list(base["generations"]),
+                 snapshots=list(base["snapshots"]))
+    save_position(registry, gid, state["last_seq"], state["generations"], state["snapshots"], state.get(PROMOTED))
+    undo.release()
+    note = (f"rolled back to seq {state['last_seq']}, where a resync that did not complete began ({records} "
+            f"changes undone): the replica is as the primary was then")
+    log.warning("group %s: %s", gid, note)
+    return note
 
 
 def _by_inode(chain: replica_snapshots.Chain, tree: Tree) -> PrimaryChain:
@@ -318,6 +360,8 @@ def describe(promoted: Promoted) -> list[str]:
     """What promote tells the operator."""
     lines = [f"group {promoted.group}: promoted at generation {promoted.generation[:8]} (the old primary's was "
              f"{promoted.promoted_from[:8] or 'none'}), at seq {promoted.seq}"]
+    if promoted.rolled_back:
+        lines.append(promoted.rolled_back)
     if promoted.cut_off:
         lines.append(f"cut off the old primary's session ({promoted.cut_off})")
     lines.append(f"resyncs with the old primary start at snapshot {promoted.snapshot}" if promoted.snapshot else

@@ -64,7 +64,7 @@ from . import _replica_snapshots as replica_snapshots
 from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
 from ._commands import dispatch
-from ._config import ConfigError
+from ._config import META_DIR, ConfigError, Reserve
 from ._control import serve_control
 from ._failover import Promoted
 from ._limits import raise_open_file_limit
@@ -74,6 +74,7 @@ from ._registry import PROMOTED, REPLICA_KIND, holds_primary_state, save_positio
 from ._secondary_commands import SECONDARY_COMMANDS
 from ._store import StoreLock, check_directory
 from ._tree import Tree
+from ._undo import UNDO_LIMIT, UndoLog
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 2.0
@@ -135,6 +136,7 @@ class Replica:
     written: int = 0  # and of the last one written
     replaced: bool = False  # its directory was replaced: nothing more of it is saved
     answering: tuple[str, tracking.PathChanges] | None = None  # what a paged SnapshotChanges answer reads
+    undo: UndoLog | None = None  # what a resync overwrites (the daemon's replicas have one)
 
     def root_replaced(self) -> bool:
         """Whether the replica's directory was removed or replaced since
@@ -153,8 +155,27 @@ class Replica:
 
     def before_apply(self, op: tp.Operation) -> None:
         """Called by ``_apply.apply`` just before each frame that changes
-        the replica. Nothing is kept yet: an undo log records here what
-        *op* is about to overwrite."""
+        the replica: while a resync writes, the undo log records what *op*
+        is about to overwrite (``_undo``).
+
+        Raises:
+            OSError: it cannot (EDQUOT: the log is full); *op* is refused.
+        """
+        undo = self.undo
+        if undo is None:
+            return
+        if isinstance(op, tp.ResyncBegin):
+            if undo.open and undo.ended is None:
+                return  # a resync started again: the log still rolls back to where the first began
+            self.tree.sync()  # the state it rolls back to is on disk
+            undo.begin({"last_seq": self.last_applied, "generations": [g.hex() for g in self.generations],
+                        "snapshots": replica_snapshots.listed(self.snapshots)})
+            log.info("group %s: a resync begins at %s; the undo log keeps what it overwrites until it ends",
+                     self.id, self.position)
+        elif isinstance(op, tp.Generation):
+            undo.end(op.seq)
+        else:
+            undo.before(op)
 
     def capture(self) -> Saving | None:
         """What a checkpoint writes, as it stands now; None when nothing
@@ -189,6 +210,8 @@ class Replica:
                     self.saved.write(saving.chain)
                 # Only now: a record the position relies on is never the torn end of the journal.
                 save_position(self.state_file, self.id, saving.last_seq, saving.generations, saving.snapshots)
+                if self.undo is not None:
+                    self.undo.release_upto(saving.last_seq)  # the resync it kept the undo of is durable
             except BaseException:
                 self.snapshots.changed = True
                 raise
@@ -205,13 +228,17 @@ class Replica:
 
 
 class Secondary:
-    def __init__(self, store: Path, key: bytes, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, store: Path, key: bytes, tls: ssl.SSLContext | None = None,
+                 undo_limit: int = UNDO_LIMIT) -> None:
         self.store = store
+        self.undo_limit = undo_limit
+        self.space = Reserve(store)
         self.key = key
         self.tls = tls  # server_context: every peer must pass mutual TLS first
         self.replicas: dict[str, Replica] = {}
         self.registry = store / ".fsrep" / "replicas"
         self.registry.mkdir(parents=True, exist_ok=True)
+        self.space.hold()
         self.handshakes = Handshakes()
         self.promoting: set[str] = set()  # groups whose replica is being promoted: no session may open them
 
@@ -252,7 +279,8 @@ class Secondary:
             root.mkdir(mode=0o755, exist_ok=True)
             save_position(state_file, gid, 0, [], [])
             log.info("new replica for group %s at %s", gid, root)
-        if replica is not None or not root.is_dir():
+        emptied = replica is not None or not root.is_dir()
+        if emptied:
             log.warning("group %s: the replica directory %s was removed or replaced (the replica was at seq %d); "
                         "starting an empty replica at seq 0, which the primary fills with a baseline", gid, root, last)
             if replica is not None:
@@ -263,7 +291,16 @@ class Secondary:
             save_position(state_file, gid, 0, [], [])
             chain = saved.empty()
             root.mkdir(mode=0o755, exist_ok=True)
-        replica = Replica(gid, Tree(root), state_file, last, last, saved, generations, chain)
+        tree = Tree(root)
+        undo = UndoLog(self.store / META_DIR / "undo" / gid, tree, self.undo_limit, self.space)
+        if emptied:
+            undo.release()  # the tree it would roll back is gone
+        elif undo.load() and undo.base is not None:
+            undo.release_upto(last)
+        if undo.open and undo.base is not None:
+            log.info("group %s: an undo log is open since seq %s (a resync did not complete); the resync goes on",
+                     gid, undo.base.get("last_seq"))
+        replica = Replica(gid, tree, state_file, last, last, saved, generations, chain, undo=undo)
         self.replicas[gid] = replica
         return replica
 
@@ -548,12 +585,12 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tls: ssl.SSLContext | None = None,
-                        verbose: bool = False, announce: bool = True) -> None:
+                        verbose: bool = False, announce: bool = True, undo_limit: int = UNDO_LIMIT) -> None:
     """Serve replicas until SIGTERM/SIGINT."""
     store = check_directory(store_path, "store")
     lock = StoreLock(store, "secondary")
     setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
-    secondary = Secondary(store, key, tls)
+    secondary = Secondary(store, key, tls, undo_limit)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:

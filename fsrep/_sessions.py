@@ -124,6 +124,9 @@ class Sessions:
         elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes)):
             rel.stream.replied(event)
         elif isinstance(event, tp.Nack):
+            if event.errno == errno.EDQUOT:  # the replica's undo log is full: it keeps it, the run waits
+                raise tp.LinkDown(f"resync paused: the secondary cannot keep more of what it overwrites "
+                                  f"({event.message})")
             if rel.state is R.RESYNCING:
                 # The replica is not what the dirty set says: never retry the same steps forever.
                 rel.ledger.mark_everything(f"the replica refused resync step {event.seq}: {event.message}")

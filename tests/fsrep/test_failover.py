@@ -20,6 +20,7 @@ import pytest
 
 import tracking
 from fsrep._config import GroupStore
+from fsrep._digest import tree_digest
 from fsrep._registry import REPLICA_KIND, position_file
 from tests.conftest import (
     LINK_CLOSED,
@@ -27,6 +28,7 @@ from tests.conftest import (
     Cluster,
     Secondary,
     assert_same_tree,
+    fsrep_resync,
     run_fsrep,
     wait_for,
     write_random,
@@ -253,3 +255,69 @@ def test_promote_and_demote_refuse_what_they_cannot_do(cluster: Cluster, tmp_pat
     assert (cluster.primary_store / "f").exists()
     assert not (other / gid).exists()
 
+
+
+ROLLED_BACK = r" WARNING \S+: group \S+: rolled back to seq \d+, where a resync that did not complete began"
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED, ROLLED_BACK, r" WARNING \S+: group \S+: link to \S+ lost")
+def test_a_replica_promoted_in_the_middle_of_a_resync_is_as_the_primary_was_when_it_began(cluster: Cluster) -> None:
+    cluster.mount(*NO_SCHEDULE, "--resync-rate-limit", "2M")
+    write_random(cluster.mnt / "big", 24)
+    for n in range(20):
+        (cluster.mnt / f"small-{n}").write_bytes(os.urandom(5000))
+    replica = cluster.secondary.replica_root()
+    wait_for(lambda: cluster.status()["ops_in_flight"] == 0, "everything acknowledged")
+    cluster.secondary.stop()
+    wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
+    before = tree_digest(replica)  # the replica when the resync begins: the primary as it was at the cut
+    with open(cluster.mnt / "big", "r+b") as f:  # a large change while cut off
+        for n in range(0, 24, 2):
+            f.seek(n * MiB)
+            f.write(os.urandom(MiB))
+    for n in range(0, 20, 3):
+        (cluster.mnt / f"small-{n}").unlink()
+    (cluster.mnt / "small-1").rename(cluster.mnt / "moved")
+    (cluster.mnt / "new").write_bytes(b"made while cut off")
+    cluster.secondary.start()
+    wait_for(lambda: (run := cluster.status()["resync"]) and run["running"] and run["bytes_copied"] >= 2 * MiB,
+             "the resync under way")
+    cluster.kill_primary()  # lost in the middle of it
+    promoted = wait_for(lambda: (done := run_fsrep("promote", str(replica), check=False)).returncode == 0 and done,
+                        "the dead primary's session to end")
+    assert "rolled back to seq" in promoted.stdout, promoted.stdout
+    assert tree_digest(replica) == before  # never half-synced
+    assert not (replica / "new").exists()
+
+
+UNDO_FULL = (r" ERROR \S+: group \S+: cannot apply seq \d+ \(\w+\) at seq \d+ of generation \S+: \[Errno 122\] the "
+             r"undo log is full",
+             r" WARNING \S+: group \S+: link to \S+ lost" r"(?: at seq \d+ of generation \S+)?: resync paused: the "
+             r"secondary cannot keep more of what it overwrites")
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED, *UNDO_FULL)
+def test_a_resync_that_outgrows_the_undo_log_waits_and_says_so(cluster: Cluster) -> None:
+    cluster.secondary.stop()
+    cluster.secondary.args = ("--undo-limit", "1M")
+    cluster.secondary.start()
+    cluster.mount(*NO_SCHEDULE)
+    write_random(cluster.mnt / "big", 8)
+    wait_for(lambda: cluster.status()["ops_in_flight"] == 0, "everything acknowledged")
+    cluster.secondary.stop()
+    wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
+    with open(cluster.mnt / "big", "r+b") as f:
+        f.write(os.urandom(4 * MiB))  # more old data than the replica may keep
+    cluster.secondary.start()
+    group = wait_for(lambda: "undo log is full" in (g := cluster.status())["last_error"] and g, "the pause")
+    assert "--undo-limit" in group["last_error"], group["last_error"]
+    assert group["state"] != "InSync"
+    cluster.secondary.stop()
+    cluster.secondary.args = ("--undo-limit", "64M")
+    cluster.secondary.start()
+    done = fsrep_resync(str(cluster.mnt))  # the link is tried at once
+    assert done.returncode == 0, done.stderr
+    assert cluster.status()["state"] == "InSync"
+    undo = cluster.secondary.store / ".fsrep" / "undo" / cluster.secondary.replica_root().name
+    wait_for(lambda: not undo.exists(), "the undo log released once the resync's end is durable")
+    cluster.assert_replicated()

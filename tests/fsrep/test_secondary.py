@@ -32,6 +32,7 @@ from tests.conftest import (
     LINK_CLOSED,
     LINK_LOST,
     REFUSED_PEER,
+    RESERVE_GIVEN_UP,
     SESSION_CLOSED,
     Cluster,
     _wait_daemon_gone,
@@ -262,7 +263,7 @@ async def test_a_peer_cannot_write_to_a_host_device_through_a_node_it_made(clust
     assert backing.read_bytes() == b"\0" * (1024 * 1024), "the device's backing file was written"
 
 
-@pytest.mark.expect_log(LINK_CLOSED, *REPLICA_DISK_FULL)
+@pytest.mark.expect_log(LINK_CLOSED, *REPLICA_DISK_FULL, RESERVE_GIVEN_UP)
 def test_a_session_that_ends_on_a_full_replica_disk_leaves_the_replica_ready(tmp_path: Path) -> None:
     """The secondary's store on a small tmpfs: a write past its size fails,
     the position cannot be saved either; once the primary removes the file,

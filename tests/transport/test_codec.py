@@ -60,6 +60,7 @@ SAMPLES: list[tp.Frame] = [
     tp.DataMap(seq=24, end=2**50, runs=tp.pack_runs([(4096, 8192), (2**44, 1)])),
     tp.Snapshot(seq=25, name="hourly-2026-12-02T05:00", created=1_796_000_000),
     tp.RetireSnapshot(seq=26, name="old"),
+    tp.ResyncBegin(seq=28),
     tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
     tp.Changes(seq=27, found=1, more=1, entries=tp.encode_changes([(b"", tp.CHANGE_DIR, []),
                                                                    (b"d/f", tp.CHANGE_META, [(0, 3), (2**51, 1)])])),
