@@ -369,6 +369,13 @@ def _notes(group: GroupStatus) -> list[str]:
                      f"bytes left at {run.bytes_per_second} bytes/s, ETA {eta}")
     if group.stale_reason:
         notes.append(f"replica needs a resync: {group.stale_reason}")
+    d = group.divergence
+    if d is not None:
+        there = (f"{d.secondary_files} entries ({d.secondary_bytes} bytes of data) on the secondary"
+                 if d.secondary_files >= 0 else "the secondary's side not known yet")
+        notes.append(f"split brain: since snapshot {d.snapshot}, {d.primary_files} entries ({d.primary_bytes} bytes "
+                     f"of data) changed here, {there}" if d.snapshot else
+                     "split brain: no snapshot both sides hold, so what diverged cannot be told")
     if group.snapshot is not None:
         s = group.snapshot
         taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.created))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import tracking
 import transport as tp
@@ -48,7 +48,10 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
                  record.id, f" named {run.basis}" if run.basis else "")
         return False
     changes = snapshots.may_differ(sid)
-    if not sid.auto and not await _asked(run, _replica_changes(stream, tree, sid.name, changes)):
+    def mark(path: bytes, flags: int, runs: list[tuple[int, int]]) -> None:
+        mark_reported(changes, tree, path, flags, runs)
+
+    if not sid.auto and not await _asked(run, replica_changes(stream, sid.name, mark)):
         log.info("group %s: the replica no longer holds %s; comparing the whole tree by digest instead",
                  record.id, sid)
         return False
@@ -72,10 +75,11 @@ async def _asked(run: ResyncRun, question: Awaitable[bool]) -> bool:
         raise
 
 
-async def _replica_changes(stream: ResyncStream, tree: Tree, name: str, into: tracking.DirtySet) -> bool:
+async def replica_changes(stream: ResyncStream, name: str,
+                          each: Callable[[bytes, int, list[tuple[int, int]]], None]) -> bool:
     """Ask the replica what changed there since snapshot *name*, page by
-    page, and mark each change in *into*. False when it has no such
-    snapshot.
+    page, and pass each change to *each* (path, flags, runs). False when
+    it has no such snapshot.
 
     Raises:
         LinkDown: the link failed, or the replica repeats a page.
@@ -90,7 +94,7 @@ async def _replica_changes(stream: ResyncStream, tree: Tree, name: str, into: tr
             return False
         items = reply.items()
         for path, flags, runs in items:
-            mark_reported(into, tree, path, flags, runs)
+            each(path, flags, runs)
         if not reply.more:
             return True
         if not items or (started and _order(items[-1][0]) <= _order(after)):

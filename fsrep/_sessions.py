@@ -18,6 +18,7 @@ import trio
 import tracking
 import transport as tp
 
+from . import _divergence as divergence
 from ._pipeline import Position
 from ._state import RelationshipState
 from ._verdict import Decision, Known, Reported, decide
@@ -97,6 +98,7 @@ class Sessions:
         rel.set_state(R.OUT_OF_SYNC, "replica connected")
         rel.set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
                                               "'fsrep-resync --mode full' (which discards the replica's changes)")
+        rel.divergence = divergence.this_side(rel)
 
     def resume(self) -> None:
         """A resync begins: after a handshake that found the replica stale,
@@ -141,3 +143,5 @@ class Sessions:
 
     def start_session_tasks(self, nursery: trio.Nursery) -> None:
         self._rel.scheduler.start_session_tasks(nursery)
+        if self._rel.state is R.SPLIT_BRAIN:
+            nursery.start_soon(divergence.other_side, self._rel)

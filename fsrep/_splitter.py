@@ -54,6 +54,7 @@ import trio
 import tracking
 import transport as tp
 
+from . import _divergence as divergence
 from ._config import GroupRecord, GroupStore, parse_address
 from ._faults import Faults
 from ._ledger import Ledger
@@ -65,7 +66,7 @@ from ._scheduler import ResyncScheduler
 from ._sessions import Sessions
 from ._snapshots import Snapshots
 from ._state import RelationshipState, check_transition
-from ._status import EndedRun, GroupStatus, QueuedRun
+from ._status import Divergence, EndedRun, GroupStatus, QueuedRun
 from ._stream import ResyncStream
 
 __all__ = ["Pending", "Relationship", "Timeouts"]
@@ -108,6 +109,7 @@ class Relationship:
         self.lag_budget = 64 * 1024 * 1024  # semi-sync: writes wait while more than this is unacknowledged
         self.lag_since: float | None = None  # when the first change still missing on the replica was made
         self.internal_errors = 0  # requests of this group that failed with a bug (EIO)
+        self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
 
     @property
     def dirty(self) -> tracking.DirtySet:
@@ -416,4 +418,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         faults=tuple(rel.faults.messages()),
         internal_errors=rel.internal_errors,
         snapshot=rel.snapshots.newest_common(),
+        divergence=divergence.current(rel) if rel.state is R.SPLIT_BRAIN else None,
     )

@@ -158,6 +158,19 @@ class SnapshotList(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Divergence(Record):
+    """In split brain: what changed on each side since their newest common
+    snapshot (files, and bytes of data), as far as each side's record
+    says; -1 while the secondary's side is not known yet."""
+
+    snapshot: str  # "" when there is none: what diverged cannot be told
+    primary_files: int
+    primary_bytes: int
+    secondary_files: int
+    secondary_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class GroupStatus(Record):
     """One consistency group's relationship (``Relationship.statistics()``).
 
@@ -192,6 +205,7 @@ class GroupStatus(Record):
     faults: tuple[str, ...]  # what fails until it clears (a state file that cannot be saved), with why
     internal_errors: int
     snapshot: SnapshotStatus | None  # the newest common snapshot: where a resync can start from
+    divergence: Divergence | None = None  # in split brain: what changed on each side since the common snapshot
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
@@ -202,6 +216,7 @@ class GroupStatus(Record):
         fields["resync_recent"] = _many(EndedRun, fields["resync_recent"])
         fields["faults"] = tuple(str(fault) for fault in fields["faults"] or ())
         fields["snapshot"] = None if fields["snapshot"] is None else SnapshotStatus.from_json(fields["snapshot"])
+        fields["divergence"] = None if fields["divergence"] is None else Divergence.from_json(fields["divergence"])
         return cls(**fields)
 
 

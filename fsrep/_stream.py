@@ -135,7 +135,8 @@ class ResyncStream:
         """
         rel = self._rel
         conn = rel.link.conn
-        if conn is None or not (rel.state is R.RESYNCING or early and rel.state in (R.IN_SYNC, R.OUT_OF_SYNC)):
+        if conn is None or not (rel.state is R.RESYNCING or
+                                early and rel.state in (R.IN_SYNC, R.OUT_OF_SYNC, R.SPLIT_BRAIN)):
             raise tp.LinkDown(f"resync interrupted: {rel.link.last_error or 'link lost'}")
         run = rel.scheduler.run
         if run is not None:

@@ -265,8 +265,12 @@ class UndoLog:
                 wanted.add(tracking.regions_for(low, high - low))
         if size is not None and size < st.st_size:
             wanted.add(tracking.regions_for(size, st.st_size - size))
-        for run in list(saved.ranges()):
-            wanted.discard(run)
+        for run in list(wanted.ranges()):
+            if saved.overlaps(run):  # a region saved once needs nothing more
+                for kept in saved.ranges(run.first):
+                    if kept.first >= run.stop:
+                        break
+                    wanted.discard(kept)
         pieces: list[list[int]] = []
         fd: int | None = None
         try:
@@ -523,9 +527,11 @@ def _remove(undo: UndoLog, op: tp.Remove, steps: list[list[Any]], data: bytearra
 def _rename(undo: UndoLog, op: tp.Rename, steps: list[list[Any]], data: bytearray) -> None:
     undo.times(_parent(op.old), steps)
     undo.times(_parent(op.new), steps)
-    if not op.flags & (tp.RENAME_EXCHANGE | tp.RENAME_NOREPLACE) and undo._lstat(op.new) is not None:
+    moved, replaced = undo._lstat(op.old), undo._lstat(op.new)
+    if moved is not None and replaced is not None and moved.st_ino == replaced.st_ino:
+        return  # two names of one file: the rename changes nothing
+    if not op.flags & (tp.RENAME_EXCHANGE | tp.RENAME_NOREPLACE) and replaced is not None:
         undo.aside(op.new, steps, placeholder=False)  # what the rename replaces
-    moved = undo._lstat(op.old)
     steps.append(["renamed", op.old.hex(), op.new.hex(), op.flags, moved.st_ino if moved is not None else -1])
 
 

@@ -321,3 +321,48 @@ def test_a_resync_that_outgrows_the_undo_log_waits_and_says_so(cluster: Cluster)
     undo = cluster.secondary.store / ".fsrep" / "undo" / cluster.secondary.replica_root().name
     wait_for(lambda: not undo.exists(), "the undo log released once the resync's end is durable")
     cluster.assert_replicated()
+
+
+SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain", r" WARNING \S+: group \S+: split brain: since snapshot")
+
+
+@pytest.mark.expect_log(LINK_CLOSED, UNREACHABLE, *SPLIT)
+def test_an_old_primary_that_wrote_on_alone_is_split_brain_and_status_says_what_diverged(cluster: Cluster) -> None:
+    key, base = cluster.key, cluster.base
+    a_sec = Secondary(base / "a-secondary", key, port=free_port())
+    a_sec.store.mkdir()
+    b_mnt = base / "mnt-b"
+    try:
+        mount(cluster.primary_store, cluster.mnt, cluster.secondary.address, key)
+        write_random(cluster.mnt / "big", 4)
+        run_fsrep("snapshot", str(cluster.mnt), "create", "--name", "s1")
+        gid = cluster.secondary.replica_root().name
+        cluster.secondary.stop()  # cut off: the old primary goes on serving its clients alone
+        wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
+        write_random(cluster.mnt / "a-only", 1)
+        run_fsrep("umount", str(cluster.mnt))
+        b_store = cluster.secondary.store / gid
+        run_fsrep("promote", str(b_store))  # meanwhile the replica was promoted
+        run_fsrep("demote", str(cluster.primary_store), "--into", str(a_sec.store))
+        a_sec.start()
+        mount(b_store, b_mnt, a_sec.address, key)
+        (b_mnt / "b-only").write_bytes(os.urandom(8192))
+        group = wait_for(lambda: (g := status(b_mnt))["divergence"] and g["divergence"]["secondary_files"] >= 0
+                         and g, "split brain measured", timeout=90)
+        assert group["state"] == "SplitBrain"
+        d = group["divergence"]
+        assert d["snapshot"] == "s1"
+        assert d["secondary_bytes"] >= MiB  # a-only, written on the old primary alone
+        assert d["primary_bytes"] >= 8192  # b-only, on the promoted side
+        text = run_fsrep("status", str(b_mnt)).stdout
+        assert "split brain: since snapshot s1" in text, text
+        assert (a_sec.store / gid / "a-only").exists()  # nothing of either side was given up
+        done = fsrep_resync(str(b_mnt), "--mode", "full")  # the operator gives up the old primary's side
+        assert done.returncode == 0, done.stderr
+        run_fsrep("umount", str(b_mnt))
+        assert_same_tree(b_store, a_sec.store / gid)
+        assert not (a_sec.store / gid / "a-only").exists()
+    finally:
+        for mnt in (b_mnt, cluster.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        a_sec.stop(signal.SIGKILL)
