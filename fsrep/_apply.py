@@ -47,6 +47,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import tracking
@@ -96,6 +97,9 @@ class Target(Protocol):
 
     def before_apply(self, op: tp.Operation) -> None:
         """Called just before each frame that changes the replica."""
+
+    def divergent_dir(self) -> Path:
+        """Where a new copy of the replica's side of a split brain goes."""
 
 
 def row_of(op: tp.Operation) -> Row:
@@ -518,6 +522,7 @@ TABLE: dict[type[tp.Operation], Row] = {
     tp.Checksum: Row(_Q, _checksum),
     tp.ListData: Row(_Q, _list_data),
     tp.SnapshotChanges: Row(_Q, replica_snapshots.changes_since),
+    tp.KeepDivergent: Row(_Q, replica_snapshots.keep_divergent),  # copies out of the replica, changes nothing in it
     tp.Generation: Row(_H, _generation),
     tp.Snapshot: Row(_S, replica_snapshots.take),
     tp.RetireSnapshot: Row(_S, replica_snapshots.retire),

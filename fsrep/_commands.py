@@ -41,11 +41,13 @@ from ._status import DaemonStatus, GroupSnapshots, Record, SnapshotList, Snapsho
 
 if TYPE_CHECKING:
     from ._groups import Group, Groups
+    from ._splitter import Relationship
 
 ReplyT = TypeVar("ReplyT", bound=Record)
 JSON_TYPES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
               types.NoneType: "null"}
 SHOWN = 60  # characters of a bad value quoted in an error
+DISCARDS = ("primary", "secondary")  # the sides of a split brain an operator may give up
 
 
 class BadRequest(ValueError):
@@ -156,8 +158,12 @@ class ResyncRequest(Request[ResyncStarted]):
     mode: str = "quick"
     rate_limit: int = 0
     snapshot: str | None = None  # mode snapshot: from this one, not the newest common snapshot
+    discard: str | None = None  # split brain: the side given up ("primary" or "secondary"); the daemon picks the mode
 
     def __post_init__(self) -> None:
+        if self.discard is not None and (self.discard not in DISCARDS or self.mode != "quick" or self.snapshot):
+            raise BadRequest(f"discard is {' or '.join(DISCARDS)}, with no mode or snapshot of its own, not "
+                             f"{shown(self.discard)}")
         if self.mode not in MODES:
             raise BadRequest(f"unknown resync mode {shown(self.mode)}: use one of {', '.join(MODES)}")
         if self.snapshot is not None:
@@ -264,6 +270,8 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
     if req.mode == "checksum" and rel.record.policy == "strict" and rel.state is RelationshipState.IN_SYNC:
         raise Refused(f"group {rel.record.id} uses policy strict: while a checksum resync compares directories, "
                       f"changes in them would fail with EIO — remount with --policy sync to run it")
+    if req.discard is not None:
+        return await _discard(rel, req)
     await rel.reconnect_now()
     if rel.conn is None:
         raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
@@ -279,6 +287,29 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
     except ValueError as exc:
         raise Refused(str(exc)) from None
     return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
+
+
+async def _discard(rel: Relationship, req: ResyncRequest) -> ResyncStarted:
+    """Resolve a split brain by giving up one side: the secondary's is
+    copied out of the replica (``KeepDivergent``), then overwritten from
+    the newest taken snapshot both sides hold."""
+    record = rel.record
+    if rel.state is not RelationshipState.SPLIT_BRAIN or rel.conn is None:
+        raise Refused(f"group {record.id} is {rel.state.value}{'' if rel.conn is not None else ', not connected'}: "
+                      f"--discard gives up a side of a split brain, with both sides connected")
+    if req.discard == "primary":
+        raise Refused(f"group {record.id}: to keep the secondary's side, make it the primary — unmount here, run "
+                      f"'fsrep promote' on the secondary's host and mount the replica there, 'fsrep demote' this "
+                      f"store into a secondary store and serve it; then, on the new primary, 'fsrep-resync "
+                      f"MOUNTPOINT --discard secondary' keeps this side's changes in this host's .fsrep/divergent/")
+    sid = next((s for s in reversed(list(rel.snapshots.chain)) if not s.auto and rel.snapshots.common(s)), None)
+    if sid is None:
+        raise Refused(f"group {record.id} has no snapshot both sides took, so what diverged on the secondary cannot "
+                      f"be told and kept; 'fsrep-resync --mode full' gives up the secondary's side without a copy")
+    run = rel.request_resync("snapshot", reason=f"split brain: the secondary's side is given up (kept first), from "
+                                                f"{sid.name}", rate_limit=req.rate_limit, snapshot=sid.name,
+                             keep_divergent=True)
+    return ResyncStarted(group=record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
 
 
 async def create_snapshot(daemon: Daemon, req: SnapshotCreateRequest) -> SnapshotTaken:

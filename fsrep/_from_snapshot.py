@@ -55,6 +55,8 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
         log.info("group %s: the replica no longer holds %s; comparing the whole tree by digest instead",
                  record.id, sid)
         return False
+    if run.keep_divergent and not run.kept:
+        await _asked(run, _keep_divergent(stream, sid, run))
     dirty = stream.dirty
     why = dirty.reason if dirty.everything else "asked for"
     dirty.merge(changes)
@@ -63,6 +65,25 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     run.mode, run.basis = "snapshot", sid.name
     log.info("group %s: resync from %s (%s): %d files, %d directories and %d bytes of data may differ",
              record.id, sid, why, len(dirty.files()), dirty.dir_count, dirty.dirty_bytes)
+    return True
+
+
+async def _keep_divergent(stream: ResyncStream, sid: tracking.SnapshotId, run: ResyncRun) -> bool:
+    """Have the replica copy what changed there since *sid* out of its tree
+    before the run overwrites it (split brain, its side given up).
+
+    Raises:
+        LinkDown: it could not (nothing is overwritten: the run ends).
+    """
+    reply = await stream.ask(lambda seq: tp.KeepDivergent(seq=seq, name=sid.name), early=True)()
+    assert isinstance(reply, tp.Kept)
+    if sid.auto or not reply.found:
+        raise tp.LinkDown(f"the secondary holds no snapshot {sid.name} to keep its side of the split brain from; "
+                          f"nothing was given up")
+    run.kept = reply.where
+    log.warning("group %s: split brain resolved by giving up the secondary's side: its %d entries (%d bytes of "
+                "data) changed since %s are kept on the secondary in %s", stream.record.id, reply.entries,
+                reply.data, sid, reply.where)
     return True
 
 

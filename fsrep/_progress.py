@@ -73,6 +73,8 @@ class ResyncRun:
     routine: bool = False  # started by policy async on its schedule: logged at debug level
     basis: str = ""  # mode snapshot: the snapshot the run resyncs from (asked for, or once chosen)
     based: bool = False  # what may differ since the snapshot is in the dirty set: a restart need not add it again
+    keep_divergent: bool = False  # split brain: the replica's changes since the snapshot are copied out first
+    kept: str = ""  # where they were copied, once they were
     _done_at_start: int = 0
     _allowance: float = 0.0
     _allowance_at: float = 0.0
@@ -197,6 +199,7 @@ class ResyncRun:
             percent=round(percent, 1),
             elapsed_seconds=round(end - self.started_at, 3) if self.started_at is not None else 0.0,
             snapshot=self.basis,
+            kept=self.kept,
         )
 
     def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:

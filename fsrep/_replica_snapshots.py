@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any
 import tracking
 import transport as tp
 
+from . import _divergent_copy as divergent_copy
+
 if TYPE_CHECKING:
     from ._apply import Target
 
@@ -134,6 +136,19 @@ def changes_since(replica: Target, op: tp.SnapshotChanges) -> tp.Changes:
     if not more:
         replica.answering = None
     return tp.Changes(seq=op.seq, found=1, more=more, entries=b"".join(page))
+
+
+def keep_divergent(replica: Target, op: tp.KeepDivergent) -> tp.Kept:
+    """Copy what changed on the replica since snapshot *op.name* out of it
+    (``_divergent_copy``), before a resync gives up the replica's side of
+    a split brain; ``found`` 0 when the replica holds no such snapshot."""
+    if replica.snapshots.find(op.name) is None:
+        return tp.Kept(seq=op.seq, found=0, entries=0, data=0, where="")
+    into = replica.divergent_dir()
+    entries, data = divergent_copy.keep(replica.tree, replica.snapshots.since(op.name), into)
+    log.warning("group %s: the replica's side of a split brain is given up: %d entries (%d bytes of data) that "
+                "changed here since snapshot %s are kept in %s", replica.id, entries, data, op.name, into)
+    return tp.Kept(seq=op.seq, found=1, entries=entries, data=data, where=str(into))
 
 
 def _union(replica: Target, op: tp.SnapshotChanges) -> tracking.PathChanges:

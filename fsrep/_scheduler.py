@@ -50,15 +50,25 @@ class ResyncScheduler:
     # --- steps ---------------------------------------------------------------------
 
     def request(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
-                snapshot: str = "") -> ResyncRun:
+                snapshot: str = "", keep_divergent: bool = False) -> ResyncRun:
         """Start a resync, or join the one running or queued (raising its
         mode to *mode* if that does more). Returns the run that will do it.
         *snapshot*: mode snapshot from that snapshot, not the newest common one.
+        *keep_divergent*: a SplitBrain group's secondary side is given up,
+        its changes since *snapshot* copied out of the replica first.
 
         Raises:
             ValueError: the group is SplitBrain and *mode* is not full.
         """
         rel = self._rel
+        if keep_divergent:
+            self._ids += 1
+            run = ResyncRun(self._ids, mode, reason, clamp_rate(rate_limit or self.default_rate_limit),
+                            queued_at=trio.current_time(), basis=snapshot, keep_divergent=True)
+            log.info("group %s: %s resync requested (%s)", rel.record.id, mode, reason)
+            self.queued = run
+            self._wakeup.set()
+            return run
         if rel.state is R.SPLIT_BRAIN and mode != "full":
             raise ValueError(f"group {rel.record.id} is SplitBrain ({rel.record.stale_reason}); only "
                              f"'--mode full' resyncs it, discarding the replica's changes")
@@ -112,7 +122,7 @@ class ResyncScheduler:
         run, self.queued = self.queued, None
         if run is None:
             return None
-        if self._rel.state is R.SPLIT_BRAIN and run.mode != "full":
+        if self._rel.state is R.SPLIT_BRAIN and run.mode != "full" and not run.keep_divergent:
             self.finish(run, f"refused: the group is SplitBrain ({self._rel.record.stale_reason})")
             return None
         self.run = run

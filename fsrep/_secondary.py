@@ -49,6 +49,7 @@ import secrets
 import signal
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,11 @@ class Replica:
             undo.end(op.seq)
         else:
             undo.before(op)
+
+    def divergent_dir(self) -> Path:
+        """Where a new copy of the replica's side of a split brain goes:
+        the secondary store's ``.fsrep/divergent/<id>/<time>/``."""
+        return self.state_file.parent.parent / "divergent" / self.id / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     def capture(self) -> Saving | None:
         """What a checkpoint writes, as it stands now; None when nothing

@@ -123,7 +123,7 @@ class Sessions:
             rel.stream.acked(event.seq)
         elif isinstance(event, tp.Durable):
             rel.pipeline.on_durable(event.seq)
-        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes)):
+        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes, tp.Kept)):
             rel.stream.replied(event)
         elif isinstance(event, tp.Nack):
             if event.errno == errno.EDQUOT:  # the replica's undo log is full: it keeps it, the run waits

@@ -343,8 +343,9 @@ class Relationship:
         await self.link.reconnect_now()
 
     def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
-                       snapshot: str = "") -> ResyncRun:
-        return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine, snapshot=snapshot)
+                       snapshot: str = "", keep_divergent: bool = False) -> ResyncRun:
+        return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine, snapshot=snapshot,
+                                      keep_divergent=keep_divergent)
 
     async def resync_now(self, reason: str) -> None:
         await self.scheduler.resync_now(reason)

@@ -93,6 +93,7 @@ class ResyncProgress(Record):
     percent: float
     elapsed_seconds: float
     snapshot: str  # mode snapshot: the snapshot it resyncs from
+    kept: str = ""  # split brain: where the side given up was copied before it was overwritten
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --mode snapshot: resync from this snapshot (default: the newest both sides hold)")
     parser.add_argument("--rate-limit", type=RATE_LIMIT, default=0, metavar="BYTES/s",
                         help="cap the resync's data rate (suffix k, M, G; never below 1M)")
+    parser.add_argument("--discard", choices=("primary", "secondary"),
+                        help="resolve a split brain by giving up this side: its changes since the newest snapshot "
+                             "both sides took are copied to that side's .fsrep/divergent/ first, then overwritten")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
 
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.snapshot is not None and args.mode != "snapshot":
         parser.error("--snapshot goes with --mode snapshot")
+    if args.discard is not None and (args.mode != "quick" or args.snapshot is not None):
+        parser.error("--discard chooses the mode and the snapshot itself")
     try:
         result = run(args)
     except (ControlError, ResyncFailed) as exc:
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps(result, indent=2))
+    elif result.get("kept"):
+        print(f"the secondary's side of the split brain is kept on the secondary in {result['kept']}")
     return 0
 
 
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:  # start them all first: groups resync side by side
         try:
             started.append(call(meta, ResyncRequest(group=name, mode=args.mode, rate_limit=int(args.rate_limit),
-                                                    snapshot=args.snapshot)))
+                                                    snapshot=args.snapshot, discard=args.discard)))
         except ControlError as exc:
             failures.append(str(exc))
     for run in started:

@@ -50,7 +50,9 @@ from ._frames import Frame as Frame
 from ._frames import Fsync as Fsync
 from ._frames import Generation as Generation
 from ._frames import Hello as Hello
+from ._frames import KeepDivergent as KeepDivergent
 from ._frames import KeepXattrs as KeepXattrs
+from ._frames import Kept as Kept
 from ._frames import Link as Link
 from ._frames import ListData as ListData
 from ._frames import ListDir as ListDir

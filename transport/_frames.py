@@ -25,7 +25,7 @@ from ._errors import InvalidPath, LocalProtocolError
 PROTOCOL_VERSION = 8  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
-# 8: ResyncBegin (the replica opens its undo log)
+# 8: ResyncBegin (the replica opens its undo log); KeepDivergent and Kept (split brain: the replica keeps its side)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -705,6 +705,24 @@ class ResyncBegin(Operation):
 
 
 @dataclass(frozen=True, slots=True)
+class KeepDivergent(Operation):
+    """Before a resync gives up the replica's side of a split brain: copy
+    what changed on the replica since snapshot ``name`` (the regions and
+    entries its record names, as plain files at the same paths) out of the
+    replica, into the secondary store's ``.fsrep/divergent/``. Answered
+    with Kept; changes nothing in the replica."""
+
+    TYPE = 47
+    FIELDS = (("seq", U64), ("name", TEXT))
+    seq: int
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _check_snapshot_name(self.name, "KeepDivergent.name")
+
+
+@dataclass(frozen=True, slots=True)
 class RetireSnapshot(Operation):
     """Forget pseudo snapshot ``name`` (what changed since it stays
     recorded for the snapshot before it)."""
@@ -804,6 +822,21 @@ class Changes(Frame):
 
     def items(self) -> list[tuple[bytes, int, list[tuple[int, int]]]]:
         return decode_changes(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept(Frame):
+    """Secondary -> primary: the answer to KeepDivergent ``seq``: how many
+    entries and bytes of data were copied, and where (``found`` 0: the
+    replica holds no such snapshot, and nothing was copied)."""
+
+    TYPE = 48
+    FIELDS = (("seq", U64), ("found", U8), ("entries", U64), ("data", U64), ("where", TEXT))
+    seq: int
+    found: int
+    entries: int
+    data: int
+    where: str
 
 
 MAX_CHECKSUM_REGIONS = 4096
@@ -984,6 +1017,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
                 Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
-                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin)
+                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

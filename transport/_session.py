@@ -40,6 +40,7 @@ from ._frames import (
     Error,
     Frame,
     Hello,
+    Kept,
     Listing,
     Nack,
     Operation,
@@ -76,8 +77,8 @@ RECEIVE: Kinds = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Durable, Ping, Pong, Close, Error},
     },
     "secondary": {
         S.START: {Hello, Error},
@@ -97,8 +98,8 @@ SEND: Kinds = {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Durable, Ping, Pong, Close, Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Durable, Ping, Pong, Close, Error},
     },
 }
 
@@ -256,7 +257,7 @@ class PrimarySession(_Session):
             return frame
         if isinstance(frame, Durable) and frame.seq > self.last_sent:
             raise RemoteProtocolError(f"Durable for seq {frame.seq} beyond {self.last_sent}")
-        replies = (Listing, Digests, DataMap, Changes)
+        replies = (Listing, Digests, DataMap, Changes, Kept)
         if isinstance(frame, replies) and not self.last_acked < frame.seq <= self.last_sent:
             raise RemoteProtocolError(f"{type(frame).__name__} for seq {frame.seq} outside "
                                       f"{self.last_acked}..{self.last_sent}")

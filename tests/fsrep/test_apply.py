@@ -42,6 +42,9 @@ class RecordingReplica:
     def before_apply(self, op: tp.Operation) -> None:
         self.seen.append((op, entry_states(Path(self.tree.root))))
 
+    def divergent_dir(self) -> Path:
+        return Path(self.tree.root).parent / "divergent"
+
 
 @pytest.fixture
 def replica(tmp_path: Path) -> Iterator[RecordingReplica]:
@@ -91,6 +94,7 @@ QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
     (tp.Checksum(seq=4, path=b"missing", offset=0, count=1), tp.Digests),
     (tp.ListData(seq=5, path=b"f", offset=0, length=10000), tp.DataMap),
     (tp.SnapshotChanges(seq=6, name="none-taken"), tp.Changes),
+    (tp.KeepDivergent(seq=7, name="none-taken"), tp.Kept),
 ]
 
 
@@ -105,7 +109,7 @@ def test_the_table_has_a_row_for_every_operation_the_transport_decodes() -> None
 
 def test_the_questions_are_the_frames_the_secondary_answers() -> None:
     questions = {cls for cls, row in TABLE.items() if row.kind is Kind.QUESTION}
-    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges}
+    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges, tp.KeepDivergent}
     assert {type(op) for op, _ in QUESTIONS} == questions
     assert not any(cls.BARRIER for cls in questions)
 

@@ -323,7 +323,9 @@ def test_a_resync_that_outgrows_the_undo_log_waits_and_says_so(cluster: Cluster)
     cluster.assert_replicated()
 
 
-SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain", r" WARNING \S+: group \S+: split brain: since snapshot")
+SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain", r" WARNING \S+: group \S+: split brain: since snapshot",
+         r" WARNING \S+: group \S+: the replica's side of a split brain is given up",
+         r" WARNING \S+: group \S+: split brain resolved by giving up the secondary's side")
 
 
 @pytest.mark.expect_log(LINK_CLOSED, UNREACHABLE, *SPLIT)
@@ -340,6 +342,10 @@ def test_an_old_primary_that_wrote_on_alone_is_split_brain_and_status_says_what_
         cluster.secondary.stop()  # cut off: the old primary goes on serving its clients alone
         wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
         write_random(cluster.mnt / "a-only", 1)
+        with open(cluster.mnt / "big", "r+b") as f:
+            f.seek(2 * MiB)
+            f.write(b"A's bytes" * 1000)
+        a_only, a_big = (cluster.mnt / "a-only").read_bytes(), (cluster.mnt / "big").read_bytes()
         run_fsrep("umount", str(cluster.mnt))
         b_store = cluster.secondary.store / gid
         run_fsrep("promote", str(b_store))  # meanwhile the replica was promoted
@@ -357,11 +363,22 @@ def test_an_old_primary_that_wrote_on_alone_is_split_brain_and_status_says_what_
         text = run_fsrep("status", str(b_mnt)).stdout
         assert "split brain: since snapshot s1" in text, text
         assert (a_sec.store / gid / "a-only").exists()  # nothing of either side was given up
-        done = fsrep_resync(str(b_mnt), "--mode", "full")  # the operator gives up the old primary's side
+        refused = fsrep_resync(str(b_mnt), "--discard", "primary")
+        assert refused.returncode == 1, refused.stderr
+        assert "fsrep promote" in refused.stderr, refused.stderr
+        done = fsrep_resync(str(b_mnt), "--discard", "secondary")  # the operator gives up the old primary's side
         assert done.returncode == 0, done.stderr
+        assert "kept on the secondary in" in done.stdout, done.stdout
         run_fsrep("umount", str(b_mnt))
         assert_same_tree(b_store, a_sec.store / gid)
         assert not (a_sec.store / gid / "a-only").exists()
+        (kept,) = (a_sec.store / ".fsrep" / "divergent" / gid).iterdir()
+        assert str(kept) in done.stdout
+        assert (kept / "a-only").read_bytes() == a_only  # a plain file at the same path
+        copy = (kept / "big").read_bytes()
+        assert len(copy) == len(a_big)
+        assert copy[2 * MiB:2 * MiB + 9000] == a_big[2 * MiB:2 * MiB + 9000]  # the regions A changed
+        assert not (kept / "b-only").exists()
     finally:
         for mnt in (b_mnt, cluster.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)

@@ -40,6 +40,9 @@ class UndoReplica:
     snapshots: Chain = field(default_factory=new_chain)
     answering: tuple[str, tracking.PathChanges] | None = None
 
+    def divergent_dir(self) -> Path:
+        return Path(self.tree.root).parent / "divergent"
+
     def before_apply(self, op: tp.Operation) -> None:
         if isinstance(op, tp.ResyncBegin):
             if not self.undo.open:

@@ -61,6 +61,8 @@ SAMPLES: list[tp.Frame] = [
     tp.Snapshot(seq=25, name="hourly-2026-12-02T05:00", created=1_796_000_000),
     tp.RetireSnapshot(seq=26, name="old"),
     tp.ResyncBegin(seq=28),
+    tp.KeepDivergent(seq=29, name="s1"),
+    tp.Kept(seq=29, found=1, entries=3, data=2**40, where="/srv/replica/.fsrep/divergent/x/20261202T000000Z"),
     tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
     tp.Changes(seq=27, found=1, more=1, entries=tp.encode_changes([(b"", tp.CHANGE_DIR, []),
                                                                    (b"d/f", tp.CHANGE_META, [(0, 3), (2**51, 1)])])),
