@@ -60,7 +60,7 @@ import transport as tp
 
 from ._apply import remove_tree
 from ._config import Reserve
-from ._sparse import proc_path, pwrite_all, renameat2
+from ._sparse import data_segments, proc_path, punch, pwrite_all, renameat2
 from ._tree import Tree
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ UNDO_LIMIT = 4 << 30  # bytes of old data a log may keep, by default
 MAX_RECORDS = 1_000_000  # records of one log: what a rollback reads into memory
 MAX_XATTRS = 64 * 1024  # bytes of an entry's extended attributes kept (more: the change is refused)
 REGION = tracking.REGION_SIZE
+STAGE_CHUNK = 1024 * 1024  # old bytes copied to the log a piece at a time: a large punch never fills memory
 
 
 class UndoFull(OSError):
@@ -106,6 +107,8 @@ class UndoLog:
         self.records = 0
         self._asides = 0
         self._pending: list[tuple[str, int, tracking.RegionRange | None]] = []  # what the next record holds
+        self._staged = 0  # old bytes in the data file for the record being made
+        self._fd: int | None = None  # the data file, open while the log is
         self._lock = threading.Lock()  # released from a checkpoint's thread, begun from the applying one
 
     # --- opening and releasing ---------------------------------------------------------
@@ -131,6 +134,7 @@ class UndoLog:
     def begin(self, position: dict[str, Any]) -> None:
         """Open the log at *position* (the replica's, its data durable now)."""
         with self._lock:
+            self._close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
             def start() -> None:
@@ -150,6 +154,7 @@ class UndoLog:
     def release(self) -> None:
         """Forget the log: the replica no longer depends on it."""
         with self._lock:
+            self._close()
             shutil.rmtree(self.dir, ignore_errors=True)
             self.base = self.ended = None
             self._touched = _Touched()
@@ -181,24 +186,27 @@ class UndoLog:
             return  # no resync under way, or all the tree holds is new
         self._resolve()
         steps: list[list[Any]] = []
-        data = bytearray()
         record = _RECORDERS.get(type(op))
         if record is None:
             return
         try:
-            record(self, op, steps, data)
+            record(self, op, steps)
             if steps:
-                self._write(steps, data)
+                self._write(steps)
         finally:
             self._pending.clear()  # what a record that was not written holds is not held
+            self._staged = 0  # old bytes staged for a record that was not written are written over
 
-    def _write(self, steps: list[list[Any]], data: bytearray) -> None:
-        if self.records >= MAX_RECORDS or self.data_bytes + len(data) > self.limit:
+    def _write(self, steps: list[list[Any]]) -> None:
+        """Append the record of *steps*, durably, with the old bytes staged
+        for it in the data file."""
+        if self.records >= MAX_RECORDS:
             self._full()
-        if data:
-            self._durably(lambda: self._save_data(data))
+        if self._staged:
+            self._durably(lambda: os.fdatasync(self._data_fd()))
         self._append({"steps": steps})
-        self.data_bytes += len(data)
+        self.data_bytes += self._staged
+        self._staged = 0
         touched = self._touched
         for kind, ino, run in self._pending:
             if kind == "data":
@@ -215,13 +223,32 @@ class UndoLog:
                                      f"records; the bound is {self.limit} bytes): the resync waits until the bound "
                                      f"is raised with 'fsrep serve --undo-limit'")
 
-    def _save_data(self, data: bytearray) -> None:
-        fd = os.open(self._data, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            pwrite_all(fd, bytes(data), self.data_bytes)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _data_fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self._data, os.O_RDWR | os.O_CLOEXEC)
+        return self._fd
+
+    def _stage(self, src: int, offset: int, length: int) -> tuple[int, int]:
+        """Copy up to *length* old bytes of *src* at *offset* (fewer at its
+        end) to the data file, after what is kept; where they are there, and
+        how many."""
+        if self.data_bytes + self._staged + length > self.limit:
+            self._full()
+        at = self.data_bytes + self._staged
+        done = 0
+        while done < length:
+            chunk = os.pread(src, min(STAGE_CHUNK, length - done), offset + done)
+            if not chunk:
+                break
+            self._durably(lambda chunk=chunk, where=at + done: pwrite_all(self._data_fd(), chunk, where))
+            done += len(chunk)
+        self._staged += done
+        return at, done
 
     def _append(self, record: dict[str, Any]) -> None:
         self._durably(lambda: self._journal.append(record))
@@ -248,47 +275,36 @@ class UndoLog:
         except OSError:
             return None
 
-    def data(self, path: bytes, runs: list[tuple[int, int]], steps: list[list[Any]], data: bytearray,
-             *, size: int | None = None) -> None:
+    def data(self, path: bytes, runs: list[tuple[int, int]], steps: list[list[Any]], *,
+             size: int | None = None) -> None:
         """Before a change of file *path*'s data in *runs* (offset,
-        length), or of its size to *size*: its old bytes there (the regions
-        not saved yet), its old size and attributes."""
+        length), or of its size to *size*: where it was data or holes there
+        (the regions not kept already), the old bytes of its data, its old
+        size and attributes. Holes cost nothing: a punch of a petabyte of
+        them keeps only the data it finds."""
         st = self._lstat(path)
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_ino in self._touched.new:
             return
         self.attrs(path, st, steps)
-        saved = self._touched.regions.get(st.st_ino, tracking.RegionSet())
-        wanted = tracking.RegionSet()
-        for offset, length in runs:
-            low, high = offset, min(offset + length, st.st_size)
-            if high > low:
-                wanted.add(tracking.regions_for(low, high - low))
+        spans = [(offset, min(offset + length, st.st_size)) for offset, length in runs]
         if size is not None and size < st.st_size:
-            wanted.add(tracking.regions_for(size, st.st_size - size))
-        for run in list(wanted.ranges()):
-            if saved.overlaps(run):  # a region saved once needs nothing more
-                for kept in saved.ranges(run.first):
-                    if kept.first >= run.stop:
-                        break
-                    wanted.discard(kept)
+            spans.append((size, st.st_size))
+        saved = self._touched.regions.get(st.st_ino)
+        todo = [piece for low, high in spans if high > low for piece in _not_kept(saved, low, high)]
         pieces: list[list[int]] = []
-        fd: int | None = None
-        try:
-            for run in wanted.ranges():
-                if fd is None:
-                    with self.tree.entry(path) as entry:
-                        fd = os.open(proc_path(entry), os.O_RDONLY | os.O_CLOEXEC)
-                if len(data) + run.count * REGION + self.data_bytes > self.limit:
-                    self._full()
-                offset = run.first * REGION
-                old = os.pread(fd, run.count * REGION, offset)
-                pieces.append([offset, len(old), self.data_bytes + len(data)])
-                data += old
-                self._pending.append(("data", st.st_ino, run))
-        finally:
-            if fd is not None:
+        if todo:
+            with self.tree.entry(path) as entry:
+                fd = os.open(proc_path(entry), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for low, high in todo:
+                    for first, end in data_segments(fd, low, high):
+                        first, end = first // REGION * REGION, min(high, -(-end // REGION) * REGION)
+                        at, copied = self._stage(fd, first, end - first)
+                        pieces.append([first, copied, at])
+                        self._pending.append(("data", st.st_ino, tracking.regions_for(first, end - first)))
+            finally:
                 os.close(fd)
-        steps.append(["data", path.hex(), st.st_size, pieces])
+        steps.append(["data", path.hex(), st.st_size, [[low, high - low] for low, high in todo], pieces])
 
     def attrs(self, path: bytes, st: os.stat_result | None, steps: list[list[Any]]) -> None:
         """Before a change of *path*'s attributes (once per entry)."""
@@ -340,7 +356,7 @@ class UndoLog:
         self.times(_parent(path), steps)
         name = str(self._asides)
         steps.append(["aside", path.hex(), name])
-        self._write(steps, bytearray())  # durable before the rename: a rollback puts it back
+        self._write(steps)  # durable before the rename: a rollback puts it back
         steps.clear()
         self._asides += 1
         self.tree.forget_all()
@@ -415,6 +431,23 @@ def _parent(path: bytes) -> bytes:
     return path.rpartition(b"/")[0]
 
 
+def _not_kept(saved: tracking.RegionSet | None, low: int, high: int) -> list[tuple[int, int]]:
+    """The byte spans of [low, high), widened to whole regions, whose
+    regions *saved* does not hold."""
+    first, stop = low // REGION, -(-high // REGION)
+    spans, at = [], first
+    if saved is not None and saved.overlaps(tracking.RegionRange(first, stop - first)):
+        for kept in saved.ranges(first):
+            if kept.first >= stop:
+                break
+            if kept.first > at:
+                spans.append((at * REGION, kept.first * REGION))
+            at = max(at, kept.stop)
+    if at < stop:
+        spans.append((at * REGION, stop * REGION))
+    return spans
+
+
 def _clear(tree: Tree, path: bytes) -> None:
     """Nothing at *path* afterwards (a whole subtree if a directory)."""
     tree.forget_all()  # a descriptor cached for what goes, or below it, must not outlive it
@@ -437,10 +470,18 @@ def _undo(undo: UndoLog, step: list[Any], data: int) -> None:
         return
     path = bytes.fromhex(step[1])
     if kind == "data":
-        size, pieces = int(step[2]), step[3]
+        size, spans, pieces = int(step[2]), step[3], step[4]
         fd = tree.writable(path)
+        for offset, length in spans:  # what was a hole is one again
+            punch(fd, int(offset), int(length))
         for offset, length, at in pieces:
-            pwrite_all(fd, os.pread(data, int(length), int(at)), int(offset))
+            done = 0
+            while done < int(length):
+                chunk = os.pread(data, min(STAGE_CHUNK, int(length) - done), int(at) + done)
+                if not chunk:
+                    raise tracking.StateCorrupt(f"undo log {undo.dir}: its data ends early")
+                pwrite_all(fd, chunk, int(offset) + done)
+                done += len(chunk)
         os.ftruncate(fd, size)
     elif kind == "attrs":
         mode, uid, gid, atime, mtime = (int(v) for v in step[2:7])
@@ -484,47 +525,45 @@ def _undo(undo: UndoLog, step: list[Any], data: int) -> None:
 # --- what each change records ----------------------------------------------------------------
 
 
-def _write(undo: UndoLog, op: tp.Write, steps: list[list[Any]], data: bytearray) -> None:
-    undo.data(op.path, [(op.offset, len(op.data))], steps, data)
+def _write(undo: UndoLog, op: tp.Write, steps: list[list[Any]]) -> None:
+    undo.data(op.path, [(op.offset, len(op.data))], steps)
 
 
-def _write_runs(undo: UndoLog, op: tp.WriteRuns, steps: list[list[Any]], data: bytearray) -> None:
-    undo.data(op.path, [(offset, len(piece)) for offset, piece in op.pieces()], steps, data)
+def _write_runs(undo: UndoLog, op: tp.WriteRuns, steps: list[list[Any]]) -> None:
+    undo.data(op.path, [(offset, len(piece)) for offset, piece in op.pieces()], steps)
 
 
-def _punch(undo: UndoLog, op: tp.Punch, steps: list[list[Any]], data: bytearray) -> None:
-    undo.data(op.path, list(op.run_list()), steps, data)
+def _punch(undo: UndoLog, op: tp.Punch, steps: list[list[Any]]) -> None:
+    undo.data(op.path, list(op.run_list()), steps)
 
 
-def _setattr(undo: UndoLog, op: tp.SetAttr, steps: list[list[Any]], data: bytearray) -> None:
+def _setattr(undo: UndoLog, op: tp.SetAttr, steps: list[list[Any]]) -> None:
     if op.fields & tp.ATTR_SIZE:
-        undo.data(op.path, [], steps, data, size=op.size)
+        undo.data(op.path, [], steps, size=op.size)
     undo.attrs(op.path, None, steps)
 
 
-def _xattr(undo: UndoLog, op: tp.SetXattr | tp.RemoveXattr | tp.KeepXattrs, steps: list[list[Any]],
-           data: bytearray) -> None:
+def _xattr(undo: UndoLog, op: tp.SetXattr | tp.RemoveXattr | tp.KeepXattrs, steps: list[list[Any]]) -> None:
     undo.xattrs(op.path, steps)
 
 
-def _made(undo: UndoLog, op: tp.Create | tp.MkNod | tp.MkDir | tp.Symlink, steps: list[list[Any]],
-          data: bytearray) -> None:
+def _made(undo: UndoLog, op: tp.Create | tp.MkNod | tp.MkDir | tp.Symlink, steps: list[list[Any]]) -> None:
     undo.made(op.path, steps)
 
 
-def _link(undo: UndoLog, op: tp.Link, steps: list[list[Any]], data: bytearray) -> None:
+def _link(undo: UndoLog, op: tp.Link, steps: list[list[Any]]) -> None:
     undo.made(op.new, steps)
 
 
-def _removed(undo: UndoLog, op: tp.Unlink | tp.RmDir, steps: list[list[Any]], data: bytearray) -> None:
+def _removed(undo: UndoLog, op: tp.Unlink | tp.RmDir, steps: list[list[Any]]) -> None:
     undo.aside(op.path, steps, placeholder=True)
 
 
-def _remove(undo: UndoLog, op: tp.Remove, steps: list[list[Any]], data: bytearray) -> None:
+def _remove(undo: UndoLog, op: tp.Remove, steps: list[list[Any]]) -> None:
     undo.aside(op.path, steps, placeholder=False)
 
 
-def _rename(undo: UndoLog, op: tp.Rename, steps: list[list[Any]], data: bytearray) -> None:
+def _rename(undo: UndoLog, op: tp.Rename, steps: list[list[Any]]) -> None:
     undo.times(_parent(op.old), steps)
     undo.times(_parent(op.new), steps)
     moved, replaced = undo._lstat(op.old), undo._lstat(op.new)
@@ -535,7 +574,7 @@ def _rename(undo: UndoLog, op: tp.Rename, steps: list[list[Any]], data: bytearra
     steps.append(["renamed", op.old.hex(), op.new.hex(), op.flags, moved.st_ino if moved is not None else -1])
 
 
-def _purge(undo: UndoLog, op: tp.Purge, steps: list[list[Any]], data: bytearray) -> None:
+def _purge(undo: UndoLog, op: tp.Purge, steps: list[list[Any]]) -> None:
     undo.purge(steps)
 
 

@@ -136,3 +136,26 @@ def test_a_log_left_by_a_stopped_daemon_is_taken_up(tmp_path: Path, replica: Und
     apply(replica, tp.Write(seq=5, path=b"f", offset=0, data=b"newer"))
     assert again.rollback()["last_seq"] == 0
     assert states(root) == before
+
+
+def test_holes_cost_nothing_to_keep_and_come_back_as_holes(replica: UndoReplica) -> None:
+    """A punch or truncate across terabytes of holes keeps only the data it
+    finds, and a rollback leaves the holes holes (ext4 takes 16 TiB files)."""
+    root = Path(replica.tree.root)
+    tib = 1 << 40
+    with open(root / "sparse", "wb") as f:
+        f.truncate(8 * tib)
+        f.seek(4 * tib)
+        f.write(b"data among the holes")
+    before = (root / "sparse").stat()
+    apply(replica, tp.ResyncBegin(seq=1))
+    apply(replica, tp.Punch(seq=2, path=b"sparse", runs=tp.pack_runs([(0, 8 * tib)])))
+    apply(replica, tp.SetAttr(seq=3, path=b"sparse", fields=tp.ATTR_SIZE, size=4096))
+    assert replica.undo.data_bytes == 4096  # the one region of data, nothing of the holes
+    replica.undo.rollback()
+    after = (root / "sparse").stat()
+    assert (after.st_size, after.st_blocks, after.st_mtime_ns) == (before.st_size, before.st_blocks,
+                                                                    before.st_mtime_ns)
+    with open(root / "sparse", "rb") as f:
+        f.seek(4 * tib)
+        assert f.read(20) == b"data among the holes"
