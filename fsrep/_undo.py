@@ -23,7 +23,8 @@ durable before the change is applied (write-ahead):
 - a rename: the two names; the directories an entry change touches: their
   old times (once per directory).
 
-Files made since the log opened need no record of their data. The
+Files made since the log opened need no record of their data, nor entries
+made in directories made since (an untarred tree costs one record). The
 Generation that ends the resync marks the log ``ended``; the next
 checkpoint that has made the data up to it durable releases the log.
 ``rollback`` applies the records newest first and returns the base
@@ -340,11 +341,17 @@ class UndoLog:
         self._pending.append(("times", st.st_ino, None))
         steps.append(["times", path.hex(), st.st_atime_ns, st.st_mtime_ns])
 
-    def made(self, path: bytes, steps: list[list[Any]]) -> None:
-        """Before an entry is made at *path*."""
+    def made(self, path: bytes, steps: list[list[Any]], *, new_inode: bool = True) -> None:
+        """Before an entry is made at *path* (in a directory made since
+        the log opened, nothing: undoing that removes all below it); a hard
+        link is a new name of an old inode, whose changes are still kept."""
+        if new_inode:
+            self._touched.unresolved.append(path)
+        parent = self._lstat(_parent(path))
+        if parent is not None and parent.st_ino in self._touched.new:
+            return
         self.times(_parent(path), steps)
         steps.append(["made", path.hex()])
-        self._touched.unresolved.append(path)
 
     def aside(self, path: bytes, steps: list[list[Any]], *, placeholder: bool) -> None:
         """Before the entry at *path* is removed: rename it aside (its
@@ -552,7 +559,7 @@ def _made(undo: UndoLog, op: tp.Create | tp.MkNod | tp.MkDir | tp.Symlink, steps
 
 
 def _link(undo: UndoLog, op: tp.Link, steps: list[list[Any]]) -> None:
-    undo.made(op.new, steps)
+    undo.made(op.new, steps, new_inode=False)
 
 
 def _removed(undo: UndoLog, op: tp.Unlink | tp.RmDir, steps: list[list[Any]]) -> None:

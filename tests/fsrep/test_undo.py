@@ -159,3 +159,18 @@ def test_holes_cost_nothing_to_keep_and_come_back_as_holes(replica: UndoReplica)
     with open(root / "sparse", "rb") as f:
         f.seek(4 * tib)
         assert f.read(20) == b"data among the holes"
+
+
+def test_a_file_linked_or_made_in_a_new_directory_is_still_undone(replica: UndoReplica) -> None:
+    root = Path(replica.tree.root)
+    before = states(root)
+    apply(replica, tp.ResyncBegin(seq=1))
+    apply(replica, tp.MkDir(seq=2, path=b"new", mode=0o755, uid=0, gid=0))
+    apply(replica, tp.Link(seq=3, target=b"f", new=b"new/f-too"))  # an old file's new name
+    apply(replica, tp.Write(seq=4, path=b"new/f-too", offset=0, data=b"through the new name"))
+    apply(replica, tp.MkDir(seq=5, path=b"new/sub", mode=0o755, uid=0, gid=0))
+    apply(replica, tp.Create(seq=6, path=b"new/sub/x", mode=0o644, uid=0, gid=0))
+    apply(replica, tp.Write(seq=7, path=b"new/sub/x", offset=0, data=b"new data"))
+    assert replica.undo.data_bytes == 4096  # the old file's region, nothing of what is new
+    replica.undo.rollback()
+    assert states(root) == before
