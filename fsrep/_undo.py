@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 UNDO_KIND = "fsrep-undo"
 UNDO_LIMIT = 4 << 30  # bytes of old data a log may keep, by default
 MAX_RECORDS = 1_000_000  # records of one log: what a rollback reads into memory
+MAX_NEW = 1_000_000  # inodes remembered as made since the log opened (their changes need no record)
 MAX_XATTRS = 64 * 1024  # bytes of an entry's extended attributes kept (more: the change is refused)
 REGION = tracking.REGION_SIZE
 STAGE_CHUNK = 1024 * 1024  # old bytes copied to the log a piece at a time: a large punch never fills memory
@@ -264,6 +265,8 @@ class UndoLog:
     def _resolve(self) -> None:
         """The inodes of the entries made by the changes before this one."""
         for path in self._touched.unresolved:
+            if len(self._touched.new) >= MAX_NEW:
+                break  # what is made after costs records like anything old: bounded by MAX_RECORDS and limit
             try:
                 self._touched.new.add(self.tree.lstat(path).st_ino)
             except OSError:
