@@ -53,7 +53,7 @@ async def other_side(rel: Relationship) -> None:
     what diverged (the log, and ``fsrep status``)."""
     divergence = rel.divergence
     if divergence is None or not divergence.snapshot:
-        log.warning("group %s: split brain, and no snapshot both sides hold: what diverged cannot be told",
+        log.info("group %s: split brain, and no snapshot both sides hold: what diverged cannot be told",
                     rel.record.id)
         return
     files = data = 0
@@ -71,6 +71,6 @@ async def other_side(rel: Relationship) -> None:
     if not found:
         return
     rel.divergence = dataclasses.replace(divergence, secondary_files=files, secondary_bytes=data)
-    log.warning("group %s: split brain: since snapshot %s, %d entries (%d bytes of data) changed here and %d "
+    log.info("group %s: split brain: since snapshot %s, %d entries (%d bytes of data) changed here and %d "
                 "(%d bytes) on the secondary; nothing is resynced until an operator chooses the side to give up",
                 rel.record.id, divergence.snapshot, divergence.primary_files, divergence.primary_bytes, files, data)

@@ -63,8 +63,8 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     dirty.clean_everything()
     stream.retracked()
     run.mode, run.basis = "snapshot", sid.name
-    log.info("group %s: resync from common %s (%s): %d bytes to send at most (%d files and %d directories may "
-             "differ)", record.id, sid, why, dirty.dirty_bytes, len(dirty.files()), dirty.dir_count)
+    log.info("group %s: resync from %s, common to both sides (%s): %d bytes to send at most (%d files and %d "
+             "directories may differ)", record.id, sid, why, dirty.dirty_bytes, len(dirty.files()), dirty.dir_count)
     return True
 
 

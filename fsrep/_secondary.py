@@ -211,6 +211,8 @@ class Replica:
             if saving.number < self.written:
                 return  # the newer was captured while this was unwritten: it holds the snapshots whole
             try:
+                if self.undo is not None:
+                    self.undo.flush()  # what undoes a change is on disk before the change is
                 self.tree.sync()
                 if saving.chain is not None:
                     self.saved.write(saving.chain)
@@ -493,6 +495,8 @@ class Secondary:
                             probe.settled.set()
                     elif isinstance(event, tp.Close):
                         if replica.last_applied != acked:
+                            if not self._undo_durable(replica):
+                                return
                             conn.enqueue(tp.Ack(seq=replica.last_applied))
                         conn.enqueue(tp.Close(last_seq=replica.last_applied))
                         await conn.flush()
@@ -500,10 +504,26 @@ class Secondary:
                         return
                     event = conn.next_buffered_event()
                 if replica.last_applied != acked:
+                    if not self._undo_durable(replica):
+                        return
                     conn.enqueue(tp.Ack(seq=replica.last_applied))
                 await conn.flush()
         except tp.LinkDown as exc:
             log.warning("group %s: session with %s ended: %s", replica.id, peer, exc)
+
+    @staticmethod
+    def _undo_durable(replica: Replica) -> bool:
+        """Make the undo records of the batch just applied durable; False
+        (the session must end, unacknowledged) when they cannot be."""
+        if replica.undo is None:
+            return True
+        try:
+            replica.undo.flush()
+        except OSError as exc:
+            log.error("group %s: cannot make the undo log durable at %s: %s; ending the session (the primary "
+                      "resends what is not acknowledged)", replica.id, replica.position, exc)
+            return False
+        return True
 
     def _sessions(self) -> int:
         return sum(1 for replica in self.replicas.values() if replica.session is not None)

@@ -9,7 +9,8 @@ a resync. The replica's data is made durable (``Tree.sync``), then the log
 opens with that position as its base (``STORE/.fsrep/undo/<id>/log``, a
 ``tracking.JournaledState``). From then on each change (``before``, from
 ``Replica.before_apply``) first appends a record of how to undo it, made
-durable before the change is applied (write-ahead):
+durable with its batch of frames, before anything can make the change
+durable (write-ahead; see the caveats):
 
 - a file's data: the old bytes of the regions it is about to overwrite
   (once per region: a region saved already needs nothing), kept in
@@ -39,8 +40,12 @@ replica depends on it.
 
 Caveats:
 - Holes overwritten are restored as zeros (same content, not sparse).
-- Each record costs an fdatasync of the data and of the journal before its
-  change: a resync pays it once per file and region it first touches.
+- Records are made durable once per batch of frames (``flush``, before
+  the batch's Ack; before an Fsync; in each checkpoint): a change applied
+  in a batch may reach the disk before its record only if the filesystem
+  writes it back within that batch, which no Linux filesystem's writeback
+  does (it waits seconds); a secondary host that crashes then, with the
+  primary lost too, may roll back less than it changed.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class UndoLog:
         self._asides = 0
         self._pending: list[tuple[str, int, tracking.RegionRange | None]] = []  # what the next record holds
         self._staged = 0  # old bytes in the data file for the record being made
+        self._appended = self._synced = 0  # records appended, and of those made durable
         self._fd: int | None = None  # the data file, open while the log is
         self._lock = threading.Lock()  # released from a checkpoint's thread, begun from the applying one
 
@@ -150,6 +156,7 @@ class UndoLog:
     def end(self, seq: int) -> None:
         """The resync ended at *seq*: the log goes once that is durable."""
         if self.open and self.ended is None:
+            self.flush()
             self._append({"ended": seq})
             self.ended = seq
 
@@ -184,8 +191,12 @@ class UndoLog:
             OSError: the record could not be written.
         """
         touched = self._touched
-        if not self.open or self.ended is not None or touched.purged:
-            return  # no resync under way, or all the tree holds is new
+        if not self.open or self.ended is not None:
+            return  # no resync under way
+        if op.BARRIER:
+            self.flush()  # the change makes what came before durable: its undo first
+        if touched.purged:
+            return  # all the tree holds is new
         self._resolve()
         steps: list[list[Any]] = []
         record = _RECORDERS.get(type(op))
@@ -204,9 +215,7 @@ class UndoLog:
         for it in the data file."""
         if self.records >= MAX_RECORDS:
             self._full()
-        if self._staged:
-            self._durably(lambda: os.fdatasync(self._data_fd()))
-        self._append({"steps": steps})
+        self._append({"steps": steps}, durable=False)  # made durable with the batch (``flush``)
         self.data_bytes += self._staged
         self._staged = 0
         touched = self._touched
@@ -252,9 +261,30 @@ class UndoLog:
         self._staged += done
         return at, done
 
-    def _append(self, record: dict[str, Any]) -> None:
-        self._durably(lambda: self._journal.append(record))
+    def _append(self, record: dict[str, Any], *, durable: bool = True) -> None:
+        self._durably(lambda: self._journal.append(record, durable=durable))
         self.records += 1
+        self._appended += 1
+        if durable:
+            self._synced = self._appended
+
+    def flush(self) -> None:
+        """Make every record so far durable (the old bytes, then the
+        journal): before a change can reach the disk — at the end of each
+        batch of frames, before an Fsync, in each checkpoint before the
+        data is synced. From any thread.
+
+        Raises:
+            OSError: it could not; the changes after it must not be applied.
+        """
+        appended = self._appended
+        if appended == self._synced or not self.open:
+            return
+        with self._lock:
+            if self._fd is not None:
+                os.fdatasync(self._fd)
+            self._journal.sync()
+        self._synced = max(self._synced, appended)
 
     def _durably(self, write: Callable[[], object]) -> None:
         if self.space is None:
@@ -366,7 +396,7 @@ class UndoLog:
         self.times(_parent(path), steps)
         name = str(self._asides)
         steps.append(["aside", path.hex(), name])
-        self._write(steps)  # durable before the rename: a rollback puts it back
+        self._write(steps)  # recorded before the rename: a rollback puts it back
         steps.clear()
         self._asides += 1
         self.tree.forget_all()

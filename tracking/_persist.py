@@ -205,12 +205,13 @@ class JournaledState:
         to write the state whole again."""
         return self.journal_bytes > max(REWRITE_AFTER, self.base_bytes)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, durable: bool = True) -> None:
         """Add *record* after the base and the records before it. After an
         append fails, ``rewrite`` before appending again: a record after a
         half-written one would be read as part of it.
 
-        Durability: on disk when this returns.
+        Durability: on disk when this returns — or, with *durable* False,
+        once ``sync`` has returned (several records, one fdatasync).
         """
         if not self.epoch:
             raise StateError(f"{self.path}: no base to append to (rewrite first)")
@@ -221,10 +222,19 @@ class JournaledState:
             view = memoryview(line + b"\n")
             while view:
                 view = view[os.write(fd, view):]
-            os.fdatasync(fd)
+            if durable:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         self.journal_bytes += len(line) + 1
+
+    def sync(self) -> None:
+        """Make every record appended so far durable."""
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The base and the intact records that follow it, in order.

@@ -83,7 +83,7 @@ def test_the_wire_form_of_a_resync_is_the_one_the_tools_always_sent() -> None:
     ({"cmd": 7}, "unknown command 7: use one of status, resync, snapshot-create"),
     ({"cmd": "status", "verbose": True}, 'status takes no field "verbose" (it takes none)'),
     ({"cmd": "resync", "rate-limit": 5},
-     'resync takes no field "rate-limit" (its fields are group, mode, rate_limit, snapshot)'),
+     'resync takes no field "rate-limit" (its fields are group, mode, rate_limit, snapshot, discard)'),
     ({"cmd": "resync", "x" * 1000: 5}, 'resync takes no field "' + "x" * 59 + '... (its fields'),
     ({"cmd": "resync", "group": 5}, "resync: group must be a string or null, not 5"),
     ({"cmd": "resync", "mode": ["quick"]}, 'resync: mode must be a string, not ["quick"]'),

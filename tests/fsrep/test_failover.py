@@ -323,7 +323,7 @@ def test_a_resync_that_outgrows_the_undo_log_waits_and_says_so(cluster: Cluster)
     cluster.assert_replicated()
 
 
-SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain", r" WARNING \S+: group \S+: split brain: since snapshot",
+SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain",
          r" WARNING \S+: group \S+: the replica's side of a split brain is given up",
          r" WARNING \S+: group \S+: split brain resolved by giving up the secondary's side")
 
