@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 R = RelationshipState
 SNAPSHOT_INTERVAL = 3600.0
 SNAPSHOT_KEEP = 3
+FIRST_SNAPSHOT_DELAY = 60.0  # a group with no snapshot taken gets its first this soon (once InSync)
 SCHEDULED = "sched-"  # the prefix of the snapshots the schedule takes (and retires)
 NEVER = 2**64
 
@@ -309,8 +310,17 @@ class Snapshots:
         if self.interval <= 0:
             return
         while True:
-            await trio.sleep(self.interval)
+            await trio.sleep(self.next_turn())
             await self.scheduled()
+
+    def next_turn(self) -> float:
+        """Seconds to the schedule's next turn: the interval — or soon, while
+        the chain holds no snapshot that was taken (an automatic point is
+        this side's alone), so that a failover or a lost dirty set soon
+        has a common point to resync from, not a whole tree to compare."""
+        if any(not sid.auto for sid in self.chain):
+            return self.interval
+        return min(self.interval, FIRST_SNAPSHOT_DELAY)
 
     async def scheduled(self) -> None:
         """One turn of the schedule."""

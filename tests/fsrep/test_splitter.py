@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 import transport as tp
+from fsrep import _snapshots as snapshots_module
 from fsrep._config import GroupRecord, GroupStore
 from fsrep._secondary import Secondary
 from fsrep._splitter import Relationship, Timeouts
@@ -128,3 +129,25 @@ async def test_a_failed_local_change_uses_no_sequence_number(tmp_path: Path) -> 
         assert pending.seq == first
         await rel.wait(pending)
         assert os.path.isdir(tmp_path / "secondary" / rel.record.id / "d")
+
+
+async def test_the_schedule_takes_a_first_snapshot_soon_and_then_keeps_its_interval(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    monkeypatch.setattr(snapshots_module, "FIRST_SNAPSHOT_DELAY", 0.1)
+    async with connected(tmp_path) as (server, rel, nursery):
+        rel.snapshots.interval = 3600.0
+        assert rel.snapshots.next_turn() == 0.1  # no snapshot taken yet: a common point soon
+        turned = trio.Event()
+        one_turn = rel.snapshots.scheduled
+
+        async def turn() -> None:
+            await one_turn()
+            turned.set()
+
+        monkeypatch.setattr(rel.snapshots, "scheduled", turn)
+        nursery.start_soon(rel.snapshots.run_schedule)
+        with trio.fail_after(10):
+            await turned.wait()
+        assert [sid.name[:6] for sid in rel.snapshots.chain] == ["sched-"]
+        assert rel.snapshots.next_turn() == 3600.0  # then the interval
