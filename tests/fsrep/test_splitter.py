@@ -141,9 +141,10 @@ async def test_the_schedule_takes_a_first_snapshot_soon_and_then_keeps_its_inter
         turned = trio.Event()
         one_turn = rel.snapshots.scheduled
 
-        async def turn() -> None:
+        async def turn() -> None:  # a turn may find the group not InSync for a moment: the next comes as soon
             await one_turn()
-            turned.set()
+            if len(rel.snapshots.chain):
+                turned.set()
 
         monkeypatch.setattr(rel.snapshots, "scheduled", turn)
         nursery.start_soon(rel.snapshots.run_schedule)
