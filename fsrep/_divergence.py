@@ -3,7 +3,8 @@ so that the operator who must choose the side to give up sees what each
 holds that the other does not — never a winner picked silently.
 
 This side's count is what its snapshot chain recorded since the snapshot
-(and its intercept log); the secondary's is asked for (SnapshotChanges, a
+(and its intercept log), summed delta by delta (an entry in two counts
+twice); the secondary's is asked for (SnapshotChanges, a
 question: nothing is applied) while the refused session stays connected.
 Both are upper bounds, as every record of changes here is.
 """
@@ -32,8 +33,11 @@ def this_side(rel: Relationship) -> Divergence:
     sid = rel.snapshots.basis()
     if sid is None:
         return Divergence("", UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
-    changes = rel.snapshots.may_differ(sid)
-    return Divergence(sid.name, len(changes.files()) + changes.dir_count, changes.dirty_bytes, UNKNOWN, UNKNOWN)
+    # An upper bound from the deltas as they are (as a snapshot's status counts them): no union made per status.
+    chain = rel.snapshots.chain
+    deltas = [*chain.deltas(sid.name), *filter(None, [chain.intercept(sid.name)])]
+    return Divergence(sid.name, sum(len(d.files()) + d.dir_count for d in deltas),
+                      sum(d.dirty_bytes for d in deltas), UNKNOWN, UNKNOWN)
 
 
 def current(rel: Relationship) -> Divergence | None:

@@ -127,16 +127,13 @@ def promote(store: Path, gid: str) -> Promoted:
     registry, root = position_file(store, gid), store / gid
     try:
         state = tracking.load_state(registry, REPLICA_KIND)
+        rolled_back = _roll_back(store, gid, state)  # the position is then where the unfinished resync began
         last = int(state["last_seq"])
         history = [bytes.fromhex(g) for g in state.get("generations", [])]
         listed = list(state.get("snapshots", []))
     except (tracking.StateError, KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot read the replica's position ({exc}); promote needs it to know what the "
                           f"replica holds — restore {registry}") from None
-    rolled_back = _roll_back(store, gid, state)
-    if rolled_back:
-        last, history, listed = int(state["last_seq"]), [bytes.fromhex(g) for g in state["generations"]], \
-            list(state["snapshots"])
     groups = GroupStore(str(root))
     promoted = state.get(PROMOTED)
     if promoted is not None and any(r.id == gid for r in groups.load_all()):

@@ -77,7 +77,7 @@ async def _keep_divergent(stream: ResyncStream, sid: tracking.SnapshotId, run: R
     """
     reply = await stream.ask(lambda seq: tp.KeepDivergent(seq=seq, name=sid.name), early=True)()
     assert isinstance(reply, tp.Kept)
-    if sid.auto or not reply.found:
+    if not reply.found:
         raise tp.LinkDown(f"the secondary holds no snapshot {sid.name} to keep its side of the split brain from; "
                           f"nothing was given up")
     run.kept = reply.where

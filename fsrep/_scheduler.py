@@ -61,15 +61,7 @@ class ResyncScheduler:
             ValueError: the group is SplitBrain and *mode* is not full.
         """
         rel = self._rel
-        if keep_divergent:
-            self._ids += 1
-            run = ResyncRun(self._ids, mode, reason, clamp_rate(rate_limit or self.default_rate_limit),
-                            queued_at=trio.current_time(), basis=snapshot, keep_divergent=True)
-            log.info("group %s: %s resync requested (%s)", rel.record.id, mode, reason)
-            self.queued = run
-            self._wakeup.set()
-            return run
-        if rel.state is R.SPLIT_BRAIN and mode != "full":
+        if rel.state is R.SPLIT_BRAIN and mode != "full" and not keep_divergent:
             raise ValueError(f"group {rel.record.id} is SplitBrain ({rel.record.stale_reason}); only "
                              f"'--mode full' resyncs it, discarding the replica's changes")
         now = trio.current_time()
@@ -81,13 +73,17 @@ class ResyncScheduler:
             if rate_limit:
                 running.rate_limit = clamp_rate(rate_limit)
             return running
+        if self.queued is not None and keep_divergent:
+            self.finish(self.queued, "superseded: the operator gives up the secondary's side")
+            self.queued = None
         if self.queued is not None:
             self.queued.mode = stronger(self.queued.mode, mode)
             self.queued.rate_limit = clamp_rate(rate_limit or self.queued.rate_limit)
             self.queued.basis = snapshot or self.queued.basis
             return self.queued
         self._ids += 1
-        run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine, basis=snapshot)
+        run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine, basis=snapshot,
+                        keep_divergent=keep_divergent)
         if mode == "quick" and rel.state is R.IN_SYNC and not rel.dirty:
             run.start(now)
             self.finish(run, "InSync")

@@ -71,7 +71,7 @@ from ._failover import Promoted
 from ._limits import raise_open_file_limit
 from ._logs import setup_logging
 from ._pipeline import Position
-from ._registry import PROMOTED, REPLICA_KIND, holds_primary_state, save_position
+from ._registry import PROMOTED, REPLICA_KIND, holds_primary_state, registry_dir, save_position
 from ._secondary_commands import SECONDARY_COMMANDS
 from ._store import StoreLock, check_directory
 from ._tree import Tree
@@ -244,7 +244,7 @@ class Secondary:
         self.key = key
         self.tls = tls  # server_context: every peer must pass mutual TLS first
         self.replicas: dict[str, Replica] = {}
-        self.registry = store / ".fsrep" / "replicas"
+        self.registry = registry_dir(store)
         self.registry.mkdir(parents=True, exist_ok=True)
         self.space.hold()
         self.handshakes = Handshakes()
@@ -276,7 +276,7 @@ class Secondary:
             state = tracking.load_state(state_file, REPLICA_KIND)
             promoted = state.get(PROMOTED)
             if promoted is not None:
-                raise ReplicaRefused(fenced(gid, promoted))
+                raise ReplicaRefused(_fenced(gid, promoted))
             _check_not_a_primary(root, gid)
             last = int(state["last_seq"])
             generations = [bytes.fromhex(g) for g in state.get("generations", [])]
@@ -593,7 +593,7 @@ def _check_not_a_primary(root: Path, group: str) -> None:
                              f"it takes no changes")
 
 
-def fenced(group: str, promoted: dict[str, Any]) -> str:
+def _fenced(group: str, promoted: dict[str, Any]) -> str:
     """Why a promoted replica refuses its old primary: it is the group's
     primary now, and two primaries must never replicate into one replica."""
     generation = str(promoted.get("generation", ""))[:8]
@@ -632,8 +632,9 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tl
         async with trio.open_nursery() as nursery:
             nursery.start_soon(secondary.serve, listeners)
             nursery.start_soon(secondary.checkpoints)
-            await nursery.start(serve_control, lock.meta,
-                                functools.partial(dispatch, secondary, table=SECONDARY_COMMANDS))
+            # Not awaited: SIGTERM must find its receiver at once, however slowly the socket is bound.
+            commands = functools.partial(dispatch, secondary, table=SECONDARY_COMMANDS)
+            nursery.start_soon(serve_control, lock.meta, commands)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("received %s: stopping", signal.Signals(signum).name)
