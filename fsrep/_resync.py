@@ -67,6 +67,7 @@ CHUNK_REGIONS = 256  # 1 MiB: the longest run one step copies
 MAX_RUNS_PER_STEP = 64  # dirty runs of one file copied in one step: one descriptor, one WriteRuns frame
 DIRECTORY_BATCH = 64  # directories whose listings are asked for at once
 ENTRIES_PER_STEP = 512  # entries a walk or a directory's comparison looks at between letting clients in
+CONTENDED = 1  # comparisons of a directory cut short by clients' changes before its next holds them
 MAX_FILE = 2**63  # no file reaches past this offset: a hole is punched at most up to it
 
 
@@ -141,6 +142,7 @@ class QuickResync:
         self._queue: list[tuple[int, bytes, int]] = []  # dirty directories to compare: (depth, path, inode), a heap
         self._dirs_seen = 0  # DirtySet.dirs_added when the queue last held every dirty directory
         self._seen_files: dict[int, tuple[bytes, int, int]] = {}  # checksum mode: the files to compare
+        self._contended: dict[int, int] = {}  # directory inode -> its comparisons a client's change cut short
 
     async def run(self) -> None:
         stream = self.stream
@@ -244,7 +246,7 @@ class QuickResync:
                 continue
             if self.resolve(ino) != path:
                 continue  # moved meanwhile: its new parent is dirty (or its hint is new); it is queued again
-            entries = await self._reconcile(ino, path, secondary)
+            entries = await self._reconcile_converging(ino, path, secondary)
             if entries is None:  # moved or changed meanwhile: queued again where it is now
                 if (where := self.resolve(ino)) is not None:
                     heapq.heappush(self._queue, (_depth(where), where, ino))
@@ -294,6 +296,29 @@ class QuickResync:
         if self._dirs_seen == before:
             self._dirs_seen = self.dirty.dirs_added
         heapq.heappush(self._queue, (_depth(path), path, ino))
+
+    async def _reconcile_converging(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> int | None:
+        """``_reconcile``, with clients' changes held once a directory's
+        comparisons were cut short CONTENDED times in a row by them: a
+        directory that clients keep changing (a spool, a log directory)
+        would otherwise be compared again for as long as they write, each
+        time with more to send, and the resync would never end. The pause
+        is one comparison of that directory (local work: its fix-ups are
+        queued, not awaited); the replica's listing needs no new look, as
+        no client change reaches the replica's copy of a dirty directory."""
+        tries = self._contended.get(ino, 0)
+        if tries < CONTENDED:
+            entries = await self._reconcile(ino, path, secondary)
+        else:
+            log.info("group %s: directory %r changed while it was compared; comparing it again with clients' "
+                     "changes held", self.stream.record.id, "/" + path.decode(errors="replace"))
+            with self.stream.holding_mutations():
+                entries = await self._reconcile(ino, path, secondary)
+        if entries is None and self.resolve(ino) == path:
+            self._contended[ino] = tries + 1
+        else:
+            self._contended.pop(ino, None)
+        return entries
 
     async def _reconcile(self, ino: int, path: bytes, secondary: dict[bytes, tp.DirEntry]) -> int | None:
         """Queue the fix-ups that make the replica's directory match; returns

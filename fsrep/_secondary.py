@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 2.0
 HANDSHAKE_TIMEOUT = 10.0  # for everything before authentication, however slowly the peer sends
 IDLE_TIMEOUT = 30.0
+ACK_AT_LEAST_EVERY = 0.5  # seconds a batch of frames is applied before what is done so far is acknowledged
 # A live primary answers a probe within a round trip (it pings every 2 s besides); short enough that a primary
 # whose old session is dead gets in within its own handshake timeout (5 s).
 PROBE_TIMEOUT = 2.0
@@ -480,12 +481,19 @@ class Secondary:
                      f" over {conn.tls_version}" if conn.tls_version else "", replica.position)
             while True:
                 event = await conn.receive_event(idle_timeout=IDLE_TIMEOUT)
-                replica.heard = trio.current_time()
+                replica.heard = since_ack = trio.current_time()
                 acked = replica.last_applied
                 while event is not None:
                     if isinstance(event, tp.Operation):
                         if not await self._apply(conn, replica, event):
                             return
+                        if trio.current_time() - since_ack >= ACK_AT_LEAST_EVERY:
+                            # A megabyte of small slow changes (creates on a busy disk) can take seconds.
+                            if not self._undo_durable(replica):
+                                return
+                            conn.enqueue(tp.Ack(seq=replica.last_applied))
+                            await conn.flush()
+                            since_ack, acked = trio.current_time(), replica.last_applied
                     elif isinstance(event, tp.Ping):
                         conn.enqueue(tp.Pong(token=event.token))
                     elif isinstance(event, tp.Pong):

@@ -5,6 +5,7 @@ a resync. Every test ends InSync with identical trees."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -24,12 +25,13 @@ NOTICE_DEADLINE = 10.0  # for the primary to notice a broken link
 
 
 class _Writer:
-    """Creates files and rewrites regions of *big* through the mount, in a
-    thread, until stopped (or ``limit`` rounds). Errors are raised by
-    ``stop()``."""
+    """Creates files and rewrites regions of *big* (if given) through the
+    mount, in a thread, until stopped (or ``limit`` rounds). Errors are
+    raised by ``stop()``."""
 
-    def __init__(self, root: Path, big: Path, *, limit: int = 5000, seed: int = 1) -> None:
-        self.root, self.big, self.limit = root, big, limit
+    def __init__(self, root: Path, big: Path | None, *, limit: int = 5000, seed: int = 1, prefix: str = "w",
+                 file_bytes: int = 3 * REGION) -> None:
+        self.root, self.big, self.limit, self.prefix, self.file_bytes = root, big, limit, prefix, file_bytes
         self.rounds = 0
         self.error: BaseException | None = None
         self._rng = random.Random(seed)
@@ -46,14 +48,17 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            size = self.big.stat().st_size
-            with open(self.big, "r+b") as f:
+            with contextlib.ExitStack() as stack:
+                big = None if self.big is None else stack.enter_context(open(self.big, "r+b"))
+                size = 0 if big is None else os.fstat(big.fileno()).st_size
                 for i in range(self.limit):
                     if self._stop.is_set():
                         return
-                    (self.root / f"w{i:05d}").write_bytes(os.urandom(self._rng.randrange(0, 3 * REGION)))
-                    length = self._rng.randrange(1, 16 * KiB)
-                    os.pwrite(f.fileno(), os.urandom(length), self._rng.randrange(0, size - length))
+                    data = os.urandom(self._rng.randrange(0, self.file_bytes))
+                    (self.root / f"{self.prefix}{i:05d}").write_bytes(data)
+                    if big is not None:
+                        length = self._rng.randrange(1, 16 * KiB)
+                        os.pwrite(big.fileno(), os.urandom(length), self._rng.randrange(0, size - length))
                     self.rounds = i + 1
         except BaseException as exc:  # raised in the test thread by stop()
             self.error = exc
@@ -97,6 +102,36 @@ def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster
     assert status["state"] == "InSync", status
     assert status["dirty_bytes"] == 0, status
     assert "quick resync complete" in proxied.primary_log()
+    proxied.assert_replicated()
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
+def test_a_directory_clients_keep_filling_is_resynced_while_they_go_on(proxied: Cluster) -> None:
+    """A dirty directory is compared in steps that let clients in; one they
+    create files in all along changes during every comparison. The resync
+    still ends: that directory's next comparison holds their changes.
+    (Three writers, so that some change comes in at every step.)"""
+    proxied.mount()
+    spool = proxied.mnt / "spool"
+    spool.mkdir()
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    for i in range(8 * 512):  # eight steps of a comparison: some writer gets in during one
+        (spool / f"old{i:05d}").write_bytes(b"%d" % i)
+    # No write waits for an ack: all are in spool, which stays dirty until compared.
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(_Writer(spool, None, limit=100_000, seed=n, prefix=f"w{n}-", file_bytes=1))
+                   for n in range(3)]
+        for writer in writers:
+            writer.wait_rounds(20, "files created in the dirty directory")
+        proxied.proxy.restore()
+        # While the writers keep creating, on a slow disk: a 4096-entry backlog and what they add meanwhile.
+        proxied.wait_state("InSync", timeout=2 * RECONNECT_DEADLINE)
+        for writer in writers:
+            writer.wait_rounds(20, "files created once InSync again")
+    assert "directory '/spool' changed while it was compared; comparing it again with clients' changes held" \
+           in proxied.primary_log()
+    assert proxied.status()["dirty_bytes"] == 0
     proxied.assert_replicated()
 
 
