@@ -181,6 +181,32 @@ def _list_data(replica: Target, op: tp.ListData) -> tp.DataMap:
     return tp.DataMap(seq=op.seq, end=end, runs=tp.pack_runs(runs))
 
 
+def _fetch(replica: Target, op: tp.Fetch) -> tp.Fetched:
+    """The entry as the replica holds it (see ``tp.Fetch``); read through
+    descriptors of the tree, so never outside the replica root."""
+    tree = replica.tree
+    try:
+        st = tree.lstat(op.path)
+    except (FileNotFoundError, NotADirectoryError):
+        return tp.Fetched(seq=op.seq, found=0)
+    target, data = b"", b""
+    if stat.S_ISLNK(st.st_mode):
+        target = tree.readlink(op.path)
+    elif stat.S_ISREG(st.st_mode) and op.length and op.offset < st.st_size:
+        fd = tree.open_regular(op.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, min(op.length, st.st_size - op.offset), op.offset)
+        finally:
+            os.close(fd)
+    xattrs = [] if stat.S_ISLNK(st.st_mode) else [(n, tree.getxattr(op.path, n)) for n in tree.listxattr(op.path)]
+    try:
+        return tp.Fetched(seq=op.seq, found=1, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, rdev=st.st_rdev,
+                          size=st.st_size, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, target=target,
+                          xattrs=tp.pack_xattrs(xattrs), data=data)
+    except tp.LocalProtocolError as exc:  # more extended attributes than a frame carries
+        raise OSError(errno.E2BIG, f"{os.fsdecode(op.path)!r}: {exc}") from None
+
+
 # --- history --------------------------------------------------------------------
 
 
@@ -521,6 +547,7 @@ TABLE: dict[type[tp.Operation], Row] = {
     tp.ListDir: Row(_Q, _list_dir),
     tp.Checksum: Row(_Q, _checksum),
     tp.ListData: Row(_Q, _list_data),
+    tp.Fetch: Row(_Q, _fetch),
     tp.SnapshotChanges: Row(_Q, replica_snapshots.changes_since),
     tp.KeepDivergent: Row(_Q, replica_snapshots.keep_divergent),  # copies out of the replica, changes nothing in it
     tp.Generation: Row(_H, _generation),

@@ -271,7 +271,7 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
         raise Refused(f"group {rel.record.id} uses policy strict: while a checksum resync compares directories, "
                       f"changes in them would fail with EIO — remount with --policy sync to run it")
     if req.discard is not None:
-        return await _discard(rel, req)
+        return await _discard(rel, req, daemon.mountpoint / rel.record.path)
     await rel.reconnect_now()
     if rel.conn is None:
         raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
@@ -289,26 +289,30 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
     return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
 
 
-async def _discard(rel: Relationship, req: ResyncRequest) -> ResyncStarted:
-    """Resolve a split brain by giving up one side: the secondary's is
-    copied out of the replica (``KeepDivergent``), then overwritten from
-    the newest taken snapshot both sides hold."""
+async def _discard(rel: Relationship, req: ResyncRequest, group_dir: Path) -> ResyncStarted:
+    """Resolve a split brain by giving up one side, copied out first: the
+    secondary's out of the replica (``KeepDivergent``), the primary's into
+    this store (``_pull``); then the resync from the newest taken snapshot
+    both sides hold makes them the same."""
     record = rel.record
     if rel.state is not RelationshipState.SPLIT_BRAIN or rel.conn is None:
         raise Refused(f"group {record.id} is {rel.state.value}{'' if rel.conn is not None else ', not connected'}: "
                       f"--discard gives up a side of a split brain, with both sides connected")
-    if req.discard == "primary":
-        raise Refused(f"group {record.id}: to keep the secondary's side, make it the primary — unmount here, run "
-                      f"'fsrep promote' on the secondary's host and mount the replica there, 'fsrep demote' this "
-                      f"store into a secondary store and serve it; then, on the new primary, 'fsrep-resync "
-                      f"MOUNTPOINT --discard secondary' keeps this side's changes in this host's .fsrep/divergent/")
     sid = next((s for s in reversed(list(rel.snapshots.chain)) if not s.auto and rel.snapshots.common(s)), None)
     if sid is None:
-        raise Refused(f"group {record.id} has no snapshot both sides took, so what diverged on the secondary cannot "
-                      f"be told and kept; 'fsrep-resync --mode full' gives up the secondary's side without a copy")
-    run = rel.request_resync("snapshot", reason=f"split brain: the secondary's side is given up (kept first), from "
-                                                f"{sid.name}", rate_limit=req.rate_limit, snapshot=sid.name,
-                             keep_divergent=True)
+        raise Refused(f"group {record.id} has no snapshot both sides took, so what diverged cannot be told and kept; "
+                      f"'fsrep-resync --mode full' gives up the secondary's side without a copy")
+    if req.discard == "primary":
+        if record.policy == "strict":
+            raise Refused(f"group {record.id} uses policy strict, which refuses changes while SplitBrain: remount "
+                          f"with --policy sync to take the secondary's side")
+        run = rel.request_resync("snapshot", reason=f"split brain: the primary's side is given up (kept first), "
+                                                    f"the secondary's taken, from {sid.name}",
+                                 rate_limit=req.rate_limit, snapshot=sid.name, pull_into=str(group_dir))
+    else:
+        run = rel.request_resync("snapshot", reason=f"split brain: the secondary's side is given up (kept first), "
+                                                    f"from {sid.name}", rate_limit=req.rate_limit,
+                                 snapshot=sid.name, keep_divergent=True)
     return ResyncStarted(group=record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
 
 

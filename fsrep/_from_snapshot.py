@@ -25,6 +25,7 @@ import tracking
 import transport as tp
 
 from ._progress import ResyncRun
+from ._pull import pull
 from ._stream import ResyncStream
 from ._tree import Tree
 
@@ -48,8 +49,14 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
                  record.id, f" named {run.basis}" if run.basis else "")
         return False
     changes = snapshots.may_differ(sid)
+    theirs = tracking.PathChanges()  # by path, as the replica said: what a pull takes
+
     def mark(path: bytes, flags: int, runs: list[tuple[int, int]]) -> None:
         mark_reported(changes, tree, path, flags, runs)
+        if run.pull_into:
+            theirs.mark(path, flags or tracking.META)
+            for first, count in runs:
+                theirs.mark_regions(path, tracking.RegionRange(first, count))
 
     if not sid.auto and not await _asked(run, replica_changes(stream, sid.name, mark)):
         log.info("group %s: the replica no longer holds %s; comparing the whole tree by digest instead",
@@ -57,6 +64,8 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
         return False
     if run.keep_divergent and not run.kept:
         await _asked(run, _keep_divergent(stream, sid, run))
+    if run.pull_into and not run.pulled:
+        await _asked(run, pull(stream, tree, run, sid, theirs))
     dirty = stream.dirty
     why = dirty.reason if dirty.everything else "asked for"
     dirty.merge(changes)
@@ -80,7 +89,7 @@ async def _keep_divergent(stream: ResyncStream, sid: tracking.SnapshotId, run: R
     if not reply.found:
         raise tp.LinkDown(f"the secondary holds no snapshot {sid.name} to keep its side of the split brain from; "
                           f"nothing was given up")
-    run.kept = reply.where
+    run.kept, run.kept_side = reply.where, "secondary"
     log.warning("group %s: split brain resolved by giving up the secondary's side: its %d entries (%d bytes of "
                 "data) changed since %s are kept on the secondary in %s", stream.record.id, reply.entries,
                 reply.data, sid, reply.where)

@@ -34,6 +34,11 @@ def parse_rate(text: str) -> int:
     return int(match.group(1)) * UNITS[match.group(2).lower()]
 
 
+class RunRefused(Exception):
+    """A run cannot do what it was asked, and changed nothing: it ends with
+    this reason, the link kept (the next run would be refused the same)."""
+
+
 def clamp_rate(rate_limit: int) -> int:
     """A rate limit as applied: 0 (none) or at least RATE_FLOOR."""
     return max(rate_limit, RATE_FLOOR) if rate_limit else 0
@@ -74,7 +79,10 @@ class ResyncRun:
     basis: str = ""  # mode snapshot: the snapshot the run resyncs from (asked for, or once chosen)
     based: bool = False  # what may differ since the snapshot is in the dirty set: a restart need not add it again
     keep_divergent: bool = False  # split brain: the replica's changes since the snapshot are copied out first
-    kept: str = ""  # where they were copied, once they were
+    pull_into: str = ""  # split brain, the primary's side given up: the group's directory in the mount
+    kept: str = ""  # where the side given up was copied, once it was
+    kept_side: str = ""  # "primary" or "secondary"
+    pulled: bool = False  # the primary's side given up: the secondary's is taken (the run then sends it back)
     _done_at_start: int = 0
     _allowance: float = 0.0
     _allowance_at: float = 0.0
@@ -200,6 +208,7 @@ class ResyncRun:
             elapsed_seconds=round(end - self.started_at, 3) if self.started_at is not None else 0.0,
             snapshot=self.basis,
             kept=self.kept,
+            kept_side=self.kept_side,
         )
 
     def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:

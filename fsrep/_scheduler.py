@@ -22,7 +22,7 @@ import trio
 
 import transport as tp
 
-from ._progress import ResyncRun, clamp_rate, stronger
+from ._progress import ResyncRun, RunRefused, clamp_rate, stronger
 from ._state import RelationshipState
 
 if TYPE_CHECKING:
@@ -50,18 +50,21 @@ class ResyncScheduler:
     # --- steps ---------------------------------------------------------------------
 
     def request(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
-                snapshot: str = "", keep_divergent: bool = False) -> ResyncRun:
+                snapshot: str = "", keep_divergent: bool = False, pull_into: str = "") -> ResyncRun:
         """Start a resync, or join the one running or queued (raising its
         mode to *mode* if that does more). Returns the run that will do it.
         *snapshot*: mode snapshot from that snapshot, not the newest common one.
         *keep_divergent*: a SplitBrain group's secondary side is given up,
         its changes since *snapshot* copied out of the replica first.
+        *pull_into*: its primary side is given up (kept here first), the
+        secondary's taken through the group's directory in the mount.
 
         Raises:
             ValueError: the group is SplitBrain and *mode* is not full.
         """
         rel = self._rel
-        if rel.state is R.SPLIT_BRAIN and mode != "full" and not keep_divergent:
+        discarding = keep_divergent or bool(pull_into)
+        if rel.state is R.SPLIT_BRAIN and mode != "full" and not discarding:
             raise ValueError(f"group {rel.record.id} is SplitBrain ({rel.record.stale_reason}); only "
                              f"'--mode full' resyncs it, discarding the replica's changes")
         now = trio.current_time()
@@ -73,8 +76,8 @@ class ResyncScheduler:
             if rate_limit:
                 running.rate_limit = clamp_rate(rate_limit)
             return running
-        if self.queued is not None and keep_divergent:
-            self.finish(self.queued, "superseded: the operator gives up the secondary's side")
+        if self.queued is not None and discarding:
+            self.finish(self.queued, "superseded: the operator gives up a side of the split brain")
             self.queued = None
         if self.queued is not None:
             self.queued.mode = stronger(self.queued.mode, mode)
@@ -83,7 +86,7 @@ class ResyncScheduler:
             return self.queued
         self._ids += 1
         run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine, basis=snapshot,
-                        keep_divergent=keep_divergent)
+                        keep_divergent=keep_divergent, pull_into=pull_into)
         if mode == "quick" and rel.state is R.IN_SYNC and not rel.dirty:
             run.start(now)
             self.finish(run, "InSync")
@@ -118,7 +121,7 @@ class ResyncScheduler:
         run, self.queued = self.queued, None
         if run is None:
             return None
-        if self._rel.state is R.SPLIT_BRAIN and run.mode != "full" and not run.keep_divergent:
+        if self._rel.state is R.SPLIT_BRAIN and run.mode != "full" and not (run.keep_divergent or run.pull_into):
             self.finish(run, f"refused: the group is SplitBrain ({self._rel.record.stale_reason})")
             return None
         self.run = run
@@ -133,6 +136,9 @@ class ResyncScheduler:
             if rel.state is R.RESYNCING or rel.link.conn is not None:
                 rel.link_lost(f"resync abandoned: {error}")
             self.interrupted(run)  # when the link was gone before the run began
+        elif isinstance(error, RunRefused):
+            log.warning("group %s: resync refused: %s", rel.record.id, error)
+            self.finish(run, f"refused: {error}")
         elif error is not None:
             # Never retry the same failing steps forever: the next resync compares everything.
             rel.ledger.mark_everything("an internal error interrupted the last resync")
@@ -182,6 +188,9 @@ class ResyncScheduler:
                 except tp.LinkDown as exc:
                     self.ended(run, exc)
                     return
+                except RunRefused as exc:
+                    self.ended(run, exc)
+                    continue
                 except Exception as exc:
                     self.ended(run, exc)
                     raise
@@ -196,7 +205,7 @@ class ResyncScheduler:
                 nursery.start_soon(self._watch, run)
                 await hook(run)
                 nursery.cancel_scope.cancel()
-        except* tp.LinkDown as group:
+        except* (tp.LinkDown, RunRefused) as group:
             raise group.exceptions[0] from None
 
     async def _watch(self, run: ResyncRun) -> None:

@@ -88,7 +88,7 @@ class Sessions:
         """When the replica holds data newer than ours, or the histories are
         unrelated, never resync (either way): stay connected, keep changes
         local and dirty, and say why — the operator decides
-        (``fsrep-resync --mode full`` discards the replica's side)."""
+        (``fsrep-resync --discard``, or ``--mode full``)."""
         rel = self._rel
         if rel.record.stale:
             rel.ledger.restate(reason)
@@ -96,8 +96,9 @@ class Sessions:
             rel.mark_stale(reason)
         self._from_replica = True  # a full resync, if the operator asks, starts at the replica's position
         rel.set_state(R.OUT_OF_SYNC, "replica connected")
-        rel.set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator runs "
-                                              "'fsrep-resync --mode full' (which discards the replica's changes)")
+        rel.set_state(R.SPLIT_BRAIN, reason + "; nothing is resynced until an operator gives up a side: "
+                                              "'fsrep-resync MOUNTPOINT --discard primary|secondary' (its changes "
+                                              "are copied first), or '--mode full' (the replica's, without a copy)")
         rel.divergence = divergence.this_side(rel)
 
     def resume(self) -> None:
@@ -123,7 +124,7 @@ class Sessions:
             rel.stream.acked(event.seq)
         elif isinstance(event, tp.Durable):
             rel.pipeline.on_durable(event.seq)
-        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes, tp.Kept)):
+        elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes, tp.Kept, tp.Fetched)):
             rel.stream.replied(event)
         elif isinstance(event, tp.Nack):
             if event.errno == errno.EDQUOT:  # the replica's undo log is full: it keeps it, the run waits

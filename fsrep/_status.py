@@ -94,6 +94,7 @@ class ResyncProgress(Record):
     elapsed_seconds: float
     snapshot: str  # mode snapshot: the snapshot it resyncs from
     kept: str = ""  # split brain: where the side given up was copied before it was overwritten
+    kept_side: str = ""  # which side that was: "primary" or "secondary"
 
 
 @dataclass(frozen=True, slots=True)

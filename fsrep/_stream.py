@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -107,6 +109,12 @@ class ResyncStream:
     def snapshots(self) -> Snapshots:
         return self._rel.snapshots
 
+    def divergent_dir(self) -> Path:
+        """Where a new copy of this side of a split brain goes: the store's
+        ``.fsrep/divergent/<id>/<time>/`` (as the secondary's)."""
+        return (self._rel.ledger.groups.dir.parent / "divergent" / self.record.id /
+                time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+
     def retracked(self) -> None:
         """The run replaced what the dirty set says (from a snapshot): save it."""
         self._rel.ledger.dirty_changed = True
@@ -167,16 +175,16 @@ class ResyncStream:
 
         return reply
 
-    def ask_listing(self, path: bytes) -> Callable[[], Awaitable[dict[bytes, tp.DirEntry]]]:
+    def ask_listing(self, path: bytes, *, early: bool = False) -> Callable[[], Awaitable[dict[bytes, tp.DirEntry]]]:
         """Ask for the replica's entries of directory *path* at this point
         of the operation stream — now, in the caller's step — and return
         what awaits them (all pages). Several directories can be asked at
-        once: one round trip for all of them.
+        once: one round trip for all of them. *early*: see ``send``.
 
         Raises:
             LinkDown: the link was lost (now or before the reply came).
         """
-        first = self.ask(lambda seq: tp.ListDir(seq=seq, path=path, after=b""))
+        first = self.ask(lambda seq: tp.ListDir(seq=seq, path=path, after=b""), early=early)
 
         async def entries() -> dict[bytes, tp.DirEntry]:
             found: dict[bytes, tp.DirEntry] = {}
@@ -190,7 +198,7 @@ class ResyncStream:
                     last = max(last, entry.name)
                 if not listing.more or not last:
                     return found
-                reply = self.ask(lambda seq, after=last: tp.ListDir(seq=seq, path=path, after=after))
+                reply = self.ask(lambda seq, after=last: tp.ListDir(seq=seq, path=path, after=after), early=early)
 
         return entries
 

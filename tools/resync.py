@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif result.get("kept"):
-        print(f"the secondary's side of the split brain is kept on the secondary in {result['kept']}")
+        side = result.get("kept_side") or "secondary"
+        print(f"the {side}'s side of the split brain is kept on the {side} in {result['kept']}")
     return 0
 
 

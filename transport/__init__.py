@@ -29,6 +29,7 @@ from ._frames import DIGEST_SIZE as DIGEST_SIZE
 from ._frames import MAX_CHANGES as MAX_CHANGES
 from ._frames import MAX_CHECKSUM_REGIONS as MAX_CHECKSUM_REGIONS
 from ._frames import MAX_DATA as MAX_DATA
+from ._frames import MAX_FETCH as MAX_FETCH
 from ._frames import MAX_LISTING as MAX_LISTING
 from ._frames import MAX_PATH as MAX_PATH
 from ._frames import MAX_RUNS as MAX_RUNS
@@ -46,6 +47,8 @@ from ._frames import Digests as Digests
 from ._frames import DirEntry as DirEntry
 from ._frames import Durable as Durable
 from ._frames import Error as Error
+from ._frames import Fetch as Fetch
+from ._frames import Fetched as Fetched
 from ._frames import Frame as Frame
 from ._frames import Fsync as Fsync
 from ._frames import Generation as Generation
@@ -86,6 +89,8 @@ from ._frames import encode_changes as encode_changes
 from ._frames import encode_entries as encode_entries
 from ._frames import pack_runs as pack_runs
 from ._frames import pack_snapshots as pack_snapshots
+from ._frames import pack_xattrs as pack_xattrs
+from ._frames import unpack_xattrs as unpack_xattrs
 from ._session import PrimarySession as PrimarySession
 from ._session import SecondarySession as SecondarySession
 from ._session import SessionState as SessionState

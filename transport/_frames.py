@@ -22,10 +22,11 @@ from tracking import generations  # sans-IO: a Welcome carries the history just 
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 8  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+PROTOCOL_VERSION = 9  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
 # 8: ResyncBegin (the replica opens its undo log); KeepDivergent and Kept (split brain: the replica keeps its side)
+# 9: Fetch and Fetched (split brain, the primary's side given up: the primary pulls the replica's entries)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -839,6 +840,93 @@ class Kept(Frame):
     where: str
 
 
+MAX_FETCH = 1024 * 1024  # bytes of data one Fetched carries
+_XATTR = struct.Struct(">BI")  # name length, value length
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Operation):
+    """Ask for entry ``path`` of the replica as it is — kind, attributes,
+    symlink target, extended attributes — and up to ``length`` bytes of its
+    data from ``offset``, at this point of the stream: how the primary
+    pulls the replica's side of a split brain when its own is given up.
+    Answered with Fetched before the ack; nothing is applied."""
+
+    TYPE = 49
+    FIELDS = (("seq", U64), ("path", PATH), ("offset", U64), ("length", U32))
+    seq: int
+    path: bytes
+    offset: int = 0
+    length: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.length > MAX_FETCH:
+            raise LocalProtocolError(f"Fetch.length {self.length} is over {MAX_FETCH}")
+
+
+def pack_xattrs(xattrs: list[tuple[bytes, bytes]]) -> bytes:
+    """(name, value) pairs as one blob."""
+    out = []
+    for name, value in xattrs:
+        if not 0 < len(name) <= MAX_NAME or len(value) > MAX_XATTR_VALUE:
+            raise LocalProtocolError("extended attribute name or value too long")
+        out.append(_XATTR.pack(len(name), len(value)) + name + value)
+    return b"".join(out)
+
+
+def unpack_xattrs(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """Raises LocalProtocolError when *blob* is not a list of attributes."""
+    found, pos = [], 0
+    try:
+        while pos < len(blob):
+            n, size = _XATTR.unpack_from(blob, pos)
+            pos += _XATTR.size
+            if not 0 < n <= MAX_NAME or size > MAX_XATTR_VALUE or pos + n + size > len(blob):
+                raise LocalProtocolError("malformed extended attribute")
+            name, value = bytes(blob[pos:pos + n]), bytes(blob[pos + n:pos + n + size])
+            if b"\0" in name:
+                raise LocalProtocolError("extended attribute name contains NUL")
+            found.append((name, value))
+            pos += n + size
+    except struct.error:
+        raise LocalProtocolError("truncated extended attribute") from None
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched(Frame):
+    """Secondary -> primary: the answer to Fetch ``seq`` (``found`` 0: no
+    such entry). ``data`` holds the bytes from the offset asked for (holes
+    as zeros), fewer only at the end of the file."""
+
+    TYPE = 50
+    FIELDS = (("seq", U64), ("found", U8), ("mode", U32), ("uid", U32), ("gid", U32), ("rdev", U64),
+              ("size", U64), ("atime_ns", I64), ("mtime_ns", I64), ("target", BLOB), ("xattrs", BLOB),
+              ("data", BLOB))
+    seq: int
+    found: int
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    target: bytes = b""
+    xattrs: bytes = b""
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if len(self.target) > MAX_TARGET or len(self.data) > MAX_FETCH:
+            raise LocalProtocolError("Fetched target or data too long")
+        unpack_xattrs(self.xattrs)
+
+    def xattr_list(self) -> list[tuple[bytes, bytes]]:
+        return unpack_xattrs(self.xattrs)
+
+
 MAX_CHECKSUM_REGIONS = 4096
 DIGEST_SIZE = 8
 
@@ -1017,6 +1105,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
                 Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
-                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept)
+                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept, Fetch, Fetched)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

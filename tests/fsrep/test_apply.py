@@ -6,6 +6,7 @@ directory (as root, like test_tree.py)."""
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -95,6 +96,8 @@ QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
     (tp.ListData(seq=5, path=b"f", offset=0, length=10000), tp.DataMap),
     (tp.SnapshotChanges(seq=6, name="none-taken"), tp.Changes),
     (tp.KeepDivergent(seq=7, name="none-taken"), tp.Kept),
+    (tp.Fetch(seq=8, path=b"f", offset=9000, length=4096), tp.Fetched),
+    (tp.Fetch(seq=9, path=b"missing"), tp.Fetched),
 ]
 
 
@@ -109,7 +112,7 @@ def test_the_table_has_a_row_for_every_operation_the_transport_decodes() -> None
 
 def test_the_questions_are_the_frames_the_secondary_answers() -> None:
     questions = {cls for cls, row in TABLE.items() if row.kind is Kind.QUESTION}
-    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges, tp.KeepDivergent}
+    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges, tp.KeepDivergent, tp.Fetch}
     assert {type(op) for op, _ in QUESTIONS} == questions
     assert not any(cls.BARRIER for cls in questions)
 
@@ -144,6 +147,28 @@ def test_the_answers_say_what_the_tree_holds(replica: RecordingReplica) -> None:
     assert isinstance(data_map, tp.DataMap)
     assert data_map.run_list() == [(0, 10000)]
     assert data_map.end == 20000
+
+
+def test_a_fetch_gives_the_entry_as_the_replica_holds_it_and_never_what_lies_outside(
+        replica: RecordingReplica, tmp_path: Path) -> None:
+    root = Path(replica.tree.root)
+    os.setxattr(root / "f", "user.k", b"v")
+    os.symlink("d/g", root / "link")
+    os.symlink(str(tmp_path), root / "out")  # a symlink out of the replica
+    got = apply(replica, tp.Fetch(seq=1, path=b"f", offset=9995, length=100))
+    assert isinstance(got, tp.Fetched)
+    st = os.lstat(root / "f")
+    assert (got.found, got.mode, got.size, got.mtime_ns) == (1, st.st_mode, 10000, st.st_mtime_ns)
+    assert got.data == b"56789"  # fewer at the end of the file
+    assert got.xattr_list() == [(b"user.k", b"v")]
+    link = apply(replica, tp.Fetch(seq=2, path=b"link", length=100))
+    assert isinstance(link, tp.Fetched)
+    assert (link.target, link.data) == (b"d/g", b"")
+    assert stat.S_ISLNK(link.mode)
+    (tmp_path / "secret").write_bytes(b"outside")
+    outside = apply(replica, tp.Fetch(seq=3, path=b"out/secret", length=100))  # through the symlink: not followed
+    assert isinstance(outside, tp.Fetched)
+    assert (outside.found, outside.data) == (0, b"")
 
 
 def test_every_change_passes_the_seam_before_it_is_applied(replica: RecordingReplica) -> None:

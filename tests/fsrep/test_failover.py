@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -325,34 +326,82 @@ def test_a_resync_that_outgrows_the_undo_log_waits_and_says_so(cluster: Cluster)
 
 SPLIT = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain",
          r" WARNING \S+: group \S+: the replica's side of a split brain is given up",
-         r" WARNING \S+: group \S+: split brain resolved by giving up the secondary's side")
+         r" WARNING \S+: group \S+: split brain resolved by giving up the (?:secondary|primary)'s side")
+
+
+class _SplitBrain:
+    """A and B both written since snapshot s1: A (the old primary) went on
+    serving alone, cut off, while B (its replica) was promoted, mounted
+    and written; then A was demoted into a secondary store of its host
+    and B connected to it. B sees SplitBrain."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.a_sec = Secondary(cluster.base / "a-secondary", cluster.key, port=free_port())
+        self.a_sec.store.mkdir()
+        self.b_mnt = cluster.base / "mnt-b"
+
+    def __enter__(self) -> _SplitBrain:
+        try:
+            self._make()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _make(self) -> None:
+        cluster, key = self.cluster, self.cluster.key
+        mount(cluster.primary_store, cluster.mnt, cluster.secondary.address, key)
+        m = cluster.mnt
+        write_random(m / "big", 4)
+        (m / "gone").write_bytes(b"removed on A")
+        run_fsrep("snapshot", str(m), "create", "--name", "s1")
+        self.gid = cluster.secondary.replica_root().name
+        cluster.secondary.stop()  # cut off: the old primary goes on serving its clients alone
+        wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
+        write_random(m / "a-only", 1)
+        os.setxattr(m / "a-only", "user.side", b"A")
+        with open(m / "big", "r+b") as f:
+            f.seek(2 * MiB)
+            f.write(b"A's bytes" * 1000)
+        os.chmod(m / "big", 0o600)
+        (m / "a-dir" / "deeper").mkdir(parents=True)
+        (m / "a-dir" / "deeper" / "x").write_bytes(b"x" * 5000)
+        os.symlink("deeper/x", m / "a-dir" / "link")
+        (m / "gone").unlink()
+        self.a_only, self.a_big = (cluster.mnt / "a-only").read_bytes(), (cluster.mnt / "big").read_bytes()
+        run_fsrep("umount", str(cluster.mnt))
+        self.b_store = cluster.secondary.store / self.gid
+        run_fsrep("promote", str(self.b_store))  # meanwhile the replica was promoted
+        run_fsrep("demote", str(cluster.primary_store), "--into", str(self.a_sec.store))
+        self.a_replica = self.a_sec.store / self.gid
+        self.a_sec.start()
+        mount(self.b_store, self.b_mnt, self.a_sec.address, key)
+        self.b_only = os.urandom(8192)
+        (self.b_mnt / "b-only").write_bytes(self.b_only)
+        with open(self.b_mnt / "big", "r+b") as f:
+            f.seek(3 * MiB)
+            f.write(b"B's bytes" * 1000)
+        (self.b_mnt / "b-dir").mkdir()
+        (self.b_mnt / "b-dir" / "y").write_bytes(b"y" * 100)
+        self.b_big = (self.b_mnt / "big").read_bytes()
+
+    def __exit__(self, *exc: object) -> None:
+        for mnt in (self.b_mnt, self.cluster.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        self.a_sec.stop(signal.SIGKILL)
+
+    def kept(self, store: Path, output: str) -> Path:
+        """The one copy of a side given up, under *store*; named in *output*."""
+        (kept,) = (store / ".fsrep" / "divergent" / self.gid).iterdir()
+        assert str(kept) in output, output
+        return kept
 
 
 @pytest.mark.expect_log(LINK_CLOSED, UNREACHABLE, *SPLIT)
 def test_an_old_primary_that_wrote_on_alone_is_split_brain_and_status_says_what_diverged(cluster: Cluster) -> None:
-    key, base = cluster.key, cluster.base
-    a_sec = Secondary(base / "a-secondary", key, port=free_port())
-    a_sec.store.mkdir()
-    b_mnt = base / "mnt-b"
-    try:
-        mount(cluster.primary_store, cluster.mnt, cluster.secondary.address, key)
-        write_random(cluster.mnt / "big", 4)
-        run_fsrep("snapshot", str(cluster.mnt), "create", "--name", "s1")
-        gid = cluster.secondary.replica_root().name
-        cluster.secondary.stop()  # cut off: the old primary goes on serving its clients alone
-        wait_for(lambda: cluster.status()["state"] == "OutOfSync", "the cut noticed")
-        write_random(cluster.mnt / "a-only", 1)
-        with open(cluster.mnt / "big", "r+b") as f:
-            f.seek(2 * MiB)
-            f.write(b"A's bytes" * 1000)
-        a_only, a_big = (cluster.mnt / "a-only").read_bytes(), (cluster.mnt / "big").read_bytes()
-        run_fsrep("umount", str(cluster.mnt))
-        b_store = cluster.secondary.store / gid
-        run_fsrep("promote", str(b_store))  # meanwhile the replica was promoted
-        run_fsrep("demote", str(cluster.primary_store), "--into", str(a_sec.store))
-        a_sec.start()
-        mount(b_store, b_mnt, a_sec.address, key)
-        (b_mnt / "b-only").write_bytes(os.urandom(8192))
+    with _SplitBrain(cluster) as split:
+        b_mnt = split.b_mnt
         group = wait_for(lambda: (g := status(b_mnt))["divergence"] and g["divergence"]["secondary_files"] >= 0
                          and g, "split brain measured", timeout=90)
         assert group["state"] == "SplitBrain"
@@ -362,24 +411,53 @@ def test_an_old_primary_that_wrote_on_alone_is_split_brain_and_status_says_what_
         assert d["primary_bytes"] >= 8192  # b-only, on the promoted side
         text = run_fsrep("status", str(b_mnt)).stdout
         assert "split brain: since snapshot s1" in text, text
-        assert (a_sec.store / gid / "a-only").exists()  # nothing of either side was given up
-        refused = fsrep_resync(str(b_mnt), "--discard", "primary")
-        assert refused.returncode == 1, refused.stderr
-        assert "fsrep promote" in refused.stderr, refused.stderr
+        assert (split.a_replica / "a-only").exists()  # nothing of either side was given up
         done = fsrep_resync(str(b_mnt), "--discard", "secondary")  # the operator gives up the old primary's side
         assert done.returncode == 0, done.stderr
-        assert "kept on the secondary in" in done.stdout, done.stdout
+        assert "the secondary's side of the split brain is kept on the secondary in" in done.stdout, done.stdout
         run_fsrep("umount", str(b_mnt))
-        assert_same_tree(b_store, a_sec.store / gid)
-        assert not (a_sec.store / gid / "a-only").exists()
-        (kept,) = (a_sec.store / ".fsrep" / "divergent" / gid).iterdir()
-        assert str(kept) in done.stdout
-        assert (kept / "a-only").read_bytes() == a_only  # a plain file at the same path
+        assert_same_tree(split.b_store, split.a_replica)
+        assert not (split.a_replica / "a-only").exists()
+        assert not (split.a_replica / "a-dir").exists()
+        assert (split.a_replica / "gone").read_bytes() == b"removed on A"
+        assert (split.a_replica / "big").read_bytes() == split.b_big
+        kept = split.kept(split.a_sec.store, done.stdout)
+        assert (kept / "a-only").read_bytes() == split.a_only  # a plain file at the same path
         copy = (kept / "big").read_bytes()
-        assert len(copy) == len(a_big)
-        assert copy[2 * MiB:2 * MiB + 9000] == a_big[2 * MiB:2 * MiB + 9000]  # the regions A changed
+        assert len(copy) == len(split.a_big)
+        assert copy[2 * MiB:2 * MiB + 9000] == split.a_big[2 * MiB:2 * MiB + 9000]  # the regions A changed
+        assert (kept / "a-dir" / "deeper" / "x").read_bytes() == b"x" * 5000
         assert not (kept / "b-only").exists()
-    finally:
-        for mnt in (b_mnt, cluster.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        a_sec.stop(signal.SIGKILL)
+
+
+@pytest.mark.expect_log(LINK_CLOSED, UNREACHABLE, *SPLIT)
+def test_giving_up_the_primary_s_side_takes_the_secondary_s_and_keeps_a_copy(cluster: Cluster) -> None:
+    with _SplitBrain(cluster) as split:
+        b_mnt = split.b_mnt
+        wait_for(lambda: status(b_mnt)["state"] == "SplitBrain", "split brain", timeout=90)
+        with open(b_mnt / "big", "rb") as held:  # open across the pull: reads what the mount holds after it
+            done = fsrep_resync(str(b_mnt), "--discard", "primary")  # the promoted side's changes are given up
+            assert done.returncode == 0, done.stderr
+            assert "the primary's side of the split brain is kept on the primary in" in done.stdout, done.stdout
+            assert status(b_mnt)["state"] == "InSync"
+            held.seek(3 * MiB)
+            assert held.read(9000) == split.a_big[3 * MiB:3 * MiB + 9000]
+        assert (b_mnt / "a-only").read_bytes() == split.a_only  # through the mount: no stale cache
+        assert (b_mnt / "big").read_bytes() == split.a_big
+        assert not (b_mnt / "b-only").exists()
+        assert not (b_mnt / "b-dir").exists()
+        assert not (b_mnt / "gone").exists()
+        assert os.getxattr(b_mnt / "a-only", "user.side") == b"A"
+        assert stat.S_IMODE(os.stat(b_mnt / "big").st_mode) == 0o600
+        assert (b_mnt / "a-dir" / "deeper" / "x").read_bytes() == b"x" * 5000
+        assert os.readlink(b_mnt / "a-dir" / "link") == "deeper/x"
+        (b_mnt / "after").write_bytes(b"replicated again")
+        run_fsrep("umount", str(b_mnt))
+        assert_same_tree(split.b_store, split.a_replica)
+        assert (split.a_replica / "after").read_bytes() == b"replicated again"
+        kept = split.kept(split.b_store, done.stdout)
+        assert (kept / "b-only").read_bytes() == split.b_only
+        copy = (kept / "big").read_bytes()
+        assert copy[3 * MiB:3 * MiB + 9000] == split.b_big[3 * MiB:3 * MiB + 9000]  # the regions B changed
+        assert (kept / "b-dir" / "y").read_bytes() == b"y" * 100
+        assert not (kept / "a-only").exists()

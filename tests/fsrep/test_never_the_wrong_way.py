@@ -46,7 +46,8 @@ def test_generations_advance_on_out_of_sync_and_resync(cluster: Cluster) -> None
 
 
 SPLIT_BRAIN = (r" WARNING \S+: group \S+: OutOfSync -> SplitBrain" + AT + r" \(.*; nothing is resynced until an "
-               r"operator runs 'fsrep-resync --mode full' \(which discards the replica's changes\)\)$")
+               r"operator gives up a side: 'fsrep-resync MOUNTPOINT --discard primary\|secondary' \(its changes are "
+               r"copied first\), or '--mode full' \(the replica's, without a copy\)\)$")
 
 
 @pytest.mark.expect_log(SPLIT_BRAIN)

@@ -64,6 +64,11 @@ SAMPLES: list[tp.Frame] = [
     tp.KeepDivergent(seq=29, name="s1"),
     tp.Kept(seq=29, found=1, entries=3, data=2**40, where="/srv/replica/.fsrep/divergent/x/20261202T000000Z"),
     tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
+    tp.Fetch(seq=30, path=b"d/f", offset=2**40, length=tp.MAX_FETCH),
+    tp.Fetched(seq=30, found=1, mode=0o100644, uid=1, gid=2, rdev=0, size=2**40 + 3, atime_ns=-5, mtime_ns=6,
+               xattrs=tp.pack_xattrs([(b"user.a", b"\x00v"), (b"trusted.b", b"")]), data=b"abc"),
+    tp.Fetched(seq=31, found=1, mode=0o120777, target=b"../t"),
+    tp.Fetched(seq=32, found=0),
     tp.Changes(seq=27, found=1, more=1, entries=tp.encode_changes([(b"", tp.CHANGE_DIR, []),
                                                                    (b"d/f", tp.CHANGE_META, [(0, 3), (2**51, 1)])])),
     tp.Welcome(last_seq=7, fresh=0, snapshots=tp.pack_snapshots([("s1", 5), ("auto-x", 2**63)])),
@@ -114,6 +119,24 @@ def _header(length: int, version: int = tp.PROTOCOL_VERSION, type_code: int = tp
 def test_malformed_changes_cannot_be_built(blob: bytes) -> None:
     with pytest.raises(tp.ProtocolError):
         tp.Changes(seq=1, found=1, more=0, entries=blob)
+
+
+@pytest.mark.parametrize("blob", [
+    tp.pack_xattrs([(b"user.a", b"v")])[:-1],  # cut short
+    struct.pack(">BI", 0, 0),  # no name
+    struct.pack(">BI", 3, 0) + b"a\0b",  # a NUL in the name
+    struct.pack(">BI", 1, 2**20) + b"a" + bytes(2**20),  # a value over 64 KiB
+])
+def test_malformed_extended_attributes_cannot_be_built(blob: bytes) -> None:
+    with pytest.raises(tp.ProtocolError):
+        tp.Fetched(seq=1, found=1, xattrs=blob)
+
+
+def test_a_fetch_asks_for_at_most_a_megabyte() -> None:
+    with pytest.raises(tp.ProtocolError):
+        tp.Fetch(seq=1, path=b"f", length=tp.MAX_FETCH + 1)
+    with pytest.raises(tp.ProtocolError):
+        tp.Fetched(seq=1, found=1, data=bytes(tp.MAX_FETCH + 1))
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "caf\u00e9", "tab\there"])
@@ -374,7 +397,7 @@ def test_listing_entries_round_trip_and_refuse_unsafe_names() -> None:
 @pytest.mark.parametrize(("data", "match"), [
     (_header(10, type_code=99) + b"\0" * 8, "unknown frame type 99"),
     (_header(10, type_code=0) + b"\0" * 8, "unknown frame type 0"),
-    (_header(10, version=9) + b"\0" * 8, "version 9"),
+    (_header(10, version=tp.PROTOCOL_VERSION + 1) + b"\0" * 8, f"version {tp.PROTOCOL_VERSION + 1}"),
     (_header(10, version=0) + b"\0" * 8, "version 0"),
     (_header(MAX_FRAME + 1), "length"),
     (_header(1), "length"),
