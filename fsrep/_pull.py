@@ -215,7 +215,7 @@ class _Puller:
         await trio.to_thread.run_sync(_attributes, self.local(path), theirs)
         if stat.S_ISDIR(theirs.mode):
             self._dir_times[path] = theirs
-        elif not stat.S_ISLNK(theirs.mode):
+        else:
             await trio.to_thread.run_sync(_times, self.local(path), theirs)
 
     async def finish(self) -> None:

@@ -33,7 +33,7 @@ GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_a
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
                "bytes_copied", "bytes_checked", "bytes_mismatched", "bytes_remaining", "bytes_per_second",
                "directories_checked", "directories_remaining", "entries_checked", "eta_seconds", "percent",
-               "elapsed_seconds", "snapshot", "kept"]
+               "elapsed_seconds", "snapshot", "kept", "kept_side"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,9 @@ class _Writer:
     raised by ``stop()``."""
 
     def __init__(self, root: Path, big: Path | None, *, limit: int = 5000, seed: int = 1, prefix: str = "w",
-                 file_bytes: int = 3 * REGION) -> None:
+                 file_bytes: int = 3 * REGION, pace: float = 0.0) -> None:
         self.root, self.big, self.limit, self.prefix, self.file_bytes = root, big, limit, prefix, file_bytes
+        self.pace = pace  # seconds a round takes at least: a steady rate, not as fast as the mount goes
         self.rounds = 0
         self.error: BaseException | None = None
         self._rng = random.Random(seed)
@@ -52,7 +53,7 @@ class _Writer:
                 big = None if self.big is None else stack.enter_context(open(self.big, "r+b"))
                 size = 0 if big is None else os.fstat(big.fileno()).st_size
                 for i in range(self.limit):
-                    if self._stop.is_set():
+                    if self._stop.wait(self.pace) if self.pace else self._stop.is_set():
                         return
                     data = os.urandom(self._rng.randrange(0, self.file_bytes))
                     (self.root / f"{self.prefix}{i:05d}").write_bytes(data)
@@ -87,7 +88,9 @@ def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster
     assert proxied.status()["state"] == "InSync"
     big = proxied.mnt / "big"
     write_random(big, 4)
-    with _Writer(proxied.mnt, big) as writer:
+    # A steady rate: while the link is cut, writes go as fast as the disk, for as long as the reconnect backoff
+    # (seconds) and the resync take, and the limit bounds the rounds.
+    with _Writer(proxied.mnt, big, limit=20_000, pace=0.005) as writer:
         writer.wait_rounds(20, "writes under way")
         proxied.proxy.cut()
         status = proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
