@@ -117,7 +117,6 @@ class UndoLog:
         self._staged = 0  # old bytes in the data file for the record being made
         self._appended = self._synced = 0  # records appended, and of those made durable
         self._fd: int | None = None  # the data file, open while the log is
-        self._in_kernel = True  # copy_file_range works between the tree and the log (until it says otherwise)
         self._lock = threading.Lock()  # released from a checkpoint's thread, begun from the applying one
 
     # --- opening and releasing ---------------------------------------------------------
@@ -253,32 +252,14 @@ class UndoLog:
             self._full()
         at = self.data_bytes + self._staged
         done = 0
-        copied: list[int] = []
         while done < length:
-            n = min(STAGE_CHUNK, length - done)
-            self._durably(lambda n=n, where=done: copied.append(self._copy(src, offset + where, n, at + where)))
-            if not copied[-1]:
+            chunk = os.pread(src, min(STAGE_CHUNK, length - done), offset + done)
+            if not chunk:
                 break
-            done += copied[-1]
+            self._durably(lambda chunk=chunk, where=at + done: pwrite_all(self._data_fd(), chunk, where))
+            done += len(chunk)
         self._staged += done
         return at, done
-
-    def _copy(self, src: int, offset: int, length: int, at: int) -> int:
-        """Copy up to *length* bytes of *src* at *offset* to the data file at
-        *at*; how many (0: the end of *src*). In the kernel where it can
-        (copy_file_range: no trip through this process, and extents shared
-        on a file system that can), else read and written here."""
-        dst = self._data_fd()
-        if self._in_kernel:
-            try:
-                return os.copy_file_range(src, dst, length, offset, at)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                self._in_kernel = False
-        chunk = os.pread(src, length, offset)
-        pwrite_all(dst, chunk, at)
-        return len(chunk)
 
     def _append(self, record: dict[str, Any], *, durable: bool = True) -> None:
         self._durably(lambda: self._journal.append(record, durable=durable))
