@@ -43,7 +43,6 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     """
     snapshots, record = stream.snapshots, stream.record
     sid = snapshots.basis(run.basis or None)
-    run.based = True  # once it is known (not cut short by the link): a restart of the run goes on from the dirty set
     if sid is None:
         log.info("group %s: no common snapshot%s to resync from; comparing the whole tree by digest instead",
                  record.id, f" named {run.basis}" if run.basis else "")
@@ -71,6 +70,9 @@ async def based_on_snapshot(stream: ResyncStream, tree: Tree, run: ResyncRun) ->
     dirty.merge(changes)
     dirty.clean_everything()
     stream.retracked()
+    # Only now, with a side given up kept and the other's pulled: a restart of the run goes on from the dirty
+    # set. Cut short before (the link lost, the run cancelled with its session), the run asks again.
+    run.based = True
     run.mode, run.basis = "snapshot", sid.name
     log.info("group %s: resync from %s, common to both sides (%s): %d bytes to send at most (%d files and %d "
              "directories may differ)", record.id, sid, why, dirty.dirty_bytes, len(dirty.files()), dirty.dir_count)

@@ -25,6 +25,7 @@ from fsrep._digest import tree_digest
 from fsrep._registry import REPLICA_KIND, position_file
 from tests.conftest import (
     LINK_CLOSED,
+    RESYNC,
     SESSION_CLOSED,
     Cluster,
     Secondary,
@@ -34,6 +35,7 @@ from tests.conftest import (
     wait_for,
     write_random,
 )
+from tests.proxy import FaultProxy
 
 MiB = 1024 * 1024
 REGION = 4096
@@ -335,11 +337,12 @@ class _SplitBrain:
     and written; then A was demoted into a secondary store of its host
     and B connected to it. B sees SplitBrain."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, *, proxied: bool = False) -> None:
         self.cluster = cluster
         self.a_sec = Secondary(cluster.base / "a-secondary", cluster.key, port=free_port())
         self.a_sec.store.mkdir()
         self.b_mnt = cluster.base / "mnt-b"
+        self.proxy = FaultProxy(self.a_sec.address) if proxied else None  # between B and A's secondary
 
     def __enter__(self) -> _SplitBrain:
         try:
@@ -376,7 +379,7 @@ class _SplitBrain:
         run_fsrep("demote", str(cluster.primary_store), "--into", str(self.a_sec.store))
         self.a_replica = self.a_sec.store / self.gid
         self.a_sec.start()
-        mount(self.b_store, self.b_mnt, self.a_sec.address, key)
+        mount(self.b_store, self.b_mnt, self.a_sec.address if self.proxy is None else self.proxy.address, key)
         self.b_only = os.urandom(8192)
         (self.b_mnt / "b-only").write_bytes(self.b_only)
         with open(self.b_mnt / "big", "r+b") as f:
@@ -390,6 +393,8 @@ class _SplitBrain:
         for mnt in (self.b_mnt, self.cluster.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         self.a_sec.stop(signal.SIGKILL)
+        if self.proxy is not None:
+            self.proxy.close()
 
     def kept(self, store: Path, output: str) -> Path:
         """The one copy of a side given up, under *store*; named in *output*."""
@@ -461,3 +466,35 @@ def test_giving_up_the_primary_s_side_takes_the_secondary_s_and_keeps_a_copy(clu
         assert copy[3 * MiB:3 * MiB + 9000] == split.b_big[3 * MiB:3 * MiB + 9000]  # the regions B changed
         assert (kept / "b-dir" / "y").read_bytes() == b"y" * 100
         assert not (kept / "a-only").exists()
+
+
+RESYNC_FAILED = r" WARNING \S+: group \S+: resync failed: resync interrupted: "
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED, UNREACHABLE, RESYNC_FAILED, *SPLIT)
+def test_a_pull_cut_off_by_the_link_goes_on_when_it_is_back_and_keeps_one_copy(cluster: Cluster) -> None:
+    with _SplitBrain(cluster, proxied=True) as split:
+        b_mnt, proxy = split.b_mnt, split.proxy
+        assert proxy is not None
+        wait_for(lambda: status(b_mnt)["state"] == "SplitBrain", "split brain", timeout=90)
+        proxy.delay(0.1)  # each of the pull's questions waits: it is cut off in the middle
+        log = split.b_store / ".fsrep" / "fsrep.log"
+        with subprocess.Popen([*RESYNC, str(b_mnt), "--discard", "primary"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as resync:
+            wait_for(lambda: "kept on the primary in" in log.read_text(), "this side kept", timeout=60)
+            proxy.cut()
+            out, err = resync.communicate(timeout=60)
+        assert resync.returncode == 1, (out, err)
+        assert "resumes by itself" in err, err
+        assert "took the secondary's side" not in log.read_text(), "the pull ended before the cut"
+        proxy.restore()
+        wait_in_sync(b_mnt)  # the run goes on with the next session: the rest is pulled, then sent back
+        text = log.read_text()
+        assert text.count("kept on the primary in") == 1, text  # the pull went on; this side was not copied again
+        assert "took the secondary's side" in text
+        assert (b_mnt / "a-only").read_bytes() == split.a_only
+        assert not (b_mnt / "b-only").exists()
+        run_fsrep("umount", str(b_mnt))
+        assert_same_tree(split.b_store, split.a_replica)
+        kept = split.kept(split.b_store, text)
+        assert (kept / "b-only").read_bytes() == split.b_only
