@@ -198,7 +198,7 @@ class Link:
                     await self._reader(conn)
                     nursery.cancel_scope.cancel()
         except* tp.LinkDown as group:
-            self._owner.link_lost(str(group.exceptions[0]))
+            self._owner.link_lost(str(tp.first_error(group)))
         finally:
             self._session_scope = None
             if self.conn is conn and not self.closing:

@@ -206,7 +206,7 @@ class ResyncScheduler:
                 await hook(run)
                 nursery.cancel_scope.cancel()
         except* (tp.LinkDown, RunRefused) as group:
-            raise group.exceptions[0] from None
+            raise tp.first_error(group) from None
 
     async def _watch(self, run: ResyncRun) -> None:
         step = min(1.0, self._rel.timeouts.resync_stall / 4)

@@ -16,6 +16,7 @@ from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import TLSFileError as TLSFileError
+from ._errors import first_error as first_error
 from ._frames import ATTR_GID as ATTR_GID
 from ._frames import ATTR_MODE as ATTR_MODE
 from ._frames import ATTR_MTIME as ATTR_MTIME

@@ -42,6 +42,16 @@ class LinkDown(Exception):
     closed, reset, silent for too long, or dropped after a protocol error."""
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of *group* that is not itself a group: what an
+    ``except*`` caught through nested nurseries (whose own text is only
+    " (1 sub-exception)")."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 class TLSFileError(Exception):
     """Raised when a TLS certificate, private key or CA file cannot be read
     or used; the message names the file."""

@@ -383,3 +383,10 @@ async def test_a_large_write_is_received_whole_over_a_socket() -> None:
                 got = [await secondary.receive_event(idle_timeout=TIMEOUT) for _ in frames]
     assert got == frames
     assert isinstance(got[1].data, memoryview)
+
+
+def test_the_first_error_of_nested_groups_is_the_leaf() -> None:
+    inner = tp.LinkDown("the link")
+    group = BaseExceptionGroup("outer", [ExceptionGroup("", [inner, ValueError("second")])])
+    assert tp.first_error(group) is inner
+    assert str(tp.first_error(group)) == "the link"
