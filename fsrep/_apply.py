@@ -55,7 +55,7 @@ import transport as tp
 
 from . import _replica_snapshots as replica_snapshots
 from ._pipeline import Position
-from ._sparse import proc_path, punch, pwrite_all, renameat2, set_mtime
+from ._sparse import clone_data, proc_path, punch, pwrite_all, renameat2, set_mtime
 
 if TYPE_CHECKING:
     from ._tree import Tree
@@ -318,6 +318,28 @@ def _create(tree: Tree, op: tp.Create) -> None:
     tree.keep_writable(op.path, fd)
 
 
+def _clone(tree: Tree, op: tp.Clone) -> None:
+    """Both sides alike: the copy of the file this side holds at ``src``
+    (the primary's own, the replica's own: no data on the link)."""
+    src = tree.open_regular(op.src, os.O_RDONLY)
+    try:
+        d, name = tree.at(op.path)
+        tree.forget(op.path)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     stat.S_IMODE(op.mode), dir_fd=d)
+        try:
+            clone_data(src, fd)
+            os.fchown(fd, op.uid, op.gid)
+            os.fchmod(fd, stat.S_IMODE(op.mode))
+        except BaseException:
+            os.unlink(name, dir_fd=d)  # never half a copy under the new name
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        os.close(src)
+
+
 def _mknod(tree: Tree, op: tp.MkNod) -> None:
     d, name = tree.at(op.path)
     tree.forget(op.path)
@@ -497,6 +519,10 @@ def _marks_made(changes: tracking.PathChanges, tree: Tree, op: tp.Create | tp.Mk
     changes.mark_entry(op.path, tracking.META)
 
 
+def _marks_cloned(changes: tracking.PathChanges, tree: Tree, op: tp.Clone) -> None:
+    changes.mark_entry(op.path, tracking.WHOLE)  # all of its data is new here
+
+
 def _marks_link(changes: tracking.PathChanges, tree: Tree, op: tp.Link) -> None:
     changes.mark_entry(op.new, tracking.META)
     changes.mark(op.target, tracking.META)  # its link count
@@ -533,6 +559,7 @@ TABLE: dict[type[tp.Operation], Row] = {
     tp.RemoveXattr: Row(_M, _removexattr, _marks_meta),
     tp.KeepXattrs: Row(_M, _keepxattrs, _marks_meta),
     tp.Create: Row(_M, _create, _marks_made),
+    tp.Clone: Row(_M, _clone, _marks_cloned),
     tp.MkNod: Row(_M, _mknod, _marks_made),
     tp.MkDir: Row(_M, _mkdir, _marks_made),
     tp.Symlink: Row(_M, _symlink, _marks_made),

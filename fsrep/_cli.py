@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from . import _clone_cli as clone_cli
 from . import _failover_cli as failover_cli
 from . import _snapshot_cli as snapshot_cli
 from ._args import (
@@ -160,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     snapshot_cli.add_parser(sub, fmt)
     failover_cli.add_parsers(sub, fmt)
+    clone_cli.add_parser(sub, fmt)
     return parser
 
 
@@ -440,4 +442,4 @@ def _alive(pid: int) -> bool:
 
 COMMANDS = {"keygen": cmd_keygen, "serve": cmd_serve, "mount": cmd_mount, "umount": cmd_umount,
             "status": cmd_status, "snapshot": snapshot_cli.cmd_snapshot, "promote": failover_cli.cmd_promote,
-            "demote": failover_cli.cmd_demote}
+            "demote": failover_cli.cmd_demote, "clone": clone_cli.cmd_clone}

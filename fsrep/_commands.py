@@ -41,6 +41,7 @@ from ._status import DaemonStatus, GroupSnapshots, Record, SnapshotList, Snapsho
 
 if TYPE_CHECKING:
     from ._groups import Group, Groups
+    from ._ops import Operations
     from ._splitter import Relationship
 
 ReplyT = TypeVar("ReplyT", bound=Record)
@@ -175,6 +176,36 @@ class ResyncRequest(Request[ResyncStarted]):
                              f"{int(RATE_LIMIT.high)}, not {shown(self.rate_limit)}")
 
 
+@dataclass(frozen=True, slots=True)
+class Cloned(Record):
+    """What ``fsrep clone`` made: the bytes cloned, and whether the copy
+    was replicated as one operation (else it waits, dirty, for a resync)."""
+
+    group: str
+    bytes: int
+    replicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRequest(Request[Cloned]):
+    """Clone file *inode* to *name* in directory *parent* (inode numbers as
+    a stat through the mount gives them: the kernel has looked them up)."""
+
+    command: ClassVar[str] = "clone"
+    reply: ClassVar[type[Record]] = Cloned
+    inode: int
+    parent: int
+    name: str
+
+    def __post_init__(self) -> None:
+        for what, number in (("inode", self.inode), ("parent", self.parent)):
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 2**64:
+                raise BadRequest(f"{what} must be an inode number, not {shown(number)}")
+        if not isinstance(self.name, str) or not self.name or "/" in self.name or "\0" in self.name \
+                or self.name in (".", "..") or len(os.fsencode(self.name)) > 255:
+            raise BadRequest(f"name must be one path component, not {shown(self.name)}")
+
+
 def _snapshot_name(name: str) -> None:
     try:
         check_name(name)
@@ -241,6 +272,7 @@ class Daemon:
     store: Path
     mountpoint: Path
     groups: Groups
+    ops: Operations
 
 
 async def show_status(daemon: Daemon, req: StatusRequest) -> DaemonStatus:
@@ -316,6 +348,14 @@ async def _discard(rel: Relationship, req: ResyncRequest, group_dir: Path) -> Re
     return ResyncStarted(group=record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
 
 
+async def clone(daemon: Daemon, req: CloneRequest) -> Cloned:
+    try:
+        group, size, replicated = await daemon.ops.clone(req.inode, req.parent, os.fsencode(req.name))
+    except OSError as exc:
+        raise Refused(f"cannot clone: {exc.strerror or exc}") from None
+    return Cloned(group=group, bytes=size, replicated=replicated)
+
+
 async def create_snapshot(daemon: Daemon, req: SnapshotCreateRequest) -> SnapshotTaken:
     rel = _group(daemon.groups, req.group).rel
     try:
@@ -359,6 +399,7 @@ COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
     Command(SnapshotCreateRequest, create_snapshot),
     Command(SnapshotListRequest, list_snapshots),
     Command(SnapshotDeleteRequest, delete_snapshot),
+    Command(CloneRequest, clone),
 )}
 
 

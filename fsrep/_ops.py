@@ -56,7 +56,8 @@ import pyfuse3
 import trio
 
 import transport as tp
-from tracking import Marks
+from tracking import LOCAL_SEQ, Marks
+from tracking import REGION_SIZE as REGION
 
 from ._boundary import fuse_errors, requests_running
 from ._effects import Effects, Location
@@ -272,6 +273,52 @@ class Operations(pyfuse3.Operations):
         await self._replicate_frame(group, lambda seq: tp.Link(seq=seq, target=rel_target, new=rel_new),
                                     self.effects.link(target, new_parent_inode))
         return self._entry(new_parent_inode, new_name, new)
+
+    async def clone(self, inode: int, new_parent_inode: int, new_name: bytes) -> tuple[str, int, bool]:
+        """``fsrep clone``, as the kernel would call it: file *inode* copied
+        to *new_name* in *new_parent_inode*, as one operation: each side
+        makes its own copy (``_apply._clone``), so no data crosses the link.
+        The copy inherits what of the source the replica lacks (its dirty
+        regions). Returns the group's id, the bytes cloned, and whether the
+        local copy was made while replicating (else it is kept dirty and
+        a resync sends it).
+
+        Raises:
+            OSError: EXDEV for another group; EEXIST; EINVAL for a source
+                that is not a regular file; what the copy met.
+        """
+        source = self._where(inode)
+        new = self._child(new_parent_inode, new_name)
+        self.groups.claim(new, errno.EEXIST)
+        group, rel_src, rel_new = self.groups.same(source.mount_path, new)
+        st = group.tree.lstat(rel_src)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{os.fsdecode(source.mount_path)!r} is not a regular file")
+        rel = group.rel
+        marks = self.effects.in_dirs(new_parent_inode)
+        await rel.admit()
+        pending = rel.split(_apply_frame(group, lambda seq: tp.Clone(seq=seq, src=rel_src, path=rel_new,
+                                                                      mode=st.st_mode, uid=st.st_uid,
+                                                                      gid=st.st_gid)), marks)
+        made = group.tree.lstat(rel_new)
+        parent = self.effects.backing(new_parent_inode)
+
+        def marks_of(spans: list[tuple[int, int]]) -> Marks:
+            return Marks(regions=tuple((made.st_ino, rel_new, offset, length) for offset, length in spans),
+                         meta=((made.st_ino, rel_new),), parent=parent)
+
+        whole = [(0, max(made.st_size, 1))]
+        rel.recorder.record(marks_of(whole), pending.seq if pending is not None else LOCAL_SEQ)  # changed whole
+        # What of the source the replica lacks, its copy lacks too; a copy kept local lacks all of it.
+        inherited = [(r.first * REGION, r.count * REGION) for r in rel.dirty.ranges(st.st_ino)] \
+            if pending is not None else whole
+        if inherited:
+            rel.ledger.dirty_apply(marks_of(inherited))
+        rel.bytes_cloned += made.st_size
+        await rel.wait(pending)
+        with contextlib.suppress(OSError):  # a name the kernel looked up before it existed
+            pyfuse3.invalidate_entry_async(new_parent_inode, new_name, ignore_enoent=True)
+        return rel.record.id, made.st_size, pending is not None
 
     async def _remove(self, parent_inode: int, name: bytes, frame: Any) -> None:
         path = self._child(parent_inode, name)

@@ -280,7 +280,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 record = group.rel.record
                 log.info("mounted %s on %s; group %s (/%s) is %s (policy %s, secondary %s)", store, mountpoint,
                          record.id, record.path, group.rel.state.value, record.policy, record.secondary)
-            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount))
+            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops))
             await nursery.start(serve_control, lock.meta, commands)
             nursery.start_soon(on_signals)
             ready("ready")

@@ -82,9 +82,13 @@ async def pull(stream: ResyncStream, tree: Tree, run: ResyncRun, sid: tracking.S
         log.warning("group %s: split brain resolved by giving up the primary's side: its %d entries (%d bytes of "
                     "data) changed since %s are kept on the primary in %s", record.id, entries, data, sid, into)
     puller = _Puller(stream, Path(run.pull_into))
-    for change in union.walk():
-        await puller.path(change)
-    await puller.finish()
+    try:
+        for change in union.walk():
+            await puller.path(change)
+        await puller.finish()
+    except OSError as exc:  # through the mount: what a client would get (a full disk, EIO under a fault)
+        raise PullRefused(f"cannot take the secondary's side here: {exc}; what was taken so far stays, and "
+                          f"'fsrep-resync --discard primary' goes on from there") from None
     run.pulled = True
     log.info("group %s: took the secondary's side of %d entries (%d bytes of data) since %s; sending back what "
              "may differ, so both sides end the same", record.id, puller.entries, puller.bytes, sid)

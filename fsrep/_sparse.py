@@ -8,6 +8,8 @@ Also the other libc calls the os module lacks (renameat2, syncfs,
 getdents64, and utimensat with UTIME_OMIT: an mtime set without touching the atime),
 and two small helpers over it that both sides need: a pwrite of every byte
 (``pwrite_all``) and the path that names a descriptor's inode (``proc_path``).
+And a file's copy that shares its extents where the file system can
+(``clone_data``: FICLONE, else copy_file_range of the data only).
 
 Caveats:
 - A filesystem without SEEK_DATA reports the whole file as data; one
@@ -20,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -140,3 +143,42 @@ def punch(fd: int, offset: int, length: int) -> None:
             raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
         for at in range(first, end, len(_ZEROS)):
             pwrite_all(fd, memoryview(_ZEROS)[:min(len(_ZEROS), end - at)], at)
+
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+_NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EPERM)
+_NO_KERNEL_COPY = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EINVAL)
+COPY_CHUNK = 64 * 1024 * 1024  # a copy_file_range call: bounded, so a huge file is never one system call
+
+
+def clone_data(src: int, dst: int) -> bool:
+    """Make empty file *dst* hold what *src* holds, holes kept: a reflink
+    (no data copied; True) where the file system has them, else its data
+    stretches copied in the kernel (False)."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return True
+    except OSError as exc:
+        if exc.errno not in _NO_REFLINK:
+            raise
+    size = os.fstat(src).st_size
+    for first, end in data_segments(src, 0, size):
+        offset = first
+        while offset < end:
+            n = _copy_range(src, dst, min(COPY_CHUNK, end - offset), offset)
+            if not n:
+                break  # shorter than it was: the size below says where it ends
+            offset += n
+    os.ftruncate(dst, size)
+    return False
+
+
+def _copy_range(src: int, dst: int, length: int, offset: int) -> int:
+    try:
+        return os.copy_file_range(src, dst, length, offset, offset)
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+    data = os.pread(src, min(length, 1024 * 1024), offset)
+    pwrite_all(dst, data, offset)
+    return len(data)

@@ -110,6 +110,7 @@ class Relationship:
         self.lag_since: float | None = None  # when the first change still missing on the replica was made
         self.internal_errors = 0  # requests of this group that failed with a bug (EIO)
         self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
+        self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
 
     @property
     def dirty(self) -> tracking.DirtySet:
@@ -412,6 +413,7 @@ def group_status(rel: Relationship) -> GroupStatus:
         resync_queued=QueuedRun(queued.id, queued.mode, queued.restarts) if queued is not None else None,
         resync_recent=tuple(EndedRun(r.id, r.mode, r.outcome, r.verified) for r in scheduler.recent),
         resync_bytes_sent=rel.stream.bytes_sent,
+        bytes_cloned=rel.bytes_cloned,
         last_resync_seconds=round(rel.stream.last_seconds, 3),
         generation=record.generations[-1],
         stale_reason=record.stale_reason if record.stale else "",

@@ -200,6 +200,7 @@ class GroupStatus(Record):
     resync_queued: QueuedRun | None
     resync_recent: tuple[EndedRun, ...]
     resync_bytes_sent: int
+    bytes_cloned: int
     last_resync_seconds: float
     generation: str
     stale_reason: str

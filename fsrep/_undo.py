@@ -587,7 +587,7 @@ def _xattr(undo: UndoLog, op: tp.SetXattr | tp.RemoveXattr | tp.KeepXattrs, step
     undo.xattrs(op.path, steps)
 
 
-def _made(undo: UndoLog, op: tp.Create | tp.MkNod | tp.MkDir | tp.Symlink, steps: list[list[Any]]) -> None:
+def _made(undo: UndoLog, op: tp.Create | tp.Clone | tp.MkNod | tp.MkDir | tp.Symlink, steps: list[list[Any]]) -> None:
     undo.made(op.path, steps)
 
 
@@ -621,6 +621,6 @@ def _purge(undo: UndoLog, op: tp.Purge, steps: list[list[Any]]) -> None:
 _RECORDERS: dict[type[tp.Operation], Any] = {
     tp.Write: _write, tp.WriteRuns: _write_runs, tp.Punch: _punch, tp.SetAttr: _setattr,
     tp.SetXattr: _xattr, tp.RemoveXattr: _xattr, tp.KeepXattrs: _xattr,
-    tp.Create: _made, tp.MkNod: _made, tp.MkDir: _made, tp.Symlink: _made, tp.Link: _link,
+    tp.Create: _made, tp.Clone: _made, tp.MkNod: _made, tp.MkDir: _made, tp.Symlink: _made, tp.Link: _link,
     tp.Rename: _rename, tp.Unlink: _removed, tp.RmDir: _removed, tp.Remove: _remove, tp.Purge: _purge,
 }

@@ -41,6 +41,7 @@ from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE
 from ._frames import Ack as Ack
 from ._frames import Changes as Changes
 from ._frames import Checksum as Checksum
+from ._frames import Clone as Clone
 from ._frames import Close as Close
 from ._frames import Create as Create
 from ._frames import DataMap as DataMap

@@ -26,7 +26,7 @@ PROTOCOL_VERSION = 9  # 2: generations in Welcome; Checksum, Digests, Generation
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
 # 8: ResyncBegin (the replica opens its undo log); KeepDivergent and Kept (split brain: the replica keeps its side)
-# 9: Fetch and Fetched (split brain, the primary's side given up: the primary pulls the replica's entries)
+# 9: Fetch and Fetched (split brain, the primary's side given up: the primary pulls the replica's entries); Clone
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -450,6 +450,31 @@ class Create(Operation):
     gid: int
     mtime_ns: int = NO_TIME
     parent_mtime_ns: int = NO_TIME
+
+
+@dataclass(frozen=True, slots=True)
+class Clone(Operation):
+    """A new regular file ``path`` holding what file ``src`` holds (``fsrep
+    clone``): each side copies its own, a reflink where the file system
+    can — no data crosses the link."""
+
+    TYPE = 51
+    FIELDS = (("seq", U64), ("src", PATH), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32),
+              ("mtime_ns", I64), ("parent_mtime_ns", I64))
+    TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
+    seq: int
+    src: bytes
+    path: bytes
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int = NO_TIME
+    parent_mtime_ns: int = NO_TIME
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not self.path or not self.src:
+            raise LocalProtocolError("Clone of or onto the group root")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1105,6 +1130,7 @@ FRAME_TYPES: dict[int, type[Frame]] = {
     for cls in (Hello, Challenge, Proof, Welcome, Write, WriteRuns, SetAttr, Create, MkNod, MkDir, Unlink, RmDir,
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
                 Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
-                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept, Fetch, Fetched)
+                Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept, Fetch, Fetched,
+                Clone)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

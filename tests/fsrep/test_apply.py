@@ -65,6 +65,7 @@ def replica(tmp_path: Path) -> Iterator[RecordingReplica]:
 CHANGES: list[tp.Operation] = [
     tp.MkDir(seq=1, path=b"e", mode=0o755, uid=0, gid=0),
     tp.Create(seq=2, path=b"e/f", mode=0o644, uid=0, gid=0),
+    tp.Clone(seq=2, src=b"f", path=b"copy", mode=0o100600, uid=0, gid=0),
     tp.Write(seq=3, path=b"f", offset=5, data=b"new"),
     tp.WriteRuns.of(4, b"f", [(0, b"a"), (9000, b"b")]),
     tp.Punch(seq=5, path=b"f", runs=tp.pack_runs([(4096, 4096)])),
@@ -297,6 +298,12 @@ def test_removing_an_xattr_marks_the_metadata(replica: RecordingReplica) -> None
 @pytest.mark.parametrize("op", MADE, ids=lambda op: type(op).__name__)
 def test_a_new_entry_marks_its_directory_and_its_metadata(replica: RecordingReplica, op: tp.Operation) -> None:
     assert _marked(replica, op) == [(b"d", DIR, []), (b"d/new", META, [])]
+
+
+def test_a_clone_marks_its_directory_and_all_of_the_copy(replica: RecordingReplica) -> None:
+    op = tp.Clone(seq=2, src=b"f", path=b"d/new", mode=0o100644, uid=0, gid=0)
+    assert _marked(replica, op) == [(b"d", DIR, []), (b"d/new", WHOLE, [])]
+    assert (Path(replica.tree.root) / "d" / "new").read_bytes() == b"0123456789" * 1000
 
 
 def test_a_hard_link_marks_its_directory_the_new_name_and_the_target_s_metadata(replica: RecordingReplica) -> None:

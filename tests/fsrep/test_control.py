@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 # What `fsrep status --json` has always printed for a group: scripts read these keys.
 GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_acked_seq", "ops_in_flight",
               "lag_bytes", "lag_seconds", "bytes_in_flight", "dirty_bytes", "bytes_remaining", "bytes_per_second",
-              "eta_seconds", "percent", "resync", "resync_queued", "resync_recent", "resync_bytes_sent",
+              "eta_seconds", "percent", "resync", "resync_queued", "resync_recent", "resync_bytes_sent", "bytes_cloned",
               "last_resync_seconds", "generation", "stale_reason", "last_error", "faults", "internal_errors",
               "snapshot", "divergence"]
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
@@ -59,7 +59,7 @@ def test_each_command_reads_back_what_a_client_sends(request_: fsrep.Request) ->
 
 
 def test_the_table_names_each_command_by_its_request_and_its_fields_are_json_scalars() -> None:
-    assert set(COMMANDS) == {"status", "resync", "snapshot-create", "snapshot-list", "snapshot-delete"}
+    assert set(COMMANDS) == {"status", "resync", "snapshot-create", "snapshot-list", "snapshot-delete", "clone"}
     for name, row in COMMANDS.items():
         assert row.request.command == name
         for field in dataclasses.fields(row.request):
@@ -127,7 +127,7 @@ def _group_status(**changes: object) -> fsrep.GroupStatus:
         bytes_remaining=70, bytes_per_second=5, eta_seconds=None, percent=30.0, resync=progress,
         resync_queued=fsrep.QueuedRun(id=4, mode="full", restarts=0),
         resync_recent=(fsrep.EndedRun(id=2, mode="quick", outcome="superseded by run 3", verified=False),),
-        resync_bytes_sent=10, last_resync_seconds=0.0, generation="ab" * 8, stale_reason="link lost",
+        resync_bytes_sent=10, bytes_cloned=0, last_resync_seconds=0.0, generation="ab" * 8, stale_reason="link lost",
         last_error="", faults=(), internal_errors=0,
         snapshot=fsrep.SnapshotStatus(name="s1", created=1.5, generation="cd" * 16, seq=9, auto=False, common=True,
                                       changed_bytes=4096))

@@ -65,6 +65,8 @@ SAMPLES: list[tp.Frame] = [
     tp.Kept(seq=29, found=1, entries=3, data=2**40, where="/srv/replica/.fsrep/divergent/x/20261202T000000Z"),
     tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
     tp.Fetch(seq=30, path=b"d/f", offset=2**40, length=tp.MAX_FETCH),
+    tp.Clone(seq=33, src=b"vms/base.img", path=b"vms/vm7.img", mode=0o100640, uid=1, gid=2, mtime_ns=3,
+             parent_mtime_ns=-4),
     tp.Fetched(seq=30, found=1, mode=0o100644, uid=1, gid=2, rdev=0, size=2**40 + 3, atime_ns=-5, mtime_ns=6,
                xattrs=tp.pack_xattrs([(b"user.a", b"\x00v"), (b"trusted.b", b"")]), data=b"abc"),
     tp.Fetched(seq=31, found=1, mode=0o120777, target=b"../t"),

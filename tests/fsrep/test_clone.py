@@ -1,0 +1,84 @@
+"""``fsrep clone``: a file copied inside a mount as one replicated
+operation. Each side copies its own source, so no file data crosses the
+link (counted at a FaultProxy); a clone made while the group is not InSync
+is kept dirty and the resync sends it. The trees end identical."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, write_random
+
+KiB = 1024
+MiB = 1024 * KiB
+NOTICE_DEADLINE = 10.0
+RECONNECT_DEADLINE = 30.0
+
+
+def test_a_clone_replicates_as_one_operation_and_no_data_crosses(proxied: Cluster) -> None:
+    proxied.mount()
+    m = proxied.mnt
+    (m / "vms").mkdir()
+    src = m / "vms" / "base.img"
+    write_random(src, 16)
+    os.truncate(src, 24 * MiB)  # a hole at the end: the copy keeps it
+    os.chmod(src, 0o640)
+    before = proxied.status()["bytes_cloned"]
+    proxied.proxy.reset_counters()
+    done = run_fsrep("clone", str(src), str(m / "vms" / "vm7.img"))
+    assert "replicated as one operation" in done.stdout, done.stdout
+    assert f"({24 * MiB} bytes;" in done.stdout, done.stdout
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried < 64 * KiB, f"{carried} bytes crossed the link for a clone of {24 * MiB}"
+    status = proxied.status()
+    assert status["state"] == "InSync", status
+    assert status["bytes_cloned"] - before == 24 * MiB
+    copy = m / "vms" / "vm7.img"
+    assert copy.read_bytes() == src.read_bytes()
+    assert os.stat(copy).st_mode == os.stat(src).st_mode
+    replica_copy = proxied.secondary.replica_root() / "vms" / "vm7.img"
+    assert os.stat(replica_copy).st_blocks * 512 <= 17 * MiB  # the hole stayed a hole there too
+    with open(copy, "r+b") as f:  # the copy is a file of its own on both sides
+        f.write(b"changed")
+    assert src.read_bytes()[:7] != b"changed"
+    proxied.assert_replicated()
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
+def test_a_clone_while_out_of_sync_is_kept_dirty_and_the_resync_sends_it(proxied: Cluster) -> None:
+    proxied.mount()
+    m = proxied.mnt
+    write_random(m / "disk.img", 4)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    done = run_fsrep("clone", str(m / "disk.img"), str(m / "copy.img"))
+    assert "kept dirty for the resync" in done.stdout, done.stdout
+    assert proxied.status()["dirty_bytes"] >= 4 * MiB
+    proxied.proxy.restore()
+    status = proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    assert status["dirty_bytes"] == 0, status
+    assert (m / "copy.img").read_bytes() == (m / "disk.img").read_bytes()
+    proxied.assert_replicated()
+
+
+def test_clone_refuses_what_it_cannot_do_in_one_line(mounted: Cluster,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    m = mounted.mnt
+    (m / "f").write_bytes(b"data")
+    (m / "taken").write_bytes(b"")
+    (m / "d").mkdir()
+    outside = tmp_path_factory.mktemp("outside") / "plain"
+    outside.write_bytes(b"x")
+    for args, said in [((m / "f", m / "taken"), "exists"),
+                       ((m / "d", m / "d2"), "not a regular file"),
+                       ((m / "missing", m / "x"), "No such file"),
+                       ((outside, m / "x"), "not in an fsrep mount"),
+                       ((m / "f", outside.parent / "x"), "not in the mount of")]:
+        done = run_fsrep("clone", *map(str, args), check=False)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert said in done.stderr, (args, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert not (m / "d2").exists()
+    mounted.assert_replicated()
