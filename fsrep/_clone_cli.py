@@ -1,6 +1,9 @@
 """``fsrep clone SRC DST``: a copy of a file inside a mount that each side
 makes from its own copy of the source (a reflink where the store's file
-system can), replicated as one operation: no file data crosses the link."""
+system can), replicated as one operation: no file data crosses the link.
+A directory (a VM's folder) is copied entry by entry through the mount:
+its directories and symlinks made as any client makes them, each file
+cloned so."""
 
 from __future__ import annotations
 
@@ -17,16 +20,17 @@ CLONE_TIMEOUT = 600.0  # a copy without reflinks is a copy of the file's data on
 
 
 def add_parser(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
-    p = sub.add_parser("clone", help="copy a file inside a mount as one replicated operation (no data sent)",
+    p = sub.add_parser("clone", help="copy a file or a directory inside a mount by clones: no file data sent",
                        formatter_class=fmt,
-                       epilog="examples:\n  fsrep clone /mnt/vms/base.img /mnt/vms/vm7.img\n\n"
+                       epilog="examples:\n  fsrep clone /mnt/vms/base.img /mnt/vms/vm7.img\n"
+                              "  fsrep clone /mnt/vms/base /mnt/vms/vm8\n\n"
                               "both paths are in one fsrep mount and one consistency group; DST must not\n"
-                              "exist. Each side copies its own source: a reflink (instant, extents shared)\n"
-                              "where the store's file system has them, else a copy of the data (holes kept).\n"
-                              "While the group is not InSync the copy is made here and kept dirty: the resync\n"
-                              "sends it.")
-    p.add_argument("src", metavar="SRC", help="a regular file in an fsrep mount")
-    p.add_argument("dst", metavar="DST", help="the new file's path, in the same mount and group")
+                              "exist. A directory is copied entry by entry, each file cloned. Each side\n"
+                              "copies its own source: a reflink (instant, extents shared) where the store's\n"
+                              "file system has them, else a copy of the data (holes kept). While the group\n"
+                              "is not InSync the copy is made here and kept dirty: the resync sends it.")
+    p.add_argument("src", metavar="SRC", help="a regular file or a directory in an fsrep mount")
+    p.add_argument("dst", metavar="DST", help="the new path, in the same mount and group")
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
@@ -43,12 +47,73 @@ def cmd_clone(args: argparse.Namespace) -> int:
         into = os.stat(parent)
     except OSError as exc:
         raise ControlError(f"cannot clone {args.src}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ControlError(f"{args.src} is not a regular file: fsrep clone copies one file")
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise ControlError(f"{args.src} is neither a regular file nor a directory: fsrep clone copies those")
     if os.path.lexists(parent / dst.name):
         raise ControlError(f"{args.dst} exists: give a new name")
+    if stat.S_ISDIR(st.st_mode) and (parent / dst.name == src or src in (parent / dst.name).parents):
+        raise ControlError(f"{args.dst} is inside {args.src}: a directory is not cloned into itself")
     meta, _ = daemon_for(mount.mountpoint)
-    done: Cloned = call(meta, CloneRequest(inode=st.st_ino, parent=into.st_ino, name=dst.name), timeout=CLONE_TIMEOUT)
-    how = "replicated as one operation" if done.replicated else "kept dirty for the resync (the group is not InSync)"
-    print(f"group {done.group}: cloned {args.src} to {args.dst} ({done.bytes} bytes; {how})")
+    if stat.S_ISREG(st.st_mode):
+        done = _clone_file(meta, st.st_ino, into.st_ino, dst.name)
+        how = "replicated as one operation" if done.replicated else \
+            "kept dirty for the resync (the group is not InSync)"
+        print(f"group {done.group}: cloned {args.src} to {args.dst} ({done.bytes} bytes; {how})")
+        return 0
+    tally = _Tally()
+    try:
+        _clone_tree(meta, src, parent / dst.name, st, tally)
+    except OSError as exc:
+        raise ControlError(f"cannot clone {exc.filename or args.src}: {exc.strerror}; what was made so far stays "
+                           f"in {args.dst}") from None
+    kept = f"; {tally.kept} kept dirty for the resync (the group is not InSync)" if tally.kept else ""
+    print(f"cloned {args.src} to {args.dst}: {tally.files} files ({tally.bytes} bytes, no data sent), "
+          f"{tally.dirs} directories, {tally.others} other entries{kept}")
     return 0
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.files = self.bytes = self.dirs = self.others = self.kept = 0
+
+
+def _clone_file(meta: Path, inode: int, parent: int, name: str) -> Cloned:
+    return call(meta, CloneRequest(inode=inode, parent=parent, name=name), timeout=CLONE_TIMEOUT)
+
+
+def _clone_tree(meta: Path, src: Path, dst: Path, st: os.stat_result, tally: _Tally) -> None:
+    """Directory *src* as *dst*, top down: each directory made (its mode
+    and owner), each file cloned, each symlink, FIFO or device made again.
+    Hard links become separate files, as with cp without --preserve=links."""
+    os.mkdir(dst, 0o700)
+    tally.dirs += 1
+    into = os.stat(dst).st_ino
+    with os.scandir(src) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            child = entry.stat(follow_symlinks=False)
+            target = dst / entry.name
+            if stat.S_ISDIR(child.st_mode):
+                _clone_tree(meta, Path(entry.path), target, child, tally)
+            elif stat.S_ISREG(child.st_mode):
+                done = _clone_file(meta, child.st_ino, into, entry.name)
+                tally.files += 1
+                tally.bytes += done.bytes
+                tally.kept += not done.replicated
+            else:
+                if stat.S_ISLNK(child.st_mode):
+                    os.symlink(os.readlink(entry.path), target)
+                else:
+                    os.mknod(target, child.st_mode, child.st_rdev)
+                _own(target, child)
+                tally.others += 1
+    _own(dst, st)
+
+
+def _own(path: Path, st: os.stat_result) -> None:
+    """The source's owner (when this user may give it) and mode."""
+    try:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    except PermissionError:
+        pass  # an unprivileged user's copy is theirs, as with cp
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))

@@ -69,10 +69,12 @@ def test_clone_refuses_what_it_cannot_do_in_one_line(mounted: Cluster,
     (m / "f").write_bytes(b"data")
     (m / "taken").write_bytes(b"")
     (m / "d").mkdir()
+    os.mkfifo(m / "fifo")
     outside = tmp_path_factory.mktemp("outside") / "plain"
     outside.write_bytes(b"x")
     for args, said in [((m / "f", m / "taken"), "exists"),
-                       ((m / "d", m / "d2"), "not a regular file"),
+                       ((m / "fifo", m / "d2"), "neither a regular file nor a directory"),
+                       ((m / "d", m / "d" / "inner"), "not cloned into itself"),
                        ((m / "missing", m / "x"), "No such file"),
                        ((outside, m / "x"), "not in an fsrep mount"),
                        ((m / "f", outside.parent / "x"), "not in the mount of")]:
@@ -81,4 +83,29 @@ def test_clone_refuses_what_it_cannot_do_in_one_line(mounted: Cluster,
         assert said in done.stderr, (args, done.stderr)
         assert done.stderr.count("\n") == 1, done.stderr
     assert not (m / "d2").exists()
+    assert not (m / "d" / "inner").exists()
     mounted.assert_replicated()
+
+
+def test_a_directory_is_cloned_file_by_file_without_its_data_on_the_link(proxied: Cluster) -> None:
+    proxied.mount()
+    m = proxied.mnt
+    base = m / "vms" / "base"
+    (base / "disks").mkdir(parents=True)
+    write_random(base / "disks" / "root.img", 8)
+    write_random(base / "disks" / "data.img", 4)
+    (base / "vm.conf").write_text("memory=4G\n")
+    os.symlink("disks/root.img", base / "current")
+    os.chmod(base / "disks", 0o750)
+    proxied.proxy.reset_counters()
+    done = run_fsrep("clone", str(base), str(m / "vms" / "vm8"))
+    assert f"3 files ({12 * MiB + 10} bytes, no data sent), 2 directories, 1 other entries" in done.stdout, \
+        done.stdout
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried < 64 * KiB, f"{carried} bytes crossed the link for a clone of {12 * MiB}"
+    copy = m / "vms" / "vm8"
+    assert (copy / "disks" / "root.img").read_bytes() == (base / "disks" / "root.img").read_bytes()
+    assert os.readlink(copy / "current") == "disks/root.img"
+    assert os.stat(copy / "disks").st_mode == os.stat(base / "disks").st_mode
+    assert proxied.status()["state"] == "InSync"
+    proxied.assert_replicated()
