@@ -112,8 +112,10 @@ def test_link_cut_during_writes_resyncs_by_itself_when_restored(proxied: Cluster
 def test_a_directory_clients_keep_filling_is_resynced_while_they_go_on(proxied: Cluster) -> None:
     """A dirty directory is compared in steps that let clients in; one they
     create files in all along changes during every comparison. The resync
-    still ends: that directory's next comparison holds their changes.
-    (Three writers, so that some change comes in at every step.)"""
+    still ends: that directory's next comparison holds their changes
+    (test_contended_directory pins that decision; whether a change comes
+    in during a comparison here depends on timing). Three writers, so
+    that some change comes in at most steps."""
     proxied.mount()
     spool = proxied.mnt / "spool"
     spool.mkdir()
@@ -132,8 +134,6 @@ def test_a_directory_clients_keep_filling_is_resynced_while_they_go_on(proxied: 
         proxied.wait_state("InSync", timeout=2 * RECONNECT_DEADLINE)
         for writer in writers:
             writer.wait_rounds(20, "files created once InSync again")
-    assert "directory '/spool' changed while it was compared; comparing it again with clients' changes held" \
-           in proxied.primary_log()
     assert proxied.status()["dirty_bytes"] == 0
     proxied.assert_replicated()
 
