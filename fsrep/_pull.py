@@ -43,6 +43,7 @@ import transport as tp
 
 from ._divergent_copy import keep
 from ._progress import ResyncRun, RunRefused
+from ._sparse import pwrite_all
 from ._stream import ResyncStream
 from ._tree import Tree
 
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class PullRefused(RunRefused):
-    """The pull cannot start (nothing was changed); the run ends."""
+    """The pull cannot start, or a change through the mount failed; the run
+    ends with the reason (what was taken so far stays)."""
 
 
 async def pull(stream: ResyncStream, tree: Tree, run: ResyncRun, sid: tracking.SnapshotId,
@@ -208,7 +210,7 @@ class _Puller:
                     if not got.found or not got.data:
                         break  # gone or shorter since it was asked: what changed there is pulled by the record
                     if not (made and got.data == bytes(len(got.data))):
-                        await trio.to_thread.run_sync(_pwrite_all, fd, got.data, offset)
+                        await trio.to_thread.run_sync(pwrite_all, fd, got.data, offset)
                         self.bytes += len(got.data)
                     offset += len(got.data)
             await trio.to_thread.run_sync(os.ftruncate, fd, size)
@@ -264,13 +266,6 @@ def _remove(where: Path, st: os.stat_result) -> None:
 
 def _new_file(where: Path) -> None:
     os.close(os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 def _attributes(where: Path, theirs: tp.Fetched) -> None:

@@ -219,7 +219,7 @@ def _tree_of_directories(top: Path, count: int, fanout: int) -> int:
 def test_the_directory_phase_shows_directories_and_compares_each_once(cluster: Cluster) -> None:
     store = cluster.primary_store
     entries = _tree_of_directories(store / "wide", 300, fanout=20) + 1  # and "wide" itself, in the root
-    levels = 1600
+    levels = 800
     deep_chain(store, levels, name="c")  # each level one round trip: a directory phase long enough to watch
     directories = 1 + 1 + 300 + levels  # the root, "wide", its tree, the chain
     entries += levels + 1  # each chain level is an entry of the one above; the file at the bottom
