@@ -320,15 +320,23 @@ def _create(tree: Tree, op: tp.Create) -> None:
 
 def _clone(tree: Tree, op: tp.Clone) -> None:
     """Both sides alike: the copy of the file this side holds at ``src``
-    (the primary's own, the replica's own: no data on the link)."""
-    src = tree.open_regular(op.src, os.O_RDONLY)
+    (the primary's own, the replica's own: no data on the link). A
+    replay (CLONE_REPLAY) whose source is not here makes an empty file:
+    the resync compares the copy by digest and sends what differs."""
+    try:
+        src = tree.open_regular(op.src, os.O_RDONLY)
+    except OSError:
+        if not op.flags & tp.CLONE_REPLAY:
+            raise
+        src = None
     try:
         d, name = tree.at(op.path)
         tree.forget(op.path)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      stat.S_IMODE(op.mode), dir_fd=d)
         try:
-            clone_data(src, fd)
+            if src is not None:
+                clone_data(src, fd)
             os.fchown(fd, op.uid, op.gid)
             os.fchmod(fd, stat.S_IMODE(op.mode))
         except BaseException:
@@ -337,7 +345,8 @@ def _clone(tree: Tree, op: tp.Clone) -> None:
         finally:
             os.close(fd)
     finally:
-        os.close(src)
+        if src is not None:
+            os.close(src)
 
 
 def _mknod(tree: Tree, op: tp.MkNod) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 from tracking import SnapshotError, check_name
 
 from ._args import RATE_LIMIT
+from ._groups import OtherGroup
 from ._progress import MODES
 from ._state import RelationshipState
 from ._status import DaemonStatus, GroupSnapshots, Record, SnapshotList, SnapshotStatus, fields_of
@@ -179,11 +180,14 @@ class ResyncRequest(Request[ResyncStarted]):
 @dataclass(frozen=True, slots=True)
 class Cloned(Record):
     """What ``fsrep clone`` made: the bytes cloned, and whether the copy
-    was replicated as one operation (else it waits, dirty, for a resync)."""
+    was replicated as one operation (else it waits, dirty, for a resync).
+    *other_group*: nothing was made — the destination is in that group,
+    whose replica may be elsewhere: the caller copies the file as data."""
 
     group: str
     bytes: int
     replicated: bool
+    other_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +355,8 @@ async def _discard(rel: Relationship, req: ResyncRequest, group_dir: Path) -> Re
 async def clone(daemon: Daemon, req: CloneRequest) -> Cloned:
     try:
         group, size, replicated = await daemon.ops.clone(req.inode, req.parent, os.fsencode(req.name))
+    except OtherGroup as exc:
+        return Cloned(group=exc.source, bytes=0, replicated=False, other_group=exc.destination)
     except OSError as exc:
         raise Refused(f"cannot clone: {exc.strerror or exc}") from None
     return Cloned(group=group, bytes=size, replicated=replicated)

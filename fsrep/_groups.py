@@ -19,6 +19,17 @@ from ._splitter import Relationship
 from ._tree import Tree
 
 
+class OtherGroup(OSError):
+    """A change naming two paths in different groups (EXDEV to a client,
+    as a rename across file systems): their replicas may be on different
+    hosts, so nothing can be one operation on both."""
+
+    def __init__(self, source: str, destination: str) -> None:
+        super().__init__(errno.EXDEV, f"the paths are in different consistency groups ({source}, {destination})")
+        self.source = source
+        self.destination = destination
+
+
 @dataclass(slots=True)
 class Group:
     """One consistency group of a mount: its relationship, and its subtree
@@ -103,7 +114,7 @@ class Groups:
         group, rel_a = self.claim(a, errno.EBUSY)
         other, rel_b = self.claim(b, errno.EBUSY)
         if other is not group:
-            raise OSError(errno.EXDEV, "the paths are in different consistency groups")
+            raise OtherGroup(group.rel.record.id, other.rel.record.id)
         return group, rel_a, rel_b
 
     def find(self, name: str | None) -> Group | None:

@@ -61,7 +61,7 @@ from tracking import REGION_SIZE as REGION
 
 from ._boundary import fuse_errors, requests_running
 from ._effects import Effects, Location
-from ._groups import Group, Groups
+from ._groups import Group, Groups, OtherGroup
 from ._handles import Handles, removed
 from ._inodes import ROOT, InodeTable
 from ._sparse import pwrite_all
@@ -284,12 +284,15 @@ class Operations(pyfuse3.Operations):
         a resync sends it).
 
         Raises:
-            OSError: EXDEV for another group; EEXIST; EINVAL for a source
-                that is not a regular file; what the copy met.
+            OtherGroup: *new_name* is in another group than the source.
+            OSError: EEXIST; EINVAL for a source that is not a regular
+                file; what the copy met.
         """
         source = self._where(inode)
         new = self._child(new_parent_inode, new_name)
-        self.groups.claim(new, errno.EEXIST)
+        into, _ = self.groups.claim(new, errno.EEXIST)
+        if into is not source.group:
+            raise OtherGroup(source.group.rel.record.id, into.rel.record.id)
         group, rel_src, rel_new = self.groups.same(source.mount_path, new)
         st = group.tree.lstat(rel_src)
         if not stat.S_ISREG(st.st_mode):
@@ -314,6 +317,8 @@ class Operations(pyfuse3.Operations):
             if pending is not None else whole
         if inherited:
             rel.ledger.dirty_apply(marks_of(inherited))
+        if pending is None:  # a resync replays it as a clone, then compares it by digest
+            rel.dirty.mark_clone(made.st_ino, rel_new, rel_src)
         rel.bytes_cloned += made.st_size
         await rel.wait(pending)
         with contextlib.suppress(OSError):  # a name the kernel looked up before it existed

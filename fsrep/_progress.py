@@ -73,6 +73,8 @@ class ResyncRun:
     mismatched_bytes: int = 0
     copy_total: int = 0  # full mode: the data the copy will send
     dirs_checked: int = 0  # directories compared with the replica's
+    clones_replayed: int = 0  # files cloned while out of sync that the replica cloned too (then compared)
+    bytes_replayed: int = 0  # their size: data that did not cross the link as data
     entries_checked: int = 0  # the entries of those directories
     last_progress: float = 0.0
     routine: bool = False  # started by policy async on its schedule: logged at debug level
@@ -122,6 +124,10 @@ class ResyncRun:
         self.mismatched_bytes += mismatched
         self.last_progress = now
         self._sample(now)
+
+    def replayed_clone(self, nbytes: int) -> None:
+        self.clones_replayed += 1
+        self.bytes_replayed += nbytes
 
     def compared_directory(self, entries: int, now: float) -> None:
         self.dirs_checked += 1
@@ -203,6 +209,8 @@ class ResyncRun:
             directories_checked=self.dirs_checked,
             directories_remaining=dirs_left,
             entries_checked=self.entries_checked,
+            clones_replayed=self.clones_replayed,
+            bytes_replayed_as_clones=self.bytes_replayed,
             eta_seconds=self._eta(remaining, rate, dirs_left, now),
             percent=round(percent, 1),
             elapsed_seconds=round(end - self.started_at, 3) if self.started_at is not None else 0.0,

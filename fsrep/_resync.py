@@ -158,6 +158,8 @@ class QuickResync:
             await trio.lowlevel.checkpoint()  # a pass that finds nothing to wait for still lets clients in
             if self.dirty.dir_count:
                 await self._directories()
+            elif stream.to_compare:
+                await self._compare_queued()
             elif verify:
                 await Verification(self.stream, self.tree, self.progress).run(self._regular_files())
                 verify = False
@@ -394,6 +396,10 @@ class QuickResync:
             reason = f"a hard link ({path!r}) changed while out of sync"
             self.dirty.mark_everything(reason)
             raise tp.LinkDown(reason)
+        src = self.dirty.take_clone(st.st_ino) if stat.S_ISREG(mode) else None
+        if src is not None and st.st_size:
+            self._replay_clone(src, path, st, marks)
+            return
         send(creation(self.tree, path, st))
         if stat.S_ISDIR(mode):
             self._mark_dir(st.st_ino, path)
@@ -402,12 +408,40 @@ class QuickResync:
             self.created.add(st.st_ino)
         self.dirty.mark_meta(st.st_ino, path)
 
+    def _replay_clone(self, src: bytes, path: bytes, st: os.stat_result, marks: tracking.Marks) -> None:
+        """A file cloned while out of sync: the replica clones its own
+        *src* (an empty file if it has none), and the copy is compared by
+        digest before any of it is sent — its regions stay dirty until the
+        comparison finds them equal."""
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        self.stream.send(lambda seq: tp.Clone(seq=seq, src=src, path=path, mode=mode, uid=uid, gid=gid,
+                                              flags=tp.CLONE_REPLAY), marks)
+        self.stream.to_compare[st.st_ino] = path
+        self.dirty.mark_meta(st.st_ino, path)
+        self.progress.replayed_clone(st.st_size)
+        log.info("group %s: %r, cloned from %r while out of sync, is cloned on the replica from its %r and "
+                 "compared by digest: only what differs is sent", self.stream.record.id, path, src, src)
+
+    async def _compare_queued(self) -> None:
+        """Compare the queued files (``ResyncStream.to_compare``) by digest,
+        settling: what is equal is clean, what differs stays dirty for the
+        file phase. A file gone or moved is copied where it is instead."""
+        queue = self.stream.to_compare
+        verification = Verification(self.stream, self.tree, self.progress, settle=True)
+        for ino in list(queue):
+            if self.dirty.dir_count:
+                return  # namespace first
+            found = self._lookup(ino)
+            if found is not None and stat.S_ISREG(found[1].st_mode):
+                await verification.run([(found[0], ino, found[1].st_size)])
+            queue.pop(ino, None)
+
     # --- data and attributes ------------------------------------------------------------
 
     async def _files(self) -> None:
         for ino in self.dirty.files():
-            if self.dirty.dir_count:
-                return  # namespace first: a file's directory may have gone dirty again
+            if self.dirty.dir_count or self.stream.to_compare:
+                return  # namespace first: a file's directory may have gone dirty again; compared before copied
             await self._file(ino)
             await trio.lowlevel.checkpoint()  # many small files: clients and acks get their turn
 

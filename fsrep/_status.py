@@ -89,6 +89,8 @@ class ResyncProgress(Record):
     directories_checked: int
     directories_remaining: int
     entries_checked: int
+    clones_replayed: int
+    bytes_replayed_as_clones: int
     eta_seconds: float | None
     percent: float
     elapsed_seconds: float

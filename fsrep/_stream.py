@@ -43,6 +43,9 @@ class ResyncStream:
         self._gate: trio.Event | None = None
         self.bytes_sent = 0  # over every run of this mount
         self.last_seconds = 0.0  # how long the last run took
+        # Regular files whose dirty regions are compared by digest before any is copied (inode -> path): clones
+        # replayed as clones, paths an operator named (--path). Kept across the runs of this mount.
+        self.to_compare: dict[int, bytes] = {}
 
     @property
     def record(self) -> GroupRecord:
@@ -152,16 +155,18 @@ class ResyncStream:
         rel.ledger.dirty_changed = True  # what it cleans stays in the saved dirty set until durable there
         return rel.queue(conn, make(rel.pipeline.next_seq), marks)
 
-    def ask(self, make: Callable[[int], tp.Operation], *, early: bool = False) -> Callable[[], Awaitable[tp.Frame]]:
+    def ask(self, make: Callable[[int], tp.Operation], marks: tracking.Marks = NO_MARKS, *,
+            early: bool = False) -> Callable[[], Awaitable[tp.Frame]]:
         """Queue a resync question (ListDir, Checksum) now — in the caller's
-        step — and return what awaits its reply (*early*: see ``send``).
+        step — and return what awaits its reply (*early*, *marks*: see
+        ``send``; marks cleaned in this step until the answer says).
 
         Raises:
             LinkDown: the link was lost (now or before the reply came).
         """
         event = trio.Event()
         replies: list[tp.Frame] = []
-        seq = self.send(make, early=early).seq
+        seq = self.send(make, marks, early=early).seq
         self._replies[seq] = (event, replies)
 
         async def reply() -> tp.Frame:
@@ -265,6 +270,7 @@ class ResyncStream:
             raise tp.LinkDown(f"cannot record that the replica is in sync ({exc}); the resync is retried with "
                               f"the next session") from None
         rel.lag_since = None
+        self.to_compare.clear()  # nothing is dirty: each was compared, or copied instead
         rel.set_state(R.IN_SYNC, "resync complete", quiet=rel.scheduler.run is not None and rel.scheduler.run.routine)
         assert rel.link.conn is not None
         rel.sessions.tell_generation(rel.link.conn, generation)

@@ -8,6 +8,16 @@ both is equal without a byte read — a 17 TiB sparse file costs what its
 data costs. Each question is asked in the step that reads this side, so
 both answers are of one point of the operation stream; a file that moves
 meanwhile is copied instead of compared.
+
+A settling comparison (``settle=True``) is for files whose dirty regions
+stand for "not known to match" rather than "changed" (a clone replayed as
+a clone, a path an operator named): it also cleans the regions it finds
+equal. Each is cleaned in the step that reads this side — a hole on both
+sides when its data map is read; data when it is digested, the question
+carrying those regions as its marks, so a lost link or a crash before the
+answer leaves them dirty — and what the answer says differs is marked
+again. A client's write after that step finds the region clean and follows
+the question in the stream, or lands in a dirty directory and marks it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import trio
 import tracking
 import transport as tp
 
+from ._pipeline import NO_MARKS
 from ._progress import ResyncRun
 from ._sparse import data_segments
 from ._stream import ResyncStream
@@ -33,17 +44,19 @@ log = logging.getLogger(__name__)
 class Verification:
     """One checksum pass over the files of a group."""
 
-    def __init__(self, stream: ResyncStream, tree: Tree, progress: ResyncRun) -> None:
+    def __init__(self, stream: ResyncStream, tree: Tree, progress: ResyncRun, *, settle: bool = False) -> None:
         self.stream = stream
         self.dirty = stream.dirty
         self.tree = tree
         self.progress = progress
+        self.settle = settle
 
     async def run(self, files: Sequence[tuple[bytes, int, int]]) -> None:
         """Compare *files* ((path, inode, size) each)."""
-        self.progress.check_total = sum(size for _, _, size in files)
+        total = sum(size for _, _, size in files)
+        self.progress.check_total = self.progress.check_total + total if self.settle else total
         for path, ino, size in files:
-            if self._wholly_dirty(ino, size):
+            if not self.settle and self._wholly_dirty(ino, size):
                 self.progress.checked(size, 0, trio.current_time())  # copied whole anyway
                 continue
             offset = 0
@@ -67,6 +80,8 @@ class Verification:
         spans = self._data_spans(path, ino, offset, end, theirs.run_list())
         if spans is None:
             return None
+        if self.settle:
+            self._clean_holes(ino, offset, end, size, spans)
         compared = 0
         for first, stop in spans:
             for at in range(first, stop, tp.MAX_CHECKSUM_REGIONS):
@@ -125,6 +140,19 @@ class Verification:
                 spans.append((first, stop))
         return spans
 
+    def _clean_holes(self, ino: int, offset: int, end: int, size: int, spans: list[tuple[int, int]]) -> None:
+        """Settling: the regions wholly within bytes offset..end (the last
+        one reaching past *size* counts as within) where neither side holds
+        data are equal. In the step that read this side's data map."""
+        region = tracking.REGION_SIZE
+        cursor = -(-offset // region)
+        last = -(-end // region) if end >= size else end // region
+        for first, stop in [*spans, (last, last)]:
+            first = min(first, last)
+            if first > cursor:
+                self.dirty.clean_regions(ino, tracking.RegionRange(cursor, first - cursor))
+            cursor = max(cursor, stop)
+
     def _is(self, path: bytes, ino: int) -> bool:
         """Whether regular file *ino* is still at *path*."""
         try:
@@ -146,7 +174,11 @@ class Verification:
             return None
         count = -(-length // tracking.REGION_SIZE)
         mine = self.tree.digests(path, offset, count)
-        reply = self.stream.ask(lambda seq: tp.Checksum(seq=seq, path=path, offset=offset, count=count))
+        marks = NO_MARKS
+        if self.settle:
+            marks = tracking.Marks(regions=((ino, path, offset, count * tracking.REGION_SIZE),))
+            self.dirty.clean_regions(ino, tracking.regions_for(offset, count * tracking.REGION_SIZE))
+        reply = self.stream.ask(lambda seq: tp.Checksum(seq=seq, path=path, offset=offset, count=count), marks)
         return mine, reply
 
     def _compare(self, path: bytes, ino: int, offset: int, mine: bytes, theirs: bytes) -> None:
@@ -155,10 +187,11 @@ class Verification:
         mismatched = 0
         for i in range(len(mine) // size):
             if mine[i * size:(i + 1) * size] != theirs[i * size:(i + 1) * size]:
-                self.stream.mark_stale("a checksum resync found regions that differ")
+                if not self.settle:
+                    self.stream.mark_stale("a checksum resync found regions that differ")
                 self.dirty.mark_regions(ino, path, tracking.RegionRange(first + i, 1))
                 mismatched += tracking.REGION_SIZE
-        if mismatched:
+        if mismatched and not self.settle:
             log.info("group %s: checksum: %d bytes of %r differ from the replica", self.stream.record.id,
                      mismatched, path)
         self.progress.checked(len(mine) // size * tracking.REGION_SIZE, mismatched, trio.current_time())

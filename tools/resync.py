@@ -87,10 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps(result, indent=2))
-    elif result.get("kept"):
-        side = result.get("kept_side") or "secondary"
-        print(f"the {side}'s side of the split brain is kept on the {side} in {result['kept']}")
+    else:
+        for outcome in result.get("groups", [result]):
+            _say_after(outcome)
     return 0
+
+
+def _say_after(outcome: dict[str, Any]) -> None:
+    """What an operator should know of a run that ended well."""
+    if outcome.get("kept"):
+        side = outcome.get("kept_side") or "secondary"
+        print(f"the {side}'s side of the split brain is kept on the {side} in {outcome['kept']}")
+    if outcome.get("clones_replayed"):
+        print(f"group {outcome['group']}: {outcome['clones_replayed']} files cloned while out of sync were cloned "
+              f"on the secondary too ({outcome['bytes_replayed_as_clones']} B), then compared by digest")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

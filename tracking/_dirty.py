@@ -63,6 +63,7 @@ class DirtySet:
         self._hints: dict[int, bytes] = {}
         self.dirs_added = 0  # directories that became dirty, ever: a resync learns of new ones without a scan
         self._dir_marks: dict[int, int] = {}  # times each dirty directory was marked: a change while it is compared
+        self._clones: dict[int, bytes] = {}  # dirty files made by a clone kept local: inode -> the source's path
         self.everything = False
         self.reason = ""
 
@@ -98,6 +99,19 @@ class DirtySet:
     def heads_dirty(self, ino: int) -> bool:
         return ino in self._heads
 
+    def mark_clone(self, ino: int, path: bytes, src: bytes) -> None:
+        """Dirty file *ino* was made as a clone of *src* while the replica
+        could not follow: a resync replays it as a clone of the replica's
+        *src* and compares the copy by digest instead of sending it whole.
+        The caller marks its regions dirty; the record goes with them."""
+        self._file(ino, path)
+        self._clones[ino] = src
+
+    def take_clone(self, ino: int) -> bytes | None:
+        """The source *ino* was cloned from, once: None when it was not a
+        clone kept local (or its record was taken)."""
+        return self._clones.pop(ino, None)
+
     def mark_everything(self, reason: str) -> None:
         """Tracking cannot say what differs: the whole tree must be compared."""
         self.everything = True
@@ -126,6 +140,9 @@ class DirtySet:
             self._dir_marks[ino] = self._dir_marks.get(ino, 0) + 1
         self._heads |= other._heads
         self._hints.update(other._hints)
+        for ino, src in other._clones.items():
+            if ino in self._files:
+                self._clones.setdefault(ino, src)
         if other.everything and not self.everything:
             self.mark_everything(other.reason)
 
@@ -221,6 +238,7 @@ class DirtySet:
     def forget_file(self, ino: int) -> None:
         """The inode no longer exists on the primary: nothing to copy."""
         self._files.pop(ino, None)
+        self._clones.pop(ino, None)
         if ino not in self._dirs:
             self._hints.pop(ino, None)
 
@@ -238,6 +256,7 @@ class DirtySet:
     def _drop_if_clean(self, ino: int, entry: _File) -> None:
         if not entry.meta and not entry.regions:
             del self._files[ino]
+            self._clones.pop(ino, None)
             if ino not in self._dirs:
                 self._hints.pop(ino, None)
 
@@ -253,6 +272,7 @@ class DirtySet:
             "dirs": sorted(self._dirs),
             "heads": sorted(self._heads),
             "hints": {str(ino): path.hex() for ino, path in self._hints.items()},
+            "clones": {str(ino): src.hex() for ino, src in self._clones.items()},
         }
 
     @classmethod
@@ -276,6 +296,8 @@ class DirtySet:
             dirty._dirs = {int(ino) for ino in payload["dirs"]}
             dirty._heads = {int(ino) for ino in payload.get("heads", [])} & dirty._dirs
             dirty._hints = {int(ino): bytes.fromhex(path) for ino, path in payload["hints"].items()}
+            dirty._clones = {int(ino): bytes.fromhex(src) for ino, src in payload.get("clones", {}).items()
+                             if int(ino) in dirty._files}
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a dirty set: {exc!r}") from None
         return dirty

@@ -26,6 +26,7 @@ from ._frames import ATTR_UID as ATTR_UID
 from ._frames import CHANGE_DIR as CHANGE_DIR
 from ._frames import CHANGE_META as CHANGE_META
 from ._frames import CHANGE_WHOLE as CHANGE_WHOLE
+from ._frames import CLONE_REPLAY as CLONE_REPLAY
 from ._frames import DIGEST_SIZE as DIGEST_SIZE
 from ._frames import MAX_CHANGES as MAX_CHANGES
 from ._frames import MAX_CHECKSUM_REGIONS as MAX_CHECKSUM_REGIONS

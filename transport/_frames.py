@@ -22,11 +22,12 @@ from tracking import generations  # sans-IO: a Welcome carries the history just 
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 9  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+PROTOCOL_VERSION = 10  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
 # 8: ResyncBegin (the replica opens its undo log); KeepDivergent and Kept (split brain: the replica keeps its side)
 # 9: Fetch and Fetched (split brain, the primary's side given up: the primary pulls the replica's entries); Clone
+# 10: Clone.flags (CLONE_REPLAY: a resync's replay of a clone made while out of sync)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -452,15 +453,24 @@ class Create(Operation):
     parent_mtime_ns: int = NO_TIME
 
 
+CLONE_REPLAY = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Clone(Operation):
     """A new regular file ``path`` holding what file ``src`` holds (``fsrep
     clone``): each side copies its own, a reflink where the file system
-    can — no data crosses the link."""
+    can — no data crosses the link.
+
+    With CLONE_REPLAY (a resync replaying a clone made while out of sync)
+    a source the replica no longer holds as a regular file makes an empty
+    file instead of an error: the resync compares the copy by digest
+    afterwards and sends what differs, so a wrong guess costs bytes, never
+    correctness."""
 
     TYPE = 51
     FIELDS = (("seq", U64), ("src", PATH), ("path", PATH), ("mode", U32), ("uid", U32), ("gid", U32),
-              ("mtime_ns", I64), ("parent_mtime_ns", I64))
+              ("flags", U32), ("mtime_ns", I64), ("parent_mtime_ns", I64))
     TIMES = (("mtime_ns", "path", False), ("parent_mtime_ns", "path", True))
     seq: int
     src: bytes
@@ -468,6 +478,7 @@ class Clone(Operation):
     mode: int
     uid: int
     gid: int
+    flags: int = 0
     mtime_ns: int = NO_TIME
     parent_mtime_ns: int = NO_TIME
 
@@ -475,6 +486,8 @@ class Clone(Operation):
         _check_fields(self)
         if not self.path or not self.src:
             raise LocalProtocolError("Clone of or onto the group root")
+        if self.flags & ~CLONE_REPLAY:
+            raise LocalProtocolError(f"unknown Clone flags {self.flags:#x}")
 
 
 @dataclass(frozen=True, slots=True)

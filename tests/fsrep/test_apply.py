@@ -306,6 +306,18 @@ def test_a_clone_marks_its_directory_and_all_of_the_copy(replica: RecordingRepli
     assert (Path(replica.tree.root) / "d" / "new").read_bytes() == b"0123456789" * 1000
 
 
+@pytest.mark.parametrize("src", [b"missing", b"d"], ids=["missing", "a directory"])
+def test_a_replayed_clone_of_a_source_the_replica_lacks_makes_an_empty_file(replica: RecordingReplica,
+                                                                            src: bytes) -> None:
+    with pytest.raises(OSError):
+        apply(replica, tp.Clone(seq=2, src=src, path=b"d/plain", mode=0o100644, uid=0, gid=0))
+    assert not (Path(replica.tree.root) / "d" / "plain").exists()
+    apply(replica, tp.Clone(seq=3, src=src, path=b"d/new", mode=0o100640, uid=0, gid=0, flags=tp.CLONE_REPLAY))
+    made = Path(replica.tree.root) / "d" / "new"
+    assert made.read_bytes() == b""
+    assert stat.S_IMODE(made.stat().st_mode) == 0o640
+
+
 def test_a_hard_link_marks_its_directory_the_new_name_and_the_target_s_metadata(replica: RecordingReplica) -> None:
     assert _marked(replica, tp.Link(seq=2, target=b"f", new=b"d/f2")) == [
         (b"d", DIR, []), (b"d/f2", META, []), (b"f", META, [])]

@@ -1,15 +1,18 @@
 """``fsrep clone``: a file copied inside a mount as one replicated
 operation. Each side copies its own source, so no file data crosses the
 link (counted at a FaultProxy); a clone made while the group is not InSync
-is kept dirty and the resync sends it. The trees end identical."""
+is recorded, and the resync clones it on the secondary too and compares it
+by digest. The trees end identical."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, write_random
+from tests.fsrep.test_groups import assert_group_replicated
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -46,20 +49,65 @@ def test_a_clone_replicates_as_one_operation_and_no_data_crosses(proxied: Cluste
     proxied.assert_replicated()
 
 
+def _rewrite(path: Path, offset: int, length: int, byte: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(byte * length)
+
+
 @pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
-def test_a_clone_while_out_of_sync_is_kept_dirty_and_the_resync_sends_it(proxied: Cluster) -> None:
+def test_a_clone_while_out_of_sync_is_replayed_as_a_clone_not_sent(proxied: Cluster) -> None:
+    """The source partly dirty when cloned, the copy written after: the
+    resync clones on the secondary too and sends only those regions."""
     proxied.mount()
     m = proxied.mnt
-    write_random(m / "disk.img", 4)
+    write_random(m / "disk.img", 8)
     proxied.proxy.cut()
     proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    _rewrite(m / "disk.img", 1 * MiB, 64 * KiB, b"s")  # the replica's source lacks this: so does its clone
     done = run_fsrep("clone", str(m / "disk.img"), str(m / "copy.img"))
-    assert "kept dirty for the resync" in done.stdout, done.stdout
-    assert proxied.status()["dirty_bytes"] >= 4 * MiB
+    assert "recorded for the resync" in done.stdout, done.stdout
+    _rewrite(m / "copy.img", 5 * MiB, 4 * KiB, b"c")
+    proxied.proxy.reset_counters()
     proxied.proxy.restore()
     status = proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
     assert status["dirty_bytes"] == 0, status
-    assert (m / "copy.img").read_bytes() == (m / "disk.img").read_bytes()
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried < 1 * MiB, f"{carried} bytes crossed the link: the 8 MiB clone travelled as data"
+    run = status["resync"]
+    assert (run["clones_replayed"], run["bytes_replayed_as_clones"]) == (1, 8 * MiB), run
+    copy = (m / "copy.img").read_bytes()
+    assert copy[1 * MiB:1 * MiB + 64 * KiB] == b"s" * 64 * KiB
+    assert copy[5 * MiB:5 * MiB + 4 * KiB] == b"c" * 4 * KiB
+    proxied.assert_replicated()
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
+@pytest.mark.parametrize("after", ["source rewritten", "source removed", "another file renamed over the source",
+                                   "copy renamed"])
+def test_a_replayed_clone_ends_identical_whatever_the_source_became(proxied: Cluster, after: str) -> None:
+    """The replica clones what it holds under the source's name, which may
+    no longer be what was cloned; the digest comparison sends the rest."""
+    proxied.mount()
+    m = proxied.mnt
+    (m / "vms").mkdir()
+    write_random(m / "vms" / "base.img", 4)
+    write_random(m / "other.img", 4)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    run_fsrep("clone", str(m / "vms" / "base.img"), str(m / "vms" / "vm1.img"))
+    if after == "source rewritten":
+        write_random(m / "vms" / "base.img", 4)
+    elif after == "source removed":
+        os.unlink(m / "vms" / "base.img")
+    elif after == "another file renamed over the source":
+        os.rename(m / "other.img", m / "vms" / "base.img")
+    else:
+        (m / "vms" / "new").mkdir()
+        os.rename(m / "vms" / "vm1.img", m / "vms" / "new" / "vm1.img")
+    proxied.proxy.restore()
+    status = proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    assert status["dirty_bytes"] == 0, status
     proxied.assert_replicated()
 
 
@@ -109,3 +157,23 @@ def test_a_directory_is_cloned_file_by_file_without_its_data_on_the_link(proxied
     assert os.stat(copy / "disks").st_mode == os.stat(base / "disks").st_mode
     assert proxied.status()["state"] == "InSync"
     proxied.assert_replicated()
+
+
+def test_a_clone_into_another_group_is_a_copy_sent_as_data_and_says_so(cluster: Cluster) -> None:
+    cluster.mount("--group", "vms/vm1")
+    m = cluster.mnt
+    write_random(m / "base.img", 2)
+    (m / "tree").mkdir()
+    (m / "tree" / "conf").write_text("memory=4G\n")
+    write_random(m / "tree" / "disk.img", 1)
+    done = run_fsrep("clone", str(m / "base.img"), str(m / "vms" / "vm1" / "disk.img"))
+    groups = cluster.groups()
+    vm1 = groups["/vms/vm1"]
+    assert f"{m / 'vms' / 'vm1' / 'disk.img'} is in group {vm1['id']}" in done.stdout, done.stdout
+    assert f"copied as data ({2 * MiB} bytes cross the link of group {vm1['id']})" in done.stdout, done.stdout
+    done = run_fsrep("clone", str(m / "tree"), str(m / "vms" / "vm1" / "tree"))
+    assert "2 files in another group copied as data" in done.stdout, done.stdout
+    assert (m / "vms" / "vm1" / "disk.img").read_bytes() == (m / "base.img").read_bytes()
+    assert {g["state"] for g in cluster.groups().values()} == {"InSync"}
+    assert (vm1["bytes_cloned"], groups["/"]["bytes_cloned"]) == (0, 0)
+    assert_group_replicated(cluster, groups)

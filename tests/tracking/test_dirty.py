@@ -114,3 +114,22 @@ def test_marks_of_a_dirty_directory_are_counted_until_it_is_clean() -> None:
     assert dirty.dir_marks(7) == 0
     dirty.mark_dir(7, b"d")
     assert dirty.dirs_added == 2
+
+
+def test_a_clone_record_is_saved_with_its_file_taken_once_and_goes_when_the_file_is_clean() -> None:
+    dirty = DirtySet()
+    dirty.apply(Marks(regions=((5, b"vm7.img", 0, 3 * REGION_SIZE),), meta=((5, b"vm7.img"),)))
+    dirty.mark_clone(5, b"vm7.img", b"base/\xff.img")
+    dirty.apply(Marks(regions=((6, b"vm8.img", 0, 1),)))
+    dirty.mark_clone(6, b"vm8.img", b"base.img")
+    loaded = DirtySet.from_payload(dirty.to_payload())
+    assert loaded.take_clone(5) == b"base/\xff.img"
+    assert loaded.take_clone(5) is None, "a clone is replayed once"
+    loaded.clean_regions(6, RegionRange(0, 1))
+    assert loaded.files() == [5], "a clone record alone is not a difference"
+    assert loaded.take_clone(6) is None, "a file copied (clean) is no longer replayed as a clone"
+    dirty.forget_file(5)
+    assert dirty.take_clone(5) is None
+    merged = DirtySet()
+    merged.merge(dirty)
+    assert merged.take_clone(6) == b"base.img"

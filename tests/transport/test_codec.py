@@ -67,6 +67,7 @@ SAMPLES: list[tp.Frame] = [
     tp.Fetch(seq=30, path=b"d/f", offset=2**40, length=tp.MAX_FETCH),
     tp.Clone(seq=33, src=b"vms/base.img", path=b"vms/vm7.img", mode=0o100640, uid=1, gid=2, mtime_ns=3,
              parent_mtime_ns=-4),
+    tp.Clone(seq=34, src=b"base.img", path=b"vm8.img", mode=0o100600, uid=0, gid=0, flags=tp.CLONE_REPLAY),
     tp.Fetched(seq=30, found=1, mode=0o100644, uid=1, gid=2, rdev=0, size=2**40 + 3, atime_ns=-5, mtime_ns=6,
                xattrs=tp.pack_xattrs([(b"user.a", b"\x00v"), (b"trusted.b", b"")]), data=b"abc"),
     tp.Fetched(seq=31, found=1, mode=0o120777, target=b"../t"),
