@@ -111,6 +111,7 @@ class Relationship:
         self.internal_errors = 0  # requests of this group that failed with a bug (EIO)
         self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
         self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
+        self.bytes_sent = 0  # file data put on the link (replicated changes and resyncs)
 
     @property
     def dirty(self) -> tracking.DirtySet:
@@ -223,6 +224,7 @@ class Relationship:
     def queue(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
         """Put *op* in flight on *conn*. Never checkpoints."""
         pending = Pending(op.seq, op.payload_size(), marks, op.BARRIER)
+        self.bytes_sent += pending.nbytes
         self.pipeline.add(pending, trio.current_time())
         try:
             conn.enqueue(op)
@@ -422,4 +424,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         internal_errors=rel.internal_errors,
         snapshot=rel.snapshots.newest_common(),
         divergence=divergence.current(rel) if rel.state is R.SPLIT_BRAIN else None,
+        bytes_sent=rel.bytes_sent,
     )

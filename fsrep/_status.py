@@ -89,14 +89,14 @@ class ResyncProgress(Record):
     directories_checked: int
     directories_remaining: int
     entries_checked: int
-    clones_replayed: int
-    bytes_replayed_as_clones: int
     eta_seconds: float | None
     percent: float
     elapsed_seconds: float
     snapshot: str  # mode snapshot: the snapshot it resyncs from
     kept: str = ""  # split brain: where the side given up was copied before it was overwritten
     kept_side: str = ""  # which side that was: "primary" or "secondary"
+    clones_replayed: int = 0  # files cloned while out of sync that the replica cloned too, then compared
+    bytes_replayed_as_clones: int = 0  # their size: data that did not cross the link as data
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +211,7 @@ class GroupStatus(Record):
     internal_errors: int
     snapshot: SnapshotStatus | None  # the newest common snapshot: where a resync can start from
     divergence: Divergence | None = None  # in split brain: what changed on each side since the common snapshot
+    bytes_sent: int = 0  # file data sent to the secondary by this mount: replicated changes and resyncs
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
