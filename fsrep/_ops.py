@@ -61,7 +61,7 @@ from tracking import REGION_SIZE as REGION
 
 from ._boundary import fuse_errors, requests_running
 from ._effects import Effects, Location
-from ._groups import Group, Groups, OtherGroup
+from ._groups import Group, Groups
 from ._handles import Handles, removed
 from ._inodes import ROOT, InodeTable
 from ._sparse import pwrite_all
@@ -284,15 +284,14 @@ class Operations(pyfuse3.Operations):
         a resync sends it).
 
         Raises:
-            OtherGroup: *new_name* is in another group than the source.
+            OtherGroup: *new_name* is in another group than the source
+                (from ``Groups.same``).
             OSError: EEXIST; EINVAL for a source that is not a regular
                 file; what the copy met.
         """
         source = self._where(inode)
         new = self._child(new_parent_inode, new_name)
-        into, _ = self.groups.claim(new, errno.EEXIST)
-        if into is not source.group:
-            raise OtherGroup(source.group.rel.record.id, into.rel.record.id)
+        self.groups.claim(new, errno.EEXIST)
         group, rel_src, rel_new = self.groups.same(source.mount_path, new)
         st = group.tree.lstat(rel_src)
         if not stat.S_ISREG(st.st_mode):
