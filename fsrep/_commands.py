@@ -146,6 +146,9 @@ class ResyncStarted(Record):
     run: int
     mode: str
     rate_limit: int
+    files: int = 0  # --path: the regular files it compares by digest
+    bytes: int = 0  # ... and their size
+    directories: int = 0  # ... and the directories whose entries it compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +164,13 @@ class ResyncRequest(Request[ResyncStarted]):
     rate_limit: int = 0
     snapshot: str | None = None  # mode snapshot: from this one, not the newest common snapshot
     discard: str | None = None  # split brain: the side given up ("primary" or "secondary"); the daemon picks the mode
+    path: str | None = None  # compare this file or directory (relative to the mount root) with the replica
 
     def __post_init__(self) -> None:
+        if self.path is not None:
+            if self.group is not None or self.mode != "quick" or self.snapshot or self.discard:
+                raise BadRequest("a path is compared on its own: with no group, mode, snapshot or discard")
+            check_mount_path(self.path)
         if self.discard is not None and (self.discard not in DISCARDS or self.mode != "quick" or self.snapshot):
             raise BadRequest(f"discard is {' or '.join(DISCARDS)}, with no mode or snapshot of its own, not "
                              f"{shown(self.discard)}")
@@ -208,6 +216,19 @@ class CloneRequest(Request[Cloned]):
         if not isinstance(self.name, str) or not self.name or "/" in self.name or "\0" in self.name \
                 or self.name in (".", "..") or len(os.fsencode(self.name)) > 255:
             raise BadRequest(f"name must be one path component, not {shown(self.name)}")
+
+
+def check_mount_path(path: str) -> bytes:
+    """*path*, a path relative to the mount root, as bytes.
+
+    Raises:
+        BadRequest: it is not one (absolute, "..", a NUL, too long).
+    """
+    raw = os.fsencode(path)
+    parts = raw.split(b"/") if raw else []
+    if raw.startswith(b"/") or b"\0" in raw or len(raw) > 4095 or any(p in (b"", b".", b"..") for p in parts):
+        raise BadRequest(f"a path relative to the mount root, without '.' or '..', is needed, not {shown(path)}")
+    return raw
 
 
 def _snapshot_name(name: str) -> None:
@@ -308,12 +329,11 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
                       f"changes in them would fail with EIO — remount with --policy sync to run it")
     if req.discard is not None:
         return await _discard(rel, req, daemon.mountpoint / rel.record.path)
-    await rel.reconnect_now()
-    if rel.conn is None:
-        raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
-                      f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when it is "
-                      f"back")
+    if req.path is not None:
+        return await _compare_path(daemon, req)
+    await _connected(rel)
     if req.mode == "snapshot" and rel.snapshots.basis(req.snapshot) is None:
+
         named = f"named {req.snapshot} " if req.snapshot else ""
         raise Refused(f"group {rel.record.id} has no common snapshot {named}with its replica ('fsrep snapshot "
                       f"MOUNTPOINT list' shows them); use '--mode checksum' instead")
@@ -323,6 +343,40 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
     except ValueError as exc:
         raise Refused(str(exc)) from None
     return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit)
+
+
+async def _connected(rel: Relationship) -> None:
+    """Raises Refused unless *rel* is connected (tried at once first)."""
+    await rel.reconnect_now()
+    if rel.conn is None:
+        raise Refused(f"group {rel.record.id} is {rel.state.value} and its secondary {rel.record.secondary} is "
+                      f"unreachable ({rel.link.last_error or 'not connected'}); a resync starts by itself when it is "
+                      f"back")
+
+
+async def _compare_path(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
+    """Compare one path with the replica now (``_compare_path``), then
+    resync what differs."""
+    from ._compare_path import name_for_comparison  # here: a client importing this module pays for no trio
+    assert req.path is not None
+    group, path = daemon.groups.route(check_mount_path(req.path))
+    rel = group.rel
+    shown_path = "/" + req.path
+    if rel.state is RelationshipState.SPLIT_BRAIN:
+        raise Refused(f"group {rel.record.id} is SplitBrain: resolve it with --discard first")
+    if rel.record.policy == "strict" and rel.state in (RelationshipState.IN_SYNC, RelationshipState.RESYNCING):
+        raise Refused(f"group {rel.record.id} uses policy strict: while {shown_path} is compared, changes to it "
+                      f"would fail with EIO — remount with --policy sync to run it")
+    await _connected(rel)
+    try:
+        named = await name_for_comparison(rel, group.tree, path)
+    except FileNotFoundError:
+        raise Refused(f"{shown_path}: no such file or directory, nor its directory, in the mount") from None
+    except OSError as exc:
+        raise Refused(f"cannot compare {shown_path}: {exc.strerror or exc}") from None
+    run = rel.request_resync("quick", reason=f"fsrep-resync --path {shown_path}")
+    return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit,
+                         files=named.files, bytes=named.bytes, directories=named.directories)
 
 
 async def _discard(rel: Relationship, req: ResyncRequest, group_dir: Path) -> ResyncStarted:

@@ -11,6 +11,7 @@ tracking and makes the next declaration a full baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -19,6 +20,7 @@ from collections import Counter
 
 import tracking
 
+from ._compare_path import whole_marks
 from ._config import ConfigError, GroupRecord, GroupStore
 from ._groups import Group, Groups
 from ._tree import RESERVED, Tree
@@ -101,26 +103,13 @@ def joined(owner: Group, path: str) -> None:
     if owner.rel.dirty.everything:
         return
     rel = owner.relative(path.encode())
-    dirs, regions, meta = _chain(owner, rel), [], []
     try:
         top = owner.tree.lstat(rel)
     except FileNotFoundError:
         top = None
-    if top is not None and stat.S_ISDIR(top.st_mode):
-        dirs.append((top.st_ino, rel))
-        below = owner.tree.subtree(rel)
-        try:
-            for entry, st in below.walk():
-                full = rel + b"/" + entry
-                if stat.S_ISDIR(st.st_mode):
-                    dirs.append((st.st_ino, full))
-                    continue
-                meta.append((st.st_ino, full))
-                if stat.S_ISREG(st.st_mode) and st.st_size:
-                    regions.append((st.st_ino, full, 0, st.st_size))
-        finally:
-            below.close()
-    owner.rel.mark_dirty(tracking.Marks(regions=tuple(regions), meta=tuple(meta), dirs=tuple(dirs)),
+    below = owner.tree.walk(rel) if top is not None and stat.S_ISDIR(top.st_mode) else ()
+    subtree = whole_marks([] if top is None else [(rel, top), *below])
+    owner.rel.mark_dirty(dataclasses.replace(subtree, dirs=(*_chain(owner, rel), *subtree.dirs)),
                          f"group /{path} was retired; its subtree joined this group")
 
 

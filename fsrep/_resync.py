@@ -401,6 +401,7 @@ class QuickResync:
             self._replay_clone(src, path, st, marks)
             return
         send(creation(self.tree, path, st))
+        self.stream.to_compare.pop(st.st_ino, None)  # new there: nothing to compare it with, it is copied
         if stat.S_ISDIR(mode):
             self._mark_dir(st.st_ino, path)
         elif stat.S_ISREG(mode) and st.st_size:

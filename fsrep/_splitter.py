@@ -194,12 +194,18 @@ class Relationship:
                 stale mark cannot be saved.
         """
         self._refuse_if_strict(f": {reason}")
-        self.mark_stale(reason)
-        if self.state is R.IN_SYNC:
-            self.set_state(R.OUT_OF_SYNC, reason)
+        self.leave_sync(reason)
         self._apply_local(apply, marks)
         if self.link.conn is not None and self.state is R.OUT_OF_SYNC and self.scheduler.hook is not None:
             self.request_resync("quick", reason=reason)
+
+    def leave_sync(self, reason: str) -> None:
+        """From now on clients' changes stay local and dirty until a resync
+        (the stale mark durable first): for a difference this side learns
+        of outside the write path. Never checkpoints."""
+        self.mark_stale(reason)
+        if self.state is R.IN_SYNC:
+            self.set_state(R.OUT_OF_SYNC, reason)
 
     def _refuse_if_strict(self, why: str) -> None:
         if self.record.policy == "strict":

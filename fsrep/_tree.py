@@ -240,11 +240,11 @@ class Tree:
         """Whether *path* is, or is below, a hidden root."""
         return any(path == h or path.startswith(h + b"/") for h in self.hidden)
 
-    def walk(self) -> Iterator[tuple[bytes, os.stat_result]]:
-        """Every entry under the root (not the root itself) with its lstat:
-        a directory before its children, names in order within a directory.
-        Entries that vanish meanwhile are skipped."""
-        pending = [b""]
+    def walk(self, top: bytes = b"") -> Iterator[tuple[bytes, os.stat_result]]:
+        """Every entry under directory *top* (the root by default; not *top*
+        itself) with its lstat: a directory before its children, names in
+        order within a directory. Entries that vanish meanwhile are skipped."""
+        pending = [top]
         while pending:
             parent = pending.pop()
             try:

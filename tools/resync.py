@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Start or join a resync of a consistency group and show its progress.",
         epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
                "  fsrep-resync /mnt/data --json\n\n"
-               "  fsrep-resync /mnt/data --mode snapshot --snapshot before-upgrade\n\n"
+               "  fsrep-resync /mnt/data --mode snapshot --snapshot before-upgrade\n"
+               "  fsrep-resync /mnt/data --path /mnt/data/vms/vm2.img\n\n"
                "modes: quick copies the regions tracking marked dirty; snapshot copies what changed on\n"
                "either side since a common pseudo snapshot (the newest, or --snapshot NAME); checksum\n"
                "compares every region by xxh3 digest and copies those that differ; full re-copies\n"
@@ -66,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--discard", choices=("primary", "secondary"),
                         help="resolve a split brain by giving up this side: its changes since the newest snapshot "
                              "both sides took are copied to that side's .fsrep/divergent/ first, then overwritten")
+    parser.add_argument("--path", metavar="PATH",
+                        help="compare this file or directory (in the mount: absolute, or relative to MOUNTPOINT) with "
+                             "the replica now and send only what differs — after it was changed outside the mount, "
+                             "e.g. cloned in the store with cp --reflink")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
 
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--snapshot goes with --mode snapshot")
     if args.discard is not None and (args.mode != "quick" or args.snapshot is not None):
         parser.error("--discard chooses the mode and the snapshot itself")
+    if args.path is not None and (args.group is not None or args.mode != "quick" or args.snapshot or args.discard):
+        parser.error("--path finds its group itself and compares by digest: no --group, --mode, --snapshot or "
+                     "--discard with it")
     try:
         result = run(args)
     except (ControlError, ResyncFailed) as exc:
@@ -98,6 +107,9 @@ def _say_after(outcome: dict[str, Any]) -> None:
     if outcome.get("kept"):
         side = outcome.get("kept_side") or "secondary"
         print(f"the {side}'s side of the split brain is kept on the {side} in {outcome['kept']}")
+    if outcome.get("bytes_checked") and outcome.get("mode") == "quick":  # a --path run, or replayed clones
+        print(f"group {outcome['group']}: {outcome['bytes_checked']} B compared by digest, "
+              f"{outcome['bytes_mismatched']} B differed; {outcome['bytes_copied']} B sent")
     if outcome.get("clones_replayed"):
         print(f"group {outcome['group']}: {outcome['clones_replayed']} files cloned while out of sync were cloned "
               f"on the secondary too ({outcome['bytes_replayed_as_clones']} B), then compared by digest")
@@ -107,6 +119,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Resync the group named, or every group; the outcome of one group, or
     ``{"groups": [...]}`` for several."""
     meta, status = daemon_for(args.mountpoint)
+    if args.path is not None:
+        path = mount_relative(status.mountpoint, args.path)
+        started = call(meta, ResyncRequest(path=path, rate_limit=int(args.rate_limit)))
+        if not args.json:
+            print(f"group {started.group}: /{path} is compared with the replica: {started.files} files "
+                  f"({started.bytes} B) by digest, {started.directories} directories by their entries", flush=True)
+        return _follow(meta, started, args)
     names = [args.group] if args.group is not None else [group.id for group in status.groups]
     started, outcomes, failures = [], [], []
     for name in names:  # start them all first: groups resync side by side
@@ -123,6 +142,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if failures:
         raise ResyncFailed("; ".join(failures))
     return outcomes[0] if len(outcomes) == 1 else {"groups": outcomes}
+
+
+def mount_relative(mountpoint: str, path: str) -> str:
+    """*path* (absolute, or relative to *mountpoint*) relative to the
+    mount's root; its last component is not followed if a symlink.
+
+    Raises:
+        ResyncFailed: it is not in the mount.
+    """
+    root = os.path.realpath(mountpoint)
+    full = os.path.normpath(os.path.join(root, path))
+    parent, name = os.path.split(full)
+    resolved = os.path.join(os.path.realpath(parent), name) if name else os.path.realpath(parent)
+    relative = os.path.relpath(resolved, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise ResyncFailed(f"{path} is not in the mount {mountpoint}")
+    return "" if relative == os.curdir else relative
 
 
 def _follow(meta: Path, started: ResyncStarted, args: argparse.Namespace) -> dict[str, Any]:
