@@ -165,12 +165,15 @@ class ResyncRequest(Request[ResyncStarted]):
     snapshot: str | None = None  # mode snapshot: from this one, not the newest common snapshot
     discard: str | None = None  # split brain: the side given up ("primary" or "secondary"); the daemon picks the mode
     path: str | None = None  # compare this file or directory (relative to the mount root) with the replica
+    restore: bool = False  # with path: first make that file here as the replica holds it
 
     def __post_init__(self) -> None:
         if self.path is not None:
             if self.group is not None or self.mode != "quick" or self.snapshot or self.discard:
                 raise BadRequest("a path is compared on its own: with no group, mode, snapshot or discard")
             check_mount_path(self.path)
+        if self.restore and not self.path:
+            raise BadRequest("restore names the file it restores: a path, not the group's root")
         if self.discard is not None and (self.discard not in DISCARDS or self.mode != "quick" or self.snapshot):
             raise BadRequest(f"discard is {' or '.join(DISCARDS)}, with no mode or snapshot of its own, not "
                              f"{shown(self.discard)}")
@@ -368,8 +371,15 @@ async def _compare_path(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
         raise Refused(f"group {rel.record.id} uses policy strict: while {shown_path} is compared, changes to it "
                       f"would fail with EIO — remount with --policy sync to run it")
     await _connected(rel)
+    if req.restore:
+        try:
+            run = rel.request_resync("quick", reason=f"fsrep-resync --path {shown_path} --from secondary",
+                                     restore=path, restore_into=str(daemon.mountpoint / rel.record.path))
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        return ResyncStarted(group=rel.record.id, run=run.id, mode=run.mode, rate_limit=run.rate_limit, files=1)
     try:
-        named = await name_for_comparison(rel, group.tree, path)
+        named = await name_for_comparison(rel.stream, group.tree, path)
     except FileNotFoundError:
         raise Refused(f"{shown_path}: no such file or directory, nor its directory, in the mount") from None
     except OSError as exc:

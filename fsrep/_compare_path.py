@@ -38,7 +38,7 @@ import trio
 import tracking
 
 if TYPE_CHECKING:
-    from ._splitter import Relationship
+    from ._stream import ResyncStream
     from ._tree import Tree
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def whole_marks(entries: Iterable[tuple[bytes, os.stat_result]]) -> tracking.Mar
     return tracking.Marks(regions=tuple(regions), meta=tuple(meta), dirs=tuple(dirs))
 
 
-async def name_for_comparison(rel: Relationship, tree: Tree, path: bytes) -> Named:
+async def name_for_comparison(stream: ResyncStream, tree: Tree, path: bytes) -> Named:
     """Mark *path* (relative to the group) and everything below it for a
     comparison with the replica, and queue its regular files for a settling
     comparison by digest. A *path* that is gone here marks its directory
@@ -85,28 +85,28 @@ async def name_for_comparison(rel: Relationship, tree: Tree, path: bytes) -> Nam
         top = None
     above = [] if not path else [(parent, tree.lstat(parent))]  # the entry itself may be new, or gone, there
     reason = f"fsrep-resync --path /{os.fsdecode(path)}: compared with the replica"
-    rel.leave_sync(reason)
-    rel.ledger.dirty_apply(whole_marks(above))
+    stream.leave_sync(reason)
+    stream.dirty.apply(whole_marks(above))
     named = Named(0, 0, len(above))
     batch: list[tuple[bytes, os.stat_result]] = [] if top is None else [(path, top)]
     entries = iter(tree.walk(path)) if top is not None and stat.S_ISDIR(top.st_mode) else iter(())
     while batch:
-        named = _mark(rel, batch, named)
+        named = _mark(stream, batch, named)
         await trio.lowlevel.checkpoint()
         batch = [entry for _, entry in zip(range(ENTRIES_PER_STEP), entries, strict=False)]
-    rel.ledger.save_dirty()
+    stream.save_dirty()
     log.info("group %s: /%s is compared with the replica: %d files (%d bytes) by digest, %d directories by their "
-             "entries", rel.record.id, os.fsdecode(path), named.files, named.bytes, named.directories)
+             "entries", stream.record.id, os.fsdecode(path), named.files, named.bytes, named.directories)
     return named
 
 
-def _mark(rel: Relationship, batch: list[tuple[bytes, os.stat_result]], named: Named) -> Named:
+def _mark(stream: ResyncStream, batch: list[tuple[bytes, os.stat_result]], named: Named) -> Named:
     """One step: mark *batch* and queue its regular files for comparison."""
-    rel.ledger.dirty_apply(whole_marks(batch))
+    stream.dirty.apply(whole_marks(batch))
     files = size = dirs = 0
     for entry, st in batch:
         if stat.S_ISREG(st.st_mode):
-            rel.stream.to_compare[st.st_ino] = entry
+            stream.to_compare[st.st_ino] = entry
             files += 1
             size += st.st_size
         dirs += stat.S_ISDIR(st.st_mode)

@@ -8,6 +8,7 @@ ETA and the rate limit is unit-tested without a link or a filesystem.
 from __future__ import annotations
 
 import collections
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -85,6 +86,9 @@ class ResyncRun:
     kept: str = ""  # where the side given up was copied, once it was
     kept_side: str = ""  # "primary" or "secondary"
     pulled: bool = False  # the primary's side given up: the secondary's is taken (the run then sends it back)
+    restore: bytes = b""  # --path --from secondary: the file made here as the replica holds it, first
+    restore_into: str = ""  # ... the group's directory in the mount, where it is made
+    restored: bool = False  # ... once it was
     _done_at_start: int = 0
     _allowance: float = 0.0
     _allowance_at: float = 0.0
@@ -217,6 +221,7 @@ class ResyncRun:
             snapshot=self.basis,
             kept=self.kept,
             kept_side=self.kept_side,
+            restored="/" + os.fsdecode(self.restore) if self.restored else "",
         )
 
     def _eta(self, remaining: int, rate: float, dirs_left: int, now: float) -> float | None:

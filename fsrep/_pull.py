@@ -83,7 +83,7 @@ async def pull(stream: ResyncStream, tree: Tree, run: ResyncRun, sid: tracking.S
         run.kept, run.kept_side = str(into), "primary"
         log.warning("group %s: split brain resolved by giving up the primary's side: its %d entries (%d bytes of "
                     "data) changed since %s are kept on the primary in %s", record.id, entries, data, sid, into)
-    puller = _Puller(stream, Path(run.pull_into))
+    puller = Puller(stream, Path(run.pull_into))
     try:
         for change in union.walk():
             await puller.path(change)
@@ -104,7 +104,7 @@ def _names(tree: Tree, path: bytes) -> list[bytes]:
         return []
 
 
-class _Puller:
+class Puller:
     """Makes paths of the mount as the replica holds them."""
 
     def __init__(self, stream: ResyncStream, root: Path) -> None:

@@ -57,6 +57,7 @@ from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._from_snapshot import based_on_snapshot
 from ._fullsync import full_resync
 from ._progress import ResyncRun
+from ._restore import restore
 from ._sparse import next_data
 from ._stream import ResyncStream
 from ._tree import Tree
@@ -79,6 +80,8 @@ async def resync(stream: ResyncStream, tree: Tree, locate: Callable[[int], bytes
     Raises:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
+    if run.restore and not run.restored:
+        await restore(stream, tree, run)
     if run.mode == "full" and not stream.dirty.everything:
         stream.mark_everything_dirty(f"full resync requested ({run.reason})")
     if (stream.dirty.everything or run.mode == "snapshot") and run.mode in ("quick", "snapshot") and not run.based:

@@ -50,7 +50,8 @@ class ResyncScheduler:
     # --- steps ---------------------------------------------------------------------
 
     def request(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
-                snapshot: str = "", keep_divergent: bool = False, pull_into: str = "") -> ResyncRun:
+                snapshot: str = "", keep_divergent: bool = False, pull_into: str = "", restore: bytes = b"",
+                restore_into: str = "") -> ResyncRun:
         """Start a resync, or join the one running or queued (raising its
         mode to *mode* if that does more). Returns the run that will do it.
         *snapshot*: mode snapshot from that snapshot, not the newest common one.
@@ -58,9 +59,13 @@ class ResyncScheduler:
         its changes since *snapshot* copied out of the replica first.
         *pull_into*: its primary side is given up (kept here first), the
         secondary's taken through the group's directory in the mount.
+        *restore*: the file at that path is first made, through *restore_into*
+        (the group's directory in the mount), as the replica holds it — in
+        a run not yet begun: never one that runs.
 
         Raises:
-            ValueError: the group is SplitBrain and *mode* is not full.
+            ValueError: the group is SplitBrain and *mode* is not full, or
+                another restore is queued.
         """
         rel = self._rel
         discarding = keep_divergent or bool(pull_into)
@@ -72,13 +77,19 @@ class ResyncScheduler:
         running = self.run if self.run is not None and self.run.running else None
         if running is not None and rel.state is not R.RESYNCING:
             running = None  # its work is done (it is only being wound up) or not begun: queue another
-        if running is not None and stronger(running.mode, mode) == running.mode and self.queued is None:
+        if running is not None and stronger(running.mode, mode) == running.mode and self.queued is None \
+                and not restore:
             if rate_limit:
                 running.rate_limit = clamp_rate(rate_limit)
             return running
         if self.queued is not None and discarding:
             self.finish(self.queued, "superseded: the operator gives up a side of the split brain")
             self.queued = None
+        if self.queued is not None and restore:
+            if self.queued.restore not in (b"", restore):
+                raise ValueError(f"a restore of /{self.queued.restore.decode(errors='replace')} from the secondary "
+                                 f"is queued already; run this again when it is done")
+            self.queued.restore, self.queued.restore_into = restore, restore_into
         if self.queued is not None:
             self.queued.mode = stronger(self.queued.mode, mode)
             self.queued.rate_limit = clamp_rate(rate_limit or self.queued.rate_limit)
@@ -86,8 +97,9 @@ class ResyncScheduler:
             return self.queued
         self._ids += 1
         run = ResyncRun(self._ids, mode, reason, rate_limit, queued_at=now, routine=routine, basis=snapshot,
-                        keep_divergent=keep_divergent, pull_into=pull_into)
-        if mode == "quick" and rel.state is R.IN_SYNC and not rel.dirty:
+                        keep_divergent=keep_divergent, pull_into=pull_into, restore=restore,
+                        restore_into=restore_into)
+        if mode == "quick" and rel.state is R.IN_SYNC and not rel.dirty and not restore:
             run.start(now)
             self.finish(run, "InSync")
             self.run = run

@@ -352,9 +352,11 @@ class Relationship:
         await self.link.reconnect_now()
 
     def request_resync(self, mode: str, *, reason: str, rate_limit: int = 0, routine: bool = False,
-                       snapshot: str = "", keep_divergent: bool = False, pull_into: str = "") -> ResyncRun:
+                       snapshot: str = "", keep_divergent: bool = False, pull_into: str = "", restore: bytes = b"",
+                       restore_into: str = "") -> ResyncRun:
         return self.scheduler.request(mode, reason=reason, rate_limit=rate_limit, routine=routine, snapshot=snapshot,
-                                      keep_divergent=keep_divergent, pull_into=pull_into)
+                                      keep_divergent=keep_divergent, pull_into=pull_into, restore=restore,
+                                      restore_into=restore_into)
 
     async def resync_now(self, reason: str) -> None:
         await self.scheduler.resync_now(reason)

@@ -97,6 +97,7 @@ class ResyncProgress(Record):
     kept_side: str = ""  # which side that was: "primary" or "secondary"
     clones_replayed: int = 0  # files cloned while out of sync that the replica cloned too, then compared
     bytes_replayed_as_clones: int = 0  # their size: data that did not cross the link as data
+    restored: str = ""  # --path --from secondary: the file made here as the replica holds it
 
 
 @dataclass(frozen=True, slots=True)

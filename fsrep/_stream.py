@@ -61,6 +61,16 @@ class ResyncStream:
     def mark_everything_dirty(self, reason: str) -> None:
         self._rel.mark_everything_dirty(reason)
 
+    def leave_sync(self, reason: str) -> None:
+        """Clients' changes stay local and dirty from now on (see
+        ``Relationship.leave_sync``)."""
+        self._rel.leave_sync(reason)
+
+    def save_dirty(self) -> None:
+        """Save the dirty set now: marks made outside the write path."""
+        self._rel.ledger.dirty_changed = True
+        self._rel.ledger.save_dirty()
+
     def replica_matches(self) -> None:
         """A full resync copied everything while clients were held: start
         over from a clean dirty set."""

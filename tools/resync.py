@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fsrep-resync /mnt/data\n  fsrep-resync /mnt/data --mode checksum --rate-limit 50M\n"
                "  fsrep-resync /mnt/data --json\n\n"
                "  fsrep-resync /mnt/data --mode snapshot --snapshot before-upgrade\n"
-               "  fsrep-resync /mnt/data --path /mnt/data/vms/vm2.img\n\n"
+               "  fsrep-resync /mnt/data --path /mnt/data/vms/vm2.img\n"
+               "  fsrep-resync /mnt/data --path vms/vm2.img --from secondary\n\n"
                "modes: quick copies the regions tracking marked dirty; snapshot copies what changed on\n"
                "either side since a common pseudo snapshot (the newest, or --snapshot NAME); checksum\n"
                "compares every region by xxh3 digest and copies those that differ; full re-copies\n"
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="compare this file or directory (in the mount: absolute, or relative to MOUNTPOINT) with "
                              "the replica now and send only what differs — after it was changed outside the mount, "
                              "e.g. cloned in the store with cp --reflink")
+    parser.add_argument("--from", dest="source", choices=("secondary",),
+                        help="with --path FILE: restore that file from the secondary (this side's copy, if any, is "
+                             "kept in STORE/.fsrep/divergent/ first)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
 
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.path is not None and (args.group is not None or args.mode != "quick" or args.snapshot or args.discard):
         parser.error("--path finds its group itself and compares by digest: no --group, --mode, --snapshot or "
                      "--discard with it")
+    if args.source is not None and args.path is None:
+        parser.error("--from secondary restores the file named by --path")
     try:
         result = run(args)
     except (ControlError, ResyncFailed) as exc:
@@ -104,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say_after(outcome: dict[str, Any]) -> None:
     """What an operator should know of a run that ended well."""
-    if outcome.get("kept"):
+    if outcome.get("restored"):
+        kept = f"; this side's copy was kept in {outcome['kept']}" if outcome.get("kept") else ""
+        print(f"{outcome['restored']} was restored from the secondary{kept}")
+    elif outcome.get("kept"):
         side = outcome.get("kept_side") or "secondary"
         print(f"the {side}'s side of the split brain is kept on the {side} in {outcome['kept']}")
     if outcome.get("bytes_checked") and outcome.get("mode") == "quick":  # a --path run, or replayed clones
@@ -121,8 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta, status = daemon_for(args.mountpoint)
     if args.path is not None:
         path = mount_relative(status.mountpoint, args.path)
-        started = call(meta, ResyncRequest(path=path, rate_limit=int(args.rate_limit)))
-        if not args.json:
+        started = call(meta, ResyncRequest(path=path, rate_limit=int(args.rate_limit), restore=bool(args.source)))
+        if args.source and not args.json:
+            print(f"group {started.group}: /{path} is restored from the secondary (run {started.run})", flush=True)
+        elif not args.json:
             print(f"group {started.group}: /{path} is compared with the replica: {started.files} files "
                   f"({started.bytes} B) by digest, {started.directories} directories by their entries", flush=True)
         return _follow(meta, started, args)

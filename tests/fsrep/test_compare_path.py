@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Cluster, assert_same_tree, fsrep_resync, run_fsrep, write_random
 
 KiB = 1024
@@ -116,3 +118,54 @@ def test_path_refuses_what_it_cannot_compare_in_one_line(mounted: Cluster, tmp_p
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stderr
     assert mounted.status()["state"] == "InSync"
+
+
+def test_a_file_damaged_here_is_restored_from_the_secondary(proxied: Cluster) -> None:
+    proxied.mount()
+    m, store = proxied.mnt, proxied.primary_store
+    (m / "vms").mkdir()
+    write_random(m / "vms" / "disk.img", 4)
+    good = (m / "vms" / "disk.img").read_bytes()
+    os.chmod(m / "vms" / "disk.img", 0o640)
+    (m / "lost.txt").write_bytes(b"only on the replica soon")
+    proxied.wait_state("InSync")
+    _rewrite(store / "vms" / "disk.img", 1 * MiB, b"\0" * (128 * KiB))  # damaged in the store, unseen by fsrep
+    os.unlink(store / "lost.txt")
+    proxied.proxy.reset_counters()
+    for name in ("vms/disk.img", "lost.txt"):
+        done = fsrep_resync(str(m), "--path", name, "--from", "secondary")
+        assert done.returncode == 0, done.stderr
+        assert f"/{name} was restored from the secondary" in done.stdout, done.stdout
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried < 1 * MiB, f"{carried} bytes crossed to the secondary: the restored data was sent back"
+    assert (m / "vms" / "disk.img").read_bytes() == good  # through the mount: no stale page survived
+    assert (m / "lost.txt").read_bytes() == b"only on the replica soon"
+    assert os.stat(m / "vms" / "disk.img").st_mode & 0o777 == 0o640
+    kept = list((store / ".fsrep" / "divergent").glob("*/*/vms/disk.img"))
+    assert len(kept) == 1, kept
+    assert kept[0].read_bytes()[1 * MiB:1 * MiB + 128 * KiB] == b"\0" * (128 * KiB), "the damaged copy was not kept"
+    status = proxied.status()
+    assert (status["state"], status["dirty_bytes"]) == ("InSync", 0), status
+    proxied.umount()
+    assert_same_tree(store, proxied.secondary.replica_root())
+
+
+@pytest.mark.expect_log("resync refused: ")
+def test_a_restore_refuses_what_it_cannot_restore_in_one_line(mounted: Cluster) -> None:
+    m = mounted.mnt
+    (m / "d").mkdir()
+    (m / "here-only").write_bytes(b"x")
+    mounted.wait_state("InSync")
+    os.unlink(mounted.secondary.replica_root() / "here-only")
+    cases = [
+        (["--path", "here-only", "--from", "secondary"], "the secondary holds no /here-only; nothing was changed"),
+        (["--path", "d", "--from", "secondary"], "/d is a directory there"),
+        (["--from", "secondary"], "--from secondary restores the file named by --path"),
+    ]
+    for extra, expected in cases:
+        done = fsrep_resync(str(m), *extra)
+        assert done.returncode != 0, (extra, done.stdout)
+        assert expected in done.stderr, (extra, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert (m / "here-only").read_bytes() == b"x"
+    assert mounted.status()["state"] == "InSync", "a refused restore left the group"

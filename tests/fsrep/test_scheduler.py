@@ -46,6 +46,22 @@ async def test_requests_join_the_queued_run_and_raise_its_mode(tmp_path: Path) -
     assert first.mode == "checksum"
 
 
+async def test_a_restore_never_joins_a_running_run_and_one_restore_is_queued_at_a_time(tmp_path: Path) -> None:
+    rel = _relationship(tmp_path, R.IN_SYNC)
+    scheduler = rel.scheduler
+    restoring = scheduler.request("quick", reason="restore", restore=b"a/f", restore_into="/mnt")
+    assert not restoring.finished, "a restore of an InSync group ended at once"
+    assert scheduler.take() is restoring
+    rel.state = R.RESYNCING
+    second = scheduler.request("quick", reason="another", restore=b"g", restore_into="/mnt")
+    assert second is not restoring, "a restore joined a run that had begun"
+    assert (second.restore, second.restore_into) == (b"g", "/mnt")
+    assert scheduler.request("checksum", reason="joins") is second
+    with pytest.raises(ValueError, match="a restore of /g from the secondary is queued already"):
+        scheduler.request("quick", reason="a third", restore=b"h", restore_into="/mnt")
+    assert scheduler.request("quick", reason="the same", restore=b"g", restore_into="/mnt") is second
+
+
 async def test_take_starts_the_queued_run_once(tmp_path: Path) -> None:
     scheduler = _relationship(tmp_path).scheduler
     run = scheduler.request("quick", reason="a")
