@@ -55,6 +55,7 @@ import transport as tp
 
 from . import _replica_snapshots as replica_snapshots
 from ._pipeline import Position
+from ._reserved import is_staged
 from ._sparse import clone_data, proc_path, punch, pwrite_all, renameat2, set_mtime
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
     if kind is _Q:
         answer: tp.Frame = row.handler(replica, op)
         return answer
+    if kind is _M and is_staged(getattr(op, "path", b"")):
+        _change(replica.tree, op, row.handler)  # a clone backup staged outside the tree: no undo, no snapshot record
+        return None
     replica.before_apply(op)  # the seam: see the module docstring
     if kind is _M:
         if row.marks is not None:

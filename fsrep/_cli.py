@@ -31,6 +31,7 @@ from ._args import (
     UNDO_LIMIT,
     Parser,
 )
+from ._clone_backups import check_backup_dir
 from ._commands import StatusRequest
 from ._config import (
     POLICIES,
@@ -128,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="semi-sync and async: how much may be unacknowledged before changes wait (default 64M)")
     p.add_argument("--async-interval", type=ASYNC_INTERVAL, default=Timeouts().async_interval, metavar="SECONDS",
                    help=f"async: how often changes are shipped (default {Timeouts().async_interval:g})")
+    p.add_argument("--clone-backup", metavar="DIR",
+                   help="keep files cloned while a group is out of sync as reflinks in DIR (on the store's file "
+                        "system), so the resync replays the clones from them even if their sources changed")
     p.add_argument("--foreground", action="store_true", help="stay attached (logs on stderr)")
     p.add_argument("--writeback-cache", action="store_true",
                    help="let the kernel buffer writes (write() returns before replication; "
@@ -225,7 +229,9 @@ def _mount_options(args: argparse.Namespace) -> Any:
     _check_apart(store, mountpoint)
     key = read_key(args.key_file)
     tls = tls_context(declared_tls(args.config, args.tls_cert, args.tls_key, args.tls_ca), server=False)
-    return MountOptions(store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
+    backups = None if args.clone_backup is None else str(check_backup_dir(args.clone_backup, store, mountpoint))
+    return MountOptions(clone_backup=backups,
+                        store=args.store, mountpoint=args.mountpoint, secondary=specs[0].secondary, key=key,
                         tls=tls,
                         policy=specs[0].policy, groups=tuple(specs), retire=retire,
                         writeback_cache=args.writeback_cache,

@@ -317,7 +317,9 @@ class Operations(pyfuse3.Operations):
         if inherited:
             rel.ledger.dirty_apply(marks_of(inherited))
         if pending is None:  # a resync replays it as a clone, then compares it by digest
-            rel.dirty.mark_clone(made.st_ino, rel_new, rel_src)
+            backups = rel.clone_backups  # keeps what the source holds now (its copy's content), named for it
+            backup = backups.keep(group.tree, rel_src, group.tree.lstat(rel_src)) if backups is not None else ""
+            rel.dirty.mark_clone(made.st_ino, rel_new, rel_src, backup)
         rel.bytes_cloned += made.st_size
         await rel.wait(pending)
         with contextlib.suppress(OSError):  # a name the kernel looked up before it existed

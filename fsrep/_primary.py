@@ -22,6 +22,7 @@ import tracking
 import transport as tp
 
 from . import _declare as declare
+from ._clone_backups import CloneBackups
 from ._commands import Daemon, dispatch
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
@@ -56,6 +57,7 @@ class MountOptions:
     retire: tuple[str, ...] = ()  # paths of groups the store knows that are to be retired
     snapshot_interval: float = SNAPSHOT_INTERVAL  # seconds between scheduled snapshots; 0: none
     snapshot_keep: int = SNAPSHOT_KEEP  # scheduled snapshots kept
+    clone_backup: str | None = None  # where clones made while out of sync are kept (``_clone_backups``)
 
     @property
     def specs(self) -> tuple[GroupSpec, ...]:
@@ -150,6 +152,10 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         rel.lag_budget = opts.lag_budget
         rel.snapshots.interval, rel.snapshots.keep = opts.snapshot_interval, opts.snapshot_keep
         _tracking_state(rel, groups, baseline)
+        if opts.clone_backup is not None:
+            rel.clone_backups = CloneBackups(Path(opts.clone_backup) / record.id)
+            tree.stage_in(rel.clone_backups.dir)
+            rel.clone_backups.prune(rel.dirty.clone_backups())
         opened.append(Group(rel, tree, spec.path.encode()))
     mount = Groups(opened)
     declare.retire(groups, records, mount, opts.retire)

@@ -57,6 +57,7 @@ from ._copying import MAX_IN_FLIGHT, attributes, creation, xattrs
 from ._from_snapshot import based_on_snapshot
 from ._fullsync import full_resync
 from ._progress import ResyncRun
+from ._reserved import is_staged, staged
 from ._restore import restore
 from ._sparse import next_data
 from ._stream import ResyncStream
@@ -146,6 +147,7 @@ class QuickResync:
         self._dirs_seen = 0  # DirtySet.dirs_added when the queue last held every dirty directory
         self._seen_files: dict[int, tuple[bytes, int, int]] = {}  # checksum mode: the files to compare
         self._contended: dict[int, int] = {}  # directory inode -> its comparisons a client's change cut short
+        self._staged: dict[str, tuple[int, bytes]] = {}  # clone backups the replica holds now: name -> (inode, path)
 
     async def run(self) -> None:
         stream = self.stream
@@ -157,6 +159,7 @@ class QuickResync:
                  self.progress.mode, len(self.dirty.dirs()), len(self.dirty.files()), self.dirty.dirty_bytes)
         stream.begin_resync(f"{self.progress.mode} resync: {self.progress.reason}")
         self.started = trio.current_time()
+        await self._stage_backups()
         while True:
             await trio.lowlevel.checkpoint()  # a pass that finds nothing to wait for still lets clients in
             if self.dirty.dir_count:
@@ -169,8 +172,12 @@ class QuickResync:
                 self.dirty.clean_everything()  # every file was compared: what differs is marked
             elif self.dirty.files():
                 await self._files()
+            elif self._staged:
+                self._unstage()
             elif await stream.finish_resync():
                 break
+        if stream.clone_backups is not None:
+            stream.clone_backups.prune(self.dirty.clone_backups())
         stream.ran(self.bytes_sent, trio.current_time() - self.started)
         say("group %s: %s resync complete: %d bytes of data in %.1fs%s", stream.record.id, self.progress.mode,
                  self.bytes_sent, trio.current_time() - self.started,
@@ -399,9 +406,10 @@ class QuickResync:
             reason = f"a hard link ({path!r}) changed while out of sync"
             self.dirty.mark_everything(reason)
             raise tp.LinkDown(reason)
-        src = self.dirty.take_clone(st.st_ino) if stat.S_ISREG(mode) else None
-        if src is not None and st.st_size:
-            self._replay_clone(src, path, st, marks)
+        cloned = self.dirty.take_clone(st.st_ino) if stat.S_ISREG(mode) else None
+        if cloned is not None and st.st_size:
+            staged = self._staged.get(cloned.backup)
+            self._replay_clone(cloned.src if staged is None else staged[1], path, st, marks)
             return
         send(creation(self.tree, path, st))
         self.stream.to_compare.pop(st.st_ino, None)  # new there: nothing to compare it with, it is copied
@@ -426,6 +434,46 @@ class QuickResync:
         log.info("group %s: %r, cloned from %r while out of sync, is cloned on the replica from its %r and "
                  "compared by digest: only what differs is sent", self.stream.record.id, path, src, src)
 
+    # --- clone backups (``_clone_backups``) --------------------------------------------
+
+    async def _stage_backups(self) -> None:
+        """Before anything else of the run: put each clone backup the clone
+        records name on the replica, cloned there from its copy of the
+        source (still as the last sync left it), compared by digest and
+        what differs sent — so the clones are replayed from it. Staged
+        backups a run cut short left dirty are forgotten first: the replica
+        emptied its staging directory at this run's ResyncBegin."""
+        for ino in self.dirty.files():
+            if is_staged(self.dirty.hint(ino) or b""):
+                self.dirty.forget_file(ino)
+        backups = self.dirty.clone_backups()
+        if not backups or self.tree.staging_fd is None:
+            return
+        marks = tracking.Marks()  # lost with the link: the next run stages it again
+        for name, src in sorted(backups.items()):
+            path = staged(name)
+            try:
+                st = self.tree.lstat(path)
+            except OSError:
+                continue  # lost here (made before a crash): its clones are replayed from their sources
+            self.stream.send(lambda seq, src=src, path=path, st=st: tp.Clone(
+                seq=seq, src=src, path=path, mode=0o600, uid=st.st_uid, gid=st.st_gid, flags=tp.CLONE_REPLAY), marks)
+            self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, max(st.st_size, 1)))
+            self.dirty.mark_meta(st.st_ino, path)
+            self._staged[name] = (st.st_ino, path)
+        verification = Verification(self.stream, self.tree, self.progress, settle=True)
+        for ino, path in self._staged.values():
+            await verification.run([(path, ino, self.tree.lstat(path).st_size)])
+            await self._file(ino, namespace_first=False)
+        log.info("group %s: %d clone backups staged on the replica; the clones made while out of sync are replayed "
+                 "from them", self.stream.record.id, len(self._staged))
+
+    def _unstage(self) -> None:
+        """The clones are replayed: the replica's staged backups go."""
+        for _, path in self._staged.values():
+            self.stream.send(lambda seq, path=path: tp.Remove(seq=seq, path=path))
+        self._staged.clear()
+
     async def _compare_queued(self) -> None:
         """Compare the queued files (``ResyncStream.to_compare``) by digest,
         settling: what is equal is clean, what differs stays dirty for the
@@ -449,7 +497,7 @@ class QuickResync:
             await self._file(ino)
             await trio.lowlevel.checkpoint()  # many small files: clients and acks get their turn
 
-    async def _file(self, ino: int) -> None:
+    async def _file(self, ino: int, *, namespace_first: bool = True) -> None:
         cursor = 0
         known = None  # the stretch of data last found: kept from step to step (see _copy)
         while next(self.dirty.ranges(ino, cursor), None) is not None:
@@ -461,7 +509,7 @@ class QuickResync:
             pause = self.progress.pause_for(copied, trio.current_time())
             if pause:
                 await trio.sleep(pause)
-            if self.dirty.dir_count:
+            if self.dirty.dir_count and namespace_first:
                 return  # namespace first: a file's directory may have gone dirty again
             if not more:
                 break

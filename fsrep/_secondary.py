@@ -64,6 +64,7 @@ from . import _failover as failover
 from . import _replica_snapshots as replica_snapshots
 from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
+from ._clone_backups import empty
 from ._commands import dispatch
 from ._config import META_DIR, ConfigError, Reserve
 from ._control import serve_control
@@ -139,6 +140,7 @@ class Replica:
     replaced: bool = False  # its directory was replaced: nothing more of it is saved
     answering: tuple[str, tracking.PathChanges] | None = None  # what a paged SnapshotChanges answer reads
     undo: UndoLog | None = None  # what a resync overwrites (the daemon's replicas have one)
+    staging: Path | None = None  # where the primary stages clone backups for a resync (``_clone_backups``)
 
     def root_replaced(self) -> bool:
         """Whether the replica's directory was removed or replaced since
@@ -163,6 +165,8 @@ class Replica:
         Raises:
             OSError: it cannot (EDQUOT: the log is full); *op* is refused.
         """
+        if isinstance(op, tp.ResyncBegin) and self.staging is not None:
+            empty(self.staging)  # each run stages its clone backups anew
         undo = self.undo
         if undo is None:
             return
@@ -301,6 +305,10 @@ class Secondary:
             chain = saved.empty()
             root.mkdir(mode=0o755, exist_ok=True)
         tree = Tree(root)
+        staging = self.store / META_DIR / "clones" / gid
+        staging.mkdir(parents=True, exist_ok=True)
+        empty(staging)
+        tree.stage_in(staging)
         undo = UndoLog(self.store / META_DIR / "undo" / gid, tree, self.undo_limit, self.space)
         if emptied:
             undo.release()  # the tree it would roll back is gone
@@ -309,7 +317,7 @@ class Secondary:
         if undo.open and undo.base is not None:
             log.info("group %s: an undo log is open since seq %s (a resync did not complete); the resync goes on",
                      gid, undo.base.get("last_seq"))
-        replica = Replica(gid, tree, state_file, last, last, saved, generations, chain, undo=undo)
+        replica = Replica(gid, tree, state_file, last, last, saved, generations, chain, undo=undo, staging=staging)
         self.replicas[gid] = replica
         return replica
 

@@ -55,6 +55,7 @@ import tracking
 import transport as tp
 
 from . import _divergence as divergence
+from ._clone_backups import CloneBackups
 from ._config import GroupRecord, GroupStore, parse_address
 from ._faults import Faults
 from ._ledger import Ledger
@@ -112,6 +113,7 @@ class Relationship:
         self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
         self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
         self.bytes_sent = 0  # file data put on the link (replicated changes and resyncs)
+        self.clone_backups: CloneBackups | None = None  # --clone-backup: clones made while out of sync kept there
 
     @property
     def dirty(self) -> tracking.DirtySet:

@@ -27,6 +27,7 @@ from ._pipeline import NO_MARKS
 from ._state import RelationshipState
 
 if TYPE_CHECKING:
+    from ._clone_backups import CloneBackups
     from ._snapshots import Snapshots
     from ._splitter import Pending, Relationship
 
@@ -117,6 +118,10 @@ class ResyncStream:
         if rel.state is R.IN_SYNC:
             rel.set_state(R.OUT_OF_SYNC, why, quiet=quiet)  # one step with the next: writes never see OutOfSync
         rel.set_state(R.RESYNCING, why, quiet=quiet)
+
+    @property
+    def clone_backups(self) -> CloneBackups | None:
+        return self._rel.clone_backups
 
     @property
     def snapshots(self) -> Snapshots:

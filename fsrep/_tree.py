@@ -49,9 +49,9 @@ import tracking
 import transport as tp
 
 from ._apply import mutate
+from ._reserved import RESERVED, STAGING
 from ._sparse import data_segments, proc_path, set_mtime, syncfs
 
-RESERVED = b".fsrep"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE = 64
 
@@ -62,6 +62,7 @@ class Tree:
                  family: list[Tree] | None = None) -> None:
         self.root = os.fspath(root)
         self.root_fd = os.open(self.root, _DIR_FLAGS)
+        self.staging_fd: int | None = None  # where STAGING/<name> lies, when set (``stage_in``)
         self.hidden = frozenset(hidden)
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
         self._files: OrderedDict[bytes, int] = OrderedDict()
@@ -74,9 +75,20 @@ class Tree:
         root = os.path.join(self.root, os.fsdecode(path)) if path else self.root
         return Tree(root, hidden=hidden, family=self._family)
 
+    def stage_in(self, directory: str | os.PathLike[str]) -> None:
+        """Let STAGING/<name> name the entry <name> of *directory*, outside
+        the tree: where a group's clone backups are kept (``_clone_backups``).
+        Nothing else under RESERVED is reachable."""
+        fd = os.open(directory, _DIR_FLAGS)
+        if self.staging_fd is not None:
+            os.close(self.staging_fd)
+        self.staging_fd = fd
+
     def close(self) -> None:
         self._forget_own()
         os.close(self.root_fd)
+        if self.staging_fd is not None:
+            os.close(self.staging_fd)
         self._family.remove(self)
 
     def sync(self) -> None:
@@ -150,6 +162,9 @@ class Tree:
         if not path:
             raise OSError(errno.EINVAL, "the group root has no parent")
         if path.partition(b"/")[0] == RESERVED:
+            parent, _, name = path.rpartition(b"/")
+            if parent == STAGING and self.staging_fd is not None:
+                return self.staging_fd, name
             raise OSError(errno.EPERM, ".fsrep is reserved for fsrep's own state")
         if self.hidden and self.is_hidden(path):
             raise OSError(errno.EXDEV, "the path belongs to another consistency group")

@@ -15,6 +15,7 @@ from ._activity import LOCAL_SEQ as LOCAL_SEQ
 from ._activity import ActivityLog as ActivityLog
 from ._dirty import DIRTY_KIND as DIRTY_KIND
 from ._dirty import UNNAMED as UNNAMED
+from ._dirty import ClonedFrom as ClonedFrom
 from ._dirty import DirtySet as DirtySet
 from ._dirty import Marks as Marks
 from ._persist import AlternatingState as AlternatingState

@@ -47,6 +47,16 @@ class Marks:
         return bool(self.regions or self.meta or self.dirs)
 
 
+@dataclass(frozen=True, slots=True)
+class ClonedFrom:
+    """Where a file cloned while out of sync came from: the source's path
+    then, and the name of the copy of it kept for the resync (its clone
+    backup; "" for none)."""
+
+    src: bytes
+    backup: str = ""
+
+
 @dataclass(slots=True)
 class _File:
     regions: RegionSet = field(default_factory=RegionSet)
@@ -63,7 +73,7 @@ class DirtySet:
         self._hints: dict[int, bytes] = {}
         self.dirs_added = 0  # directories that became dirty, ever: a resync learns of new ones without a scan
         self._dir_marks: dict[int, int] = {}  # times each dirty directory was marked: a change while it is compared
-        self._clones: dict[int, bytes] = {}  # dirty files made by a clone kept local: inode -> the source's path
+        self._clones: dict[int, ClonedFrom] = {}  # dirty files made by a clone kept local
         self.everything = False
         self.reason = ""
 
@@ -99,18 +109,29 @@ class DirtySet:
     def heads_dirty(self, ino: int) -> bool:
         return ino in self._heads
 
-    def mark_clone(self, ino: int, path: bytes, src: bytes) -> None:
+    def mark_clone(self, ino: int, path: bytes, src: bytes, backup: str = "") -> None:
         """Dirty file *ino* was made as a clone of *src* while the replica
         could not follow: a resync replays it as a clone of the replica's
-        *src* and compares the copy by digest instead of sending it whole.
-        The caller marks its regions dirty; the record goes with them."""
+        *src* (or of *backup*, the copy of it kept then, once the replica
+        holds that) and compares the copy by digest instead of sending it
+        whole. The caller marks its regions dirty; the record goes with
+        them."""
         self._file(ino, path)
-        self._clones[ino] = src
+        self._clones[ino] = ClonedFrom(src, backup)
 
-    def take_clone(self, ino: int) -> bytes | None:
-        """The source *ino* was cloned from, once: None when it was not a
-        clone kept local (or its record was taken)."""
+    def take_clone(self, ino: int) -> ClonedFrom | None:
+        """Where *ino* was cloned from, once: None when it was not a clone
+        kept local (or its record was taken)."""
         return self._clones.pop(ino, None)
+
+    def clone_backups(self) -> dict[str, bytes]:
+        """The clone backups the records name, each with the path its
+        source had (the first record's)."""
+        found: dict[str, bytes] = {}
+        for record in self._clones.values():
+            if record.backup:
+                found.setdefault(record.backup, record.src)
+        return found
 
     def mark_everything(self, reason: str) -> None:
         """Tracking cannot say what differs: the whole tree must be compared."""
@@ -272,7 +293,8 @@ class DirtySet:
             "dirs": sorted(self._dirs),
             "heads": sorted(self._heads),
             "hints": {str(ino): path.hex() for ino, path in self._hints.items()},
-            "clones": {str(ino): src.hex() for ino, src in self._clones.items()},
+            "clones": {str(ino): [c.src.hex(), c.backup] if c.backup else c.src.hex()
+                       for ino, c in self._clones.items()},
         }
 
     @classmethod
@@ -296,8 +318,19 @@ class DirtySet:
             dirty._dirs = {int(ino) for ino in payload["dirs"]}
             dirty._heads = {int(ino) for ino in payload.get("heads", [])} & dirty._dirs
             dirty._hints = {int(ino): bytes.fromhex(path) for ino, path in payload["hints"].items()}
-            dirty._clones = {int(ino): bytes.fromhex(src) for ino, src in payload.get("clones", {}).items()
+            dirty._clones = {int(ino): _cloned_from(record) for ino, record in payload.get("clones", {}).items()
                              if int(ino) in dirty._files}
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a dirty set: {exc!r}") from None
         return dirty
+
+
+def _cloned_from(record: Any) -> ClonedFrom:
+    """A clone record as saved: the source's path in hex, or [that, the
+    backup's name]."""
+    if isinstance(record, str):
+        return ClonedFrom(bytes.fromhex(record))
+    src, backup = record
+    if not isinstance(backup, str):
+        raise ValueError(f"a clone backup's name is a string, not {backup!r}")
+    return ClonedFrom(bytes.fromhex(src), backup)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, write_random
+from tests.conftest import LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, wait_for, write_random
 from tests.fsrep.test_groups import assert_group_replicated
 
 KiB = 1024
@@ -179,3 +179,87 @@ def test_a_clone_into_another_group_is_a_copy_sent_as_data_and_says_so(cluster: 
     assert {g["state"] for g in cluster.groups().values()} == {"InSync"}
     assert (vm1["bytes_cloned"], groups["/"]["bytes_cloned"]) == (0, 0)
     assert_group_replicated(cluster, groups)
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED)
+@pytest.mark.parametrize("after", ["source removed", "source rewritten"])
+def test_clones_are_replayed_from_their_backup_whatever_the_source_became(proxied: Cluster, after: str) -> None:
+    """Three clones of a source that gained 64 KiB while out of sync share
+    one backup; the resync stages it on the replica (the 64 KiB cross
+    once) and replays the clones from it, though the source is gone or
+    rewritten by then."""
+    backups = proxied.primary_store / ".fsrep" / "clone-backups"
+    backups.mkdir(parents=True)
+    proxied.mount("--clone-backup", str(backups))
+    m = proxied.mnt
+    write_random(m / "base.img", 8)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    _rewrite(m / "base.img", 1 * MiB, 64 * KiB, b"s")
+    for i in range(3):
+        run_fsrep("clone", str(m / "base.img"), str(m / f"vm{i}.img"))
+    kept = [p for p in backups.rglob("*") if p.is_file()]
+    assert len(kept) == 1, f"three clones of one unchanged source kept {kept}"
+    assert kept[0].read_bytes() == (m / "vm0.img").read_bytes()
+    _rewrite(m / "vm1.img", 5 * MiB, 4 * KiB, b"c")  # a clone's own change after it was made
+    if after == "source removed":
+        os.unlink(m / "base.img")
+        expected = 0
+    else:
+        write_random(m / "base.img", 8)
+        expected = 8 * MiB  # the source itself is new data
+    proxied.proxy.reset_counters()
+    proxied.proxy.restore()
+    status = proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    assert status["dirty_bytes"] == 0, status
+    carried = proxied.proxy.bytes_to_secondary - expected
+    assert carried < 1 * MiB, f"{carried} bytes beyond the source's own crossed for three clones of 8 MiB"
+    assert status["resync"]["clones_replayed"] == 3, status["resync"]
+    assert not [p for p in backups.rglob("*") if p.is_file()], "a backup outlived its clones' replay"
+    staging = proxied.secondary.replica_root().parent / ".fsrep" / "clones"
+    assert not [p for p in staging.rglob("*") if p.is_file()], "a staged backup was left on the replica"
+    assert (m / "vm1.img").read_bytes()[5 * MiB:5 * MiB + 4 * KiB] == b"c" * 4 * KiB
+    assert (m / "vm2.img").read_bytes()[1 * MiB:1 * MiB + 64 * KiB] == b"s" * 64 * KiB
+    proxied.assert_replicated()
+
+
+def test_a_clone_backup_dir_that_cannot_serve_is_refused_in_one_line(cluster: Cluster) -> None:
+    (cluster.primary_store / "inside").mkdir()
+    for where, expected in [(cluster.base / "missing", "make the directory first"),
+                            (cluster.primary_store / "inside", "inside the store, where a group would replicate it"),
+                            (cluster.mnt, "inside the mount")]:
+        done = cluster.mount("--clone-backup", str(where), check=False)
+        assert done.returncode != 0, where
+        assert expected in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.expect_log(LINK_CLOSED, SESSION_CLOSED, "resync failed: ", "resync interrupted")
+def test_a_link_cut_while_a_replayed_clone_is_compared_leaves_nothing_wrongly_clean(proxied: Cluster) -> None:
+    """The comparison cleans each region in the step that asks for its
+    digests; cut before the answers, those regions are dirty again, and
+    the next run compares them again rather than trusting them."""
+    proxied.mount()
+    m = proxied.mnt
+    write_random(m / "disk.img", 64)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    run_fsrep("clone", str(m / "disk.img"), str(m / "copy.img"))
+    _rewrite(m / "copy.img", 40 * MiB, 64 * KiB, b"c")  # a difference in the part compared after the cut
+    proxied.proxy.restore()
+    proxied.proxy.delay(0.25)  # a round trip per 16 MiB compared: the cut lands inside the comparison
+
+    def comparing() -> bool:
+        run = proxied.status()["resync"]
+        return bool(run) and run["running"] and 0 < run["bytes_checked"] < 64 * MiB
+
+    wait_for(comparing, "the replayed clone's comparison under way", timeout=RECONNECT_DEADLINE, step=0.02)
+    proxied.proxy.cut()
+    proxied.wait_state("OutOfSync", timeout=NOTICE_DEADLINE)
+    proxied.proxy.reset_counters()
+    proxied.proxy.restore()
+    status = proxied.wait_state("InSync", timeout=RECONNECT_DEADLINE)
+    assert status["dirty_bytes"] == 0, status
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried < 8 * MiB, f"{carried} bytes crossed after the cut: the clone was copied, not compared again"
+    proxied.assert_replicated()

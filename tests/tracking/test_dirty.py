@@ -6,6 +6,7 @@ import pytest
 
 from tracking import (
     REGION_SIZE,
+    ClonedFrom,
     DirtySet,
     Marks,
     RegionOverflow,
@@ -121,15 +122,17 @@ def test_a_clone_record_is_saved_with_its_file_taken_once_and_goes_when_the_file
     dirty.apply(Marks(regions=((5, b"vm7.img", 0, 3 * REGION_SIZE),), meta=((5, b"vm7.img"),)))
     dirty.mark_clone(5, b"vm7.img", b"base/\xff.img")
     dirty.apply(Marks(regions=((6, b"vm8.img", 0, 1),)))
-    dirty.mark_clone(6, b"vm8.img", b"base.img")
+    dirty.mark_clone(6, b"vm8.img", b"base.img", backup="7.1700000000")
     loaded = DirtySet.from_payload(dirty.to_payload())
-    assert loaded.take_clone(5) == b"base/\xff.img"
+    assert loaded.take_clone(5) == ClonedFrom(b"base/\xff.img")
     assert loaded.take_clone(5) is None, "a clone is replayed once"
     loaded.clean_regions(6, RegionRange(0, 1))
     assert loaded.files() == [5], "a clone record alone is not a difference"
     assert loaded.take_clone(6) is None, "a file copied (clean) is no longer replayed as a clone"
     dirty.forget_file(5)
     assert dirty.take_clone(5) is None
+    assert dirty.clone_backups() == {"7.1700000000": b"base.img"}
     merged = DirtySet()
     merged.merge(dirty)
-    assert merged.take_clone(6) == b"base.img"
+    assert merged.take_clone(6) == ClonedFrom(b"base.img", "7.1700000000")
+    assert merged.clone_backups() == {}
