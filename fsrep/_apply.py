@@ -128,7 +128,7 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
     if kind is _Q:
         answer: tp.Frame = row.handler(replica, op)
         return answer
-    if kind is _M and is_staged(getattr(op, "path", b"")):
+    if kind is _M and _of_staged_backup(op):
         _change(replica.tree, op, row.handler)  # a clone backup staged outside the tree: no undo, no snapshot record
         return None
     replica.before_apply(op)  # the seam: see the module docstring
@@ -145,6 +145,26 @@ def apply(replica: Target, op: tp.Operation) -> tp.Frame | None:
     replica.generations = row.handler(replica.generations, op)  # the one other kind: HISTORY
     log.info("group %s: replica now at %s", replica.id, Position(replica.generations[-1].hex(), op.seq))
     return None
+
+
+_STAGED_CHANGES = (tp.Clone, tp.Write, tp.WriteRuns, tp.Punch, tp.SetAttr, tp.SetXattr, tp.RemoveXattr,
+                   tp.KeepXattrs, tp.Remove)  # what a resync does to a staged clone backup (``_clone_backups``)
+
+
+def _of_staged_backup(op: tp.Operation) -> bool:
+    """Whether mutation *op* changes a staged clone backup (its ``path``)
+    rather than the replica's tree. A clone of one into the tree (``src``)
+    is a change of the tree.
+
+    Raises:
+        OSError: EPERM, *op* would move an entry between the two.
+    """
+    staged = [name for name, kind in op.FIELDS if kind == "path" and is_staged(getattr(op, name))]
+    if not staged or (staged == ["src"] and isinstance(op, tp.Clone)):
+        return False
+    if staged == ["path"] and isinstance(op, _STAGED_CHANGES):
+        return True
+    raise OSError(errno.EPERM, f"{type(op).__name__} cannot move an entry between a staged clone backup and the tree")
 
 
 def mutate(tree: Tree, op: tp.Operation) -> None:

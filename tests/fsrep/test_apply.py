@@ -19,6 +19,7 @@ import tracking
 import transport as tp
 from fsrep._apply import TABLE, Kind, Target, apply
 from fsrep._replica_snapshots import Chain, new_chain
+from fsrep._reserved import staged
 from fsrep._secondary import Secondary
 from fsrep._tree import Tree
 from tests.conftest import entry_states
@@ -382,3 +383,48 @@ def test_a_replica_without_snapshots_records_nothing(replica: RecordingReplica) 
         apply(replica, op)
     assert not replica.snapshots.changed
     assert len(replica.snapshots) == 0
+
+
+def test_a_staged_clone_backup_lives_outside_the_tree_past_the_seam(replica: RecordingReplica,
+                                                                     tmp_path: Path) -> None:
+    """A resync stages a clone backup as STAGING/<name>, in a directory
+    outside the replica's tree, with no undo (the seam) and no snapshot
+    record; a clone into the tree from it is a change like any."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    replica.tree.stage_in(staging)
+    root = Path(replica.tree.root)
+    before = entry_states(root)
+    backup = staged("7.1")
+    apply(replica, tp.Clone(seq=1, src=b"f", path=backup, mode=0o600, uid=0, gid=0, flags=tp.CLONE_REPLAY))
+    apply(replica, tp.WriteRuns.of(2, backup, [(0, b"STAGED")], tp.NO_TIME))
+    assert (staging / "7.1").read_bytes()[:8] == b"STAGED67"
+    assert entry_states(root) == before, "staging a backup changed the replica's tree"
+    assert replica.seen == [], "a staged backup's changes went past the seam (into an undo log)"
+    apply(replica, tp.Clone(seq=3, src=backup, path=b"d/vm", mode=0o100644, uid=0, gid=0, flags=tp.CLONE_REPLAY))
+    assert [type(op) for op, _ in replica.seen] == [tp.Clone]
+    assert (root / "d" / "vm").read_bytes()[:6] == b"STAGED"
+    apply(replica, tp.Remove(seq=4, path=backup))
+    assert not (staging / "7.1").exists()
+
+
+@pytest.mark.parametrize("op", [
+    tp.Rename(seq=1, old=b"f", new=staged("x")),
+    tp.Rename(seq=1, old=staged("x"), new=b"g"),
+    tp.Link(seq=1, target=staged("x"), new=b"g"),
+    tp.MkDir(seq=1, path=staged("x"), mode=0o755, uid=0, gid=0),
+    tp.Remove(seq=1, path=b".fsrep/clones"),
+    tp.Write(seq=1, path=b".fsrep/state", offset=0, data=b"x"),
+], ids=["rename in", "rename out", "link out", "mkdir", "the staging directory", "beside it"])
+def test_nothing_moves_between_the_staging_directory_and_the_tree(replica: RecordingReplica, tmp_path: Path,
+                                                                 op: tp.Operation) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "x").write_bytes(b"staged")
+    replica.tree.stage_in(staging)
+    before = entry_states(Path(replica.tree.root))
+    with pytest.raises(OSError) as raised:
+        apply(replica, op)
+    assert raised.value.errno == errno.EPERM
+    assert entry_states(Path(replica.tree.root)) == before
+    assert (staging / "x").read_bytes() == b"staged"
