@@ -165,7 +165,7 @@ class ResyncRequest(Request[ResyncStarted]):
     snapshot: str | None = None  # mode snapshot: from this one, not the newest common snapshot
     discard: str | None = None  # split brain: the side given up ("primary" or "secondary"); the daemon picks the mode
     path: str | None = None  # compare this file or directory (relative to the mount root) with the replica
-    restore: bool = False  # with path: first make that file here as the replica holds it
+    restore: bool | None = None  # with path: first make that file here as the replica holds it
 
     def __post_init__(self) -> None:
         if self.path is not None:

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta, status = daemon_for(args.mountpoint)
     if args.path is not None:
         path = mount_relative(status.mountpoint, args.path)
-        started = call(meta, ResyncRequest(path=path, rate_limit=int(args.rate_limit), restore=bool(args.source)))
+        started = call(meta, ResyncRequest(path=path, rate_limit=int(args.rate_limit),
+                                           restore=True if args.source else None))
         if args.source and not args.json:
             print(f"group {started.group}: /{path} is restored from the secondary (run {started.run})", flush=True)
         elif not args.json:

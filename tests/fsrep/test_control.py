@@ -33,7 +33,8 @@ GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_a
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
                "bytes_copied", "bytes_checked", "bytes_mismatched", "bytes_remaining", "bytes_per_second",
                "directories_checked", "directories_remaining", "entries_checked", "eta_seconds", "percent",
-               "elapsed_seconds", "snapshot", "kept", "kept_side", "clones_replayed", "bytes_replayed_as_clones"]
+               "elapsed_seconds", "snapshot", "kept", "kept_side", "clones_replayed", "bytes_replayed_as_clones",
+               "restored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ def test_the_wire_form_of_a_resync_is_the_one_the_tools_always_sent() -> None:
     ({"cmd": 7}, "unknown command 7: use one of status, resync, snapshot-create"),
     ({"cmd": "status", "verbose": True}, 'status takes no field "verbose" (it takes none)'),
     ({"cmd": "resync", "rate-limit": 5},
-     'resync takes no field "rate-limit" (its fields are group, mode, rate_limit, snapshot, discard)'),
+     'resync takes no field "rate-limit" (its fields are group, mode, rate_limit, snapshot, discard, path, restore)'),
     ({"cmd": "resync", "x" * 1000: 5}, 'resync takes no field "' + "x" * 59 + '... (its fields'),
     ({"cmd": "resync", "group": 5}, "resync: group must be a string or null, not 5"),
     ({"cmd": "resync", "mode": ["quick"]}, 'resync: mode must be a string, not ["quick"]'),
