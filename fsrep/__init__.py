@@ -15,6 +15,8 @@ from ._args import RATE_LIMIT as RATE_LIMIT
 from ._args import Parser as Parser
 from ._args import snapshot_name as snapshot_name
 from ._commands import BadRequest as BadRequest
+from ._commands import Moved as Moved
+from ._commands import MoveRequest as MoveRequest
 from ._commands import Request as Request
 from ._commands import ResyncRequest as ResyncRequest
 from ._commands import ResyncStarted as ResyncStarted

@@ -377,6 +377,8 @@ def _notes(group: GroupStatus) -> list[str]:
                      f"bytes left at {run.bytes_per_second} bytes/s, ETA {eta}")
     if group.stale_reason:
         notes.append(f"replica needs a resync: {group.stale_reason}")
+    if group.data_dir:
+        notes.append(f"data in {group.data_dir} (moved there by fsrep-move)")
     d = group.divergence
     if d is not None:
         there = (f"{d.secondary_files} entries ({d.secondary_bytes} bytes of data) on the secondary"

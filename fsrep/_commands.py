@@ -234,6 +234,32 @@ def check_mount_path(path: str) -> bytes:
     return raw
 
 
+@dataclass(frozen=True, slots=True)
+class Moved(Record):
+    """Where ``fsrep-move`` moved a group's data, and how long that took
+    (clients waited for none of it: one rename)."""
+
+    group: str
+    path: str
+    source: str
+    destination: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRequest(Request[Moved]):
+    """Move group *group*'s data to directory *to* (``_move``)."""
+
+    command: ClassVar[str] = "move"
+    reply: ClassVar[type[Record]] = Moved
+    group: str
+    to: str
+
+    def __post_init__(self) -> None:
+        if not self.to or "\0" in self.to or len(os.fsencode(self.to)) > 4095:
+            raise BadRequest(f"to must be a directory's path, not {shown(self.to)}")
+
+
 def _snapshot_name(name: str) -> None:
     try:
         check_name(name)
@@ -426,6 +452,22 @@ async def clone(daemon: Daemon, req: CloneRequest) -> Cloned:
     return Cloned(group=group, bytes=size, replicated=replicated)
 
 
+async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
+    from . import _move as move  # here: a client importing this module pays for none of the daemon's modules
+    group = _group(daemon.groups, req.group)
+    record = group.rel.record
+    try:
+        target = move.check_destination(req.to, group, daemon.store, daemon.mountpoint, daemon.groups)
+        done = move.move(group, target, daemon.store, group.rel.ledger.groups, daemon.ops.tree, daemon.groups)
+    except move.MoveRefused as exc:
+        raise Refused(f"group {record.id} (/{record.path}): {exc}") from None
+    except OSError as exc:
+        raise Refused(f"group {record.id} (/{record.path}) was moved to {req.to}, but its record could not be "
+                      f"saved ({exc.strerror or exc}); the next mount finishes the move") from None
+    return Moved(group=record.id, path="/" + record.path, source=done.source, destination=done.destination,
+                 seconds=round(done.seconds, 6))
+
+
 async def create_snapshot(daemon: Daemon, req: SnapshotCreateRequest) -> SnapshotTaken:
     rel = _group(daemon.groups, req.group).rel
     try:
@@ -470,6 +512,7 @@ COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
     Command(SnapshotListRequest, list_snapshots),
     Command(SnapshotDeleteRequest, delete_snapshot),
     Command(CloneRequest, clone),
+    Command(MoveRequest, move_group),
 )}
 
 

@@ -282,6 +282,9 @@ class GroupRecord:
     clean_shutdown: bool = True
     generations: list[str] = field(default_factory=list)  # hex ids, oldest first
     promoted_from: str = ""  # hex: promoted from a replica that held the old primary's generation this
+    store: str = ""  # where the group's data lives when moved out of the mount's store (fsrep-move)
+    moving_to: str = ""  # a move under way: the destination, saved before its rename (``_move``)
+    moving_ino: int = 0  # ... and the inode of the group's directory, found there once it is renamed
 
     @property
     def group_id(self) -> bytes:

@@ -440,6 +440,16 @@ class Operations(pyfuse3.Operations):
         self.handles.opened_dir(fd, inode)
         return fd
 
+    def _listed(self, fh: int, ino: int, name: bytes) -> os.stat_result:
+        """The lstat of entry *name* of the open directory *fh* (inode
+        *ino*) — of the root a group moved elsewhere is served from, when
+        the entry is that group's (here, an empty directory stands in)."""
+        if self.groups.moved and self.inodes.path(ino) is not None:
+            path = self.inodes.child_path(ino, name)
+            if path in self.groups.moved:
+                return self.tree.lstat(path)
+        return os.stat(name, dir_fd=fh, follow_symlinks=False)
+
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries from the kernel's offset on, each with the store's own
@@ -454,7 +464,7 @@ class Operations(pyfuse3.Operations):
                 if name in (b".", b"..") or self._reserved(handle.ino, name):
                     continue
                 try:
-                    st = os.stat(name, dir_fd=fh, follow_symlinks=False)
+                    st = self._listed(fh, handle.ino, name)
                 except FileNotFoundError:  # removed since it was listed
                     continue
                 if not pyfuse3.readdir_reply(token, name, self._attrs(st), after):

@@ -22,6 +22,7 @@ import tracking
 import transport as tp
 
 from . import _declare as declare
+from . import _move as move
 from ._clone_backups import CloneBackups
 from ._commands import Daemon, dispatch
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
@@ -65,12 +66,15 @@ class MountOptions:
         return self.groups or (GroupSpec("", self.policy, self.secondary),)
 
 
-def _group_trees(store: Path, specs: tuple[GroupSpec, ...]) -> tuple[Tree, list[Tree]]:
+def _group_trees(store: Path, specs: tuple[GroupSpec, ...], homes: dict[str, str]) -> tuple[Tree, list[Tree]]:
     """The whole store's tree and one per group (the default group's hides
-    the others' roots). A declared group's root is made if missing.
+    the others' roots). A declared group's root is made if missing; a group
+    moved out of the store (*homes*: its path -> where its data is) is
+    served from there, its root in the store an empty stand-in.
 
     Raises:
-        ConfigError: a group's root is not a directory of the store.
+        ConfigError: a group's root is not a directory of the store, or a
+            moved group's data is not where it was moved.
     """
     mount_tree = Tree(str(store))
     trees: list[Tree] = []
@@ -79,7 +83,16 @@ def _group_trees(store: Path, specs: tuple[GroupSpec, ...]) -> tuple[Tree, list[
             created = declare.make_root(mount_tree, spec.path)
             if created:
                 log.info("group /%s: made %s in the store", spec.path, ", ".join(map(os.fsdecode, created)))
-            trees.append(mount_tree.subtree(spec.path.encode()))
+            home = homes.get(spec.path)
+            if home is None:
+                trees.append(mount_tree.subtree(spec.path.encode()))
+                continue
+            try:
+                trees.append(mount_tree.beside(home))
+            except OSError as exc:
+                raise ConfigError(f"group /{spec.path} was moved to {home} (fsrep-move), which cannot be opened "
+                                  f"({exc.strerror or exc}); mount the disk that holds it") from None
+            mount_tree.graft(spec.path.encode(), trees[-1])
     except BaseException:
         for tree in [*trees, mount_tree]:
             tree.close()
@@ -139,8 +152,11 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
     """Every group of the mount with its tree, record and tracking state,
     not yet connected."""
     specs = opts.specs
-    mount_tree, trees = _group_trees(store, specs)
     records = {record.path: record for record in groups.load_all()}
+    for record in records.values():
+        if move.settle_interrupted(store, record):
+            groups.save(record)
+    mount_tree, trees = _group_trees(store, specs, {r.path: r.store for r in records.values() if r.store})
     known_store = bool(records)
     opened, moved = [], []
     for spec, tree in zip(specs, trees, strict=True):
@@ -157,7 +173,15 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
             tree.stage_in(rel.clone_backups.dir)
             rel.clone_backups.prune(rel.dirty.clone_backups())
         opened.append(Group(rel, tree, spec.path.encode()))
+    for record in records.values():  # known, not declared now
+        if record.store:
+            for tree in [*trees, mount_tree]:
+                tree.close()
+            raise ConfigError(f"group /{record.path} lives in {record.store} (fsrep-move): declare it as before, "
+                              f"or move it back into the store (fsrep-move --to {store / record.path}) before "
+                              f"retiring it")
     mount = Groups(opened)
+    mount.moved.update(group.prefix for group in opened if group.rel.record.store)
     declare.retire(groups, records, mount, opts.retire)
     for path in moved:  # its data may still be in the replica of the group that held it before
         declare.left(mount.route(path.rpartition("/")[0].encode())[0], path)

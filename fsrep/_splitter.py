@@ -435,4 +435,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         snapshot=rel.snapshots.newest_common(),
         divergence=divergence.current(rel) if rel.state is R.SPLIT_BRAIN else None,
         bytes_sent=rel.bytes_sent,
+        data_dir=record.store,
     )

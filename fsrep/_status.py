@@ -213,6 +213,7 @@ class GroupStatus(Record):
     snapshot: SnapshotStatus | None  # the newest common snapshot: where a resync can start from
     divergence: Divergence | None = None  # in split brain: what changed on each side since the common snapshot
     bytes_sent: int = 0  # file data sent to the secondary by this mount: replicated changes and resyncs
+    data_dir: str = ""  # where the group's data lives when fsrep-move moved it out of the store
 
     @classmethod
     def from_json(cls, data: Any) -> Self:

@@ -68,12 +68,41 @@ class Tree:
         self._files: OrderedDict[bytes, int] = OrderedDict()
         self._family = family if family is not None else []
         self._family.append(self)
+        self._grafts: dict[bytes, Tree] = {}  # paths served by another tree's root: groups moved elsewhere
 
     def subtree(self, path: bytes = b"", *, hidden: Iterable[bytes] = ()) -> Tree:
         """A tree rooted at *path* of this one (a consistency group's), in
         the same family; *hidden* paths (relative to it) are out of its reach."""
         root = os.path.join(self.root, os.fsdecode(path)) if path else self.root
         return Tree(root, hidden=hidden, family=self._family)
+
+    def graft(self, path: bytes, tree: Tree) -> None:
+        """Serve *path* and everything below it from *tree*'s root: a
+        consistency group whose data lives outside this tree (``_move``).
+        *path* itself stays an (empty) directory here, so that its parent
+        lists it; everything else about it is *tree*'s root."""
+        self._grafts[path] = tree
+        self.forget_all()
+
+    def ungraft(self, path: bytes) -> None:
+        """Serve *path* from this tree again."""
+        self._grafts.pop(path, None)
+        self.forget_all()
+
+    def beside(self, root: str | os.PathLike[str]) -> Tree:
+        """A tree rooted at *root*, in this one's family (its descriptors
+        are forgotten with theirs): a group's data kept elsewhere."""
+        return Tree(root, family=self._family)
+
+    def grafted(self, path: bytes) -> tuple[Tree, bytes] | None:
+        """The tree that serves *path*, and *path* within it, when a graft
+        does (None when this tree does)."""
+        for top, tree in self._grafts.items():
+            if path == top:
+                return tree, b""
+            if path.startswith(top + b"/"):
+                return tree, path[len(top) + 1:]
+        return None
 
     def stage_in(self, directory: str | os.PathLike[str]) -> None:
         """Let STAGING/<name> name the entry <name> of *directory*, outside
@@ -161,6 +190,8 @@ class Tree:
         tp.check_path(path)
         if not path:
             raise OSError(errno.EINVAL, "the group root has no parent")
+        if self._grafts and (graft := self.grafted(path)) is not None:
+            return graft[0].at(graft[1])
         if path.partition(b"/")[0] == RESERVED:
             parent, _, name = path.rpartition(b"/")
             if parent == STAGING and self.staging_fd is not None:
@@ -177,6 +208,10 @@ class Tree:
         if not path:
             yield self.root_fd
             return
+        if self._grafts and (graft := self.grafted(path)) is not None:
+            with graft[0].entry(graft[1]) as fd:
+                yield fd
+            return
         d, name = self.at(path)
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
         try:
@@ -188,6 +223,8 @@ class Tree:
         """Open *path* (never through a symlink); the caller closes the fd."""
         if not path:
             return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.root_fd)
+        if self._grafts and (graft := self.grafted(path)) is not None:
+            return graft[0].open(graft[1], flags, mode)
         d, name = self.at(path)
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
 
@@ -232,6 +269,8 @@ class Tree:
     def lstat(self, path: bytes) -> os.stat_result:
         if not path:
             return os.stat(self.root_fd)
+        if self._grafts and (graft := self.grafted(path)) is not None:
+            return graft[0].lstat(graft[1])
         d, name = self.at(path)
         return os.stat(name, dir_fd=d, follow_symlinks=False)
 
@@ -357,6 +396,9 @@ class Tree:
         """The mtime of the entry itself (a symlink's own), atime untouched."""
         if not path:
             set_mtime(self.root_fd, b".", mtime_ns)
+            return
+        if self._grafts and (graft := self.grafted(path)) is not None:
+            graft[0].set_mtime(graft[1], mtime_ns)
             return
         d, name = self.at(path)
         set_mtime(d, name, mtime_ns)

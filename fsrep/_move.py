@@ -1,0 +1,184 @@
+"""``fsrep-move MOUNTPOINT --group ID --to STORE2``: a consistency group's
+data moved to another directory while the mount serves it.
+
+How this works, within one file system: the group's directory is renamed
+to STORE2 in one step of the event loop, so no client request waits on it;
+open files keep their descriptors (a rename moves no inode), the inode
+numbers the kernel knows stay, and so do the dirty set, the activity log
+and the pseudo snapshots (they go by inode, or by path within the group).
+An empty directory takes the group's old place in the store, so that its
+parent still lists it; the mount serves the group from STORE2
+(``Tree.graft``), and so does every later mount (``GroupRecord.store``).
+The replica is the same one: the relationship goes on where it is, and
+nothing crosses the link.
+
+Crash safety: the intent (``GroupRecord.moving_to``, with the inode of the
+group's directory) is saved before the rename. A mount that finds it
+looks for that inode at STORE2 and finishes the move, or forgets it.
+
+Caveats:
+- Across file systems a move copies the data: not built yet (refused).
+- The default group's data is the store itself: unmount and mount from
+  the new place instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._config import GroupRecord, GroupStore
+
+if TYPE_CHECKING:
+    from ._groups import Group, Groups
+    from ._tree import Tree
+
+log = logging.getLogger(__name__)
+
+
+class MoveRefused(Exception):
+    """The move cannot be made; the message is one line for the operator
+    (nothing was changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A move that was made."""
+
+    source: str
+    destination: str
+    seconds: float
+
+
+def home(store: Path, record: GroupRecord) -> Path:
+    """Where group *record*'s data lives: its own store once moved, else
+    its directory of the mount's store."""
+    return Path(record.store) if record.store else store / record.path
+
+
+def settle_interrupted(store: Path, record: GroupRecord) -> bool:
+    """A move a crash cut short: finished when the group's directory was
+    renamed (its inode is at the destination), else forgotten. Whether
+    *record* changed (the caller saves it)."""
+    if not record.moving_to:
+        return False
+    target = Path(record.moving_to)
+    try:
+        moved = os.lstat(target).st_ino == record.moving_ino
+    except OSError:
+        moved = False
+    if moved:
+        record.store = "" if target == store / record.path else record.moving_to
+        log.warning("group %s: a move to %s was cut short after its rename; it is finished now", record.id, target)
+    else:
+        log.warning("group %s: a move to %s was cut short before its rename; the group stays in %s", record.id,
+                    target, home(store, record))
+    record.moving_to, record.moving_ino = "", 0
+    return True
+
+
+def check_destination(to: str, group: Group, store: Path, mountpoint: Path, mount: Groups) -> Path:
+    """STORE2 as a move of *group* may use it: a new or empty directory on
+    the file system of the group's data, outside the mount, the store and
+    every group's data.
+
+    Raises:
+        MoveRefused: it cannot (one line naming why and what to do).
+    """
+    record = group.rel.record
+    if not record.path:
+        raise MoveRefused("the default group's data is the store itself: unmount, move the store, and mount it "
+                          "from its new place")
+    if not os.path.isabs(to):
+        raise MoveRefused(f"--to {to}: give an absolute path")
+    target = Path(os.path.normpath(to))
+    parent = target.parent.resolve()
+    target = parent / target.name
+    current = Path(group.tree.root)
+    if target == current:
+        raise MoveRefused(f"group /{record.path} is in {target} already")
+    places = [("the mount", mountpoint)] + [("the data of group " + (f"/{g.rel.record.path}" if g.rel.record.path
+                                                                     else "/ (the store)"), Path(g.tree.root))
+                                             for g in mount.all]
+    for what, place in places:
+        if target == place or place in target.parents:
+            if target != store / record.path:  # back to the group's own place in the store: allowed
+                raise MoveRefused(f"--to {target} is inside {what} ({place}); give a directory outside it")
+    try:
+        st = target.stat() if target.exists() else parent.stat()
+    except OSError as exc:
+        raise MoveRefused(f"--to {target}: {exc.strerror or exc}; make its parent directory first") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MoveRefused(f"--to {target} is not a directory")
+    if target.exists() and any(target.iterdir()):
+        raise MoveRefused(f"--to {target} is not empty; give a new or empty directory")
+    if st.st_dev != os.stat(group.tree.root_fd).st_dev:
+        raise MoveRefused(f"--to {target} is on another file system than the group's data ({current}): a move "
+                          f"across file systems copies the data, which this fsrep does not do yet — give a "
+                          f"directory on the same file system")
+    return target
+
+
+def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree: Tree, mount: Groups) -> Done:
+    """Move *group*'s data to *target* (checked by ``check_destination``):
+    the intent saved, the rename, the old place kept as an empty directory,
+    the mount serving the group from *target*, the record saved. One step:
+    it never awaits.
+
+    Raises:
+        MoveRefused: the rename failed (nothing changed).
+        OSError: the record could not be saved after the rename (the move
+            is made; the next mount finishes it from the saved intent).
+    """
+    record, tree = group.rel.record, group.tree
+    source = Path(tree.root)
+    original = store / record.path
+    started = time.monotonic()
+    record.moving_to, record.moving_ino = str(target), os.stat(tree.root_fd).st_ino
+    try:
+        groups.save(record)
+    except OSError as exc:
+        record.moving_to, record.moving_ino = "", 0
+        raise MoveRefused(f"cannot save the move's intent in {groups.dir} ({exc.strerror or exc}); nothing moved") \
+            from None
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        record.moving_to, record.moving_ino = "", 0
+        with contextlib.suppress(OSError):
+            groups.save(record)
+        raise MoveRefused(f"cannot move {source} to {target}: {exc.strerror or exc}; nothing moved") from None
+    if source == original:
+        st = os.stat(tree.root_fd)
+        os.mkdir(original, stat.S_IMODE(st.st_mode))  # stands in for the group in its parent's listing
+        os.chown(original, st.st_uid, st.st_gid)
+    for directory in {source.parent, target.parent}:
+        _fsync_dir(directory)
+    tree.root = str(target)
+    if target == original:
+        mount_tree.ungraft(group.prefix)
+        mount.moved.discard(group.prefix)
+    else:
+        mount_tree.graft(group.prefix, tree)
+        mount.moved.add(group.prefix)
+    record.store = "" if target == original else str(target)
+    record.moving_to, record.moving_ino = "", 0
+    seconds = time.monotonic() - started
+    log.info("group %s (/%s): moved from %s to %s in %.3fs (one rename: open files, inode numbers and the "
+             "relationship with %s stay)", record.id, record.path, source, target, seconds, record.secondary)
+    groups.save(record)
+    return Done(str(source), str(target), seconds)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
