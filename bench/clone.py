@@ -119,13 +119,16 @@ class Relay:
         self.listener.close()
 
 
-def _group(primary: Primary) -> dict[str, Any]:
-    return primary.status()
+def group_status(primary: Primary, path: str = "/") -> dict[str, Any]:
+    """The status of *primary*'s group at *path* (the default group's by default)."""
+    done = run_fsrep("status", str(primary.mountpoint), "--json", timeout=30)
+    return next(g for g in json.loads(done.stdout)["groups"] if g["path"] == path)
 
 
-def _in_sync(primary: Primary) -> dict[str, Any]:
+def in_sync(primary: Primary, path: str = "/") -> dict[str, Any]:
+    """Wait until the group at *path* is InSync with nothing in flight; its status."""
     deadline = time.monotonic() + STATE_TIMEOUT
-    while (group := _group(primary))["state"] != "InSync" or group["ops_in_flight"]:
+    while (group := group_status(primary, path))["state"] != "InSync" or group["ops_in_flight"]:
         if time.monotonic() > deadline:
             raise BenchError(f"{primary.mountpoint}: not InSync after {STATE_TIMEOUT:g}s ({group['state']}); "
                              f"see {primary.log}")
@@ -136,12 +139,12 @@ def _in_sync(primary: Primary) -> dict[str, Any]:
 def _clone(primary: Primary, relay: Relay, src: Path, dst: Path) -> dict[str, Any]:
     """One ``fsrep clone``: its wall time, the bytes on the link and the
     group's data bytes sent meanwhile."""
-    before = _in_sync(primary)
+    before = in_sync(primary)
     relayed = relay.to_secondary
     started = time.monotonic()
     done = run_fsrep("clone", str(src), str(dst), timeout=3600)
     seconds = time.monotonic() - started
-    after = _in_sync(primary)
+    after = in_sync(primary)
     link = relay.to_secondary - relayed
     return {"seconds": round(seconds, 3), "link_bytes": link,
             "data_bytes_sent": after["bytes_sent"] - before["bytes_sent"],
@@ -149,7 +152,7 @@ def _clone(primary: Primary, relay: Relay, src: Path, dst: Path) -> dict[str, An
             "aim_met": link <= AIM_LINK_BYTES}
 
 
-def _cp_seconds(src: Path, dst: Path) -> float:
+def cp_seconds(src: Path, dst: Path) -> float:
     """``cp -a`` of *src* inside the store (no reflink asked): the baseline."""
     started = time.monotonic()
     subprocess.run(["cp", "-a", "--reflink=never", str(src), str(dst)], check=True)
@@ -184,7 +187,7 @@ def measure(base: Path, key: Path, p: Params) -> dict[str, Any]:
         relay = Relay(sec.address)
         try:
             with mounted(store, mnt, key, relay.address, *NO_SCHEDULE, prefix=MEMORY_CAP) as primary:
-                _in_sync(primary)
+                in_sync(primary)
                 wl.fill(mnt / "base.img", p.size_mib)
                 tree = mnt / "tree"
                 tree.mkdir()
@@ -193,11 +196,11 @@ def measure(base: Path, key: Path, p: Params) -> dict[str, Any]:
                 for i in range(p.files):
                     (tree / f"f{i:05d}").write_bytes(chunk[i % 251:] + chunk[:i % 251])
                 os.sync()
-                group = _in_sync(primary)
+                group = in_sync(primary)
                 r["file"] = _clone(primary, relay, mnt / "base.img", mnt / "copy.img")
                 r["tree"] = _clone(primary, relay, tree, mnt / "tree-copy")
-                r["file"]["cp_seconds"] = _cp_seconds(store / "base.img", store / "cp-copy.img")
-                r["tree"]["cp_seconds"] = _cp_seconds(store / "tree", store / "cp-tree")
+                r["file"]["cp_seconds"] = cp_seconds(store / "base.img", store / "cp-copy.img")
+                r["tree"]["cp_seconds"] = cp_seconds(store / "tree", store / "cp-tree")
                 r["notes"] = daemon_notes(primary, sec)
                 gid = group["id"]
         finally:

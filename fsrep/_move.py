@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tracking
+
 from ._config import GroupRecord, GroupStore
 
 if TYPE_CHECKING:
@@ -159,7 +161,7 @@ def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree
         os.mkdir(original, stat.S_IMODE(st.st_mode))  # stands in for the group in its parent's listing
         os.chown(original, st.st_uid, st.st_gid)
     for directory in {source.parent, target.parent}:
-        _fsync_dir(directory)
+        tracking.fsync_directory(directory)
     tree.root = str(target)
     if target == original:
         mount_tree.ungraft(group.prefix)
@@ -175,10 +177,3 @@ def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree
     groups.save(record)
     return Done(str(source), str(target), seconds)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

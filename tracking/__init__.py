@@ -24,6 +24,7 @@ from ._persist import StateCorrupt as StateCorrupt
 from ._persist import StateError as StateError
 from ._persist import StateMissing as StateMissing
 from ._persist import atomic_write as atomic_write
+from ._persist import fsync_directory as fsync_directory
 from ._persist import load_state as load_state
 from ._persist import save_state as save_state
 from ._regions import REGION_SIZE as REGION_SIZE

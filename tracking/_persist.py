@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     _write_file(tmp, data, os.fsync)
     os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _write_file(path: Path, data: bytes, flush: Callable[[int], None]) -> None:
@@ -55,7 +55,8 @@ def _write_file(path: Path, data: bytes, flush: Callable[[int], None]) -> None:
         os.close(fd)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry in directory *path* durable."""
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
@@ -131,7 +132,7 @@ class AlternatingState:
         created = not path.exists()
         _write_file(path, data, os.fdatasync)
         if created:
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
 
     def load(self) -> dict[str, Any]:
         """The newest intact generation.

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Move benchmark: ``fsrep-move`` of a ``--size-mib`` group (in files of
+256 MiB) to another directory while a writer appends to a file of the
+group at a steady ``--rate-mib`` MiB/s, fsync after each 64 KiB; on a
+mount InSync with its secondary over loopback.
+
+Printed, as the issue asks: the bytes put on the link while the move ran
+(from a second before it to a second after it, counted by a byte-counting
+relay: every frame, not only data) against the writer's bytes in the same
+window (aim: at most 1% more), the writer's longest write+fsync in that
+window (aim: under 1 s), and the move's time against ``cp -a`` of the
+same data to the same file system (the baseline). The moved data is
+compared with the replica by digest at the end; a difference fails the run.
+
+A move within one file system is one rename; a destination on another
+file system is refused today (the report says so).
+
+    .venv/bin/python bench/move.py                 # 2 GiB: a minute or two
+    .venv/bin/python bench/move.py --quick         # 64 MiB: a check that it works
+    .venv/bin/python bench/move.py --json --dir /srv/scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _workloads as wl  # noqa: E402
+from _common import (  # noqa: E402
+    BenchError,
+    compare_trees,
+    daemon_notes,
+    ensure_key,
+    install_signal_handlers,
+    mounted,
+    secondary,
+    workdir,
+)
+from clone import Relay, cp_seconds, in_sync  # noqa: E402
+from snapshot import MEMORY_CAP, NO_SCHEDULE  # noqa: E402
+
+GROUP = "vms/vm1"
+FILE_MIB = 256
+WRITE = 64 * 1024
+WINDOW = 1.0  # seconds of writing counted before and after the move
+AIM_PAUSE = 1.0
+AIM_EXTRA = 0.01
+MAX_WRITES = 1_000_000  # the writer's bound
+
+
+@dataclass(frozen=True)
+class Params:
+    size_mib: int = 2048
+    rate_mib: int = 8
+
+    @classmethod
+    def quick(cls) -> Params:
+        return cls(size_mib=64, rate_mib=4)
+
+
+class Writer(threading.Thread):
+    """Appends WRITE bytes, fsync, at *rate* bytes/s; counts its bytes and
+    the longest write+fsync since ``window()``."""
+
+    def __init__(self, path: Path, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.path, self.interval = path, WRITE / rate
+        self.written = 0
+        self.longest = 0.0
+        self.error: BaseException | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        chunk = os.urandom(WRITE)
+        try:
+            with open(self.path, "ab", buffering=0) as f:
+                next_at = time.monotonic()
+                for _ in range(MAX_WRITES):
+                    if self.halt.wait(max(0.0, next_at - time.monotonic())):
+                        return
+                    started = time.monotonic()
+                    f.write(chunk)
+                    os.fsync(f.fileno())
+                    self.longest = max(self.longest, time.monotonic() - started)
+                    self.written += WRITE
+                    next_at += self.interval
+        except BaseException as exc:
+            self.error = exc
+
+    def window(self) -> tuple[int, float]:
+        """Start a measuring window: the bytes written so far."""
+        self.longest = 0.0
+        return self.written, time.monotonic()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+        if self.error is not None:
+            raise BenchError(f"the writer failed: {self.error!r}")
+
+
+def measure(base: Path, key: Path, p: Params) -> dict[str, Any]:
+    store, mnt, sec_store = base / "store", base / "mnt", base / "secondary"
+    target = base / "disk2" / "vm1"
+    target.parent.mkdir()
+    r: dict[str, Any] = {"parameters": asdict(p), "loadavg": os.getloadavg()[0], "problems": []}
+    with secondary(sec_store, key, prefix=MEMORY_CAP) as sec:
+        relay = Relay(sec.address)
+        try:
+            with mounted(store, mnt, key, relay.address, "--group", GROUP, *NO_SCHEDULE,
+                         prefix=MEMORY_CAP) as primary:
+                data = mnt / GROUP
+                for i in range(max(1, p.size_mib // FILE_MIB)):
+                    wl.fill(data / f"disk{i}.img", min(FILE_MIB, p.size_mib))
+                gid = in_sync(primary, "/" + GROUP)["id"]
+                r["cp_seconds"] = cp_seconds(store / GROUP, base / "cp-copy")
+                writer = Writer(data / "journal", p.rate_mib * wl.MiB)
+                writer.start()
+                try:
+                    time.sleep(WINDOW)  # the writer at its pace
+                    written, since = writer.window()
+                    relayed = relay.to_secondary
+                    time.sleep(WINDOW)
+                    started = time.monotonic()
+                    done = subprocess.run([sys.executable, "-m", "tools.move", str(mnt), "--group", "/" + GROUP,
+                                           "--to", str(target), "--json"], capture_output=True, text=True,
+                                          timeout=3600)
+                    r["move_seconds"] = round(time.monotonic() - started, 3)
+                    time.sleep(WINDOW)
+                    in_sync(primary, "/" + GROUP)
+                    r["writer_bytes"] = writer.written - written
+                    r["link_bytes"] = relay.to_secondary - relayed
+                    r["longest_write_seconds"] = round(writer.longest, 4)
+                    r["window_seconds"] = round(time.monotonic() - since, 3)
+                finally:
+                    writer.stop()
+                if done.returncode != 0:
+                    r["problems"].append(f"fsrep-move failed: {done.stderr.strip()}")
+                else:
+                    r["moved"] = json.loads(done.stdout)
+                r["notes"] = daemon_notes(primary, sec)
+        finally:
+            relay.close()
+    moved = target if "moved" in r else store / GROUP
+    diff = compare_trees(moved, sec.replica(gid))
+    if diff:
+        r["problems"].append(f"replica differs ({len(diff)} entries), e.g. {'; '.join(diff[:3])}")
+    r["aims"] = {"link_bytes": r["link_bytes"] <= r["writer_bytes"] * (1 + AIM_EXTRA),
+                 "pause": r["longest_write_seconds"] < AIM_PAUSE}
+    return r
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    p, aims = r["parameters"], r["aims"]
+    ratio = r["move_seconds"] / r["cp_seconds"] if r["cp_seconds"] else float("nan")
+    lines = [f"move benchmark: a {p['size_mib']} MiB group moved while a writer appends {p['rate_mib']} MiB/s "
+             f"(64 KiB writes, fsync after each); load {r['loadavg']:.2f}",
+             f"  on the link in a {r['window_seconds']:.1f}s window around the move: {r['link_bytes']} bytes for "
+             f"{r['writer_bytes']} bytes written — aim <= +{AIM_EXTRA:.0%}: "
+             f"{'met' if aims['link_bytes'] else 'MISSED'}",
+             f"  longest write+fsync in the window: {r['longest_write_seconds']:.3f}s — aim < {AIM_PAUSE:g}s: "
+             f"{'met' if aims['pause'] else 'MISSED'}",
+             f"  fsrep-move took {r['move_seconds']:.3f}s (the command, daemon's part "
+             f"{r.get('moved', {}).get('seconds', float('nan')):.4f}s), {ratio:.4f}x cp -a of the data "
+             f"({r['cp_seconds']:.2f}s)"]
+    lines.extend(f"  problem: {problem}" for problem in r["problems"])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 MiB: a check that it works")
+    parser.add_argument("--size-mib", type=int)
+    parser.add_argument("--rate-mib", type=int)
+    parser.add_argument("--dir", help="where to work (default: a temporary directory)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    p = Params.quick() if args.quick else Params()
+    p = Params(size_mib=args.size_mib or p.size_mib, rate_mib=args.rate_mib or p.rate_mib)
+    install_signal_handlers()
+    try:
+        with workdir(args.dir) as base:
+            r = measure(base, ensure_key(base / "key"), p)
+    except BenchError as exc:
+        print(f"move.py: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(r, indent=2) if args.json else "\n".join(report(r)))
+    return 1 if r["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
