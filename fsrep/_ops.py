@@ -64,7 +64,7 @@ from ._effects import Effects, Location
 from ._groups import Group, Groups
 from ._handles import Handles, removed
 from ._inodes import ROOT, InodeTable
-from ._sparse import pwrite_all
+from ._sparse import clone_seconds, pwrite_all
 from ._tree import RESERVED, Tree
 
 TIMEOUT = 1.0
@@ -303,6 +303,8 @@ class Operations(pyfuse3.Operations):
                                                                       mode=st.st_mode, uid=st.st_uid,
                                                                       gid=st.st_gid)), marks)
         made = group.tree.lstat(rel_new)
+        if pending is not None:  # the secondary copies it too, in its stream: its ack may take that long
+            pending.grace = clone_seconds(made.st_size)
         parent = self.effects.backing(new_parent_inode)
 
         def marks_of(spans: list[tuple[int, int]]) -> Marks:

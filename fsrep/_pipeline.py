@@ -48,6 +48,7 @@ class InFlight:
     marks: tracking.Marks = NO_MARKS
     barrier: bool = False
     ok: bool | None = None
+    grace: float = 0.0  # seconds the secondary may take beyond the ack timeout (a clone copying its data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,10 @@ class Pipeline:
         return [e.marks for e in self._in_flight if e.marks] + [marks for _, marks in self._not_durable]
 
     def overdue(self, now: float, timeout: float) -> bool:
-        """Something is in flight and no ack came for *timeout* seconds."""
-        return bool(self._in_flight) and now - self.last_progress > timeout
+        """Something is in flight and no ack came for *timeout* seconds
+        (plus the grace of the oldest change in flight: the one the
+        secondary is applying)."""
+        return bool(self._in_flight) and now - self.last_progress > timeout + self._in_flight[0].grace
 
     def waiting_since(self) -> float | None:
         """When the oldest unacknowledged change was waited for, if any."""

@@ -59,7 +59,7 @@ from ._fullsync import full_resync
 from ._progress import ResyncRun
 from ._reserved import is_staged, staged
 from ._restore import restore
-from ._sparse import next_data
+from ._sparse import clone_seconds, next_data
 from ._stream import ResyncStream
 from ._tree import Tree
 from ._verify import Verification
@@ -427,7 +427,7 @@ class QuickResync:
         comparison finds them equal."""
         mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
         self.stream.send(lambda seq: tp.Clone(seq=seq, src=src, path=path, mode=mode, uid=uid, gid=gid,
-                                              flags=tp.CLONE_REPLAY), marks)
+                                              flags=tp.CLONE_REPLAY), marks).grace = clone_seconds(st.st_size)
         self.stream.to_compare[st.st_ino] = path
         self.dirty.mark_meta(st.st_ino, path)
         self.progress.replayed_clone(st.st_size)
@@ -457,7 +457,8 @@ class QuickResync:
             except OSError:
                 continue  # lost here (made before a crash): its clones are replayed from their sources
             self.stream.send(lambda seq, src=src, path=path, st=st: tp.Clone(
-                seq=seq, src=src, path=path, mode=0o600, uid=st.st_uid, gid=st.st_gid, flags=tp.CLONE_REPLAY), marks)
+                seq=seq, src=src, path=path, mode=0o600, uid=st.st_uid, gid=st.st_gid, flags=tp.CLONE_REPLAY),
+                marks).grace = clone_seconds(st.st_size)
             self.dirty.mark_regions(st.st_ino, path, tracking.regions_for(0, max(st.st_size, 1)))
             self.dirty.mark_meta(st.st_ino, path)
             self._staged[name] = (st.st_ino, path)

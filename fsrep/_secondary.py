@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 2.0
 HANDSHAKE_TIMEOUT = 10.0  # for everything before authentication, however slowly the peer sends
 IDLE_TIMEOUT = 30.0
+KEEPALIVE = 1.0  # seconds between the Pongs a session sends while a long change is applied
 ACK_AT_LEAST_EVERY = 0.5  # seconds a batch of frames is applied before what is done so far is acknowledged
 # A live primary answers a probe within a round trip (it pings every 2 s besides); short enough that a primary
 # whose old session is dead gets in within its own handshake timeout (5 s).
@@ -548,7 +549,15 @@ class Secondary:
         """Apply *op* through the table (``_apply``) and queue its answer;
         False when it failed and the session must end."""
         try:
-            if op.BARRIER and self._sessions() > 1:
+            if isinstance(op, tp.Clone):
+                # A copy without reflinks can take minutes: in a thread, the link kept alive meanwhile, so the
+                # other groups' sessions and this one's primary see the daemon working.
+                replica.busy = True
+                try:
+                    answer = await _applied_keeping_alive(conn, replica, op)
+                finally:
+                    replica.busy = False
+            elif op.BARRIER and self._sessions() > 1:
                 # A flush can be slow: in a thread, so the other groups' sessions go on meanwhile.
                 replica.busy = True
                 try:
@@ -599,6 +608,40 @@ class Secondary:
             except OSError as exc:
                 log.error("group %s: cannot save the replica position: %s", replica.id, exc)
             replica.tree.close()
+
+
+async def _applied_keeping_alive(conn: tp.Connection, replica: Replica, op: tp.Operation) -> tp.Frame | None:
+    """``apply`` in a worker thread, with a Pong sent every KEEPALIVE
+    seconds meanwhile: the primary's reader hears the link alive (it waits
+    for the ack as long as the clone's size allows)."""
+    applied = trio.Event()
+    failed: OSError | None = None
+    answer = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_keep_alive, conn, applied)
+        try:
+            answer = await trio.to_thread.run_sync(apply, replica, op)
+        except OSError as exc:  # raised past the nursery: as it is, not in an exception group
+            failed = exc
+        finally:
+            applied.set()
+    if failed is not None:
+        raise failed
+    return answer
+
+
+async def _keep_alive(conn: tp.Connection, applied: trio.Event) -> None:
+    """Told to stop, never cancelled: a send cut short could leave half a
+    frame on a TLS stream."""
+    while True:
+        with trio.move_on_after(KEEPALIVE):
+            await applied.wait()
+            return
+        conn.enqueue(tp.Pong(token=0))
+        try:
+            await conn.flush()
+        except tp.LinkDown:
+            return  # the session finds it out with its next send
 
 
 def _check_not_a_primary(root: Path, group: str) -> None:

@@ -151,6 +151,15 @@ _NO_KERNEL_COPY = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EINVAL)
 COPY_CHUNK = 64 * 1024 * 1024  # a copy_file_range call: bounded, so a huge file is never one system call
 
 
+SLOWEST_COPY = 16 * 1024 * 1024  # bytes/s a clone without reflinks is allowed to copy at, on a slow disk
+
+
+def clone_seconds(size: int) -> float:
+    """How long a clone of *size* bytes may take without reflinks: what the
+    primary waits for its acknowledgement beyond the ack timeout."""
+    return size / SLOWEST_COPY
+
+
 def clone_data(src: int, dst: int) -> bool:
     """Make empty file *dst* hold what *src* holds, holes kept: a reflink
     (no data copied; True) where the file system has them, else its data

@@ -263,3 +263,18 @@ def test_a_link_cut_while_a_replayed_clone_is_compared_leaves_nothing_wrongly_cl
     carried = proxied.proxy.bytes_to_secondary
     assert carried < 8 * MiB, f"{carried} bytes crossed after the cut: the clone was copied, not compared again"
     proxied.assert_replicated()
+
+
+def test_a_clone_copied_for_longer_than_the_ack_timeout_keeps_the_link(cluster: Cluster) -> None:
+    """Without reflinks each side copies the data in its stream: the
+    primary waits for the clone's ack as long as its size allows, and the
+    secondary keeps the link alive meanwhile — no link lost, no resync."""
+    cluster.mount("--ack-timeout", "0.3")
+    m = cluster.mnt
+    write_random(m / "big.img", 768)
+    cluster.wait_state("InSync")
+    done = run_fsrep("clone", str(m / "big.img"), str(m / "copy.img"), timeout=300)
+    assert "replicated as one operation" in done.stdout, done.stdout
+    status = cluster.status()
+    assert (status["state"], status["resync"]) == ("InSync", None), status
+    cluster.assert_replicated()

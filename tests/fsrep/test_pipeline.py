@@ -113,6 +113,17 @@ def test_the_ack_watchdog_counts_from_the_last_progress() -> None:
     assert pipeline.overdue(71.5, timeout=10)
 
 
+def test_a_clone_being_copied_gets_the_grace_its_size_asks_and_the_change_after_it_does_not() -> None:
+    pipeline = Pipeline(0)
+    pipeline.add(InFlight(1, 0, grace=30.0), now=0.0)  # a clone the secondary copies without reflinks
+    pipeline.add(InFlight(2, 0), now=1.0)
+    assert not pipeline.overdue(39.0, timeout=10)
+    assert pipeline.overdue(40.5, timeout=10)
+    pipeline.on_ack(1, now=35.0)
+    assert not pipeline.overdue(44.0, timeout=10)
+    assert pipeline.overdue(45.5, timeout=10), "the change after the clone inherited its grace"
+
+
 def test_the_semi_sync_lag_counts_operations_too() -> None:
     pipeline = Pipeline(0)
     _queued(pipeline, 2, nbytes=1000)
