@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ from tracking import LOCAL_SEQ, Marks
 from tracking import REGION_SIZE as REGION
 
 from ._boundary import fuse_errors, requests_running
+from ._clone_aside import ASIDE_AT, AsideCopy, copy_aside
 from ._effects import Effects, Location
 from ._groups import Group, Groups
 from ._handles import Handles, removed
@@ -297,11 +299,28 @@ class Operations(pyfuse3.Operations):
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{os.fsdecode(source.mount_path)!r} is not a regular file")
         rel = group.rel
-        marks = self.effects.in_dirs(new_parent_inode)
-        await rel.admit()
-        pending = rel.split(_apply_frame(group, lambda seq: tp.Clone(seq=seq, src=rel_src, path=rel_new,
-                                                                      mode=st.st_mode, uid=st.st_uid,
-                                                                      gid=st.st_gid)), marks)
+        aside = None
+        if st.st_size >= ASIDE_AT:  # copied off the event loop first: the mount serves on meanwhile
+            src_fd = group.tree.open_regular(rel_src, os.O_RDONLY)
+            aside = await copy_aside(src_fd, group.tree.at(rel_new)[0], st.st_ino, rel.recorder)
+        try:
+            await rel.admit()
+            if aside is not None:  # where both are now: this step replicates the clone
+                source = self._where(inode)
+                new = self._child(new_parent_inode, new_name)
+                self.groups.claim(new, errno.EEXIST)
+                now, rel_src, rel_new = self.groups.same(source.mount_path, new)
+                st = group.tree.lstat(rel_src) if now is group else st
+                if now is not group or st.st_ino != aside.watch.ino:
+                    raise OSError(errno.ENOENT, "the source was moved away or replaced while it was copied")
+            frame = functools.partial(tp.Clone, src=rel_src, path=rel_new, mode=st.st_mode, uid=st.st_uid,
+                                      gid=st.st_gid)
+            apply = _apply_frame(group, lambda seq: frame(seq=seq)) if aside is None else \
+                _finished_aside(group.tree, aside, frame)
+            pending = rel.split(apply, self.effects.in_dirs(new_parent_inode))
+        finally:
+            if aside is not None:
+                aside.close()
         made = group.tree.lstat(rel_new)
         if pending is not None:  # the secondary copies it too, in its stream: its ack may take that long
             pending.grace = clone_seconds(made.st_size)
@@ -606,6 +625,18 @@ def _apply_frame(group: Group, op_of_seq: Callable[[int], tp.Operation]) -> Appl
         op = op_of_seq(seq or 0)
         group.tree.apply(op)
         return group.tree.stamped(op) if seq is not None else op
+    return apply
+
+
+def _finished_aside(tree: Tree, aside: AsideCopy, frame: Callable[..., tp.Clone]) -> Apply:
+    """An apply function that links a clone copied aside (brought up to
+    its source first) under its name; the frame makes the replica's."""
+    def apply(seq: int | None) -> tp.Operation:
+        op = frame(seq=seq or 0)
+        tree.forget(op.path)
+        dir_fd, leaf = tree.at(op.path)
+        aside.finish(dir_fd, leaf, op.mode, op.uid, op.gid)
+        return tree.stamped(op) if seq is not None else op
     return apply
 
 

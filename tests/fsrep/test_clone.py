@@ -7,11 +7,13 @@ by digest. The trees end identical."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, wait_for, write_random
+from tests.conftest import FSREP, LINK_CLOSED, SESSION_CLOSED, Cluster, run_fsrep, wait_for, write_random
 from tests.fsrep.test_groups import assert_group_replicated
 
 KiB = 1024
@@ -278,3 +280,37 @@ def test_a_clone_copied_for_longer_than_the_ack_timeout_keeps_the_link(cluster: 
     status = cluster.status()
     assert (status["state"], status["resync"]) == ("InSync", None), status
     cluster.assert_replicated()
+
+
+def test_a_large_clone_is_copied_while_the_mount_serves_and_the_source_is_written(cluster: Cluster) -> None:
+    """Both sides copy a large clone off their event loops: another
+    group's files are made meanwhile without waiting for the copy (this
+    group's changes wait for it on the secondary, in order), and writes to
+    the source during the copy end up in the copy as in the replica's
+    (both copy the source as it is at the clone's place in the stream)."""
+    cluster.mount("--group", "other")
+    m = cluster.mnt
+    write_random(m / "big.img", 768)
+    wait_for(lambda: all(g["state"] == "InSync" for g in cluster.groups().values()), "both groups InSync")
+    cloning = subprocess.Popen([*FSREP, "clone", str(m / "big.img"), str(m / "copy.img")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    longest, made, began = 0.0, 0, time.monotonic()
+    with open(m / "big.img", "r+b") as source:
+        while cloning.poll() is None and made < 10_000:
+            started = time.monotonic()
+            (m / "other" / f"meanwhile-{made}").write_bytes(b"x")
+            longest = max(longest, time.monotonic() - started)
+            if made < 8:  # while the primary copies: what it must bring its copy up to
+                source.seek((made * 97 % 768) * MiB)
+                source.write(b"w" * 4096)
+            made += 1
+    _, err = cloning.communicate(timeout=300)
+    took = time.monotonic() - began
+    assert cloning.returncode == 0, err
+    assert made >= 3, f"the clone was over after {made} files: too fast to show anything"
+    # Held, the mount would make the other group wait for the primary's whole copy: about half the clone.
+    assert longest < 0.2 * took, f"a file of another group made during the {took:.2f}s clone waited {longest:.2f}s"
+    groups = wait_for(lambda: (g := cluster.groups()) and all(x["state"] == "InSync" for x in g.values()) and g,
+                      "both groups InSync")
+    cluster.umount()
+    assert_group_replicated(cluster, groups)
