@@ -20,6 +20,7 @@ Caveats:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 
@@ -32,6 +33,8 @@ from ._sparse import clone_data, pwrite_all
 
 ASIDE_AT = 16 * 1024 * 1024  # a source this large is copied aside; a smaller one in the replicating step
 CHUNK = 1024 * 1024
+MERGE_AT = 4096  # regions noted before they are merged
+NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # a file system without unnamed files
 
 
 class SourceWatch:
@@ -44,6 +47,8 @@ class SourceWatch:
 
     def record(self, marks: tracking.Marks, seq: int) -> None:
         self.regions.extend((offset, length) for ino, _, offset, length in marks.regions if ino == self.ino)
+        if len(self.regions) > MERGE_AT:  # bounded by the runs the source holds, not by its writes
+            self.regions = _merged(self.regions)
 
 
 class AsideCopy:
@@ -81,18 +86,22 @@ class AsideCopy:
         os.close(self.copy)
 
 
-async def copy_aside(src: int, dir_fd: int, ino: int, recorder: Recorder) -> AsideCopy:
+async def copy_aside(src: int, dir_fd: int, ino: int, recorder: Recorder) -> AsideCopy | None:
     """Copy source *src* (an open descriptor of inode *ino*; taken over)
     into an unnamed file of directory *dir_fd*, in a worker thread, with
-    its changes meanwhile watched; the caller finishes or closes it.
+    its changes meanwhile watched; the caller finishes or closes it. None
+    when the file system makes no unnamed files (the caller copies in the
+    replicating step instead).
 
     Raises:
         OSError: the unnamed file could not be made or written.
     """
     try:
         copy = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(src)
+        if isinstance(exc, OSError) and exc.errno in NO_TMPFILE:
+            return None
         raise
     watch = SourceWatch(ino)
     recorder.trackers.append(watch)
