@@ -100,7 +100,9 @@ class CloneBackups:
 
 
 def empty(directory: Path) -> None:
-    """Remove every staged backup of *directory* (a replica's)."""
+    """Remove every staged backup of *directory* (a replica's), if any."""
+    if not directory.is_dir():
+        return
     for entry in directory.iterdir():
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()

@@ -447,7 +447,7 @@ class QuickResync:
             if is_staged(self.dirty.hint(ino) or b""):
                 self.dirty.forget_file(ino)
         backups = self.dirty.clone_backups()
-        if not backups or self.tree.staging_fd is None:
+        if not backups or self.tree.staging is None:
             return
         marks = tracking.Marks()  # lost with the link: the next run stages it again
         for name, src in sorted(backups.items()):

@@ -306,8 +306,7 @@ class Secondary:
             chain = saved.empty()
             root.mkdir(mode=0o755, exist_ok=True)
         tree = Tree(root)
-        staging = self.store / META_DIR / "clones" / gid
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = self.store / META_DIR / "clones" / gid  # made by the first backup a resync stages
         empty(staging)
         tree.stage_in(staging)
         undo = UndoLog(self.store / META_DIR / "undo" / gid, tree, self.undo_limit, self.space)

@@ -62,7 +62,8 @@ class Tree:
                  family: list[Tree] | None = None) -> None:
         self.root = os.fspath(root)
         self.root_fd = os.open(self.root, _DIR_FLAGS)
-        self.staging_fd: int | None = None  # where STAGING/<name> lies, when set (``stage_in``)
+        self.staging: str | None = None  # where STAGING/<name> lies, when set (``stage_in``)
+        self._staging_fd: int | None = None
         self.hidden = frozenset(hidden)
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
         self._files: OrderedDict[bytes, int] = OrderedDict()
@@ -107,17 +108,27 @@ class Tree:
     def stage_in(self, directory: str | os.PathLike[str]) -> None:
         """Let STAGING/<name> name the entry <name> of *directory*, outside
         the tree: where a group's clone backups are kept (``_clone_backups``).
-        Nothing else under RESERVED is reachable."""
-        fd = os.open(directory, _DIR_FLAGS)
-        if self.staging_fd is not None:
-            os.close(self.staging_fd)
-        self.staging_fd = fd
+        Nothing else under RESERVED is reachable. *directory* is made when
+        first needed: a store that never stages holds none."""
+        self._close_staging()
+        self.staging = os.fspath(directory)
+
+    def _staging_dir(self) -> int:
+        if self._staging_fd is None:
+            assert self.staging is not None
+            os.makedirs(self.staging, mode=0o700, exist_ok=True)
+            self._staging_fd = os.open(self.staging, _DIR_FLAGS)
+        return self._staging_fd
+
+    def _close_staging(self) -> None:
+        if self._staging_fd is not None:
+            os.close(self._staging_fd)
+            self._staging_fd = None
 
     def close(self) -> None:
         self._forget_own()
         os.close(self.root_fd)
-        if self.staging_fd is not None:
-            os.close(self.staging_fd)
+        self._close_staging()
         self._family.remove(self)
 
     def sync(self) -> None:
@@ -194,8 +205,8 @@ class Tree:
             return graft[0].at(graft[1])
         if path.partition(b"/")[0] == RESERVED:
             parent, _, name = path.rpartition(b"/")
-            if parent == STAGING and self.staging_fd is not None:
-                return self.staging_fd, name
+            if parent == STAGING and self.staging is not None:
+                return self._staging_dir(), name
             raise OSError(errno.EPERM, ".fsrep is reserved for fsrep's own state")
         if self.hidden and self.is_hidden(path):
             raise OSError(errno.EXDEV, "the path belongs to another consistency group")
