@@ -47,12 +47,16 @@ def _relationship(tmp_path: Path, port: int, policy: str) -> Relationship:
 
 
 @contextlib.asynccontextmanager
-async def connected(tmp_path: Path) -> AsyncIterator[tuple[InProcessSecondary, Relationship, trio.Nursery]]:
-    """A sync relationship, connected and served, to an in-process secondary."""
+async def connected(tmp_path: Path, *, schedule: bool = True
+                    ) -> AsyncIterator[tuple[InProcessSecondary, Relationship, trio.Nursery]]:
+    """A sync relationship, connected and served, to an in-process secondary
+    (with no snapshot schedule of its own unless *schedule*)."""
     server = InProcessSecondary(tmp_path / "secondary")
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         rel = _relationship(tmp_path, server.port, "sync")
+        if not schedule:
+            rel.snapshots.interval = 0  # serve starts none: the test runs the one it looks at
         await rel.connect()
         nursery.start_soon(rel.serve)
         with trio.fail_after(10):  # the new replica learns the primary's generation first
@@ -135,7 +139,7 @@ async def test_the_schedule_takes_a_first_snapshot_soon_and_then_keeps_its_inter
                                                                                   monkeypatch: pytest.MonkeyPatch
                                                                                   ) -> None:
     monkeypatch.setattr(snapshots_module, "FIRST_SNAPSHOT_DELAY", 0.1)
-    async with connected(tmp_path) as (server, rel, nursery):
+    async with connected(tmp_path, schedule=False) as (server, rel, nursery):
         rel.snapshots.interval = 3600.0
         assert rel.snapshots.next_turn() == 0.1  # no snapshot taken yet: a common point soon
         turned = trio.Event()
