@@ -362,7 +362,6 @@ async def start_resync(daemon: Daemon, req: ResyncRequest) -> ResyncStarted:
         return await _compare_path(daemon, req)
     await _connected(rel)
     if req.mode == "snapshot" and rel.snapshots.basis(req.snapshot) is None:
-
         named = f"named {req.snapshot} " if req.snapshot else ""
         raise Refused(f"group {rel.record.id} has no common snapshot {named}with its replica ('fsrep snapshot "
                       f"MOUNTPOINT list' shows them); use '--mode checksum' instead")
@@ -458,7 +457,7 @@ async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
     record = group.rel.record
     try:
         target = move.check_destination(req.to, group, daemon.store, daemon.mountpoint, daemon.groups)
-        done = move.move(group, target, daemon.store, group.rel.ledger.groups, daemon.ops.tree, daemon.groups)
+        done = move.move(group, target, daemon.store, group.rel.ledger.groups, daemon.ops.tree)
     except move.MoveRefused as exc:
         raise Refused(f"group {record.id} (/{record.path}): {exc}") from None
     except OSError as exc:

@@ -87,7 +87,6 @@ class Groups:
         self.default = groups[0]
         self._declared = groups[1:]
         self.roots = frozenset(group.prefix for group in self._declared)  # mount paths of the declared roots
-        self.moved: set[bytes] = set()  # mount paths of the roots of groups whose data lives elsewhere (grafted)
 
     def route(self, path: bytes) -> tuple[Group, bytes]:
         """The group that owns mount path *path*, and the path within it."""

@@ -127,7 +127,7 @@ def check_destination(to: str, group: Group, store: Path, mountpoint: Path, moun
     return target
 
 
-def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree: Tree, mount: Groups) -> Done:
+def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree: Tree) -> Done:
     """Move *group*'s data to *target* (checked by ``check_destination``):
     the intent saved, the rename, the old place kept as an empty directory,
     the mount serving the group from *target*, the record saved. One step:
@@ -165,10 +165,8 @@ def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree
     tree.root = str(target)
     if target == original:
         mount_tree.ungraft(group.prefix)
-        mount.moved.discard(group.prefix)
     else:
         mount_tree.graft(group.prefix, tree)
-        mount.moved.add(group.prefix)
     record.store = "" if target == original else str(target)
     record.moving_to, record.moving_ino = "", 0
     seconds = time.monotonic() - started

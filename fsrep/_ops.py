@@ -465,9 +465,9 @@ class Operations(pyfuse3.Operations):
         """The lstat of entry *name* of the open directory *fh* (inode
         *ino*) — of the root a group moved elsewhere is served from, when
         the entry is that group's (here, an empty directory stands in)."""
-        if self.groups.moved and self.inodes.path(ino) is not None:
+        if self.tree.grafts and self.inodes.path(ino) is not None:
             path = self.inodes.child_path(ino, name)
-            if path in self.groups.moved:
+            if path in self.tree.grafts:
                 return self.tree.lstat(path)
         return os.stat(name, dir_fd=fh, follow_symlinks=False)
 

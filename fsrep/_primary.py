@@ -181,7 +181,6 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
                               f"or move it back into the store (fsrep-move --to {store / record.path}) before "
                               f"retiring it")
     mount = Groups(opened)
-    mount.moved.update(group.prefix for group in opened if group.rel.record.store)
     declare.retire(groups, records, mount, opts.retire)
     for path in moved:  # its data may still be in the replica of the group that held it before
         declare.left(mount.route(path.rpartition("/")[0].encode())[0], path)

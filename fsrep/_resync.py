@@ -443,11 +443,13 @@ class QuickResync:
         what differs sent — so the clones are replayed from it. Staged
         backups a run cut short left dirty are forgotten first: the replica
         emptied its staging directory at this run's ResyncBegin."""
+        if self.tree.staging is None:
+            return  # no backup directory: nothing is ever staged
         for ino in self.dirty.files():
             if is_staged(self.dirty.hint(ino) or b""):
                 self.dirty.forget_file(ino)
         backups = self.dirty.clone_backups()
-        if not backups or self.tree.staging is None:
+        if not backups:
             return
         marks = tracking.Marks()  # lost with the link: the next run stages it again
         for name, src in sorted(backups.items()):

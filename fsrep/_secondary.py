@@ -548,19 +548,12 @@ class Secondary:
         """Apply *op* through the table (``_apply``) and queue its answer;
         False when it failed and the session must end."""
         try:
-            if isinstance(op, tp.Clone):
-                # A copy without reflinks can take minutes: in a thread, the link kept alive meanwhile, so the
-                # other groups' sessions and this one's primary see the daemon working.
+            if isinstance(op, tp.Clone) or (op.BARRIER and self._sessions() > 1):
+                # A copy without reflinks can take minutes, a flush seconds: in a thread, the link kept alive,
+                # so the other groups' sessions go on meanwhile and this one's primary hears the daemon working.
                 replica.busy = True
                 try:
                     answer = await _applied_keeping_alive(conn, replica, op)
-                finally:
-                    replica.busy = False
-            elif op.BARRIER and self._sessions() > 1:
-                # A flush can be slow: in a thread, so the other groups' sessions go on meanwhile.
-                replica.busy = True
-                try:
-                    answer = await trio.to_thread.run_sync(apply, replica, op)
                 finally:
                     replica.busy = False
             else:

@@ -85,6 +85,11 @@ class Tree:
         self._grafts[path] = tree
         self.forget_all()
 
+    @property
+    def grafts(self) -> frozenset[bytes]:
+        """The paths grafted (see ``graft``)."""
+        return frozenset(self._grafts)
+
     def ungraft(self, path: bytes) -> None:
         """Serve *path* from this tree again."""
         self._grafts.pop(path, None)
