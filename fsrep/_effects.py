@@ -64,8 +64,8 @@ class Effects:
         self.tree = tree
 
     def backing(self, ino: int) -> int:
-        """The backing st_ino of a FUSE inode (the mapping is its own inverse)."""
-        return self.inodes.fuse_ino(ino)
+        """The backing st_ino of a FUSE inode."""
+        return self.inodes.backing(ino)
 
     def locate(self, ino: int) -> Location | None:
         """Where *ino* is now (one walk up the inode table); None once it
@@ -79,7 +79,7 @@ class Effects:
             return None
         mount_path, dirs = found
         group, path = self.groups.route(mount_path)
-        backing = self.inodes.fuse_ino
+        backing = self.inodes.backing
         return Location(ino, group, path, mount_path, tuple(backing(d) for d in dirs[group.depth:]))
 
     # --- changes to one file ---------------------------------------------------------

@@ -12,6 +12,7 @@ cannot be removed or renamed (EBUSY) — they hold the group in place.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 
 from ._inodes import InodeTable
@@ -70,8 +71,8 @@ class _Locator:
     inodes: InodeTable
 
     def __call__(self, backing_ino: int) -> bytes | None:
-        fuse = self.inodes.fuse_ino(backing_ino)
-        if fuse not in self.inodes:
+        fuse = self.inodes.known(backing_ino, os.fstat(self.group.tree.root_fd).st_dev)
+        if fuse is None:
             return None
         path = self.inodes.path(fuse)
         if path is None or not self.group.owns(path):

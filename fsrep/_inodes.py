@@ -5,7 +5,10 @@ how many handles are open on it.
 How this works: a FUSE inode number is the backing file's ``st_ino``, except
 that the store root is always 1 (and a backing inode 1, if the filesystem has
 one, takes the root's number), so numbers are stable for the life of the
-mount without a mapping table. Each known inode keeps the set of
+mount without a mapping table. Only an inode of another file system (a group
+moved to another disk, ``_move_across``) or one whose number a moved file
+kept (``rehome``) gets a number from a table: numbers from FOREIGN up, for as
+long as the kernel knows the inode. Each known inode keeps the set of
 ``(parent, name)`` links the kernel has seen it under, so hard links and
 renamed parents resolve to a current path by walking up to the root. An
 inode is dropped when the kernel has forgotten every lookup and no handle is
@@ -27,6 +30,7 @@ import errno
 from dataclasses import dataclass, field
 
 ROOT = 1
+FOREIGN = 1 << 62  # the first number given to an inode of another file system: above any ext4/xfs/tmpfs st_ino
 MAX_DEPTH = 32 * 1024  # directories above an entry: a path of MAX_PATH bytes has at most half as many
 
 Link = tuple[int, bytes]
@@ -43,8 +47,12 @@ class Node:
 class InodeTable:
     """Inode number <-> path bookkeeping. Pure data; no system calls."""
 
-    def __init__(self, root_st_ino: int) -> None:
+    def __init__(self, root_st_ino: int, device: int = 0) -> None:
         self._root_st_ino = root_st_ino
+        self._device = device  # the store's: its inodes keep their own numbers
+        self._numbers: dict[tuple[int, int], int] = {}  # (device, st_ino) -> number, for the inodes given one
+        self._backing: dict[int, tuple[int, int]] = {}  # the inverse
+        self._next = FOREIGN
         self._nodes: dict[int, Node] = {ROOT: Node(ROOT, lookups=1)}
         self._entries: dict[Link, int] = {}
         self.epoch = 0  # moves on whenever a path may change (see Caveats)
@@ -55,13 +63,57 @@ class InodeTable:
     def __contains__(self, ino: int) -> bool:
         return ino in self._nodes
 
-    def fuse_ino(self, st_ino: int) -> int:
-        """The FUSE inode number for a backing ``st_ino``."""
+    def fuse_ino(self, st_ino: int, device: int | None = None) -> int:
+        """The FUSE inode number for backing inode *st_ino* of *device*
+        (None: the store's)."""
+        key = (self._device if device is None else device, st_ino)
+        number = self._numbers.get(key)
+        if number is not None:
+            return number
+        if key[0] == self._device:
+            number = self._own(st_ino)
+            if number not in self._backing:  # not kept by a moved file
+                return number
+        if len(self._numbers) > 2 * len(self._nodes) + 1024:  # numbers given to entries never looked up
+            self._sweep()
+        number, self._next = self._next, self._next + 1
+        self._numbers[key], self._backing[number] = number, key
+        return number
+
+    def known(self, st_ino: int, device: int | None = None) -> int | None:
+        """The FUSE inode number of backing inode *st_ino* of *device*
+        when the kernel knows it (None otherwise; no number is given)."""
+        key = (self._device if device is None else device, st_ino)
+        number = self._numbers.get(key)
+        if number is None and key[0] == self._device and self._own(st_ino) not in self._backing:
+            number = self._own(st_ino)
+        return number if number is not None and number in self._nodes else None
+
+    def _own(self, st_ino: int) -> int:
+        """The number a store inode has by itself (the root's swap is its own inverse)."""
         if st_ino == self._root_st_ino:
             return ROOT
         if st_ino == ROOT:
             return self._root_st_ino
         return st_ino
+
+    def backing(self, ino: int) -> int:
+        """The backing ``st_ino`` of FUSE inode *ino* (on its group's device)."""
+        key = self._backing.get(ino)
+        return key[1] if key is not None else self._own(ino)
+
+    def rehome(self, ino: int, device: int, st_ino: int) -> None:
+        """Known inode *ino* is now backing inode *st_ino* of *device* (its
+        data was copied there): the kernel keeps its number, and a store
+        inode that later gets the old ``st_ino`` gets another."""
+        old = self._backing.pop(ino, None)
+        if old is not None:
+            self._numbers.pop(old, None)
+        self._numbers[(device, st_ino)], self._backing[ino] = ino, (device, st_ino)
+
+    def _sweep(self) -> None:
+        for number in [n for n in self._backing if n not in self._nodes]:
+            self._numbers.pop(self._backing.pop(number), None)
 
     def node(self, ino: int) -> Node:
         try:
@@ -121,10 +173,11 @@ class InodeTable:
 
     # --- the kernel's references -------------------------------------------
 
-    def remember(self, st_ino: int, parent: int, name: bytes) -> int:
-        """Record one kernel lookup of *name* in *parent*; returns the FUSE
-        inode number."""
-        ino = self.fuse_ino(st_ino)
+    def remember(self, st_ino: int, parent: int, name: bytes, device: int | None = None) -> int:
+        """Record one kernel lookup of *name* in *parent* (backing inode
+        *st_ino* of *device*, None: the store's); returns the FUSE inode
+        number."""
+        ino = self.fuse_ino(st_ino, device)
         old = self._entries.get((parent, name))
         if old is not None and old != ino:
             self._unlink_entry(parent, name)
@@ -162,6 +215,9 @@ class InodeTable:
                 if self._entries.get(link) == node.ino:
                     del self._entries[link]
             del self._nodes[node.ino]
+            key = self._backing.pop(node.ino, None)
+            if key is not None:
+                self._numbers.pop(key, None)
             self.epoch += 1
 
     # --- namespace changes ---------------------------------------------------

@@ -95,7 +95,8 @@ class Operations(pyfuse3.Operations):
         self.enable_writeback_cache = writeback_cache
         self.tree = tree
         self.groups = groups
-        self.inodes = InodeTable(os.stat(tree.root_fd).st_ino)
+        root = os.stat(tree.root_fd)
+        self.inodes = InodeTable(root.st_ino, root.st_dev)
         self.effects = Effects(self.inodes, groups, tree)
         self.handles = Handles(self.inodes, self.effects)
         # Inodes known to have no file capabilities: the kernel asks before
@@ -119,7 +120,7 @@ class Operations(pyfuse3.Operations):
         return list(self.groups.all) if where is None else [where.group]
 
     def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        return _attributes(st, self.inodes.fuse_ino(st.st_ino))
+        return _attributes(st, self.inodes.fuse_ino(st.st_ino, st.st_dev))
 
     def _where(self, ino: int) -> Location:
         """Where *ino* is; ENOENT once it was unlinked."""
@@ -151,7 +152,7 @@ class Operations(pyfuse3.Operations):
 
     def _entry(self, parent: int, name: bytes, path: bytes) -> pyfuse3.EntryAttributes:
         st = self.tree.lstat(path)
-        self.inodes.remember(st.st_ino, parent, name)
+        self.inodes.remember(st.st_ino, parent, name, st.st_dev)
         return self._attrs(st)
 
     # --- the mutation patterns: replicated, or local to a file with no known name ----
@@ -415,7 +416,7 @@ class Operations(pyfuse3.Operations):
                 os.close(fd)
             raise
         st = os.fstat(opened[0])
-        ino = self.inodes.remember(st.st_ino, parent_inode, name)
+        ino = self.inodes.remember(st.st_ino, parent_inode, name, st.st_dev)
         self._without_caps(ino)  # a new file has none
         return self._opened(opened[0], ino), self._attrs(st)
 
@@ -490,7 +491,7 @@ class Operations(pyfuse3.Operations):
                     continue
                 if not pyfuse3.readdir_reply(token, name, self._attrs(st), after):
                     return
-                self.inodes.remember(st.st_ino, handle.ino, name)
+                self.inodes.remember(st.st_ino, handle.ino, name, st.st_dev)
                 replied = True
         except OSError:
             if not replied:

@@ -23,7 +23,7 @@ Caveats:
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,6 +280,23 @@ class DirtySet:
             self._clones.pop(ino, None)
             if ino not in self._dirs:
                 self._hints.pop(ino, None)
+
+    def rekeyed(self, inodes: Mapping[int, int]) -> DirtySet:
+        """This set with every inode number given the one *inodes* maps it
+        to, and what it maps to none dropped: the group's data was copied
+        to another file system (``fsrep-move``), where each inode has
+        another number. An inode not copied was removed before the copy
+        was finished (its directory is marked, which is what a resync
+        needs) or had no name left."""
+        out = DirtySet()
+        out.everything, out.reason, out.dirs_added = self.everything, self.reason, self.dirs_added
+        out._files = {inodes[ino]: entry for ino, entry in self._files.items() if ino in inodes}
+        out._dirs = {inodes[ino] for ino in self._dirs if ino in inodes}
+        out._heads = {inodes[ino] for ino in self._heads if ino in inodes}
+        out._hints = {inodes[ino]: path for ino, path in self._hints.items() if ino in inodes}
+        out._dir_marks = {inodes[ino]: count for ino, count in self._dir_marks.items() if ino in inodes}
+        out._clones = {inodes[ino]: record for ino, record in self._clones.items() if ino in inodes}
+        return out
 
     # --- persistence -------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ Caveats:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -217,6 +217,15 @@ class SnapshotChain(Generic[C]):
     def intercept(self, name: str) -> DirtySet | None:
         entry = self._find(name)
         return entry.intercept if entry is not None else None
+
+    def rekey(self: SnapshotChain[DirtySet], inodes: Mapping[int, int]) -> None:
+        """Give every inode its number on another file system
+        (``DirtySet.rekeyed``), after a move: saved whole next time."""
+        for entry in self._entries:
+            entry.delta = entry.delta.rekeyed(inodes)
+            if entry.intercept is not None:
+                entry.intercept = entry.intercept.rekeyed(inodes)
+        self.changed = True
 
     # --- persistence -------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from fsrep._inodes import ROOT, InodeTable
+from fsrep._inodes import FOREIGN, ROOT, InodeTable
 
 ROOT_ST_INO = 500
 
@@ -100,3 +100,49 @@ def test_chain_lists_the_directories_from_the_root_and_survives_deep_trees() -> 
     assert dirs[0] == ROOT
     assert dirs[-1] == parent
     assert len(dirs) == 3001
+
+
+STORE, OTHER = 7, 9  # devices
+
+
+def test_inodes_of_another_device_get_numbers_of_their_own() -> None:
+    table = InodeTable(ROOT_ST_INO, STORE)
+    here = table.remember(77, ROOT, b"here", STORE)
+    there = table.remember(77, ROOT, b"there", OTHER)
+    assert here == 77
+    assert there >= FOREIGN
+    assert table.fuse_ino(77, OTHER) == there
+    assert table.backing(there) == 77
+    assert table.backing(here) == 77
+    assert table.known(77, OTHER) == there
+    assert table.known(78, OTHER) is None
+
+
+def test_a_foreign_number_goes_with_the_kernels_last_reference() -> None:
+    table = InodeTable(ROOT_ST_INO, STORE)
+    there = table.remember(77, ROOT, b"there", OTHER)
+    table.forget(there, 1)
+    assert table.known(77, OTHER) is None
+    assert table.fuse_ino(77, OTHER) != there  # a new number: the kernel forgot the old one
+
+
+def test_a_rehomed_inode_keeps_its_number_and_the_store_reuses_none() -> None:
+    table = InodeTable(ROOT_ST_INO, STORE)
+    moved = table.remember(88, ROOT, b"moved", STORE)
+    table.rehome(moved, OTHER, 5)
+    assert table.fuse_ino(5, OTHER) == moved
+    assert table.backing(moved) == 5
+    reused = table.remember(88, ROOT, b"new", STORE)  # the store gave the old st_ino to a new file
+    assert reused != moved
+    assert table.backing(reused) == 88
+    assert table.path(moved) == b"moved"
+    assert table.path(reused) == b"new"
+    table.forget(moved, 1)
+    assert table.known(5, OTHER) is None
+
+
+def test_numbers_given_to_entries_never_looked_up_are_bounded() -> None:
+    table = InodeTable(ROOT_ST_INO, STORE)
+    for st_ino in range(10_000):
+        table.fuse_ino(st_ino, OTHER)  # a listing's attributes, never remembered
+    assert len(table._numbers) <= 2 * len(table) + 1025

@@ -136,3 +136,23 @@ def test_a_clone_record_is_saved_with_its_file_taken_once_and_goes_when_the_file
     merged.merge(dirty)
     assert merged.take_clone(6) == ClonedFrom(b"base.img", "7.1700000000")
     assert merged.clone_backups() == {}
+
+
+def test_a_rekeyed_set_is_the_same_under_the_new_numbers_and_drops_what_was_not_copied() -> None:
+    dirty = DirtySet()
+    dirty.mark_regions(10, b"d/f", RegionRange(3, 2))
+    dirty.mark_meta(11, b"d/g")
+    dirty.mark_heads(20, b"d")
+    dirty.mark_clone(12, b"d/c", b"d/f")
+    dirty.mark_regions(99, b"gone", RegionRange(0, 1))  # removed before it was copied
+    moved = dirty.rekeyed({10: 110, 11: 111, 12: 112, 20: 120})
+    assert [(r.first, r.count) for r in moved.ranges(110)] == [(3, 2)]
+    assert moved.meta_dirty(111)
+    assert not moved.meta_dirty(11)
+    assert moved.dir_dirty(120)
+    assert moved.heads_dirty(120)
+    assert moved.hint(120) == b"d"
+    assert moved.take_clone(112) == ClonedFrom(b"d/f")
+    assert 99 not in moved.files()
+    assert moved.hint(99) is None
+    assert dirty.meta_dirty(11)  # the original is left as it was

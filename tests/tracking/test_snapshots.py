@@ -403,3 +403,21 @@ def test_by_path_cannot_tell_everything_nor_a_file_never_seen_by_name() -> None:
     unnamed = tracking.DirtySet()
     unnamed.mark_regions(7, tracking.UNNAMED, tracking.RegionRange(0, 1))
     assert tracking.by_path(unnamed, lambda path: []) is None
+
+
+def test_a_rekeyed_chain_keeps_its_changes_under_the_new_numbers() -> None:
+    chain = SnapshotChain(DirtySet)
+    intercept = DirtySet()
+    intercept.apply(_write(5, 1))
+    chain.add(_sid("a", 1), intercept=intercept)
+    current = chain.current()
+    assert current is not None
+    current.apply(_write(6, 2))
+    chain.changed = False
+    chain.rekey({5: 50, 6: 60})
+    assert chain.changed
+    assert _regions(chain.since("a"), 60) == {2}
+    assert not _regions(chain.since("a"), 6)
+    moved_intercept = chain.intercept("a")
+    assert moved_intercept is not None
+    assert _regions(moved_intercept, 50) == {1}
