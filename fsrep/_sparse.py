@@ -171,15 +171,31 @@ def clone_data(src: int, dst: int) -> bool:
         if exc.errno not in _NO_REFLINK:
             raise
     size = os.fstat(src).st_size
-    for first, end in data_segments(src, 0, size):
+    copy_span(src, dst, 0, size)
+    os.ftruncate(dst, size)
+    return False
+
+
+def copy_span(src: int, dst: int, start: int, stop: int, *, holes: bool = False) -> int:
+    """Copy bytes start..stop of *src* to the same place of *dst*, its
+    holes skipped — and, with *holes*, punched in *dst* (which held other
+    data there); the bytes of data copied. A source shorter than *stop*
+    ends the copy where it ends."""
+    copied, at = 0, start
+    for first, end in data_segments(src, start, stop):
+        if holes and first > at:
+            punch(dst, at, first - at)
         offset = first
         while offset < end:
             n = _copy_range(src, dst, min(COPY_CHUNK, end - offset), offset)
             if not n:
-                break  # shorter than it was: the size below says where it ends
+                return copied  # shorter than it was
             offset += n
-    os.ftruncate(dst, size)
-    return False
+            copied += n
+        at = end
+    if holes and stop > at:
+        punch(dst, at, stop - at)
+    return copied
 
 
 def _copy_range(src: int, dst: int, length: int, offset: int) -> int:

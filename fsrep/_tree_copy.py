@@ -1,0 +1,254 @@
+"""A consistency group's tree copied to another file system while clients
+change it (``_move_across``): one whole copy, then catch-up passes over
+what changed meanwhile, each run in a worker thread.
+
+How this works: the copy mirrors the source path for path, and ``inodes``
+maps each source inode to its copy's. That map is how a catch-up tells a
+copy from an entry that took its name since (the name now holds another
+inode), how hard links are linked again, and what the group's trackers
+are rekeyed with at cutover. A catch-up is given the directories and files
+a watch saw change, at their paths of the moment:
+- a directory: each entry of the copy that is not the copy of the entry of
+  that name in the source now is removed, each source entry missing in the
+  copy is copied (a directory with all it holds), and its attributes set;
+- a file: the regions changed are copied again (holes as the source has
+  them), then its size and attributes set.
+Both trees are reached through ``Tree``: no symlink is ever followed, and
+nothing is written outside the target's root. Directories' times are set
+last, deepest first, so making their entries leaves them as the source's.
+
+Caveats:
+- An entry renamed in the source is copied again at its new name, and its
+  old copy removed: a rename costs the copy of what it moved.
+- An item whose path names another inode by the time it is copied (it was
+  renamed or removed meanwhile) is handed back (``Pass.missed``); what
+  moved it marked the directories concerned.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import transport as tp
+
+from ._apply import mutate
+from ._copying import attributes, creation, xattrs
+from ._sparse import COPY_CHUNK, copy_span
+from ._tree import Tree
+
+Region = tuple[int, int]  # (offset, length)
+
+
+class Cancelled(Exception):
+    """The copy was told to stop (an abort); what it made is removed by the caller."""
+
+
+@dataclass(slots=True)
+class Pass:
+    """What one catch-up did."""
+
+    bytes: int = 0
+    entries: int = 0
+    missed_dirs: list[tuple[int, bytes]] = field(default_factory=list)  # (source inode, path)
+    missed_files: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+class TreeCopy:
+    """The copy of *source* in *target* (an empty directory, elsewhere)."""
+
+    def __init__(self, source: Tree, target: Tree, *, cancelled: Callable[[], bool] = lambda: False,
+                 copied: Callable[[int], None] = lambda n: None) -> None:
+        self.source, self.target = source, target
+        self.inodes: dict[int, int] = {}  # source st_ino -> target st_ino, for every entry copied
+        self._links: dict[int, bytes] = {}  # source st_ino of a hard-linked file -> a path of its copy
+        self._cancelled, self._copied = cancelled, copied
+
+    # --- the whole copy --------------------------------------------------------------
+
+    def copy_all(self) -> int:
+        """Copy everything (the root's attributes too); the bytes of data
+        copied. Raises Cancelled, or OSError as the system calls (ENOSPC)."""
+        root = self.source.lstat(b"")
+        self.inodes[root.st_ino] = self.target.lstat(b"").st_ino
+        copied = self._copy_tree(b"")
+        self._set_attributes(b"", root, directory=True)
+        self.target.sync()
+        return copied
+
+    def _copy_tree(self, top: bytes) -> int:
+        """Copy what directory *top* holds (the directory itself is there)."""
+        copied = 0
+        directories: list[tuple[bytes, os.stat_result]] = []
+        for path, st in self.source.walk(top):
+            if self._cancelled():
+                raise Cancelled()
+            try:
+                copied += self._copy_entry(path, st)
+            except FileNotFoundError:  # removed while it was copied: its directory was marked
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                directories.append((path, st))
+        for path, st in reversed(directories):
+            self._times(path, st)
+        return copied
+
+    def _copy_entry(self, path: bytes, st: os.stat_result) -> int:
+        """Make *path* in the target as the source's entry *st*, with its
+        data and attributes (a directory empty); the bytes copied."""
+        mode = st.st_mode
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1 and self._link(path, st):
+            return 0
+        mutate(self.target, creation(self.source, path, st)(0))
+        made = self.target.lstat(path).st_ino
+        self.inodes[st.st_ino] = made
+        copied = 0
+        if stat.S_ISREG(mode):
+            copied = self._copy_data(path, [(0, st.st_size)], fresh=True)
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            self._links[st.st_ino] = path
+        self._set_attributes(path, st, directory=stat.S_ISDIR(mode))
+        return copied
+
+    def _link(self, path: bytes, st: os.stat_result) -> bool:
+        """Link *path* to the copy of its inode, when one is known and still
+        at the path noted; whether it was."""
+        other = self._links.get(st.st_ino)
+        if other is None or other == path:
+            return False
+        try:
+            if self.target.lstat(other).st_ino != self.inodes.get(st.st_ino):
+                return False
+        except FileNotFoundError:
+            return False
+        mutate(self.target, tp.Link(seq=0, target=other, new=path))
+        return True
+
+    def _copy_data(self, path: bytes, spans: Iterable[Region], *, fresh: bool) -> int:
+        """Copy *spans* of file *path* (into a *fresh* copy: no holes to
+        punch), then give the copy the source's size; the bytes copied."""
+        src = self.source.open_regular(path, os.O_RDONLY)
+        try:
+            dst = self.target.writable(path)  # the tree's own: it closes it
+            copied = 0
+            for start, length in spans:
+                offset, stop = start, start + length
+                while offset < stop:
+                    if self._cancelled():
+                        raise Cancelled()
+                    end = min(stop, offset + COPY_CHUNK)
+                    n = copy_span(src, dst, offset, end, holes=not fresh)
+                    copied += n
+                    self._copied(n)
+                    offset = end
+            os.ftruncate(dst, os.fstat(src).st_size)
+            return copied
+        finally:
+            os.close(src)
+
+    def _set_attributes(self, path: bytes, st: os.stat_result, *, directory: bool) -> None:
+        if not stat.S_ISLNK(st.st_mode):
+            mutate(self.target, attributes(path, st, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID)(0))
+            for frame in xattrs(self.source, path, drop_others=True):
+                mutate(self.target, frame(0))
+        if not directory:
+            self._times(path, st)
+
+    def _times(self, path: bytes, st: os.stat_result) -> None:
+        mutate(self.target, attributes(path, st, tp.ATTR_TIMES)(0))
+
+    # --- catching up -----------------------------------------------------------------
+
+    def catch_up(self, dirs: Iterable[tuple[int, bytes]], files: Iterable[tuple[int, bytes, list[Region], bool]]
+                 ) -> Pass:
+        """Bring the copy up to what changed: directories *dirs* (source
+        inode, path) and files *files* (source inode, path, regions
+        changed, whether its metadata changed)."""
+        done = Pass()
+        synced: list[tuple[bytes, os.stat_result]] = []
+        for ino, path in sorted(dirs, key=lambda item: item[1].count(b"/")):  # parents first
+            st = self._current(ino, path, directory=True)
+            if st is None:
+                done.missed_dirs.append((ino, path))
+                continue
+            done.bytes += self._sync_dir(path, done)
+            self._set_attributes(path, st, directory=True)
+            synced.append((path, st))
+        for ino, path, regions, meta in files:
+            st = self._current(ino, path, directory=False)
+            if st is None or ino not in self.inodes:
+                done.missed_files.append((ino, path))
+                continue
+            if stat.S_ISREG(st.st_mode) and regions:
+                done.bytes += self._copy_data(path, regions, fresh=False)
+            if meta or regions:
+                self._set_attributes(path, st, directory=False)
+        for path, st in sorted(synced, key=lambda item: -item[0].count(b"/")):
+            self._times(path, self.source.lstat(path) if path else st)
+        return done
+
+    def _current(self, ino: int, path: bytes, *, directory: bool) -> os.stat_result | None:
+        """The source entry at *path* when it is inode *ino* and its copy is
+        at the same path (else None: it moved, or went)."""
+        try:
+            st = self.source.lstat(path)
+            there = self.target.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if st.st_ino != ino or self.inodes.get(ino) != there.st_ino or stat.S_ISDIR(st.st_mode) != directory:
+            return None
+        return st
+
+    def _sync_dir(self, path: bytes, done: Pass) -> int:
+        """Make directory *path* of the copy list what the source's does."""
+        copied = 0
+        wanted = {name: self.source.lstat(_join(path, name)) for name in self.source.listdir(path)}
+        for name in self.target.listdir(path):
+            child = _join(path, name)
+            st = wanted.get(name)
+            there = self.target.lstat(child)
+            if st is not None and self.inodes.get(st.st_ino) == there.st_ino \
+                    and stat.S_IFMT(st.st_mode) == stat.S_IFMT(there.st_mode):
+                del wanted[name]  # the copy of what is there
+                continue
+            self._remove(child, there)
+        for name, st in sorted(wanted.items()):
+            child = _join(path, name)
+            copied += self._copy_entry(child, st)
+            done.entries += 1
+            if stat.S_ISDIR(st.st_mode):
+                copied += self._copy_tree(child)
+                self._times(child, st)
+        return copied
+
+    def _remove(self, path: bytes, st: os.stat_result) -> None:
+        with self.target.held_parent(path) as (parent, name):
+            _remove(parent, name, st)
+        self.target.forget_all()
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def _remove(parent: int, name: bytes, st: os.stat_result) -> None:
+    """Remove entry *name* of directory *parent* (a directory with all it holds)."""
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent)
+        return
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        shutil.rmtree(os.fsdecode(name), dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def emptied(target: Tree) -> None:
+    """Remove everything a copy made in *target* (an abort, or a crash
+    during the copy): its root is left, empty."""
+    for name in target.listdir(b""):
+        _remove(target.root_fd, name, target.lstat(name))
+    target.forget_all()

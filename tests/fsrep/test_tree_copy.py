@@ -1,0 +1,90 @@
+"""A group's tree copied and caught up (``_tree_copy``), on real directories."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from fsrep._digest import tree_differences
+from fsrep._tree import Tree
+from fsrep._tree_copy import Cancelled, TreeCopy, emptied
+
+MIB = 1024 * 1024
+
+
+def _source(root: Path) -> None:
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "f").write_bytes(b"x" * 10_000)
+    with open(root / "sparse", "wb") as f:
+        f.write(b"head")
+        f.seek(8 * MIB)
+        f.write(b"tail")
+    os.link(root / "sparse", root / "d" / "hard")
+    os.symlink("../sparse", root / "d" / "link")
+    os.mkfifo(root / "fifo")
+    os.setxattr(root / "d" / "e" / "f", "user.colour", b"blue")
+    os.chmod(root / "d", 0o750)
+    os.utime(root / "d" / "e", ns=(1, 2_000_000_000))
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> tuple[Path, Path, TreeCopy]:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    _source(src)
+    return src, dst, TreeCopy(Tree(src), Tree(dst))
+
+
+def test_a_whole_copy_is_the_same_tree_with_holes_and_hard_links(trees: tuple[Path, Path, TreeCopy]) -> None:
+    src, dst, copy = trees
+    copied = copy.copy_all()
+    assert tree_differences(src, dst) == []
+    assert copied < 2 * MIB  # the hole was not copied
+    assert os.stat(dst / "sparse").st_blocks * 512 < MIB
+    assert os.stat(dst / "sparse").st_ino == os.stat(dst / "d" / "hard").st_ino
+    assert copy.inodes[os.stat(src / "d" / "e" / "f").st_ino] == os.stat(dst / "d" / "e" / "f").st_ino
+
+
+def test_a_catch_up_makes_the_copy_follow_what_changed(trees: tuple[Path, Path, TreeCopy]) -> None:
+    src, dst, copy = trees
+    copy.copy_all()
+    ino = {p: os.stat(src / p).st_ino for p in ["", "d", "d/e", "d/e/f", "sparse"]}
+    with open(src / "sparse", "r+b") as f:  # a write in the middle of the hole
+        f.seek(4 * MIB)
+        f.write(b"middle")
+    os.rename(src / "d" / "e", src / "e2")  # a directory renamed
+    (src / "new").write_bytes(b"fresh")
+    (src / "tmp").write_bytes(b"replacement")
+    os.rename(src / "tmp", src / "d" / "link")  # a rename over an entry
+    os.unlink(src / "fifo")
+    done = copy.catch_up(dirs=[(ino[""], b""), (ino["d"], b"d")],
+                         files=[(ino["sparse"], b"sparse", [(4 * MIB, 4096)], True),
+                                (ino["d/e/f"], b"d/e/f", [(0, 4096)], False)])
+    assert tree_differences(src, dst) == []
+    assert done.missed_files == [(ino["d/e/f"], b"d/e/f")]  # moved with its directory, which was copied again
+    assert os.stat(dst / "sparse").st_blocks * 512 < MIB
+
+
+def test_a_directory_that_moved_is_handed_back(trees: tuple[Path, Path, TreeCopy]) -> None:
+    src, _, copy = trees
+    copy.copy_all()
+    ino = os.stat(src / "d" / "e").st_ino
+    os.rename(src / "d" / "e", src / "e2")
+    assert copy.catch_up(dirs=[(ino, b"d/e")], files=[]).missed_dirs == [(ino, b"d/e")]
+
+
+def test_a_cancelled_copy_stops_and_can_be_emptied(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    _source(src)
+    asked = itertools.count()
+    copy = TreeCopy(Tree(src), Tree(dst), cancelled=lambda: next(asked) > 3)
+    with pytest.raises(Cancelled):
+        copy.copy_all()
+    emptied(Tree(dst))
+    assert list(dst.iterdir()) == []
