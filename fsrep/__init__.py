@@ -15,6 +15,7 @@ from ._args import RATE_LIMIT as RATE_LIMIT
 from ._args import Parser as Parser
 from ._args import snapshot_name as snapshot_name
 from ._commands import BadRequest as BadRequest
+from ._commands import MoveAbortRequest as MoveAbortRequest
 from ._commands import Moved as Moved
 from ._commands import MoveRequest as MoveRequest
 from ._commands import Request as Request
@@ -34,6 +35,7 @@ from ._progress import MODES as MODES
 from ._status import DaemonStatus as DaemonStatus
 from ._status import EndedRun as EndedRun
 from ._status import GroupStatus as GroupStatus
+from ._status import MoveProgress as MoveProgress
 from ._status import QueuedRun as QueuedRun
 from ._status import ResyncProgress as ResyncProgress
 from ._status import SnapshotList as SnapshotList

@@ -237,13 +237,16 @@ def check_mount_path(path: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Moved(Record):
     """Where ``fsrep-move`` moved a group's data, and how long that took
-    (clients waited for none of it: one rename)."""
+    (within one file system, one rename that no client waits for; across
+    file systems, a copy and a pause of *pause_seconds* at its cutover)."""
 
     group: str
     path: str
     source: str
     destination: str
     seconds: float
+    copied_bytes: int = 0  # across file systems: the data copied, while clients worked on
+    pause_seconds: float = 0.0  # ... and how long their changes waited at the cutover
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,25 @@ class MoveRequest(Request[Moved]):
     def __post_init__(self) -> None:
         if not self.to or "\0" in self.to or len(os.fsencode(self.to)) > 4095:
             raise BadRequest(f"to must be a directory's path, not {shown(self.to)}")
+
+
+@dataclass(frozen=True, slots=True)
+class MoveAborted(Record):
+    """The move ``fsrep-move --abort`` stops: its copy is removed once the
+    mover notices (the move request then fails with "aborted")."""
+
+    group: str
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class MoveAbortRequest(Request[MoveAborted]):
+    """Stop the move of group *group*'s data to another file system, if it
+    has not cut over yet."""
+
+    command: ClassVar[str] = "move-abort"
+    reply: ClassVar[type[Record]] = MoveAborted
+    group: str
 
 
 def _snapshot_name(name: str) -> None:
@@ -455,16 +477,42 @@ async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
     from . import _move as move  # here: a client importing this module pays for none of the daemon's modules
     group = _group(daemon.groups, req.group)
     record = group.rel.record
+    running = group.rel.move
+    if running is not None and not running.outcome:
+        raise Refused(f"group {record.id} (/{record.path}) is moving to {running.destination} already; wait for "
+                      f"it, or stop it with fsrep-move --abort")
     try:
         target = move.check_destination(req.to, group, daemon.store, daemon.mountpoint, daemon.groups)
-        done = move.move(group, target, daemon.store, group.rel.ledger.groups, daemon.ops.tree)
+        if move.across(target, group):
+            import trio
+
+            from . import _move_across as move_across
+            await trio.to_thread.run_sync(move.check_room, target, group, daemon.groups)
+            done = await move_across.move_across(group, target, daemon.store, group.rel.ledger.groups, daemon.ops)
+        else:
+            done = move.move(group, target, daemon.store, group.rel.ledger.groups, daemon.ops.tree)
     except move.MoveRefused as exc:
         raise Refused(f"group {record.id} (/{record.path}): {exc}") from None
     except OSError as exc:
         raise Refused(f"group {record.id} (/{record.path}) was moved to {req.to}, but its record could not be "
                       f"saved ({exc.strerror or exc}); the next mount finishes the move") from None
+    run = group.rel.move
+    across = run is not None and run.destination == done.destination and run.outcome == "done"
     return Moved(group=record.id, path="/" + record.path, source=done.source, destination=done.destination,
-                 seconds=round(done.seconds, 6))
+                 seconds=round(done.seconds, 6), copied_bytes=run.copied_bytes if across and run else 0,
+                 pause_seconds=round(run.pause_seconds, 6) if across and run else 0.0)
+
+
+async def abort_move(daemon: Daemon, req: MoveAbortRequest) -> MoveAborted:
+    group = _group(daemon.groups, req.group)
+    record, run = group.rel.record, group.rel.move
+    if run is None or run.outcome:
+        raise Refused(f"group {record.id} (/{record.path}) is not moving; nothing to abort")
+    if run.phase not in ("copying", "catching up", "cutting over"):
+        raise Refused(f"the move of group {record.id} to {run.destination} has cut over already; move it back "
+                      f"with fsrep-move --to {run.source} if that is what you want")
+    run.abort.set()  # the mover says it in the log when it stops
+    return MoveAborted(group=record.id, destination=run.destination)
 
 
 async def create_snapshot(daemon: Daemon, req: SnapshotCreateRequest) -> SnapshotTaken:
@@ -512,6 +560,7 @@ COMMANDS: dict[str, Command[Any]] = {row.request.command: row for row in (
     Command(SnapshotDeleteRequest, delete_snapshot),
     Command(CloneRequest, clone),
     Command(MoveRequest, move_group),
+    Command(MoveAbortRequest, abort_move),
 )}
 
 

@@ -285,6 +285,8 @@ class GroupRecord:
     store: str = ""  # where the group's data lives when moved out of the mount's store (fsrep-move)
     moving_to: str = ""  # a move under way: the destination, saved before its rename (``_move``)
     moving_ino: int = 0  # ... and the inode of the group's directory, found there once it is renamed
+    moving_phase: str = ""  # a move across file systems: "copy", "cutover" or "cleanup" (``_move_across``)
+    moving_from: str = ""  # ... and where the group's data was before it
 
     @property
     def group_id(self) -> bytes:

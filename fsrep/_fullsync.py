@@ -63,7 +63,7 @@ async def full_resync(stream: ResyncStream, tree: Tree, run: ResyncRun) -> None:
         LinkDown: the link failed; the group stays OutOfSync (stale).
     """
     stream.begin_resync(f"full resync: {stream.dirty.reason}")
-    run.copy_total = run.copied_bytes + _data_bytes(tree)
+    run.copy_total = run.copied_bytes + tree.data_bytes()
     progress = _Progress(stream.record.id, run)
     stream.send(lambda seq: tp.Purge(seq=seq))
     hard_links: dict[int, bytes] = {}
@@ -128,12 +128,6 @@ async def _send_data(stream: ResyncStream, tree: Tree, path: bytes, st: os.stat_
                     await trio.sleep(pause)
     finally:
         os.close(fd)
-
-
-def _data_bytes(tree: Tree) -> int:
-    """Bytes of data (holes excluded, roughly: allocated blocks) under the
-    root — what a full copy will send, for its progress bar."""
-    return sum(min(st.st_size, st.st_blocks * 512) for _, st in tree.walk() if stat.S_ISREG(st.st_mode))
 
 
 def _send_xattrs(stream: ResyncStream, tree: Tree, path: bytes) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._dirstream import DirStream
@@ -68,6 +69,9 @@ class Handles:
         self.dirs: dict[int, DirHandle] = {}  # by the descriptor of the store's directory
         self._unlinked_fds: dict[int, int] = {}
         self._orphans: dict[int, Group] = {}  # the group each of those was removed from
+        # Set while a group's data moves to another file system: given each descriptor opened (fd, inode,
+        # whether a directory), it puts one of the copy in its place when it is one of the old data.
+        self.moving: Callable[[int, int, bool], None] | None = None
 
     # --- files ---------------------------------------------------------------------
 
@@ -75,6 +79,8 @@ class Handles:
         """Take *fd*, just opened on *ino*, as a handle."""
         handle = self.files[fd] = Handle(fd, ino)
         self._inodes.opened(ino)
+        if self.moving is not None:
+            self.moving(handle.fd, handle.ino, False)
         return handle
 
     def locate(self, handle: Handle) -> Location | None:
@@ -147,6 +153,8 @@ class Handles:
     def opened_dir(self, fd: int, ino: int) -> None:
         """Take *fd*, a directory just opened on *ino*, as a handle."""
         self.dirs[fd] = DirHandle(ino, DirStream(fd))
+        if self.moving is not None:
+            self.moving(fd, ino, True)
 
     def release_dir(self, fd: int) -> None:
         handle = self.dirs.pop(fd, None)

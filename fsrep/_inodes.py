@@ -27,6 +27,7 @@ Caveats:
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 ROOT = 1
@@ -53,6 +54,7 @@ class InodeTable:
         self._numbers: dict[tuple[int, int], int] = {}  # (device, st_ino) -> number, for the inodes given one
         self._backing: dict[int, tuple[int, int]] = {}  # the inverse
         self._next = FOREIGN
+        self._moved: dict[int, tuple[int, Mapping[int, int]]] = {}  # see ``moving``
         self._nodes: dict[int, Node] = {ROOT: Node(ROOT, lookups=1)}
         self._entries: dict[Link, int] = {}
         self.epoch = 0  # moves on whenever a path may change (see Caveats)
@@ -67,6 +69,8 @@ class InodeTable:
         """The FUSE inode number for backing inode *st_ino* of *device*
         (None: the store's)."""
         key = (self._device if device is None else device, st_ino)
+        if key[0] in self._moved:
+            key = self._moved_key(key)
         number = self._numbers.get(key)
         if number is not None:
             return number
@@ -84,6 +88,8 @@ class InodeTable:
         """The FUSE inode number of backing inode *st_ino* of *device*
         when the kernel knows it (None otherwise; no number is given)."""
         key = (self._device if device is None else device, st_ino)
+        if key[0] in self._moved:
+            key = self._moved_key(key)
         number = self._numbers.get(key)
         if number is None and key[0] == self._device and self._own(st_ino) not in self._backing:
             number = self._own(st_ino)
@@ -111,9 +117,29 @@ class InodeTable:
             self._numbers.pop(old, None)
         self._numbers[(device, st_ino)], self._backing[ino] = ino, (device, st_ino)
 
+    def moving(self, old: int, new: int, inodes: Mapping[int, int]) -> None:
+        """Inodes of device *old* were copied to device *new* (*inodes*:
+        old st_ino -> new): a request that still meets one of the old
+        inodes (it was under way at the cutover) is answered for its copy.
+        Until ``moved(old)``."""
+        self._moved[old] = (new, inodes)
+
+    def moved(self, old: int) -> None:
+        """No request meets the inodes of device *old* any more (see ``moving``)."""
+        self._moved.pop(old, None)
+
+    def _moved_key(self, key: tuple[int, int]) -> tuple[int, int]:
+        new, inodes = self._moved[key[0]]
+        st_ino = inodes.get(key[1])
+        return key if st_ino is None else (new, st_ino)
+
     def _sweep(self) -> None:
         for number in [n for n in self._backing if n not in self._nodes]:
             self._numbers.pop(self._backing.pop(number), None)
+
+    def numbers(self) -> list[int]:
+        """Every inode number the kernel knows now."""
+        return list(self._nodes)
 
     def node(self, ino: int) -> Node:
         try:

@@ -17,7 +17,8 @@ group's directory) is saved before the rename. A mount that finds it
 looks for that inode at STORE2 and finishes the move, or forgets it.
 
 Caveats:
-- Across file systems a move copies the data: not built yet (refused).
+- Across file systems a move copies the data while clients work on, then
+  switches in one short pause: ``_move_across``.
 - The default group's data is the store itself: unmount and mount from
   the new place instead.
 """
@@ -36,12 +37,15 @@ from typing import TYPE_CHECKING
 import tracking
 
 from ._config import GroupRecord, GroupStore
+from ._tree import Tree
 
 if TYPE_CHECKING:
     from ._groups import Group, Groups
-    from ._tree import Tree
 
 log = logging.getLogger(__name__)
+
+
+ROOM = 64 * 1024 * 1024  # kept free on a move's destination beyond the data and 2%
 
 
 class MoveRefused(Exception):
@@ -86,9 +90,8 @@ def settle_interrupted(store: Path, record: GroupRecord) -> bool:
 
 
 def check_destination(to: str, group: Group, store: Path, mountpoint: Path, mount: Groups) -> Path:
-    """STORE2 as a move of *group* may use it: a new or empty directory on
-    the file system of the group's data, outside the mount, the store and
-    every group's data.
+    """STORE2 as a move of *group* may use it: a new or empty directory
+    outside the mount, the store and every group's data.
 
     Raises:
         MoveRefused: it cannot (one line naming why and what to do).
@@ -120,11 +123,41 @@ def check_destination(to: str, group: Group, store: Path, mountpoint: Path, moun
         raise MoveRefused(f"--to {target} is not a directory")
     if target.exists() and any(target.iterdir()):
         raise MoveRefused(f"--to {target} is not empty; give a new or empty directory")
-    if st.st_dev != os.stat(group.tree.root_fd).st_dev:
-        raise MoveRefused(f"--to {target} is on another file system than the group's data ({current}): a move "
-                          f"across file systems copies the data, which this fsrep does not do yet — give a "
-                          f"directory on the same file system")
     return target
+
+
+def across(target: Path, group: Group) -> bool:
+    """Whether *target* (checked) is on another file system than *group*'s
+    data: the move copies it (``_move_across``) instead of one rename."""
+    st = os.stat(target if os.path.lexists(target) else target.parent)
+    return st.st_dev != os.fstat(group.tree.root_fd).st_dev
+
+
+def check_room(target: Path, group: Group, mount: Groups) -> None:
+    """What a copy to *target* needs of it: the group holds no other
+    group, and the file system has room for its data. In a worker thread
+    (it reads the whole tree's metadata).
+
+    Raises:
+        MoveRefused: it has not (one line naming why and what to do).
+    """
+    prefix = group.prefix
+    inner = [g for g in mount.all if g is not group and prefix and g.prefix.startswith(prefix + b"/")]
+    if inner:
+        raise MoveRefused(f"group /{prefix.decode(errors='replace')} holds group "
+                          f"/{inner[0].prefix.decode(errors='replace')}: a move to another file system copies one "
+                          f"group; move the inner one first, or together by moving them within one file system")
+    tree = Tree(group.tree.root)  # its own: this runs in a worker thread
+    try:
+        needed = tree.data_bytes()
+    finally:
+        tree.close()
+    fs = os.statvfs(target if os.path.lexists(target) else target.parent)
+    free = fs.f_bavail * fs.f_frsize
+    if free < needed + needed // 50 + ROOM:
+        raise MoveRefused(f"--to {target}: no space for the group's data ({needed / 2**20:.1f} MiB, and "
+                          f"{ROOM // 2**20} MiB to spare; {free / 2**20:.1f} MiB free there); free space or give "
+                          f"another disk")
 
 
 def move(group: Group, target: Path, store: Path, groups: GroupStore, mount_tree: Tree) -> Done:

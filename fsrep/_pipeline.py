@@ -18,6 +18,7 @@ as dirty.
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import tracking
@@ -140,6 +141,13 @@ class Pipeline:
         """The secondary came back at *replica_seq*, behind what it
         acknowledged: the marks of the acknowledged changes it lost."""
         return [marks for seq, marks in self._not_durable if seq > replica_seq]
+
+    def rekey(self, inodes: Mapping[int, int]) -> None:
+        """The marks kept of changes not yet durable there, under the inode
+        numbers of the file system the group's data was moved to."""
+        self._not_durable = collections.deque((seq, marks.rekeyed(inodes)) for seq, marks in self._not_durable)
+        for entry in self._in_flight:
+            entry.marks = entry.marks.rekeyed(inodes)
 
     def unsettled_marks(self) -> list[tracking.Marks]:
         """Marks whose fate a crash of this daemon would leave unknown: in

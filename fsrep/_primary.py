@@ -23,6 +23,7 @@ import transport as tp
 
 from . import _declare as declare
 from . import _move as move
+from . import _move_across as move_across
 from ._clone_backups import CloneBackups
 from ._commands import Daemon, dispatch
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
@@ -153,7 +154,13 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
     not yet connected."""
     specs = opts.specs
     records = {record.path: record for record in groups.load_all()}
+    compare_whole: dict[str, str] = {}  # group path -> why its tracking cannot be trusted
     for record in records.values():
+        if record.moving_phase:
+            why = move_across.settle(store, record)
+            if why is not None:
+                compare_whole[record.path] = why
+            groups.save(record)
         if move.settle_interrupted(store, record):
             groups.save(record)
     mount_tree, trees = _group_trees(store, specs, {r.path: r.store for r in records.values() if r.store})
@@ -168,6 +175,8 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         rel.lag_budget = opts.lag_budget
         rel.snapshots.interval, rel.snapshots.keep = opts.snapshot_interval, opts.snapshot_keep
         _tracking_state(rel, groups, baseline)
+        if spec.path in compare_whole:
+            rel.mark_everything_dirty(compare_whole[spec.path])
         if opts.clone_backup is not None:
             rel.clone_backups = CloneBackups(Path(opts.clone_backup) / record.id)
             tree.stage_in(rel.clone_backups.dir)

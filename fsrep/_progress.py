@@ -10,9 +10,10 @@ from __future__ import annotations
 import collections
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 
-from ._status import ResyncProgress
+from ._status import MoveProgress, ResyncProgress
 
 MODES = ("quick", "snapshot", "checksum", "full")
 RATE_FLOOR = 1024 * 1024  # bytes/s: a rate limit below this would let a resync starve
@@ -239,3 +240,43 @@ class ResyncRun:
                 return None
             eta += remaining / rate
         return round(eta, 1)
+
+
+@dataclass(slots=True)
+class MoveRun:
+    """A move of a group's data to another file system (``_move_across``).
+
+    The copy runs in a worker thread, which adds to ``copied_bytes`` (an
+    int's ``+=`` under the GIL) and reads ``abort``, which the operator's
+    ``fsrep-move --abort`` sets; the rest is set from the event loop."""
+
+    source: str
+    destination: str
+    started_at: float
+    total_bytes: int = 0
+    copied_bytes: int = 0
+    phase: str = "copying"
+    passes: int = 0
+    pause_seconds: float = 0.0
+    outcome: str = ""  # "" while under way, then "done", "aborted" or "failed: why"
+    finished_at: float | None = None
+    abort: threading.Event = field(default_factory=threading.Event)
+
+    def copied(self, nbytes: int) -> None:
+        self.copied_bytes += nbytes
+
+    def finish(self, outcome: str, now: float) -> None:
+        self.outcome, self.phase, self.finished_at = outcome, outcome.partition(":")[0], now
+
+    def snapshot(self, now: float) -> MoveProgress:
+        end = self.finished_at if self.finished_at is not None else now
+        elapsed = end - self.started_at
+        rate = self.copied_bytes / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.total_bytes - self.copied_bytes)
+        eta = None if self.finished_at is not None or rate <= 0 or self.phase != "copying" else left / rate
+        return MoveProgress(source=self.source, destination=self.destination, phase=self.phase,
+                            finished=self.finished_at is not None, outcome=self.outcome,
+                            bytes_copied=self.copied_bytes, bytes_total=self.total_bytes,
+                            bytes_per_second=int(rate), eta_seconds=None if eta is None else round(eta, 1),
+                            passes=self.passes, pause_seconds=round(self.pause_seconds, 4),
+                            seconds=round(elapsed, 3))

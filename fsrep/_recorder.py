@@ -14,7 +14,7 @@ the caller sees EIO before anything was applied.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import tracking
@@ -71,6 +71,11 @@ class ActivityTracker:
             raise OSError(exc.errno or errno.EIO, f"group {self._group}: cannot record the change in the "
                                                   f"activity log: {exc.strerror or exc}") from None
         self._faults.clear("activity", "the activity log is saved again; changes are accepted")
+
+    def rekey(self, inodes: Mapping[int, int]) -> None:
+        """The group's data was copied to another file system: the active
+        extents under the inode numbers there, saved before the next change."""
+        self.log.rekey(inodes)
 
     def settle(self) -> None:
         """The dirty set was saved: extents idle since may be let go."""

@@ -14,8 +14,9 @@ The background loops only call the step methods (``request``, ``take``,
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -46,6 +47,7 @@ class ResyncScheduler:
         self._ids = 0
         self._wakeup = trio.Event()
         self._run_ended = trio.Event()
+        self._holds = 0  # while above 0, no run starts (``held``)
 
     # --- steps ---------------------------------------------------------------------
 
@@ -130,6 +132,8 @@ class ResyncScheduler:
     def take(self) -> ResyncRun | None:
         """The queued run, started now; None when none is queued or it was
         refused (a SplitBrain group runs only full resyncs)."""
+        if self._holds:
+            return None
         run, self.queued = self.queued, None
         if run is None:
             return None
@@ -172,6 +176,20 @@ class ResyncScheduler:
         if rel.record.stale and rel.state is R.OUT_OF_SYNC and self.queued is None:
             self.request("quick", reason="policy async: shipping what changed", routine=True)
 
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """No run starts while this is open (one asked for waits in the
+        queue); entered once the run under way, if any, has ended — what a
+        move's cutover needs: the tree and the trackers to itself."""
+        self._holds += 1
+        try:
+            while self.run is not None and self.run.running:
+                await self._run_ended.wait()
+            yield
+        finally:
+            self._holds -= 1
+            self._wakeup.set()
+
     # --- loops ---------------------------------------------------------------------
 
     def start_session_tasks(self, nursery: trio.Nursery) -> None:
@@ -191,7 +209,7 @@ class ResyncScheduler:
             while True:
                 run = self.take()
                 if run is None:
-                    if self.queued is None:
+                    if self.queued is None or self._holds:
                         self._wakeup = trio.Event()
                         await self._wakeup.wait()
                     continue

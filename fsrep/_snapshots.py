@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -123,6 +123,16 @@ class Snapshots:
         if delta is not None:
             tracking.ActivityLog.recover(payload, delta)
             self.file.reshaped = True  # saved whole next time
+
+    def rekey(self, inodes: Mapping[int, int]) -> None:
+        """The group's data was copied to another file system: every record
+        under the inode numbers there (``DirtySet.rekeyed``); the chain is
+        saved whole next time."""
+        self.chain.rekey(inodes)
+        self.file.unsaved = self.file.unsaved.rekeyed(inodes)
+        self.file.reshaped = True
+        if self.taking is not None:
+            self.taking.intercept = self.taking.intercept.rekeyed(inodes)
 
     def save(self) -> bool:
         """Persist the chain if it changed (here and now); whether what is

@@ -45,7 +45,7 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -61,7 +61,7 @@ from ._faults import Faults
 from ._ledger import Ledger
 from ._link import DEFAULT_TIMEOUTS, Link, Timeouts
 from ._pipeline import NO_MARKS, Drain, InFlight, Pipeline, Position
-from ._progress import ResyncRun
+from ._progress import MoveRun, ResyncRun
 from ._recorder import ActivityTracker, Recorder
 from ._scheduler import ResyncScheduler
 from ._sessions import Sessions
@@ -113,6 +113,7 @@ class Relationship:
         self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
         self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
         self.bytes_sent = 0  # file data put on the link (replicated changes and resyncs)
+        self.move: MoveRun | None = None  # the last move of the group's data to another file system
         self.clone_backups: CloneBackups | None = None  # --clone-backup: clones made while out of sync kept there
 
     @property
@@ -297,6 +298,18 @@ class Relationship:
         self.ledger.dirty_apply(marks)
         self.ledger.save_dirty()
 
+    def rekey(self, inodes: Mapping[int, int]) -> bool:
+        """The group's data was copied to another file system (``fsrep-move``),
+        where every inode has another number (*inodes*: old -> new): what
+        tracks it by inode goes under the new numbers, and is saved.
+        Whether the dirty set and the snapshots are on disk."""
+        self.ledger.replace_dirty(self.ledger.dirty.rekeyed(inodes))
+        self.snapshots.rekey(inodes)
+        self.activity.rekey(inodes)
+        self.pipeline.rekey(inodes)
+        self.stream.to_compare = {inodes[ino]: path for ino, path in self.stream.to_compare.items() if ino in inodes}
+        return self.ledger.save_dirty()
+
     def mark_everything_dirty(self, reason: str) -> None:
         """Tracking can no longer say what differs: compare the whole tree."""
         self.mark_stale(reason)
@@ -436,4 +449,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         divergence=divergence.current(rel) if rel.state is R.SPLIT_BRAIN else None,
         bytes_sent=rel.bytes_sent,
         data_dir=record.store,
+        move=rel.move.snapshot(trio.current_time()) if rel.move is not None else None,
     )

@@ -176,6 +176,27 @@ class Divergence(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class MoveProgress(Record):
+    """A move of the group's data to another file system as the operator
+    sees it (``_move_across.MoveRun``). ``phase``: copying, catching up,
+    cutting over, removing the old copy, then done, aborted or failed
+    (``outcome`` says why); ``eta_seconds`` is None while not known."""
+
+    source: str
+    destination: str
+    phase: str
+    finished: bool
+    outcome: str
+    bytes_copied: int
+    bytes_total: int
+    bytes_per_second: int
+    eta_seconds: float | None
+    passes: int
+    pause_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class GroupStatus(Record):
     """One consistency group's relationship (``Relationship.statistics()``).
 
@@ -214,6 +235,7 @@ class GroupStatus(Record):
     divergence: Divergence | None = None  # in split brain: what changed on each side since the common snapshot
     bytes_sent: int = 0  # file data sent to the secondary by this mount: replicated changes and resyncs
     data_dir: str = ""  # where the group's data lives when fsrep-move moved it out of the store
+    move: MoveProgress | None = None  # the last move across file systems of this mount, under way or ended
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
@@ -225,6 +247,7 @@ class GroupStatus(Record):
         fields["faults"] = tuple(str(fault) for fault in fields["faults"] or ())
         fields["snapshot"] = None if fields["snapshot"] is None else SnapshotStatus.from_json(fields["snapshot"])
         fields["divergence"] = None if fields["divergence"] is None else Divergence.from_json(fields["divergence"])
+        fields["move"] = None if fields["move"] is None else MoveProgress.from_json(fields["move"])
         return cls(**fields)
 
 

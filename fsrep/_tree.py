@@ -130,6 +130,18 @@ class Tree:
             os.close(self._staging_fd)
             self._staging_fd = None
 
+    def reroot(self, root: str | os.PathLike[str]) -> None:
+        """Serve the tree from *root* from now on (a group's data copied to
+        another file system): the root descriptor keeps its number, so
+        whatever holds it follows, and the family forgets what it cached."""
+        fd = os.open(os.fspath(root), _DIR_FLAGS)
+        try:
+            os.dup2(fd, self.root_fd, inheritable=False)
+        finally:
+            os.close(fd)
+        self.root = os.fspath(root)
+        self.forget_all()
+
     def close(self) -> None:
         self._forget_own()
         os.close(self.root_fd)
@@ -330,6 +342,11 @@ class Tree:
                 yield path, st
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(path)
+
+    def data_bytes(self) -> int:
+        """Bytes of data under the root (holes left out, roughly: allocated
+        blocks): what a copy of the tree writes, for its progress bar."""
+        return sum(min(st.st_size, st.st_blocks * 512) for _, st in self.walk() if stat.S_ISREG(st.st_mode))
 
     def entries(self, path: bytes, after: bytes, max_bytes: int) -> tuple[list[tp.DirEntry], bool]:
         """Entries of directory *path* with names after *after*, in name

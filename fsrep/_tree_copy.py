@@ -51,7 +51,7 @@ class Cancelled(Exception):
 class Pass:
     """What one catch-up did."""
 
-    bytes: int = 0
+    copied: int = 0  # bytes of data
     entries: int = 0
     missed_dirs: list[tuple[int, bytes]] = field(default_factory=list)  # (source inode, path)
     missed_files: list[tuple[int, bytes]] = field(default_factory=list)
@@ -174,7 +174,7 @@ class TreeCopy:
             if st is None:
                 done.missed_dirs.append((ino, path))
                 continue
-            done.bytes += self._sync_dir(path, done)
+            done.copied += self._sync_dir(path, done)
             self._set_attributes(path, st, directory=True)
             synced.append((path, st))
         for ino, path, regions, meta in files:
@@ -183,7 +183,7 @@ class TreeCopy:
                 done.missed_files.append((ino, path))
                 continue
             if stat.S_ISREG(st.st_mode) and regions:
-                done.bytes += self._copy_data(path, regions, fresh=False)
+                done.copied += self._copy_data(path, regions, fresh=False)
             if meta or regions:
                 self._set_attributes(path, st, directory=False)
         for path, st in sorted(synced, key=lambda item: -item[0].count(b"/")):

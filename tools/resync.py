@@ -33,10 +33,10 @@ from fsrep import (
     daemon_for,
     snapshot_name,
 )
+from tools._display import Display
 
 PROG = "fsrep-resync"
 POLL = 0.25
-PLAIN_EVERY = 2.0
 
 
 class ResyncFailed(Exception):
@@ -180,12 +180,12 @@ def _follow(meta: Path, started: ResyncStarted, args: argparse.Namespace) -> dic
         limit = f", at most {started.rate_limit} bytes/s" if started.rate_limit else ""
         basis = f" from snapshot {args.snapshot}" if args.snapshot else ""
         print(f"group {started.group}: {started.mode} resync{basis} (run {run_id}){limit}", flush=True)
-    with _Display(enabled=not args.json) as display:
+    with Display("resync", enabled=not args.json) as display:
         while True:
             group = _group(meta, started.group)
             progress = group.resync if group.resync is not None and group.resync.id == run_id else None
             if progress is not None and progress.finished:
-                display.update(progress)
+                _show(display, progress)
                 return _outcome(group, _summary(progress), started.mode)
             ended = next((r for r in group.resync_recent if r.id == run_id), None)
             if ended is not None and progress is None:  # ended while another run took over
@@ -197,7 +197,7 @@ def _follow(meta: Path, started: ResyncStarted, args: argparse.Namespace) -> dic
                 raise ResyncFailed(f"the link to {group.secondary} was lost ({group.last_error or 'no reason'})"
                                    f"; the resync resumes by itself when it is back — run {PROG} again to follow it")
             if progress is not None:
-                display.update(progress)
+                _show(display, progress)
             time.sleep(POLL)
 
 
@@ -221,58 +221,19 @@ def _outcome(group: GroupStatus, progress: dict[str, Any], mode: str) -> dict[st
     return {"group": group.id, "state": group.state, **progress}
 
 
-class _Display:
-    """A rich progress bar on a terminal, a plain line every few seconds
-    otherwise, nothing for --json."""
+def _show(display: Display, progress: ResyncProgress) -> None:
+    done = progress.bytes_copied + progress.bytes_checked
+    dirs = progress.directories_remaining
+    phase = f" ({progress.directories_checked} dirs, {dirs} left)" if dirs else ""
+    eta = progress.eta_seconds
+    display.show(done, done + progress.bytes_remaining, f"{progress.mode} resync{phase}",
+                 f"{progress.percent:5.1f}%  "
+                 + (f"{progress.directories_checked} directories compared, {dirs} left, " if dirs else "")
+                 + f"copied {progress.bytes_copied} B, compared "
+                 f"{progress.bytes_checked} B, {progress.bytes_remaining} B left, "
+                 f"{progress.bytes_per_second} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
+                 + (f"  -> {progress.outcome}" if progress.finished else ""), final=progress.finished)
 
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = sys.stdout.isatty()
-        self.bar: Any = None
-        self.task: Any = None
-        self.last_line = 0.0
-
-    def __enter__(self) -> _Display:
-        if self.enabled and self.tty:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                                TransferSpeedColumn(), TimeRemainingColumn())
-            self.bar.start()
-            self.task = self.bar.add_task("resync", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def update(self, progress: ResyncProgress) -> None:
-        if not self.enabled:
-            return
-        done = progress.bytes_copied + progress.bytes_checked
-        total = done + progress.bytes_remaining
-        dirs = progress.directories_remaining
-        if self.bar is not None:
-            phase = f" ({progress.directories_checked} dirs, {dirs} left)" if dirs else ""
-            self.bar.update(self.task, completed=done, total=total or None,
-                            description=f"{progress.mode} resync{phase}")
-            return
-        now = time.monotonic()
-        if now - self.last_line >= PLAIN_EVERY or progress.finished:
-            self.last_line = now
-            eta = progress.eta_seconds
-            print(f"{progress.percent:5.1f}%  "
-                  + (f"{progress.directories_checked} directories compared, {dirs} left, " if dirs else "")
-                  + f"copied {progress.bytes_copied} B, compared "
-                  f"{progress.bytes_checked} B, {progress.bytes_remaining} B left, "
-                  f"{progress.bytes_per_second} B/s, ETA {'-' if eta is None else f'{eta:.0f}s'}"
-                  + (f"  -> {progress.outcome}" if progress.finished else ""), flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ change.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from ._dirty import DirtySet, Marks
@@ -96,6 +97,15 @@ class ActivityLog:
         for extent, (path, seq) in self._active.items():
             if seq == LOCAL_SEQ:
                 self._active[extent] = (path, 0)
+
+    def rekey(self, inodes: Mapping[int, int]) -> None:
+        """Give every extent its inode's number on another file system
+        (see ``DirtySet.rekeyed``): the log must be persisted again before
+        the next change."""
+        self._active = OrderedDict(((inodes[ino], ext, count), value)
+                                   for (ino, ext, count), value in self._active.items() if ino in inodes)
+        self._durable = set()
+        self._unsaved = True
 
     def payload(self) -> dict[str, Any]:
         return {"extents": [[ino, ext, path.hex(), count] for (ino, ext, count), (path, _) in self._active.items()]}

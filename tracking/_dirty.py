@@ -46,6 +46,15 @@ class Marks:
     def __bool__(self) -> bool:
         return bool(self.regions or self.meta or self.dirs)
 
+    def rekeyed(self, inodes: Mapping[int, int]) -> Marks:
+        """These marks under the inode numbers *inodes* gives (see
+        ``DirtySet.rekeyed``); what it maps to none dropped."""
+        return Marks(regions=tuple((inodes[i], p, o, n) for i, p, o, n in self.regions if i in inodes),
+                     meta=tuple((inodes[i], p) for i, p in self.meta if i in inodes),
+                     dirs=tuple((inodes[i], p) for i, p in self.dirs if i in inodes),
+                     ancestors=tuple(inodes[i] for i in self.ancestors if i in inodes),
+                     parent=inodes.get(self.parent) if self.parent is not None else None)
+
 
 @dataclass(frozen=True, slots=True)
 class ClonedFrom:

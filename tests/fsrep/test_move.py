@@ -163,7 +163,7 @@ def test_a_move_refuses_an_unsuitable_destination_in_one_line(mounted_group: Clu
     try:
         cases = [
             (GROUP, base / "full", "is not empty"),
-            (GROUP, other_fs / "vm1", "is on another file system"),
+            (GROUP, other_fs / "vm1", "no space for the group's data"),
             (GROUP, m / "elsewhere", "is inside the mount"),
             (GROUP, mounted_group.primary_store / "inside", "is inside the data of group / (the store)"),
             (GROUP, base / "no" / "such" / "parent", "make its parent directory first"),
