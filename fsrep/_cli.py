@@ -379,6 +379,13 @@ def _notes(group: GroupStatus) -> list[str]:
         notes.append(f"replica needs a resync: {group.stale_reason}")
     if group.data_dir:
         notes.append(f"data in {group.data_dir} (moved there by fsrep-move)")
+    move = group.move
+    if move is not None and not move.finished:
+        eta = "-" if move.eta_seconds is None else f"{move.eta_seconds:.0f}s"
+        notes.append(f"moving to {move.destination}: {move.phase}, {move.bytes_copied} of {move.bytes_total} bytes "
+                     f"copied at {move.bytes_per_second} bytes/s, ETA {eta}")
+    elif move is not None and move.outcome != "done":
+        notes.append(f"the last move, to {move.destination}, {move.outcome}")
     d = group.divergence
     if d is not None:
         there = (f"{d.secondary_files} entries ({d.secondary_bytes} bytes of data) on the secondary"

@@ -116,6 +116,7 @@ class InodeTable:
         if old is not None:
             self._numbers.pop(old, None)
         self._numbers[(device, st_ino)], self._backing[ino] = ino, (device, st_ino)
+        self.epoch += 1  # the locations worked out before name the old backing inodes
 
     def moving(self, old: int, new: int, inodes: Mapping[int, int]) -> None:
         """Inodes of device *old* were copied to device *new* (*inodes*:

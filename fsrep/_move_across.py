@@ -308,8 +308,11 @@ def _cut_over(group: Group, copier: TreeCopy, target: Path, store: Path, groups:
     record.store, record.moving_phase = ("" if target == original else str(target)), "cutover"
     try:
         groups.save(record)
+        tree.reroot(target)  # nothing changed in the tree when it fails
     except OSError:
         record.store, record.moving_phase = previous, "copy"
+        with contextlib.suppress(OSError):
+            groups.save(record)
         raise
     rel.rekey(inodes)  # a failure to save is a fault status shows, retried every second
     for ino in ops.inodes.numbers():
@@ -317,7 +320,6 @@ def _cut_over(group: Group, copier: TreeCopy, target: Path, store: Path, groups:
         if where is not None and where.group is group and (old := ops.inodes.backing(ino)) in inodes:
             ops.inodes.rehome(ino, new_device, inodes[old])
     ops.inodes.moving(old_device, new_device, inodes)
-    tree.reroot(target)
     if target == original:
         ops.tree.ungraft(group.prefix)
     else:
@@ -373,6 +375,7 @@ async def _clean_up(group: Group, source: Path, store: Path, groups: GroupStore,
         if not listing_old():
             break
     ops.handles.moving = None
+    group.rel.moved_inodes = None
     ops.inodes.moved(old_device)  # before the old inodes go: the file system may give their numbers again
     original = store / record.path
     await trio.to_thread.run_sync(lambda: _remove_quietly(source, keep_root=source == original))

@@ -159,8 +159,11 @@ class Operations(pyfuse3.Operations):
 
     @staticmethod
     async def _replicate(group: Group, apply: Apply, marks: Marks) -> None:
-        await group.rel.admit()
-        await group.rel.wait(group.rel.split(apply, marks))
+        rel, moves = group.rel, group.rel.moves
+        await rel.admit()
+        if rel.moves != moves:  # the group's data moved to another file system meanwhile
+            marks = rel.remarked(marks)
+        await rel.wait(rel.split(apply, marks))
 
     async def _replicate_frame(self, group: Group, frame: Callable[[int], tp.Operation], marks: Marks) -> None:
         """A change the Tree applies on both sides alike: ``frame(seq)``."""
@@ -305,7 +308,10 @@ class Operations(pyfuse3.Operations):
             src_fd = group.tree.open_regular(rel_src, os.O_RDONLY)
             aside = await copy_aside(src_fd, group.tree.at(rel_new)[0], st.st_ino, rel.recorder)
         try:
+            moves = rel.moves
             await rel.admit()
+            if rel.moves != moves and aside is None:  # the group's data moved meanwhile: another inode number
+                st = group.tree.lstat(rel_src)
             if aside is not None:  # where both are now: this step replicates the clone
                 source = self._where(inode)
                 new = self._child(new_parent_inode, new_name)
@@ -431,7 +437,12 @@ class Operations(pyfuse3.Operations):
         where = self.handles.locate(handle)
         if where is None:  # unlinked while open
             return self._unlinked(handle.ino, lambda: os.pwrite(fh, buf, off), data=(off, len(buf)))
+        moves = where.group.rel.moves
         await where.group.rel.admit()
+        if where.group.rel.moves != moves:  # the group's data moved meanwhile: its inodes have other numbers
+            where = self.handles.locate(handle)
+            if where is None:
+                return self._unlinked(handle.ino, lambda: os.pwrite(fh, buf, off), data=(off, len(buf)))
         if len(buf) <= FRAME_FIRST:  # one frame, sent after it was applied here
             written = [0]
             await where.group.rel.wait(where.group.rel.split(_written_here(fh, off, buf, where.path, written),
@@ -601,10 +612,11 @@ async def _barrier(fd: int, where: Location | None, effects: Effects, datasync: 
     an overwrite that changes no size); local only with no *where*."""
     sync = os.fdatasync if datasync else os.fsync
     if where is not None:
-        path = where.path
-        await where.group.rel.admit()
-        pending = where.group.rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=path, datasync=int(datasync)),
-                                        effects.barrier(where))
+        path, rel = where.path, where.group.rel
+        moves = rel.moves
+        await rel.admit()
+        marks = effects.barrier(where) if rel.moves == moves else rel.remarked(effects.barrier(where))
+        pending = rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=path, datasync=int(datasync)), marks)
     if unsynced <= SYNC_INLINE_BYTES and requests_running() <= 1:
         # Nothing else is under way and little is to be flushed (a database's commit): here, since the
         # hand-off to a thread and back (about 0.25 ms) would cost more than the flush stalls.

@@ -114,6 +114,10 @@ class Relationship:
         self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
         self.bytes_sent = 0  # file data put on the link (replicated changes and resyncs)
         self.move: MoveRun | None = None  # the last move of the group's data to another file system
+        self.moves = 0  # cutovers of moves across file systems (``rekey``)
+        # Just after a move's cutover: its old inode numbers -> the copy's, for the marks of requests made before it
+        # and recorded after it (``remarked``); None otherwise.
+        self.moved_inodes: Mapping[int, int] | None = None
         self.clone_backups: CloneBackups | None = None  # --clone-backup: clones made while out of sync kept there
 
     @property
@@ -303,12 +307,19 @@ class Relationship:
         where every inode has another number (*inodes*: old -> new): what
         tracks it by inode goes under the new numbers, and is saved.
         Whether the dirty set and the snapshots are on disk."""
+        self.moves += 1
+        self.moved_inodes = inodes  # until the move's clean-up: for requests under way then
         self.ledger.replace_dirty(self.ledger.dirty.rekeyed(inodes))
         self.snapshots.rekey(inodes)
         self.activity.rekey(inodes)
         self.pipeline.rekey(inodes)
         self.stream.to_compare = {inodes[ino]: path for ino, path in self.stream.to_compare.items() if ino in inodes}
         return self.ledger.save_dirty()
+
+    def remarked(self, marks: tracking.Marks) -> tracking.Marks:
+        """*marks* of a request made before a move's cutover and recorded
+        after it, under the copy's inode numbers."""
+        return marks if self.moved_inodes is None else marks.rekeyed(self.moved_inodes, keep=True)
 
     def mark_everything_dirty(self, reason: str) -> None:
         """Tracking can no longer say what differs: compare the whole tree."""

@@ -27,6 +27,8 @@ Caveats:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -41,6 +43,9 @@ from ._sparse import COPY_CHUNK, copy_span
 from ._tree import Tree
 
 Region = tuple[int, int]  # (offset, length)
+# What a client's change in the source, under way while it is read, makes a read fail with (the entry went, moved,
+# or changed its kind): the change is noted, so a later pass copies it. Anything else (ENOSPC, EIO) ends the copy.
+RACED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL, errno.ESTALE})
 
 
 class Cancelled(Exception):
@@ -65,6 +70,7 @@ class TreeCopy:
         self.source, self.target = source, target
         self.inodes: dict[int, int] = {}  # source st_ino -> target st_ino, for every entry copied
         self._links: dict[int, bytes] = {}  # source st_ino of a hard-linked file -> a path of its copy
+        self._names: dict[int, bytes] = {}  # during a catch-up: the paths of the files it was given
         self._cancelled, self._copied = cancelled, copied
 
     # --- the whole copy --------------------------------------------------------------
@@ -83,13 +89,19 @@ class TreeCopy:
         """Copy what directory *top* holds (the directory itself is there)."""
         copied = 0
         directories: list[tuple[bytes, os.stat_result]] = []
+        parent = None
         for path, st in self.source.walk(top):
             if self._cancelled():
                 raise Cancelled()
+            if path.rpartition(b"/")[0] != parent:  # clients rename meanwhile: no path cached across directories
+                parent = path.rpartition(b"/")[0]
+                self.source.forget_all()
             try:
                 copied += self._copy_entry(path, st)
-            except FileNotFoundError:  # removed while it was copied: its directory was marked
-                continue
+            except OSError as exc:
+                if exc.errno not in RACED:
+                    raise
+                continue  # changed while it was copied: its directory was marked, a later pass copies it
             if stat.S_ISDIR(st.st_mode):
                 directories.append((path, st))
         for path, st in reversed(directories):
@@ -116,7 +128,7 @@ class TreeCopy:
     def _link(self, path: bytes, st: os.stat_result) -> bool:
         """Link *path* to the copy of its inode, when one is known and still
         at the path noted; whether it was."""
-        other = self._links.get(st.st_ino)
+        other = self._links.get(st.st_ino) or self._names.get(st.st_ino)
         if other is None or other == path:
             return False
         try:
@@ -150,7 +162,9 @@ class TreeCopy:
             os.close(src)
 
     def _set_attributes(self, path: bytes, st: os.stat_result, *, directory: bool) -> None:
-        if not stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):  # a symlink has an owner and times of its own, no mode
+            mutate(self.target, attributes(path, st, tp.ATTR_UID | tp.ATTR_GID)(0))
+        else:
             mutate(self.target, attributes(path, st, tp.ATTR_MODE | tp.ATTR_UID | tp.ATTR_GID)(0))
             for frame in xattrs(self.source, path, drop_others=True):
                 mutate(self.target, frame(0))
@@ -166,31 +180,51 @@ class TreeCopy:
                  ) -> Pass:
         """Bring the copy up to what changed: directories *dirs* (source
         inode, path) and files *files* (source inode, path, regions
-        changed, whether its metadata changed)."""
+        changed, whether its metadata changed — a directory's too)."""
         done = Pass()
+        files = list(files)
+        self._names = {ino: path for ino, path, _, _ in files}  # a new hard link's other name is among them
         synced: list[tuple[bytes, os.stat_result]] = []
-        for ino, path in sorted(dirs, key=lambda item: item[1].count(b"/")):  # parents first
-            st = self._current(ino, path, directory=True)
-            if st is None:
-                done.missed_dirs.append((ino, path))
-                continue
-            done.copied += self._sync_dir(path, done)
-            self._set_attributes(path, st, directory=True)
-            synced.append((path, st))
-        for ino, path, regions, meta in files:
-            st = self._current(ino, path, directory=False)
-            if st is None or ino not in self.inodes:
-                done.missed_files.append((ino, path))
-                continue
-            if stat.S_ISREG(st.st_mode) and regions:
-                done.copied += self._copy_data(path, regions, fresh=False)
-            if meta or regions:
-                self._set_attributes(path, st, directory=False)
-        for path, st in sorted(synced, key=lambda item: -item[0].count(b"/")):
-            self._times(path, self.source.lstat(path) if path else st)
+        try:
+            for ino, path in sorted(dirs, key=lambda item: item[1].count(b"/")):  # parents first
+                self.source.forget_all()
+                try:
+                    st = self._current(ino, path)
+                    if st is None or not stat.S_ISDIR(st.st_mode):
+                        done.missed_dirs.append((ino, path))
+                        continue
+                    done.copied += self._sync_dir(path, done)
+                    self._set_attributes(path, st, directory=True)
+                except OSError as exc:
+                    if exc.errno not in RACED:
+                        raise
+                    done.missed_dirs.append((ino, path))
+                    continue
+                synced.append((path, st))
+            for ino, path, regions, _meta in files:  # every file given changed: its attributes are set
+                try:
+                    st = self._current(ino, path)
+                    if st is None:
+                        done.missed_files.append((ino, path))
+                    elif stat.S_ISDIR(st.st_mode):
+                        self._set_attributes(path, st, directory=True)
+                        synced.append((path, st))
+                    else:
+                        if stat.S_ISREG(st.st_mode) and regions:
+                            done.copied += self._copy_data(path, regions, fresh=False)
+                        self._set_attributes(path, st, directory=False)
+                except OSError as exc:
+                    if exc.errno not in RACED:
+                        raise
+                    done.missed_files.append((ino, path))
+            for path, _ in sorted(synced, key=lambda item: -item[0].count(b"/")):
+                with contextlib.suppress(FileNotFoundError):
+                    self._times(path, self.source.lstat(path))
+        finally:
+            self._names = {}
         return done
 
-    def _current(self, ino: int, path: bytes, *, directory: bool) -> os.stat_result | None:
+    def _current(self, ino: int, path: bytes) -> os.stat_result | None:
         """The source entry at *path* when it is inode *ino* and its copy is
         at the same path (else None: it moved, or went)."""
         try:
@@ -198,14 +232,17 @@ class TreeCopy:
             there = self.target.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if st.st_ino != ino or self.inodes.get(ino) != there.st_ino or stat.S_ISDIR(st.st_mode) != directory:
+        if st.st_ino != ino or self.inodes.get(ino) != there.st_ino:
             return None
         return st
 
     def _sync_dir(self, path: bytes, done: Pass) -> int:
         """Make directory *path* of the copy list what the source's does."""
         copied = 0
-        wanted = {name: self.source.lstat(_join(path, name)) for name in self.source.listdir(path)}
+        wanted: dict[bytes, os.stat_result] = {}
+        for name in self.source.listdir(path):
+            with contextlib.suppress(FileNotFoundError):  # gone since it was listed
+                wanted[name] = self.source.lstat(_join(path, name))
         for name in self.target.listdir(path):
             child = _join(path, name)
             st = wanted.get(name)

@@ -46,14 +46,19 @@ class Marks:
     def __bool__(self) -> bool:
         return bool(self.regions or self.meta or self.dirs)
 
-    def rekeyed(self, inodes: Mapping[int, int]) -> Marks:
+    def rekeyed(self, inodes: Mapping[int, int], *, keep: bool = False) -> Marks:
         """These marks under the inode numbers *inodes* gives (see
-        ``DirtySet.rekeyed``); what it maps to none dropped."""
-        return Marks(regions=tuple((inodes[i], p, o, n) for i, p, o, n in self.regions if i in inodes),
-                     meta=tuple((inodes[i], p) for i, p in self.meta if i in inodes),
-                     dirs=tuple((inodes[i], p) for i, p in self.dirs if i in inodes),
-                     ancestors=tuple(inodes[i] for i in self.ancestors if i in inodes),
-                     parent=inodes.get(self.parent) if self.parent is not None else None)
+        ``DirtySet.rekeyed``); what it maps to none dropped — or, with
+        *keep*, left as it is (marks made just before a move's cutover,
+        recorded after it: only some of their inodes moved)."""
+        def ino(i: int) -> int | None:
+            return inodes.get(i, i if keep else None)
+
+        return Marks(regions=tuple((n, p, o, size) for i, p, o, size in self.regions if (n := ino(i)) is not None),
+                     meta=tuple((n, p) for i, p in self.meta if (n := ino(i)) is not None),
+                     dirs=tuple((n, p) for i, p in self.dirs if (n := ino(i)) is not None),
+                     ancestors=tuple(n for i in self.ancestors if (n := ino(i)) is not None),
+                     parent=ino(self.parent) if self.parent is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

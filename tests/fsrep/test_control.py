@@ -29,7 +29,7 @@ GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_a
               "lag_bytes", "lag_seconds", "bytes_in_flight", "dirty_bytes", "bytes_remaining", "bytes_per_second",
               "eta_seconds", "percent", "resync", "resync_queued", "resync_recent", "resync_bytes_sent", "bytes_cloned",
               "last_resync_seconds", "generation", "stale_reason", "last_error", "faults", "internal_errors",
-              "snapshot", "divergence", "bytes_sent", "data_dir"]
+              "snapshot", "divergence", "bytes_sent", "data_dir", "move"]
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
                "bytes_copied", "bytes_checked", "bytes_mismatched", "bytes_remaining", "bytes_per_second",
                "directories_checked", "directories_remaining", "entries_checked", "eta_seconds", "percent",
@@ -61,7 +61,7 @@ def test_each_command_reads_back_what_a_client_sends(request_: fsrep.Request) ->
 
 def test_the_table_names_each_command_by_its_request_and_its_fields_are_json_scalars() -> None:
     assert set(COMMANDS) == {"status", "resync", "snapshot-create", "snapshot-list", "snapshot-delete", "clone",
-                             "move"}
+                             "move", "move-abort"}
     for name, row in COMMANDS.items():
         assert row.request.command == name
         for field in dataclasses.fields(row.request):

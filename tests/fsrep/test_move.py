@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,31 @@ def assert_ledger(path: Path, acked: int) -> None:
         assert data[n * RECORD:(n + 1) * RECORD] == record(n), f"{path}: record {n} is not what was written"
 
 
+def move_while_writing(cluster: Cluster, target: Path, after: Callable[[], None] = lambda: None
+                       ) -> tuple[Writer, int, dict]:
+    """Move the group to *target* while a Writer appends to its journal
+    (through the cluster's proxy, its counters reset when the move starts),
+    then do *after* while it still writes; the writer (stopped), its acked
+    records when the move began, and the move's JSON outcome."""
+    assert cluster.proxy is not None
+    writer = Writer(cluster.mnt / GROUP / "journal")
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked >= 20, "the writer under way")
+        cluster.proxy.reset_counters()
+        before = writer.acked
+        done = fsrep_move(str(cluster.mnt), "--group", "/" + GROUP, "--to", str(target), "--json")
+        assert done.returncode == 0, done.stderr
+        moved = json.loads(done.stdout)
+        after_move = writer.acked
+        wait_for(lambda: writer.acked >= after_move + 20, "writes after the move")
+        after()
+    finally:
+        writer.stop()
+    assert (moved["destination"], moved["state"]) == (str(target), "InSync"), moved
+    return writer, before, moved
+
+
 def group_of(cluster: Cluster) -> dict:
     return cluster.groups()["/" + GROUP]
 
@@ -98,20 +124,7 @@ def test_a_group_moves_while_a_writer_runs_and_nothing_but_its_writes_crosses(pr
     os.symlink("disks/root.img", m / GROUP / "current")
     target = proxied.base / "disk2" / "vm1"
     target.parent.mkdir()
-    writer = Writer(m / GROUP / "journal")
-    writer.start()
-    try:
-        wait_for(lambda: writer.acked >= 20, "the writer under way")
-        proxied.proxy.reset_counters()
-        before = writer.acked
-        done = fsrep_move(str(m), "--group", "/" + GROUP, "--to", str(target), "--json")
-        assert done.returncode == 0, done.stderr
-        moved = json.loads(done.stdout)
-        after_move = writer.acked
-        wait_for(lambda: writer.acked >= after_move + 20, "writes after the move")
-    finally:
-        writer.stop()
-    assert (moved["destination"], moved["state"]) == (str(target), "InSync"), moved
+    writer, before, moved = move_while_writing(proxied, target)
     written = (writer.acked - before) * RECORD
     carried = proxied.proxy.bytes_to_secondary
     assert carried <= written * 1.1 + 64 * KiB, f"{carried} bytes crossed for {written} bytes written"

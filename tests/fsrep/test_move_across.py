@@ -9,11 +9,11 @@ and an abort (frozen mid-copy with fsfreeze) leaves everything as it was."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,15 @@ import pytest
 from fsrep._config import GroupRecord
 from fsrep._move_across import settle
 from tests.conftest import SESSION_CLOSED, UNCLEAN_SHUTDOWN, Cluster, wait_for, write_random
-from tests.fsrep.test_move import GROUP, MOVE, RECORD, Writer, assert_ledger, assert_moved_group_replicated, group_of
+from tests.fsrep.test_move import (
+    GROUP,
+    MOVE,
+    RECORD,
+    assert_ledger,
+    assert_moved_group_replicated,
+    group_of,
+    move_while_writing,
+)
 
 KiB, MiB = 1024, 1024 * 1024
 ABORTED = r"the move to .* aborted; the copy is removed"
@@ -72,22 +80,12 @@ def test_a_group_moves_to_another_disk_while_a_writer_runs(proxied: Cluster, dis
     _group_tree(m)
     reader = open(m / GROUP / "disks" / "root.img", "rb")  # open across the move, read after it
     target = disk2 / "vm1"
-    writer = Writer(m / GROUP / "journal")
-    writer.start()
-    try:
-        wait_for(lambda: writer.acked >= 20, "the writer under way")
-        proxied.proxy.reset_counters()
-        before = writer.acked
-        done = fsrep_move(str(m), "--group", "/" + GROUP, "--to", str(target), "--json")
-        assert done.returncode == 0, done.stderr
-        moved = json.loads(done.stdout)
-        after_move = writer.acked
-        wait_for(lambda: writer.acked >= after_move + 20, "writes after the move")
+
+    def after() -> None:
         (m / GROUP / "disks" / "new.img").write_bytes(b"after")
         os.rename(m / GROUP / "disks" / "old", m / GROUP / "disks" / "older")
-    finally:
-        writer.stop()
-    assert (moved["destination"], moved["state"]) == (str(target), "InSync"), moved
+
+    writer, before, moved = move_while_writing(proxied, target, after)
     assert moved["copied_bytes"] >= 24 * MiB, moved
     assert moved["pause_seconds"] < 1.0, moved
     written = (writer.acked - before) * RECORD + len(b"after")
@@ -112,54 +110,70 @@ def test_a_group_moves_to_another_disk_while_a_writer_runs(proxied: Cluster, dis
     assert_moved_group_replicated(proxied, target)
 
 
+@dataclass
+class Moving:
+    proc: subprocess.Popen[str]
+    err: str = ""  # its stderr, once it ended
+
+
+@contextlib.contextmanager
+def frozen_move(cluster: Cluster, slow: Path) -> Iterator[Moving]:
+    """``fsrep-move`` of the group to disk *slow*, frozen (fsfreeze) before
+    the copy's first write: yields the mover once the daemon says it
+    copies, and thaws the disk (then waits for the mover) after the block."""
+    subprocess.run(["fsfreeze", "-f", str(slow)], check=True)
+    moving = Moving(subprocess.Popen([*MOVE, str(cluster.mnt), "--group", GROUP, "--to", str(slow / "vm1")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        wait_for(lambda: (group_of(cluster).get("move") or {}).get("phase") == "copying", "the copy under way")
+        yield moving
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(slow)], check=True)
+        try:
+            _, moving.err = moving.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            moving.proc.kill()
+            _, moving.err = moving.proc.communicate()
+
+
+def assert_no_copy(slow: Path) -> None:
+    target = slow / "vm1"
+    assert not target.exists() or list(target.iterdir()) == [], f"the copy was left: {list(target.iterdir())}"
+
+
 @pytest.mark.expect_log(ABORTED)
-def test_an_abort_mid_copy_leaves_the_group_where_it_was_and_in_sync(tmp_path: Path, cluster: Cluster) -> None:
-    cluster.mount("--group", GROUP)
-    m = cluster.mnt
+def test_an_abort_mid_copy_leaves_the_group_where_it_was_and_in_sync(tmp_path: Path, mounted_group: Cluster) -> None:
+    m = mounted_group.mnt
     _group_tree(m)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
-        target = slow / "vm1"
-        subprocess.run(["fsfreeze", "-f", str(slow)], check=True)  # the copy waits on its first write
-        mover = subprocess.Popen([*MOVE, str(m), "--group", GROUP, "--to", str(target)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: (group_of(cluster).get("move") or {}).get("phase") == "copying", "the copy under way")
+        with frozen_move(mounted_group, slow) as mover:
             (m / GROUP / "during").write_bytes(b"written while copying")
             aborted = fsrep_move(str(m), "--group", GROUP, "--abort")
             assert aborted.returncode == 0, aborted.stderr
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(slow)], check=True)
-        out, err = mover.communicate(timeout=60)
-        assert mover.returncode == 1, out
-        assert "aborted" in err, err
-        assert len(err.strip().splitlines()) == 1, err
-        assert not target.exists() or list(target.iterdir()) == []
-    status = group_of(cluster)
+        assert_no_copy(slow)
+    err = mover.err
+    assert mover.proc.returncode == 1, err
+    assert "aborted" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    status = group_of(mounted_group)
     assert (status["state"], status["data_dir"], status["move"]["outcome"]) == ("InSync", "", "aborted"), status
     assert (m / GROUP / "during").read_bytes() == b"written while copying"
-    assert_moved_group_replicated(cluster, cluster.primary_store / GROUP)
+    assert_moved_group_replicated(mounted_group, mounted_group.primary_store / GROUP)
 
 
 @pytest.mark.expect_log(ABORTED)
-def test_ctrl_c_before_the_cutover_aborts(tmp_path: Path, cluster: Cluster) -> None:
-    cluster.mount("--group", GROUP)
-    m = cluster.mnt
-    _group_tree(m)
+def test_ctrl_c_before_the_cutover_aborts(tmp_path: Path, mounted_group: Cluster) -> None:
+    _group_tree(mounted_group.mnt)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
-        subprocess.run(["fsfreeze", "-f", str(slow)], check=True)
-        mover = subprocess.Popen([*MOVE, str(m), "--group", GROUP, "--to", str(slow / "vm1")],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: (group_of(cluster).get("move") or {}).get("phase") == "copying", "the copy under way")
-            mover.send_signal(signal.SIGINT)
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(slow)], check=True)
-        _, err = mover.communicate(timeout=60)
-        assert mover.returncode == 1, err
-        assert "aborting the move" in err, err
-        assert "aborted" in err.splitlines()[-1], err
-    assert group_of(cluster)["move"]["outcome"] == "aborted"
-    assert_moved_group_replicated(cluster, cluster.primary_store / GROUP)
+        with frozen_move(mounted_group, slow) as mover:
+            mover.proc.send_signal(signal.SIGINT)
+        assert_no_copy(slow)
+    err = mover.err
+    assert mover.proc.returncode == 1, err
+    assert "aborting the move" in err, err
+    assert "aborted" in err.splitlines()[-1], err
+    assert group_of(mounted_group)["move"]["outcome"] == "aborted"
+    assert_moved_group_replicated(mounted_group, mounted_group.primary_store / GROUP)
 
 
 def test_a_disk_too_small_is_refused_in_one_line(tmp_path: Path, mounted_group: Cluster) -> None:
@@ -210,28 +224,19 @@ def test_a_crash_mid_move_is_settled_at_the_next_mount(tmp_path: Path) -> None:
 
 @pytest.mark.expect_log(r"a move .* was cut short while copying", SESSION_CLOSED, UNCLEAN_SHUTDOWN)
 def test_a_primary_killed_mid_copy_mounts_again_with_the_group_where_it_was(tmp_path: Path,
-                                                                            cluster: Cluster) -> None:
-    cluster.mount("--group", GROUP)
-    m = cluster.mnt
+                                                                            mounted_group: Cluster) -> None:
+    m = mounted_group.mnt
     _group_tree(m)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
-        subprocess.run(["fsfreeze", "-f", str(slow)], check=True)
-        mover = subprocess.Popen([*MOVE, str(m), "--group", GROUP, "--to", str(slow / "vm1")],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: (group_of(cluster).get("move") or {}).get("phase") == "copying", "the copy under way")
-            pid = cluster.primary_pid()
-            os.kill(pid, signal.SIGKILL)
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(slow)], check=True)
+        with frozen_move(mounted_group, slow):
+            pid = mounted_group.primary_pid()
+            os.kill(pid, signal.SIGKILL)  # it dies once the disk thaws, its copying thread stuck on it until then
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the daemon to die")
-        mover.communicate(timeout=60)
         subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
-        cluster.mount("--group", GROUP)
-        assert not (slow / "vm1").exists() or list((slow / "vm1").iterdir()) == []
-    status = group_of(cluster)
+        mounted_group.mount("--group", GROUP)
+        assert_no_copy(slow)
+    status = group_of(mounted_group)
     assert status["data_dir"] == "", status
     assert os.readlink(m / GROUP / "current") == "disks/root.img"
-    wait_for(lambda: group_of(cluster)["state"] == "InSync", "the group InSync again")
-    assert_moved_group_replicated(cluster, cluster.primary_store / GROUP)
-
+    wait_for(lambda: group_of(mounted_group)["state"] == "InSync", "the group InSync again")
+    assert_moved_group_replicated(mounted_group, mounted_group.primary_store / GROUP)

@@ -88,3 +88,19 @@ def test_a_cancelled_copy_stops_and_can_be_emptied(tmp_path: Path) -> None:
         copy.copy_all()
     emptied(Tree(dst))
     assert list(dst.iterdir()) == []
+
+
+def test_a_catch_up_keeps_a_new_hard_link_and_a_directorys_new_mode(trees: tuple[Path, Path, TreeCopy]) -> None:
+    src, dst, copy = trees
+    copy.copy_all()
+    f = os.stat(src / "d" / "e" / "f").st_ino
+    os.link(src / "d" / "e" / "f", src / "second")  # what a link marks: the new name's directory, the file's meta
+    os.chmod(src / "d" / "e", 0o701)  # a directory's metadata, marked as a file's
+    os.lchown(src / "d" / "link", 4321, 4321)
+    ino = {p: os.stat(src / p, follow_symlinks=False).st_ino for p in ["", "d/e", "d/link"]}
+    done = copy.catch_up(dirs=[(ino[""], b"")], files=[(f, b"d/e/f", [], True), (ino["d/e"], b"d/e", [], True),
+                                                       (ino["d/link"], b"d/link", [], True)])
+    assert (done.missed_dirs, done.missed_files) == ([], [])
+    assert tree_differences(src, dst) == []
+    assert os.stat(dst / "second").st_ino == os.stat(dst / "d" / "e" / "f").st_ino
+    assert os.lstat(dst / "d" / "link").st_uid == 4321
