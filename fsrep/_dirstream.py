@@ -73,6 +73,11 @@ class DirStream:
             self._at += length
             self.offset = after
 
+    def moved(self) -> None:
+        """The descriptor names another directory now (a move's copy of
+        this one): the next read seeks to the offset it is asked for."""
+        self.offset, self._batch, self._at = -1, b"", 0
+
     def close(self) -> None:
         self._batch = b""
         os.close(self.fd)

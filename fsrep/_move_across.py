@@ -38,7 +38,9 @@ removes the copy: the group is as it was, and in sync.
 Caveats:
 - A directory being listed at the cutover goes on listing the old one
   (its offsets are the old file system's); the old data is removed once
-  no such listing is open, or after OLD_LISTINGS seconds.
+  no such listing is open, or after OLD_LISTINGS seconds — then a handle
+  still open lists the copy from where it is asked to (a rewind lists it
+  whole; an offset of the old listing means nothing there).
 - A file open after its last name was removed stays on the old file
   system until closed.
 """
@@ -77,7 +79,7 @@ PASSES = 8  # catch-up passes before the cutover, at most
 CUTOVER_BYTES = 64 * 1024 * 1024  # left to copy for the cutover to begin: what the last pass copies, paused
 CUTOVER_DIRS = 1024
 GRACE = 1.0  # seconds for the requests under way at the cutover to end before the old data goes
-OLD_LISTINGS = 60.0  # seconds the listings of old directories open at the cutover may take
+OLD_LISTINGS = 10.0  # seconds the listings of old directories open at the cutover may take (ls takes ms)
 KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
 
 
@@ -374,6 +376,12 @@ async def _clean_up(group: Group, source: Path, store: Path, groups: GroupStore,
         await trio.sleep(GRACE)
         if not listing_old():
             break
+    reopen = ops.handles.moving
+    for fd, listing in list(ops.handles.dirs.items()):  # still open: a rewind lists the copy, not the old one
+        if reopen is not None and os.fstat(fd).st_dev == old_device:
+            reopen(fd, listing.ino, True)
+            if os.fstat(fd).st_dev != old_device:
+                listing.stream.moved()
     ops.handles.moving = None
     group.rel.moved_inodes = None
     ops.inodes.moved(old_device)  # before the old inodes go: the file system may give their numbers again

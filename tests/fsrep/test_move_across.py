@@ -240,3 +240,24 @@ def test_a_primary_killed_mid_copy_mounts_again_with_the_group_where_it_was(tmp_
     assert os.readlink(m / GROUP / "current") == "disks/root.img"
     wait_for(lambda: group_of(mounted_group)["state"] == "InSync", "the group InSync again")
     assert_moved_group_replicated(mounted_group, mounted_group.primary_store / GROUP)
+
+
+def test_open_directories_list_the_copy_after_a_move(tmp_path: Path, mounted_group: Cluster, disk2: Path) -> None:
+    m = mounted_group.mnt
+    _group_tree(m)
+    unread = os.open(m / GROUP / "disks", os.O_RDONLY | os.O_DIRECTORY)  # opened, not listed yet
+    listed = os.open(m / GROUP, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert "disks" in os.listdir(listed)  # listed to its end before the move: its handle stays on the old one
+        done = fsrep_move(str(m), "--group", GROUP, "--to", str(disk2 / "vm1"))
+        assert done.returncode == 0, done.stderr
+        (m / GROUP / "disks" / "after").write_bytes(b"")
+        (m / GROUP / "after").write_bytes(b"")
+        assert sorted(os.listdir(unread)) == sorted(os.listdir(disk2 / "vm1" / "disks"))
+        assert "after" in os.listdir(unread)
+        assert sorted(os.listdir(listed)) == sorted(os.listdir(disk2 / "vm1")), "a rewind lists the copy"
+        assert "after" in os.listdir(listed)
+    finally:
+        os.close(unread)
+        os.close(listed)
+    assert_moved_group_replicated(mounted_group, disk2 / "vm1")
