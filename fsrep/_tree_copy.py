@@ -9,8 +9,9 @@ inode), how hard links are linked again, and what the group's trackers
 are rekeyed with at cutover. A catch-up is given the directories and files
 a watch saw change, at their paths of the moment:
 - a directory: each entry of the copy that is not the copy of the entry of
-  that name in the source now is removed, each source entry missing in the
-  copy is copied (a directory with all it holds), and its attributes set;
+  that name in the source now is set aside, each source entry missing in
+  the copy is taken back from aside (a rename) or copied (a directory with
+  all it holds), and its attributes set; what is left aside is removed;
 - a file: the regions changed are copied again (holes as the source has
   them), then its size and attributes set.
 Both trees are reached through ``Tree``: no symlink is ever followed, and
@@ -18,8 +19,10 @@ nothing is written outside the target's root. Directories' times are set
 last, deepest first, so making their entries leaves them as the source's.
 
 Caveats:
-- An entry renamed in the source is copied again at its new name, and its
-  old copy removed: a rename costs the copy of what it moved.
+- An entry renamed in the source is found again by its inode at its new
+  name (a rename marks both directories, so both are in one catch-up),
+  unless it moved out of a directory that was removed too: that one is
+  copied again.
 - An item whose path names another inode by the time it is copied (it was
   renamed or removed meanwhile) is handed back (``Pass.missed``); what
   moved it marked the directories concerned.
@@ -39,6 +42,7 @@ import transport as tp
 
 from ._apply import mutate
 from ._copying import attributes, creation, xattrs
+from ._reserved import RESERVED
 from ._sparse import COPY_CHUNK, copy_span
 from ._tree import Tree
 
@@ -71,6 +75,8 @@ class TreeCopy:
         self.inodes: dict[int, int] = {}  # source st_ino -> target st_ino, for every entry copied
         self._links: dict[int, bytes] = {}  # source st_ino of a hard-linked file -> a path of its copy
         self._names: dict[int, bytes] = {}  # during a catch-up: the paths of the files it was given
+        self._aside: dict[int, list[tuple[bytes, os.stat_result]]] = {}  # during one: copies set aside, by inode
+        self._aside_fd: int | None = None
         self._cancelled, self._copied = cancelled, copied
 
     # --- the whole copy --------------------------------------------------------------
@@ -180,27 +186,39 @@ class TreeCopy:
                  ) -> Pass:
         """Bring the copy up to what changed: directories *dirs* (source
         inode, path) and files *files* (source inode, path, regions
-        changed, whether its metadata changed — a directory's too)."""
+        changed, whether its metadata changed — a directory's too).
+
+        Directories in two rounds: first what no longer belongs in each
+        is set aside (in the copy's reserved ``.fsrep``, never listed),
+        then what is missing is made — taken back from aside when it is
+        the copy of that inode, so a rename costs no copy; what is left
+        aside is removed at the end."""
         done = Pass()
         files = list(files)
         self._names = {ino: path for ino, path, _, _ in files}  # a new hard link's other name is among them
         synced: list[tuple[bytes, os.stat_result]] = []
         try:
-            for ino, path in sorted(dirs, key=lambda item: item[1].count(b"/")):  # parents first
-                self.source.forget_all()
-                try:
-                    st = self._current(ino, path)
-                    if st is None or not stat.S_ISDIR(st.st_mode):
+            pending = sorted(dirs, key=lambda item: item[1].count(b"/"))  # parents first
+            for _ in range(2):  # again for those a rename from aside put in place
+                missing: list[tuple[bytes, os.stat_result, dict[bytes, os.stat_result]]] = []
+                for ino, path in pending:
+                    self.source.forget_all()
+                    try:
+                        st = self._current(ino, path)
+                        if st is None or not stat.S_ISDIR(st.st_mode):
+                            done.missed_dirs.append((ino, path))
+                            continue
+                        missing.append((path, st, self._set_aside(path)))
+                    except OSError as exc:
+                        if exc.errno not in RACED:
+                            raise
                         done.missed_dirs.append((ino, path))
-                        continue
-                    done.copied += self._sync_dir(path, done)
+                for path, st, wanted in missing:
+                    done.copied += self._fill(path, wanted, done)
                     self._set_attributes(path, st, directory=True)
-                except OSError as exc:
-                    if exc.errno not in RACED:
-                        raise
-                    done.missed_dirs.append((ino, path))
-                    continue
-                synced.append((path, st))
+                    synced.append((path, st))
+                pending, done.missed_dirs = done.missed_dirs, []
+            done.missed_dirs = pending
             for ino, path, regions, _meta in files:  # every file given changed: its attributes are set
                 try:
                     st = self._current(ino, path)
@@ -222,6 +240,7 @@ class TreeCopy:
                     self._times(path, self.source.lstat(path))
         finally:
             self._names = {}
+            self._drop_aside()
         return done
 
     def _current(self, ino: int, path: bytes) -> os.stat_result | None:
@@ -236,9 +255,10 @@ class TreeCopy:
             return None
         return st
 
-    def _sync_dir(self, path: bytes, done: Pass) -> int:
-        """Make directory *path* of the copy list what the source's does."""
-        copied = 0
+    def _set_aside(self, path: bytes) -> dict[bytes, os.stat_result]:
+        """Set aside each entry of the copy's directory *path* that is not
+        the copy of the source's entry of that name; the source's entries
+        the copy lacks now, by name."""
         wanted: dict[bytes, os.stat_result] = {}
         for name in self.source.listdir(path):
             with contextlib.suppress(FileNotFoundError):  # gone since it was listed
@@ -251,20 +271,51 @@ class TreeCopy:
                     and stat.S_IFMT(st.st_mode) == stat.S_IFMT(there.st_mode):
                 del wanted[name]  # the copy of what is there
                 continue
-            self._remove(child, there)
+            aside = b"%d.%d" % (there.st_ino, len(self._aside))
+            with self.target.held_parent(child) as (parent, entry):
+                os.rename(entry, aside, src_dir_fd=parent, dst_dir_fd=self._aside_dir())
+            self._aside.setdefault(there.st_ino, []).append((aside, there))
+            self.target.forget_all()
+        return wanted
+
+    def _fill(self, path: bytes, wanted: dict[bytes, os.stat_result], done: Pass) -> int:
+        """Make the entries *wanted* in the copy's directory *path*: back
+        from aside where one is the copy of that inode, else copied."""
+        copied = 0
         for name, st in sorted(wanted.items()):
             child = _join(path, name)
-            copied += self._copy_entry(child, st)
             done.entries += 1
+            kept = self._aside.get(self.inodes.get(st.st_ino, -1))
+            if kept and stat.S_IFMT(kept[-1][1].st_mode) == stat.S_IFMT(st.st_mode):
+                aside, _ = kept.pop()
+                with self.target.held_parent(child) as (parent, entry):
+                    os.rename(aside, entry, src_dir_fd=self._aside_dir(), dst_dir_fd=parent)
+                self.target.forget_all()
+                continue
+            copied += self._copy_entry(child, st)
             if stat.S_ISDIR(st.st_mode):
                 copied += self._copy_tree(child)
                 self._times(child, st)
         return copied
 
-    def _remove(self, path: bytes, st: os.stat_result) -> None:
-        with self.target.held_parent(path) as (parent, name):
-            _remove(parent, name, st)
-        self.target.forget_all()
+    def _aside_dir(self) -> int:
+        """The directory entries are set aside in (``.fsrep`` of the copy's
+        root: no client names it, no listing shows it), made when first needed."""
+        if self._aside_fd is None:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(RESERVED, 0o700, dir_fd=self.target.root_fd)
+            self._aside_fd = os.open(RESERVED, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=self.target.root_fd)
+        return self._aside_fd
+
+    def _drop_aside(self) -> None:
+        """Remove what is left aside: it was removed in the source."""
+        self._aside.clear()
+        if self._aside_fd is not None:
+            os.close(self._aside_fd)
+            self._aside_fd = None
+            root = self.target.root_fd
+            _remove(root, RESERVED, os.stat(RESERVED, dir_fd=root, follow_symlinks=False))
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -285,7 +336,12 @@ def _remove(parent: int, name: bytes, st: os.stat_result) -> None:
 
 def emptied(target: Tree) -> None:
     """Remove everything a copy made in *target* (an abort, or a crash
-    during the copy): its root is left, empty."""
-    for name in target.listdir(b""):
-        _remove(target.root_fd, name, target.lstat(name))
+    during the copy), what it set aside too: its root is left, empty."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target.root_fd)
+    try:
+        names = os.listdir(fd)
+    finally:
+        os.close(fd)
+    for name in map(os.fsencode, names):
+        _remove(target.root_fd, name, os.stat(name, dir_fd=target.root_fd, follow_symlinks=False))
     target.forget_all()

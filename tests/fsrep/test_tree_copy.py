@@ -104,3 +104,18 @@ def test_a_catch_up_keeps_a_new_hard_link_and_a_directorys_new_mode(trees: tuple
     assert tree_differences(src, dst) == []
     assert os.stat(dst / "second").st_ino == os.stat(dst / "d" / "e" / "f").st_ino
     assert os.lstat(dst / "d" / "link").st_uid == 4321
+
+
+def test_a_rename_is_caught_up_without_copying_what_it_moved(trees: tuple[Path, Path, TreeCopy]) -> None:
+    src, dst, copy = trees
+    (src / "big").write_bytes(os.urandom(4 * MIB))
+    copy.copy_all()
+    ino = {p: os.stat(src / p).st_ino for p in ["", "d", "d/e"]}
+    os.rename(src / "big", src / "d" / "big")  # a file into another directory
+    os.rename(src / "d" / "e", src / "e")  # a directory out of its parent
+    moved = os.stat(dst / "big").st_ino
+    done = copy.catch_up(dirs=[(ino[""], b""), (ino["d"], b"d")], files=[])
+    assert tree_differences(src, dst) == []
+    assert done.copied == 0, f"{done.copied} bytes copied for two renames"
+    assert os.stat(dst / "d" / "big").st_ino == moved
+    assert not (dst / ".fsrep").exists(), "what was set aside is left"
