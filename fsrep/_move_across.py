@@ -233,13 +233,16 @@ async def move_across(group: Group, target: Path, store: Path, groups: GroupStor
             await trio.to_thread.run_sync(os.rmdir, target)
         run.finish(f"failed: {exc.strerror or exc}", trio.current_time())
         raise MoveRefused(f"cannot begin the move to {target} ({exc.strerror or exc}); nothing moved") from None
-    copy_from, copy_to = await trio.to_thread.run_sync(lambda: (Tree(source), Tree(target)))
     watch = _Watch()
     rel.recorder.trackers.append(watch)
-    copier = TreeCopy(copy_from, copy_to, cancelled=run.abort.is_set, copied=run.copied)
+    trees: list[Tree] = []
     log.info("group %s (/%s): moving from %s to %s, another file system: copying while clients work on",
              record.id, record.path, source, target)
     try:
+        trees.extend(await trio.to_thread.run_sync(lambda: (Tree(source), Tree(target))))
+        copy_from, copy_to = trees
+        copier = TreeCopy(copy_from, copy_to, cancelled=run.abort.is_set, copied=run.copied)
+
         def first_copy() -> int:
             run.total_bytes = copy_from.data_bytes()
             return copier.copy_all()
@@ -256,6 +259,11 @@ async def move_across(group: Group, target: Path, store: Path, groups: GroupStor
             _noted_again(watch, taken, done.missed_dirs, done.missed_files)
         run.phase = "cutting over"
         async with rel.scheduler.held():
+            if not _small(watch.dirty) and not run.abort.is_set():  # what piled up while a resync ran
+                taken = watch.take()
+                dirs, files = _items(taken, locate)
+                done = await _in_thread(run, functools.partial(copier.catch_up, dirs, files))
+                _noted_again(watch, taken, done.missed_dirs, done.missed_files)
             with rel.stream.holding_mutations():
                 await rel.drained(rel.pipeline.drain())  # a link lost meanwhile left those changes dirty: as good
                 await trio.lowlevel.checkpoint()  # the requests those acks woke go on to their replies
@@ -267,25 +275,26 @@ async def move_across(group: Group, target: Path, store: Path, groups: GroupStor
                     raise Cancelled()
                 old_device = _cut_over(group, copier, target, store, groups, ops)
                 run.pause_seconds = trio.current_time() - paused
-    except (Cancelled, OSError, trio.Cancelled) as exc:
+    except BaseException as exc:  # before the cutover, whatever it was: the copy goes, the group stays
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(lambda: _remove_quietly(target, keep_root=not made))
         record.moving_to, record.moving_from, record.moving_phase = "", "", ""
         with contextlib.suppress(OSError):
             groups.save(record)
-        why = "aborted" if not isinstance(exc, OSError) else f"failed: {exc.strerror or exc}"
+        why = ("aborted" if isinstance(exc, Cancelled | trio.Cancelled | KeyboardInterrupt)
+               else f"failed: {exc.strerror or exc}" if isinstance(exc, OSError) else f"failed: {exc!r}")
         run.finish(why, trio.current_time())
         log.warning("group %s (/%s): the move to %s %s; the copy is removed and the group stays in %s", record.id,
                     record.path, target, why, source)
-        if isinstance(exc, trio.Cancelled):
-            raise
+        if not isinstance(exc, Cancelled | OSError):
+            raise  # the daemon stops, or a bug (the control socket answers it)
         raise MoveRefused("the move was aborted; the copy is removed and the group stays where it was"
                           if why == "aborted" else f"cannot copy to {target} ({exc}); the copy is removed and "
                                                    f"the group stays where it was") from None
     finally:
         rel.recorder.trackers.remove(watch)
-        copy_from.close()
-        copy_to.close()
+        for opened in trees:
+            opened.close()
     log.info("group %s (/%s): served from %s after a pause of %.3fs for clients' changes (%d catch-up passes); "
              "the relationship with %s goes on", record.id, record.path, target, run.pause_seconds, run.passes,
              record.secondary)
@@ -316,7 +325,7 @@ def _cut_over(group: Group, copier: TreeCopy, target: Path, store: Path, groups:
         with contextlib.suppress(OSError):
             groups.save(record)
         raise
-    rel.rekey(inodes)  # a failure to save is a fault status shows, retried every second
+    saved = rel.rekey(inodes)  # a failure to save is a fault status shows, retried every second
     for ino in ops.inodes.numbers():
         where = ops.effects.locate(ino)
         if where is not None and where.group is group and (old := ops.inodes.backing(ino)) in inodes:
@@ -349,9 +358,13 @@ def _cut_over(group: Group, copier: TreeCopy, target: Path, store: Path, groups:
         if listing.stream.offset == 0:  # one being listed goes on in the old directory (see Caveats)
             _reopened(reopen, fd, listing.ino, True)
     ops.handles.moving = lambda fd, ino, directory: _reopened(reopen, fd, ino, directory)
-    record.moving_phase = "cleanup"
-    with contextlib.suppress(OSError):  # a crash now finds "cutover": the group is compared whole, no more
-        groups.save(record)
+    if saved:  # else a crash finds "cutover": the group is compared whole, as its tracking on disk is the old
+        record.moving_phase = "cleanup"
+        with contextlib.suppress(OSError):
+            groups.save(record)
+    else:
+        log.warning("group %s: its tracking could not be saved under the copy's inode numbers at the move's "
+                    "cutover; should this daemon stop before it is, the group is compared whole", record.id)
     return old_device
 
 
@@ -387,6 +400,8 @@ async def _clean_up(group: Group, source: Path, store: Path, groups: GroupStore,
     ops.inodes.moved(old_device)  # before the old inodes go: the file system may give their numbers again
     original = store / record.path
     await trio.to_thread.run_sync(lambda: _remove_quietly(source, keep_root=source == original))
+    if record.moving_phase == "cutover" and not group.rel.ledger.save_dirty():
+        return  # the next mount finds "cutover" and compares the group whole
     record.moving_to, record.moving_from, record.moving_phase = "", "", ""
     try:
         groups.save(record)

@@ -398,14 +398,15 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         where = self._where(inode)
         fd = self.tree.open(where.mount_path, _local_flags(flags))
+        info = self._opened(fd, inode)  # a handle before any wait: a move's cutover gives it the copy
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 await self._replicate(where.group, _emptied(fd, where.path),
                                       self.effects.resize(where, os.fstat(fd).st_size, 0))
         except BaseException:
-            os.close(fd)
+            self.handles.release(fd)
             raise
-        return self._opened(fd, inode)
+        return info
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

@@ -72,10 +72,18 @@ class ActivityTracker:
                                                   f"activity log: {exc.strerror or exc}") from None
         self._faults.clear("activity", "the activity log is saved again; changes are accepted")
 
-    def rekey(self, inodes: Mapping[int, int]) -> None:
+    def rekey(self, inodes: Mapping[int, int]) -> bool:
         """The group's data was copied to another file system: the active
-        extents under the inode numbers there, saved before the next change."""
+        extents under the inode numbers there, saved now (else before the
+        next change); whether they are on disk."""
         self.log.rekey(inodes)
+        payload = self.log.payload()
+        try:
+            self._groups.durably(lambda: self._file.save(payload))
+        except OSError:
+            return False  # still unsaved: the next change saves it first, or is refused
+        self.log.saved()
+        return True
 
     def settle(self) -> None:
         """The dirty set was saved: extents idle since may be let go."""

@@ -24,6 +24,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -146,6 +147,18 @@ def punch(fd: int, offset: int, length: int) -> None:
 
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long), linux/fs.h: the inode's generation
+
+
+def generation(fd: int) -> int | None:
+    """The generation of *fd*'s inode — what tells an inode from a later
+    one given the same number — or None where the file system keeps none."""
+    buf = bytearray(8)
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETVERSION, buf, True)
+    except OSError:
+        return None
+    return int.from_bytes(buf, sys.byteorder)
 _NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EPERM)
 _NO_KERNEL_COPY = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EINVAL)
 COPY_CHUNK = 64 * 1024 * 1024  # a copy_file_range call: bounded, so a huge file is never one system call

@@ -306,15 +306,16 @@ class Relationship:
         """The group's data was copied to another file system (``fsrep-move``),
         where every inode has another number (*inodes*: old -> new): what
         tracks it by inode goes under the new numbers, and is saved.
-        Whether the dirty set and the snapshots are on disk."""
+        Whether the dirty set, the snapshots and the activity log are on disk."""
         self.moves += 1
         self.moved_inodes = inodes  # until the move's clean-up: for requests under way then
         self.ledger.replace_dirty(self.ledger.dirty.rekeyed(inodes))
         self.snapshots.rekey(inodes)
-        self.activity.rekey(inodes)
+        activity = self.activity.rekey(inodes)
         self.pipeline.rekey(inodes)
         self.stream.to_compare = {inodes[ino]: path for ino, path in self.stream.to_compare.items() if ino in inodes}
-        return self.ledger.save_dirty()
+        self.ledger.dirty_changed = True
+        return self.ledger.save_dirty() and activity
 
     def remarked(self, marks: tracking.Marks) -> tracking.Marks:
         """*marks* of a request made before a move's cutover and recorded

@@ -43,7 +43,7 @@ import transport as tp
 from ._apply import mutate
 from ._copying import attributes, creation, xattrs
 from ._reserved import RESERVED
-from ._sparse import COPY_CHUNK, copy_span
+from ._sparse import COPY_CHUNK, copy_span, generation, proc_path
 from ._tree import Tree
 
 Region = tuple[int, int]  # (offset, length)
@@ -77,6 +77,7 @@ class TreeCopy:
         self._names: dict[int, bytes] = {}  # during a catch-up: the paths of the files it was given
         self._aside: dict[int, list[tuple[bytes, os.stat_result]]] = {}  # during one: copies set aside, by inode
         self._aside_fd: int | None = None
+        self._seen: dict[int, tuple[int, int | None]] = {}  # source inode -> (ctime, generation) when last seen same
         self._cancelled, self._copied = cancelled, copied
 
     # --- the whole copy --------------------------------------------------------------
@@ -123,6 +124,7 @@ class TreeCopy:
         mutate(self.target, creation(self.source, path, st)(0))
         made = self.target.lstat(path).st_ino
         self.inodes[st.st_ino] = made
+        self._seen[st.st_ino] = (st.st_ctime_ns, self._generation(path, st))
         copied = 0
         if stat.S_ISREG(mode):
             copied = self._copy_data(path, [(0, st.st_size)], fresh=True)
@@ -214,8 +216,14 @@ class TreeCopy:
                             raise
                         done.missed_dirs.append((ino, path))
                 for path, st, wanted in missing:
-                    done.copied += self._fill(path, wanted, done)
-                    self._set_attributes(path, st, directory=True)
+                    done.copied += self._fill(st.st_ino, path, wanted, done)
+                    try:
+                        self._set_attributes(path, st, directory=True)
+                    except OSError as exc:
+                        if exc.errno not in RACED:
+                            raise
+                        done.missed_dirs.append((st.st_ino, path))
+                        continue
                     synced.append((path, st))
                 pending, done.missed_dirs = done.missed_dirs, []
             done.missed_dirs = pending
@@ -267,8 +275,7 @@ class TreeCopy:
             child = _join(path, name)
             st = wanted.get(name)
             there = self.target.lstat(child)
-            if st is not None and self.inodes.get(st.st_ino) == there.st_ino \
-                    and stat.S_IFMT(st.st_mode) == stat.S_IFMT(there.st_mode):
+            if st is not None and self.inodes.get(st.st_ino) == there.st_ino and self._same(child, st, there):
                 del wanted[name]  # the copy of what is there
                 continue
             aside = b"%d.%d" % (there.st_ino, len(self._aside))
@@ -278,7 +285,7 @@ class TreeCopy:
             self.target.forget_all()
         return wanted
 
-    def _fill(self, path: bytes, wanted: dict[bytes, os.stat_result], done: Pass) -> int:
+    def _fill(self, ino: int, path: bytes, wanted: dict[bytes, os.stat_result], done: Pass) -> int:
         """Make the entries *wanted* in the copy's directory *path*: back
         from aside where one is the copy of that inode, else copied."""
         copied = 0
@@ -286,17 +293,62 @@ class TreeCopy:
             child = _join(path, name)
             done.entries += 1
             kept = self._aside.get(self.inodes.get(st.st_ino, -1))
-            if kept and stat.S_IFMT(kept[-1][1].st_mode) == stat.S_IFMT(st.st_mode):
+            if kept and self._same(child, st, kept[-1][1], moved=kept[-1][0]):
                 aside, _ = kept.pop()
                 with self.target.held_parent(child) as (parent, entry):
                     os.rename(aside, entry, src_dir_fd=self._aside_dir(), dst_dir_fd=parent)
                 self.target.forget_all()
                 continue
-            copied += self._copy_entry(child, st)
-            if stat.S_ISDIR(st.st_mode):
-                copied += self._copy_tree(child)
-                self._times(child, st)
+            try:
+                copied += self._copy_entry(child, st)
+                if stat.S_ISDIR(st.st_mode):
+                    copied += self._copy_tree(child)
+                    self._times(child, st)
+            except OSError as exc:
+                if exc.errno not in RACED:
+                    raise
+                done.missed_dirs.append((ino, path))  # changed meanwhile: in the next round, or pass
         return copied
+
+    def _same(self, path: bytes, st: os.stat_result, copy: os.stat_result, moved: bytes | None = None) -> bool:
+        """Whether *copy* (the copy of inode ``st.st_ino``, at *path* or set
+        aside as *moved*) is still the copy of the source's entry *st* at
+        *path*: a file system gives a freed inode number again at once, so
+        a number alone does not say (``rm a; touch b`` in one directory).
+        Unchanged since it was copied (its ctime) it is; else its
+        generation says, where the file system keeps one — else, for an
+        entry set aside, its size and mtime (a rename changes neither)."""
+        if stat.S_IFMT(st.st_mode) != stat.S_IFMT(copy.st_mode):
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(moved, dir_fd=self._aside_dir()) if moved is not None else self.target.readlink(path)
+            return self.source.readlink(path) == target
+        ctime, generation = self._seen.get(st.st_ino, (None, None))
+        if ctime == st.st_ctime_ns:
+            return True
+        now = self._generation(path, st)
+        if now is not None and generation is not None:
+            if now != generation:
+                return False
+        elif moved is not None and (st.st_size, st.st_mtime_ns) != (copy.st_size, copy.st_mtime_ns):
+            return False
+        self._seen[st.st_ino] = (st.st_ctime_ns, now)
+        return True
+
+    def _generation(self, path: bytes, st: os.stat_result) -> int | None:
+        """The generation of the source's regular file or directory *path*
+        (FS_IOC_GETVERSION), None where the file system has none."""
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return None
+        try:
+            fd = (self.source.open_regular(path, os.O_RDONLY) if stat.S_ISREG(st.st_mode)
+                  else self.source.open(path, os.O_RDONLY | os.O_DIRECTORY))
+        except OSError:
+            return None
+        try:
+            return generation(fd)
+        finally:
+            os.close(fd)
 
     def _aside_dir(self) -> int:
         """The directory entries are set aside in (``.fsrep`` of the copy's
@@ -309,7 +361,24 @@ class TreeCopy:
         return self._aside_fd
 
     def _drop_aside(self) -> None:
-        """Remove what is left aside: it was removed in the source."""
+        """Remove what is left aside: it was removed in the source. The
+        inodes that go with it leave the map: their numbers may be given
+        again, on either side."""
+        gone = {ino for ino, left in self._aside.items() if any(st.st_nlink <= 1 for _, st in left)}
+        for name, st in [entry for left in self._aside.values() for entry in left]:
+            if stat.S_ISDIR(st.st_mode) and self._aside_fd is not None:  # all it holds goes with it
+                top = os.path.join(proc_path(self._aside_fd), os.fsdecode(name))
+                for root, dirs, files in os.walk(top):
+                    for entry in dirs + files:
+                        with contextlib.suppress(OSError):
+                            inner = os.lstat(os.path.join(root, entry))
+                            if stat.S_ISDIR(inner.st_mode) or inner.st_nlink <= 1:
+                                gone.add(inner.st_ino)
+        if gone:
+            for source in [s for s, t in self.inodes.items() if t in gone]:
+                del self.inodes[source]
+                self._seen.pop(source, None)
+                self._links.pop(source, None)
         self._aside.clear()
         if self._aside_fd is not None:
             os.close(self._aside_fd)

@@ -107,6 +107,11 @@ class ActivityLog:
         self._durable = set()
         self._unsaved = True
 
+    def saved(self) -> None:
+        """The payload was persisted outside ``touch`` (after ``rekey``)."""
+        self._durable = set(self._active)
+        self._unsaved = False
+
     def payload(self) -> dict[str, Any]:
         return {"extents": [[ino, ext, path.hex(), count] for (ino, ext, count), (path, _) in self._active.items()]}
 

@@ -119,3 +119,28 @@ def test_a_rename_is_caught_up_without_copying_what_it_moved(trees: tuple[Path, 
     assert done.copied == 0, f"{done.copied} bytes copied for two renames"
     assert os.stat(dst / "d" / "big").st_ino == moved
     assert not (dst / ".fsrep").exists(), "what was set aside is left"
+
+
+def test_a_new_file_given_a_removed_ones_inode_number_is_copied_not_taken_back(tmp_path: Path) -> None:
+    """``rm a; touch b``: ext4 gives b a's freed number at once, so the
+    number alone would take a's copy back as b."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    reused = False
+    for attempt in range(20):  # bounded: reuse of the number is the file system's choice
+        (src / "a").write_bytes(b"old content %d" % attempt)
+        copy = TreeCopy(Tree(src), Tree(dst))
+        copy.copy_all()
+        old = os.stat(src / "a").st_ino
+        os.unlink(src / "a")
+        (src / "b").write_bytes(b"")
+        reused = os.stat(src / "b").st_ino == old
+        copy.catch_up(dirs=[(os.stat(src).st_ino, b"")], files=[])
+        assert tree_differences(src, dst) == []
+        assert (dst / "b").read_bytes() == b""
+        if reused:
+            break
+        os.unlink(src / "b")
+        emptied(Tree(dst))
+    assert reused, "the file system never gave the number again: nothing was checked"
