@@ -68,14 +68,12 @@ class InodeTable:
     def fuse_ino(self, st_ino: int, device: int | None = None) -> int:
         """The FUSE inode number for backing inode *st_ino* of *device*
         (None: the store's)."""
-        key = (self._device if device is None else device, st_ino)
-        if key[0] in self._moved:
-            key = self._moved_key(key)
+        key = self._key(st_ino, device)
         number = self._numbers.get(key)
         if number is not None:
             return number
         if key[0] == self._device:
-            number = self._own(st_ino)
+            number = self._own(key[1])
             if number not in self._backing:  # not kept by a moved file
                 return number
         if len(self._numbers) > 2 * len(self._nodes) + 1024:  # numbers given to entries never looked up
@@ -87,12 +85,10 @@ class InodeTable:
     def known(self, st_ino: int, device: int | None = None) -> int | None:
         """The FUSE inode number of backing inode *st_ino* of *device*
         when the kernel knows it (None otherwise; no number is given)."""
-        key = (self._device if device is None else device, st_ino)
-        if key[0] in self._moved:
-            key = self._moved_key(key)
+        key = self._key(st_ino, device)
         number = self._numbers.get(key)
-        if number is None and key[0] == self._device and self._own(st_ino) not in self._backing:
-            number = self._own(st_ino)
+        if number is None and key[0] == self._device and self._own(key[1]) not in self._backing:
+            number = self._own(key[1])
         return number if number is not None and number in self._nodes else None
 
     def _own(self, st_ino: int) -> int:
@@ -129,10 +125,14 @@ class InodeTable:
         """No request meets the inodes of device *old* any more (see ``moving``)."""
         self._moved.pop(old, None)
 
-    def _moved_key(self, key: tuple[int, int]) -> tuple[int, int]:
-        new, inodes = self._moved[key[0]]
-        st_ino = inodes.get(key[1])
-        return key if st_ino is None else (new, st_ino)
+    def _key(self, st_ino: int, device: int | None) -> tuple[int, int]:
+        """(device, st_ino) of a backing inode — of its copy, while a move
+        translates its device (see ``moving``)."""
+        device = self._device if device is None else device
+        moved = self._moved.get(device)
+        if moved is not None and (copy := moved[1].get(st_ino)) is not None:
+            return moved[0], copy
+        return device, st_ino
 
     def _sweep(self) -> None:
         for number in [n for n in self._backing if n not in self._nodes]:

@@ -66,7 +66,7 @@ from ._config import GroupRecord, GroupStore
 from ._move import Done, MoveRefused
 from ._progress import MoveRun
 from ._tree import Tree
-from ._tree_copy import Cancelled, TreeCopy, emptied
+from ._tree_copy import Cancelled, FileChange, TreeCopy, emptied
 
 if TYPE_CHECKING:
     from ._groups import Group
@@ -164,7 +164,7 @@ async def _in_thread(run: MoveRun, work: Callable[[], T]) -> T:
 
 
 def _items(dirty: tracking.DirtySet, locate: Callable[[int], bytes | None]
-           ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes, list[tuple[int, int]], bool]]]:
+           ) -> tuple[list[tuple[int, bytes]], list[FileChange]]:
     """What a catch-up is given from what the watch noted: each inode at
     its path now, as far as the kernel knows it (else as noted)."""
     def path(ino: int) -> bytes | None:
@@ -173,17 +173,20 @@ def _items(dirty: tracking.DirtySet, locate: Callable[[int], bytes | None]
         return found if found is not None else hint if hint != tracking.UNNAMED else None
 
     dirs = [(ino, p) for ino in dirty.dirs() if (p := path(ino)) is not None]
-    files = [(ino, p, [(r.first * tracking.REGION_SIZE, r.count * tracking.REGION_SIZE) for r in dirty.ranges(ino)],
-              dirty.meta_dirty(ino)) for ino in dirty.files() if (p := path(ino)) is not None]
+    files = [(ino, p, [(r.first * tracking.REGION_SIZE, r.count * tracking.REGION_SIZE) for r in dirty.ranges(ino)])
+             for ino in dirty.files() if (p := path(ino)) is not None]
     return dirs, files
 
 
-def _noted_again(watch: _Watch, taken: tracking.DirtySet, missed: list[tuple[int, bytes]],
-                 missed_files: list[tuple[int, bytes]]) -> None:
-    """What a pass could not find at its path goes to the next one."""
-    for ino, path in missed:
+async def _catch_up(run: MoveRun, watch: _Watch, copier: TreeCopy, locate: Callable[[int], bytes | None]) -> None:
+    """One catch-up pass over what the watch noted, in the worker thread;
+    what it could not find at its path goes to the next one."""
+    taken = watch.take()
+    dirs, files = _items(taken, locate)
+    done = await _in_thread(run, functools.partial(copier.catch_up, dirs, files))
+    for ino, path in done.missed_dirs:
         watch.dirty.mark_dir(ino, path)
-    for ino, path in missed_files:
+    for ino, path in done.missed_files:
         for regions in taken.ranges(ino):
             watch.dirty.mark_regions(ino, path, regions)
         if taken.meta_dirty(ino):
@@ -191,7 +194,7 @@ def _noted_again(watch: _Watch, taken: tracking.DirtySet, missed: list[tuple[int
 
 
 def _last_pass(copier: TreeCopy, dirs: list[tuple[int, bytes]],
-               files: list[tuple[int, bytes, list[tuple[int, int]], bool]]) -> None:
+               files: list[FileChange]) -> None:
     """The catch-up with changes held, and the copy made durable."""
     copier.catch_up(dirs, files)
     copier.target.sync()
@@ -253,17 +256,11 @@ async def move_across(group: Group, target: Path, store: Path, groups: GroupStor
             if _small(watch.dirty):
                 break
             run.phase, run.passes = "catching up", run.passes + 1
-            taken = watch.take()
-            dirs, files = _items(taken, locate)
-            done = await _in_thread(run, functools.partial(copier.catch_up, dirs, files))
-            _noted_again(watch, taken, done.missed_dirs, done.missed_files)
+            await _catch_up(run, watch, copier, locate)
         run.phase = "cutting over"
         async with rel.scheduler.held():
             if not _small(watch.dirty) and not run.abort.is_set():  # what piled up while a resync ran
-                taken = watch.take()
-                dirs, files = _items(taken, locate)
-                done = await _in_thread(run, functools.partial(copier.catch_up, dirs, files))
-                _noted_again(watch, taken, done.missed_dirs, done.missed_files)
+                await _catch_up(run, watch, copier, locate)
             with rel.stream.holding_mutations():
                 await rel.drained(rel.pipeline.drain())  # a link lost meanwhile left those changes dirty: as good
                 await trio.lowlevel.checkpoint()  # the requests those acks woke go on to their replies

@@ -47,6 +47,7 @@ from ._sparse import COPY_CHUNK, copy_span, generation, proc_path
 from ._tree import Tree
 
 Region = tuple[int, int]  # (offset, length)
+FileChange = tuple[int, bytes, list[Region]]  # (source inode, path, regions changed): its attributes are set too
 # What a client's change in the source, under way while it is read, makes a read fail with (the entry went, moved,
 # or changed its kind): the change is noted, so a later pass copies it. Anything else (ENOSPC, EIO) ends the copy.
 RACED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL, errno.ESTALE})
@@ -61,7 +62,6 @@ class Pass:
     """What one catch-up did."""
 
     copied: int = 0  # bytes of data
-    entries: int = 0
     missed_dirs: list[tuple[int, bytes]] = field(default_factory=list)  # (source inode, path)
     missed_files: list[tuple[int, bytes]] = field(default_factory=list)
 
@@ -184,11 +184,10 @@ class TreeCopy:
 
     # --- catching up -----------------------------------------------------------------
 
-    def catch_up(self, dirs: Iterable[tuple[int, bytes]], files: Iterable[tuple[int, bytes, list[Region], bool]]
-                 ) -> Pass:
+    def catch_up(self, dirs: Iterable[tuple[int, bytes]], files: Iterable[FileChange]) -> Pass:
         """Bring the copy up to what changed: directories *dirs* (source
-        inode, path) and files *files* (source inode, path, regions
-        changed, whether its metadata changed — a directory's too).
+        inode, path) and files *files* (``FileChange``: a directory's
+        metadata comes as a file's).
 
         Directories in two rounds: first what no longer belongs in each
         is set aside (in the copy's reserved ``.fsrep``, never listed),
@@ -197,7 +196,7 @@ class TreeCopy:
         aside is removed at the end."""
         done = Pass()
         files = list(files)
-        self._names = {ino: path for ino, path, _, _ in files}  # a new hard link's other name is among them
+        self._names = {ino: path for ino, path, _ in files}  # a new hard link's other name is among them
         synced: list[tuple[bytes, os.stat_result]] = []
         try:
             pending = sorted(dirs, key=lambda item: item[1].count(b"/"))  # parents first
@@ -227,7 +226,7 @@ class TreeCopy:
                     synced.append((path, st))
                 pending, done.missed_dirs = done.missed_dirs, []
             done.missed_dirs = pending
-            for ino, path, regions, _meta in files:  # every file given changed: its attributes are set
+            for ino, path, regions in files:
                 try:
                     st = self._current(ino, path)
                     if st is None:
@@ -291,7 +290,6 @@ class TreeCopy:
         copied = 0
         for name, st in sorted(wanted.items()):
             child = _join(path, name)
-            done.entries += 1
             kept = self._aside.get(self.inodes.get(st.st_ino, -1))
             if kept and self._same(child, st, kept[-1][1], moved=kept[-1][0]):
                 aside, _ = kept.pop()
@@ -368,10 +366,10 @@ class TreeCopy:
         for name, st in [entry for left in self._aside.values() for entry in left]:
             if stat.S_ISDIR(st.st_mode) and self._aside_fd is not None:  # all it holds goes with it
                 top = os.path.join(proc_path(self._aside_fd), os.fsdecode(name))
-                for root, dirs, files in os.walk(top):
+                for where, dirs, files in os.walk(top):
                     for entry in dirs + files:
                         with contextlib.suppress(OSError):
-                            inner = os.lstat(os.path.join(root, entry))
+                            inner = os.lstat(os.path.join(where, entry))
                             if stat.S_ISDIR(inner.st_mode) or inner.st_nlink <= 1:
                                 gone.add(inner.st_ino)
         if gone:

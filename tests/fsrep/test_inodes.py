@@ -146,3 +146,14 @@ def test_numbers_given_to_entries_never_looked_up_are_bounded() -> None:
     for st_ino in range(10_000):
         table.fuse_ino(st_ino, OTHER)  # a listing's attributes, never remembered
     assert len(table._numbers) <= 2 * len(table) + 1025
+
+
+def test_while_a_move_translates_a_device_its_old_inodes_are_answered_for_their_copies() -> None:
+    table = InodeTable(ROOT_ST_INO, OTHER)
+    moved = table.remember(88, ROOT, b"moved", OTHER)
+    table.rehome(moved, STORE, 5)  # back onto the store's device, as inode 5
+    table.moving(OTHER, STORE, {88: 5})
+    assert table.fuse_ino(88, OTHER) == moved  # a request under way at the cutover
+    assert table.known(88, OTHER) == moved
+    table.moved(OTHER)
+    assert table.known(88, OTHER) is None

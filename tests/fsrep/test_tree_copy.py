@@ -62,8 +62,8 @@ def test_a_catch_up_makes_the_copy_follow_what_changed(trees: tuple[Path, Path, 
     os.rename(src / "tmp", src / "d" / "link")  # a rename over an entry
     os.unlink(src / "fifo")
     done = copy.catch_up(dirs=[(ino[""], b""), (ino["d"], b"d")],
-                         files=[(ino["sparse"], b"sparse", [(4 * MIB, 4096)], True),
-                                (ino["d/e/f"], b"d/e/f", [(0, 4096)], False)])
+                         files=[(ino["sparse"], b"sparse", [(4 * MIB, 4096)]),
+                                (ino["d/e/f"], b"d/e/f", [(0, 4096)])])
     assert tree_differences(src, dst) == []
     assert done.missed_files == [(ino["d/e/f"], b"d/e/f")]  # moved with its directory, which was copied again
     assert os.stat(dst / "sparse").st_blocks * 512 < MIB
@@ -98,8 +98,8 @@ def test_a_catch_up_keeps_a_new_hard_link_and_a_directorys_new_mode(trees: tuple
     os.chmod(src / "d" / "e", 0o701)  # a directory's metadata, marked as a file's
     os.lchown(src / "d" / "link", 4321, 4321)
     ino = {p: os.stat(src / p, follow_symlinks=False).st_ino for p in ["", "d/e", "d/link"]}
-    done = copy.catch_up(dirs=[(ino[""], b"")], files=[(f, b"d/e/f", [], True), (ino["d/e"], b"d/e", [], True),
-                                                       (ino["d/link"], b"d/link", [], True)])
+    done = copy.catch_up(dirs=[(ino[""], b"")], files=[(f, b"d/e/f", []), (ino["d/e"], b"d/e", []),
+                                                       (ino["d/link"], b"d/link", [])])
     assert (done.missed_dirs, done.missed_files) == ([], [])
     assert tree_differences(src, dst) == []
     assert os.stat(dst / "second").st_ino == os.stat(dst / "d" / "e" / "f").st_ino
