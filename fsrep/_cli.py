@@ -18,8 +18,11 @@ from typing import Any
 import trio
 
 from . import _clone_cli as clone_cli
+from . import _completion as completion
 from . import _failover_cli as failover_cli
 from . import _snapshot_cli as snapshot_cli
+from . import _system as system
+from . import _top as top
 from ._args import (
     ACK_TIMEOUT,
     ASYNC_INTERVAL,
@@ -45,11 +48,12 @@ from ._config import (
     write_key,
 )
 from ._control import ControlError, DaemonGone, call, daemon_for
+from ._logs import LOG_FORMATS
 from ._mounts import Mount, enclosing_mount, find_mount, is_dead, unmount
+from ._notes import notes as _notes
 from ._snapshots import SNAPSHOT_INTERVAL as SNAPSHOT_INTERVAL_DEFAULT
 from ._snapshots import SNAPSHOT_KEEP as SNAPSHOT_KEEP_DEFAULT
 from ._splitter import Timeouts
-from ._status import GroupStatus, ResyncProgress
 from ._store import check_directory
 
 PROG = "fsrep"
@@ -83,12 +87,14 @@ def _parser() -> argparse.ArgumentParser:
                               "--tls-ca /etc/fsrep/ca.pem")
     p.add_argument("store", metavar="STORE", help="directory that holds the replicas")
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    _metrics_argument(p)
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
     _tls_arguments(p, "primaries")
     p.add_argument("--undo-limit", type=UNDO_LIMIT, default="4G", metavar="BYTES",
                    help="how much old data a replica keeps while a resync overwrites it, so that it can be rolled "
                         "back if the primary is lost (default 4G; when it is reached the resync waits)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _log_format_argument(p)
 
     p = sub.add_parser("mount", help="mount a primary store, replicating to a secondary", formatter_class=fmt,
                        epilog="example:\n  fsrep mount /srv/data /mnt/data --secondary 127.0.0.1:7700 "
@@ -111,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="the primary store (a plain directory)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--secondary", metavar="HOST:PORT", help="the secondary (required unless the config names one)")
+    _metrics_argument(p)
     p.add_argument("--key-file", required=True, metavar="KEYFILE")
     p.add_argument("--config", metavar="FILE", help="a TOML file declaring consistency groups (see below)")
     _tls_arguments(p, "secondaries")
@@ -146,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"restart a resync that made no progress for this long (default "
                         f"{Timeouts().resync_stall:g})")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _log_format_argument(p)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     p.add_argument("--snapshot-interval", type=SNAPSHOT_INTERVAL, default=SNAPSHOT_INTERVAL_DEFAULT,
@@ -163,10 +171,28 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="example:\n  fsrep status /mnt/data\n  fsrep status /mnt/data --json")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    top.add_parser(sub, fmt)
     snapshot_cli.add_parser(sub, fmt)
     failover_cli.add_parsers(sub, fmt)
     clone_cli.add_parser(sub, fmt)
+    system.add_parser(sub, fmt)
+    completion.add_parser(sub, fmt)
     return parser
+
+
+def _log_format_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="the log's lines: text, or json (one object per line: time, level, group, position, event, "
+                        "message); SIGHUP reopens the log file (default text)")
+
+
+def _metrics_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT (path /metrics)")
+
+
+def _metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    return None if args.metrics is None else parse_address(args.metrics, what="--metrics")
 
 
 def _tls_arguments(p: argparse.ArgumentParser, peers: str) -> None:
@@ -206,11 +232,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._secondary import run_secondary
     host, port = parse_address(args.listen, what="--listen")
+    metrics = _metrics_address(args)
     _check_not_on_a_mount(check_directory(args.store, "store"))
     key = read_key(args.key_file)
     tls = tls_context(declared_tls(None, args.tls_cert, args.tls_key, args.tls_ca), server=True)
     trio.run(functools.partial(run_secondary, args.store, host, port, key, tls=tls, verbose=args.verbose,
-                               undo_limit=int(args.undo_limit)))
+                               undo_limit=int(args.undo_limit), log_format=args.log_format, metrics=metrics))
     return 0
 
 
@@ -238,7 +265,8 @@ def _mount_options(args: argparse.Namespace) -> Any:
                         timeouts=Timeouts(ack=args.ack_timeout, resync_stall=args.resync_stall_timeout,
                                           async_interval=args.async_interval),
                         resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose,
-                        snapshot_interval=args.snapshot_interval, snapshot_keep=args.snapshot_keep)
+                        snapshot_interval=args.snapshot_interval, snapshot_keep=args.snapshot_keep,
+                        log_format=args.log_format, metrics=_metrics_address(args))
 
 
 def _check_apart(store: Path, mountpoint: Path) -> None:
@@ -365,56 +393,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notes(group: GroupStatus) -> list[str]:
-    """What the table does not show of a group: the resync under way, and
-    why the group is not in sync."""
-    notes = []
-    run = group.resync
-    if run is not None and run.running:
-        eta = "-" if run.eta_seconds is None else f"{run.eta_seconds:.0f}s"
-        basis = f" from snapshot {run.snapshot}" if run.snapshot else ""
-        notes.append(f"{run.mode} resync{basis} {run.percent:.1f}%: {_directories(run)}{run.bytes_remaining} "
-                     f"bytes left at {run.bytes_per_second} bytes/s, ETA {eta}")
-    if group.stale_reason:
-        notes.append(f"replica needs a resync: {group.stale_reason}")
-    if group.data_dir:
-        notes.append(f"data in {group.data_dir} (moved there by fsrep-move)")
-    move = group.move
-    if move is not None and not move.finished:
-        eta = "-" if move.eta_seconds is None else f"{move.eta_seconds:.0f}s"
-        notes.append(f"moving to {move.destination}: {move.phase}, {move.bytes_copied} of {move.bytes_total} bytes "
-                     f"copied at {move.bytes_per_second} bytes/s, ETA {eta}")
-    elif move is not None and move.outcome != "done":
-        notes.append(f"the last move, to {move.destination}, {move.outcome}")
-    d = group.divergence
-    if d is not None:
-        there = (f"{d.secondary_files} entries ({d.secondary_bytes} bytes of data) on the secondary"
-                 if d.secondary_files >= 0 else "the secondary's side not known yet")
-        notes.append(f"split brain: since snapshot {d.snapshot}, {d.primary_files} entries ({d.primary_bytes} bytes "
-                     f"of data) changed here, {there}" if d.snapshot else
-                     "split brain: no snapshot both sides hold, so what diverged cannot be told")
-    if group.snapshot is not None:
-        s = group.snapshot
-        taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.created))
-        notes.append(f"newest common snapshot: {s.name} (taken {taken}, at seq {s.seq} of generation "
-                     f"{s.generation[:8]})")
-    if group.last_error:
-        notes.append(f"last error: {group.last_error}")
-    notes.extend(f"failing: {fault}" for fault in group.faults)
-    if group.internal_errors:
-        notes.append(f"{group.internal_errors} requests failed with an internal error (EIO; see the log); the tree "
-                     f"is compared by digest")
-    return notes
-
-
-def _directories(run: ResyncProgress) -> str:
-    """How far the comparison of directories got, while some are left."""
-    if not run.directories_remaining:
-        return ""
-    return (f"{run.directories_checked} directories compared ({run.entries_checked} entries), "
-            f"{run.directories_remaining} left; ")
-
-
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -457,4 +435,6 @@ def _alive(pid: int) -> bool:
 
 COMMANDS = {"keygen": cmd_keygen, "serve": cmd_serve, "mount": cmd_mount, "umount": cmd_umount,
             "status": cmd_status, "snapshot": snapshot_cli.cmd_snapshot, "promote": failover_cli.cmd_promote,
-            "demote": failover_cli.cmd_demote, "clone": clone_cli.cmd_clone}
+            "demote": failover_cli.cmd_demote, "clone": clone_cli.cmd_clone, "top": top.cmd_top,
+            "install-system": system.cmd_install_system,
+            "completion": completion.cmd_completion}

@@ -74,6 +74,7 @@ class Link:
         self.timeouts = timeouts
         self.conn: tp.Connection | None = None
         self.last_error = ""
+        self.established = 0  # sessions authenticated and judged by the owner (status counts the reconnects)
         self.closing = False
         self._session_scope: trio.CancelScope | None = None
         self._reconnect_wakeup = trio.Event()  # cuts a backoff short (reconnect_now)
@@ -103,6 +104,7 @@ class Link:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
             raise
+        self.established += 1
 
     def drop(self) -> None:
         """End the current session (the owner has failed what was in

@@ -22,15 +22,17 @@ import tracking
 import transport as tp
 
 from . import _declare as declare
+from . import _metrics as metrics
 from . import _move as move
 from . import _move_across as move_across
+from . import _notify as notify
 from ._clone_backups import CloneBackups
 from ._commands import Daemon, dispatch
 from ._config import ConfigError, GroupRecord, GroupSpec, GroupStore
 from ._control import serve_control
 from ._groups import Group, Groups
 from ._limits import raise_open_file_limit
-from ._logs import setup_logging
+from ._logs import reopen_logs, setup_logging
 from ._ops import Operations
 from ._resync import resync
 from ._snapshots import SNAPSHOT_INTERVAL, SNAPSHOT_KEEP
@@ -60,6 +62,8 @@ class MountOptions:
     snapshot_interval: float = SNAPSHOT_INTERVAL  # seconds between scheduled snapshots; 0: none
     snapshot_keep: int = SNAPSHOT_KEEP  # scheduled snapshots kept
     clone_backup: str | None = None  # where clones made while out of sync are kept (``_clone_backups``)
+    log_format: str = "text"  # or "json": one object per line (``_logs``)
+    metrics: tuple[str, int] | None = None  # where to serve Prometheus metrics (``_metrics``); None: nowhere
 
     @property
     def specs(self) -> tuple[GroupSpec, ...]:
@@ -265,7 +269,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
         raise ConfigError(f"store path {ascii(str(store))} holds a comma or a character that is not ASCII, which "
                           f"FUSE mount options cannot carry; give the store a path of ASCII characters and no commas")
     lock = StoreLock(store, "primary")
-    setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose)
+    setup_logging(lock.meta / "fsrep.log", stderr=True, verbose=opts.verbose, log_format=opts.log_format)
     raise_open_file_limit()
     groups = GroupStore(str(store))
     groups.reserve()
@@ -281,12 +285,17 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
         nonlocal unmount
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reopen_logs()
+                    continue
                 log.info("received %s: unmounting", signal.Signals(signum).name)
+                notify.stopping(f"unmounting {mountpoint}: draining")
                 unmount = True
                 pyfuse3.terminate()
                 return
 
     try:
+        exposed = await metrics.open_metrics(opts.metrics) if opts.metrics is not None else []
         await _connect_all(mount)
         for group in mount.all:
             group.rel.scheduler.hook = functools.partial(resync, group.rel.stream, group.tree, None)
@@ -321,9 +330,14 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
             commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops))
             await nursery.start(serve_control, lock.meta, commands)
             nursery.start_soon(on_signals)
+            if exposed:
+                await nursery.start(metrics.serve_metrics, exposed, metrics.of_mount(mount))
             ready("ready")
+            notify.ready(f"serving {mountpoint}: " + ", ".join(f"/{g.rel.record.path} {g.rel.state.value}"
+                                                              for g in mount.all))
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             log.info("filesystem unmounted; draining")
+            notify.stopping(f"{mountpoint} unmounted: draining")
             await _drain_all(mount, timeout=30)
             nursery.cancel_scope.cancel()
     finally:

@@ -61,6 +61,7 @@ import tracking
 import transport as tp
 
 from . import _failover as failover
+from . import _notify as notify
 from . import _replica_snapshots as replica_snapshots
 from ._accept import Handshake, Handshakes, serve_listeners
 from ._apply import apply
@@ -70,7 +71,8 @@ from ._config import META_DIR, ConfigError, Reserve
 from ._control import serve_control
 from ._failover import Promoted
 from ._limits import raise_open_file_limit
-from ._logs import setup_logging
+from ._logs import reopen_logs, setup_logging
+from ._metrics import of_secondary, open_metrics, serve_metrics
 from ._pipeline import Position
 from ._registry import PROMOTED, REPLICA_KIND, holds_primary_state, registry_dir, save_position
 from ._secondary_commands import SECONDARY_COMMANDS
@@ -142,6 +144,8 @@ class Replica:
     answering: tuple[str, tracking.PathChanges] | None = None  # what a paged SnapshotChanges answer reads
     undo: UndoLog | None = None  # what a resync overwrites (the daemon's replicas have one)
     staging: Path | None = None  # where the primary stages clone backups for a resync (``_clone_backups``)
+    frames_applied: int = 0  # changes applied since the daemon opened the replica (``--metrics``)
+    bytes_applied: int = 0  # and their file data
 
     def root_replaced(self) -> bool:
         """Whether the replica's directory was removed or replaced since
@@ -571,6 +575,8 @@ class Secondary:
         if answer is not None:
             conn.enqueue(answer)
         replica.last_applied = op.seq
+        replica.frames_applied += 1
+        replica.bytes_applied += op.payload_size()
         return True
 
     async def checkpoints(self) -> None:
@@ -662,17 +668,24 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tls: ssl.SSLContext | None = None,
-                        verbose: bool = False, announce: bool = True, undo_limit: int = UNDO_LIMIT) -> None:
-    """Serve replicas until SIGTERM/SIGINT."""
+                        verbose: bool = False, announce: bool = True, undo_limit: int = UNDO_LIMIT,
+                        log_format: str = "text", metrics: tuple[str, int] | None = None) -> None:
+    """Serve replicas until SIGTERM/SIGINT (SIGHUP reopens the log file);
+    with *metrics*, their Prometheus metrics on that address too."""
     store = check_directory(store_path, "store")
     lock = StoreLock(store, "secondary")
-    setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose)
+    setup_logging(lock.meta / "serve.log", stderr=True, verbose=verbose, log_format=log_format)
     secondary = Secondary(store, key, tls, undo_limit)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         lock.release()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        exposed = await open_metrics(metrics) if metrics is not None else []
+    except ConfigError:
+        lock.release()
+        raise
     bound = listeners[0].socket.getsockname()
     raise_open_file_limit()  # after the listen: a refused start says one thing only
     log.info("serving replicas in %s on %s:%d%s", store, bound[0], bound[1],
@@ -683,12 +696,19 @@ async def run_secondary(store_path: str, host: str, port: int, key: bytes, *, tl
         async with trio.open_nursery() as nursery:
             nursery.start_soon(secondary.serve, listeners)
             nursery.start_soon(secondary.checkpoints)
+            if exposed:
+                nursery.start_soon(serve_metrics, exposed, of_secondary(secondary))
             # Not awaited: SIGTERM must find its receiver at once, however slowly the socket is bound.
             commands = functools.partial(dispatch, secondary, table=SECONDARY_COMMANDS)
             nursery.start_soon(serve_control, lock.meta, commands)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                notify.ready(f"serving replicas in {store} on {bound[0]}:{bound[1]}")
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reopen_logs()
+                        continue
                     log.info("received %s: stopping", signal.Signals(signum).name)
+                    notify.stopping("stopping: saving each replica's position")
                     break
             nursery.cancel_scope.cancel()
     finally:

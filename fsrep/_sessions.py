@@ -116,8 +116,12 @@ class Sessions:
     def received(self, conn: tp.Connection, event: tp.Frame) -> None:
         rel = self._rel
         if isinstance(event, tp.Ack):
-            for entry in rel.pipeline.on_ack(event.seq, trio.current_time()):
-                rel.pending(entry).done.set()
+            now = trio.current_time()
+            for entry in rel.pipeline.on_ack(event.seq, now):
+                pending = rel.pending(entry)
+                pending.done.set()
+                if pending.split_at is not None:
+                    rel.write_latency.observe(now - pending.split_at)
             run = rel.scheduler.run
             if rel.state is R.RESYNCING and run is not None:
                 run.progressed(rel.pipeline.last_progress)

@@ -58,6 +58,7 @@ from . import _divergence as divergence
 from ._clone_backups import CloneBackups
 from ._config import GroupRecord, GroupStore, parse_address
 from ._faults import Faults
+from ._latency import Latencies
 from ._ledger import Ledger
 from ._link import DEFAULT_TIMEOUTS, Link, Timeouts
 from ._pipeline import NO_MARKS, Drain, InFlight, Pipeline, Position
@@ -81,6 +82,7 @@ class Pending(InFlight):
     """A replicated operation waiting for its ack."""
 
     done: trio.Event = field(default_factory=trio.Event)
+    split_at: float | None = None  # a client's change: when split() queued it (the write latency starts there)
 
 
 class Relationship:
@@ -113,6 +115,7 @@ class Relationship:
         self.divergence: Divergence | None = None  # in split brain: what each side changed since the common point
         self.bytes_cloned = 0  # data of files cloned here (fsrep clone): each side copied its own
         self.bytes_sent = 0  # file data put on the link (replicated changes and resyncs)
+        self.write_latency = Latencies()  # clients' changes: split() to the ack (``--metrics``)
         self.move: MoveRun | None = None  # the last move of the group's data to another file system
         self.moves = 0  # cutovers of moves across file systems (``rekey``)
         # Just after a move's cutover: its old inode numbers -> the copy's, for the marks of requests made before it
@@ -165,7 +168,7 @@ class Relationship:
             seq = self.pipeline.next_seq
             self.recorder.record(marks, seq)
             if frame_first is not None:
-                pending = self.queue(conn, frame_first(seq), marks)
+                pending = self.queue(conn, frame_first(seq), marks, timed=True)
                 self.push()
                 try:
                     apply(pending.seq)
@@ -176,7 +179,7 @@ class Relationship:
             op = apply(seq)
             if op is None:
                 return None
-            pending = self.queue(conn, op, marks)
+            pending = self.queue(conn, op, marks, timed=True)
             self.push()  # on its way now, not after the sender task's turn: that is latency
             return pending
         self._refuse_if_strict(f" is {self.state.value}")
@@ -234,11 +237,14 @@ class Relationship:
         if self.link.conn is not None:
             self.link.conn.push_now()
 
-    def queue(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS) -> Pending:
-        """Put *op* in flight on *conn*. Never checkpoints."""
-        pending = Pending(op.seq, op.payload_size(), marks, op.BARRIER)
+    def queue(self, conn: tp.Connection, op: tp.Operation, marks: tracking.Marks = NO_MARKS, *,
+              timed: bool = False) -> Pending:
+        """Put *op* in flight on *conn*; *timed*: a client's change, whose
+        wait for the ack goes into ``write_latency``. Never checkpoints."""
+        now = trio.current_time()
+        pending = Pending(op.seq, op.payload_size(), marks, op.BARRIER, split_at=now if timed else None)
         self.bytes_sent += pending.nbytes
-        self.pipeline.add(pending, trio.current_time())
+        self.pipeline.add(pending, now)
         try:
             conn.enqueue(op)
         except tp.LinkDown as exc:
@@ -287,7 +293,9 @@ class Relationship:
             return
         check_transition(self.state, new)
         say = log.warning if new is R.SPLIT_BRAIN else log.debug if quiet else log.info  # an operator must act
-        say("group %s: %s -> %s at %s (%s)", self.record.id, self.state.value, new.value, self.position, why)
+        say("group %s: %s -> %s at %s (%s)", self.record.id, self.state.value, new.value, self.position, why,
+            extra={"group": self.record.id, "position": str(self.position), "event": "state", "state": new.value,
+                   "previous": self.state.value, "reason": why})
         self.state = new
 
     def mark_stale(self, reason: str) -> None:
@@ -462,4 +470,5 @@ def group_status(rel: Relationship) -> GroupStatus:
         bytes_sent=rel.bytes_sent,
         data_dir=record.store,
         move=rel.move.snapshot(trio.current_time()) if rel.move is not None else None,
+        reconnects=max(0, rel.link.established - 1),
     )

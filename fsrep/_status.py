@@ -26,15 +26,23 @@ class UnreadableReply(ValueError):
 def fields_of(cls: type, data: Any) -> dict[str, Any]:
     """The values of *cls*'s fields in the JSON object *data*.
 
+    A field with a default may be missing (it came after the version of
+    fsrep that sent *data*): it is left out, and takes its default.
+
     Raises:
-        UnreadableReply: *data* is not an object, or lacks a field.
+        UnreadableReply: *data* is not an object, or lacks a field that has
+            no default.
     """
     if not isinstance(data, dict):
         raise UnreadableReply(f"a {cls.__name__} is a JSON object, not {type(data).__name__}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
     if missing:
         raise UnreadableReply(f"the {cls.__name__} has no {', '.join(missing)}")
-    return {f.name: data[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 _R = TypeVar("_R", bound="Record")
@@ -236,6 +244,7 @@ class GroupStatus(Record):
     bytes_sent: int = 0  # file data sent to the secondary by this mount: replicated changes and resyncs
     data_dir: str = ""  # where the group's data lives when fsrep-move moved it out of the store
     move: MoveProgress | None = None  # the last move across file systems of this mount, under way or ended
+    reconnects: int = 0  # sessions with the secondary established after the first one of this mount
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
@@ -246,8 +255,10 @@ class GroupStatus(Record):
         fields["resync_recent"] = _many(EndedRun, fields["resync_recent"])
         fields["faults"] = tuple(str(fault) for fault in fields["faults"] or ())
         fields["snapshot"] = None if fields["snapshot"] is None else SnapshotStatus.from_json(fields["snapshot"])
-        fields["divergence"] = None if fields["divergence"] is None else Divergence.from_json(fields["divergence"])
-        fields["move"] = None if fields["move"] is None else MoveProgress.from_json(fields["move"])
+        if fields.get("divergence") is not None:
+            fields["divergence"] = Divergence.from_json(fields["divergence"])
+        if fields.get("move") is not None:
+            fields["move"] = MoveProgress.from_json(fields["move"])
         return cls(**fields)
 
 

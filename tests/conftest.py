@@ -34,7 +34,8 @@ FSREP = [sys.executable, "-m", "fsrep"]
 RESYNC = [sys.executable, "-m", "tools.resync"]
 DEADLINE = 30.0
 MiB = 1024 * 1024
-COMPLAINT = re.compile(r" (?:WARNING|ERROR|CRITICAL) |Traceback")  # a line of a daemon's log worth reading
+# A line of a daemon's log worth reading (text or --log-format json).
+COMPLAINT = re.compile(r' (?:WARNING|ERROR|CRITICAL) |"level": "(?:WARNING|ERROR|CRITICAL)"|Traceback')
 _CLUSTERS: list[Cluster] = []  # every cluster made so far, so each test's are checked at its teardown
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
