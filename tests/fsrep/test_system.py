@@ -179,15 +179,21 @@ def test_serve_notifies_ready_and_stopping_and_reopens_its_log(cluster: Cluster,
     assert lines[-1]["message"] == "secondary daemon exits"
 
 
-@pytest.mark.fuse
-@pytest.mark.expect_log(r'"level": "WARNING", .*"message": "group \S+: link to \S+ lost at .*closed the connection')
-def test_mount_notifies_and_logs_state_changes_as_json(cluster: Cluster, notifications: Notifications) -> None:
+def _mount_notifying(cluster: Cluster, notifications: Notifications, *extra: str) -> dict[str, str]:
+    """``fsrep mount`` as a unit runs it, with *notifications* as systemd's
+    socket; its first notification."""
     done = subprocess.run([*FSREP, "mount", str(cluster.primary_store), str(cluster.mnt), "--secondary",
-                           cluster.secondary.address, "--key-file", str(cluster.key), "--log-format", "json"],
+                           cluster.secondary.address, "--key-file", str(cluster.key), *extra],
                           env=notifications.env(), capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     cluster.mounted = True
-    ready = notifications.next()
+    return notifications.next()
+
+
+@pytest.mark.fuse
+@pytest.mark.expect_log(r'"level": "WARNING", .*"message": "group \S+: link to \S+ lost at .*closed the connection')
+def test_mount_notifies_and_logs_state_changes_as_json(cluster: Cluster, notifications: Notifications) -> None:
+    ready = _mount_notifying(cluster, notifications, "--log-format", "json")
     assert ready["READY"] == "1"
     assert ready["MAINPID"] == str(cluster.primary_pid())
     assert "InSync" in ready["STATUS"]
@@ -239,12 +245,7 @@ def test_install_system_writes_the_helper_and_units_that_systemd_accepts(tmp_pat
 @pytest.mark.fuse
 def test_sigterm_drains_and_unmounts(cluster: Cluster, notifications: Notifications) -> None:
     """What systemd's stop does to a mount unit's daemon."""
-    done = subprocess.run([*FSREP, "mount", str(cluster.primary_store), str(cluster.mnt), "--secondary",
-                           cluster.secondary.address, "--key-file", str(cluster.key), "--policy", "semi-sync"],
-                          env=notifications.env(), capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, done.stderr
-    cluster.mounted = True
-    pid = int(notifications.next()["MAINPID"])
+    pid = int(_mount_notifying(cluster, notifications, "--policy", "semi-sync")["MAINPID"])
     with (cluster.mnt / "f").open("wb") as f:  # semi-sync: returns before the secondary has it
         for _ in range(64):
             f.write(os.urandom(64 * 1024))
