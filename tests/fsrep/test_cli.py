@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
+from fsrep._cli import COMMANDS
 from tests.conftest import SESSION_CLOSED, UNCLEAN_SHUTDOWN, Cluster, fsrep_resync, run_fsrep
 
 
@@ -18,10 +20,10 @@ def _one_line_error(done, code: int = 1) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", ["keygen", "serve", "mount", "umount", "status"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help_with_an_example(command: str) -> None:
     done = run_fsrep(command, "--help")
-    assert "example:" in done.stdout
+    assert re.search(r"^examples?( \(.*\))?:$", done.stdout, re.MULTILINE)
     assert f"fsrep {command}" in done.stdout
 
 
