@@ -57,7 +57,3 @@ def ready(status: str) -> None:
 def stopping(status: str) -> None:
     """The daemon was told to stop and drains what is in flight."""
     notify(STOPPING="1", STATUS=status)
-
-
-def status(text: str) -> None:
-    notify(STATUS=text)

@@ -256,3 +256,18 @@ def test_sigterm_drains_and_unmounts(cluster: Cluster, notifications: Notificati
     assert not os.path.ismount(cluster.mnt)
     assert "received SIGTERM: unmounting" in cluster.primary_log()
     cluster.assert_replicated()
+
+
+def test_a_notify_socket_that_is_gone_is_reported_once_and_never_fatal(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from fsrep import _notify
+    monkeypatch.setattr(_notify, "_failed", False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    assert _notify.notify(READY="1") is False
+    assert _notify.notify(STATUS="again") is False
+    assert [r.getMessage() for r in caplog.records if "cannot notify systemd" in r.getMessage()] == [
+        f"cannot notify systemd at {tmp_path / 'gone'} (No such file or directory); the service manager may not "
+        f"see this daemon's state"]
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert _notify.notify(READY="1") is False  # not under systemd: nothing to do
