@@ -579,6 +579,12 @@ def _marks_rename(changes: tracking.PathChanges, tree: Tree, op: tp.Rename) -> N
     changes.move(aside, op.new)
 
 
+def _not_a_primary(replica: Target, op: tp.Adopt) -> tp.Adopted:
+    return tp.Adopted(seq=op.seq, ok=0, message="this address is a secondary ('fsrep serve'), not a primary that "
+                                                "accepts moves: give the address of 'fsrep mount --accept-moves' on "
+                                                "the new primary")
+
+
 def _marks_purge(changes: tracking.PathChanges, tree: Tree, op: tp.Purge) -> None:
     changes.mark(b"", tracking.DIR)  # every entry of the root: the primary compares them
 
@@ -610,6 +616,7 @@ TABLE: dict[type[tp.Operation], Row] = {
     tp.Fetch: Row(_Q, _fetch),
     tp.SnapshotChanges: Row(_Q, replica_snapshots.changes_since),
     tp.KeepDivergent: Row(_Q, replica_snapshots.keep_divergent),  # copies out of the replica, changes nothing in it
+    tp.Adopt: Row(_Q, _not_a_primary),  # a primary accepting moves answers it before the table (``_arrivals``)
     tp.Generation: Row(_H, _generation),
     tp.Snapshot: Row(_S, replica_snapshots.take),
     tp.RetireSnapshot: Row(_S, replica_snapshots.retire),

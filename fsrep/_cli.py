@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="semi-sync and async: how much may be unacknowledged before changes wait (default 64M)")
     p.add_argument("--async-interval", type=ASYNC_INTERVAL, default=Timeouts().async_interval, metavar="SECONDS",
                    help=f"async: how often changes are shipped (default {Timeouts().async_interval:g})")
+    p.add_argument("--accept-moves", metavar="HOST:PORT",
+                   help="take consistency groups over from other primaries on HOST:PORT (fsrep-move --to-primary; "
+                        "authenticated with --key-file)")
     p.add_argument("--clone-backup", metavar="DIR",
                    help="keep files cloned while a group is out of sync as reflinks in DIR (on the store's file "
                         "system), so the resync replays the clones from them even if their sources changed")
@@ -266,7 +269,9 @@ def _mount_options(args: argparse.Namespace) -> Any:
                                           async_interval=args.async_interval),
                         resync_rate_limit=args.resync_rate_limit, lag_budget=args.lag_budget, verbose=args.verbose,
                         snapshot_interval=args.snapshot_interval, snapshot_keep=args.snapshot_keep,
-                        log_format=args.log_format, metrics=_metrics_address(args))
+                        log_format=args.log_format, metrics=_metrics_address(args),
+                        accept_moves=None if args.accept_moves is None else parse_address(args.accept_moves,
+                                                                                          what="--accept-moves"))
 
 
 def _check_apart(store: Path, mountpoint: Path) -> None:

@@ -251,15 +251,21 @@ class Moved(Record):
 
 @dataclass(frozen=True, slots=True)
 class MoveRequest(Request[Moved]):
-    """Move group *group*'s data to directory *to* (``_move``)."""
+    """Move group *group*'s data to directory *to* (``_move``), or the
+    group to the primary at *to_primary* (``_move_primary``)."""
 
     command: ClassVar[str] = "move"
     reply: ClassVar[type[Record]] = Moved
     group: str
-    to: str
+    to: str = ""
+    to_primary: str = ""  # HOST:PORT
 
     def __post_init__(self) -> None:
-        if not self.to or "\0" in self.to or len(os.fsencode(self.to)) > 4095:
+        if bool(self.to) == bool(self.to_primary):
+            raise BadRequest("give one of to (a directory) and to_primary (HOST:PORT)")
+        if self.to_primary and (len(self.to_primary) > 300 or not self.to_primary.isprintable()):
+            raise BadRequest(f"to_primary must be HOST:PORT, not {shown(self.to_primary)}")
+        if self.to and ("\0" in self.to or len(os.fsencode(self.to)) > 4095):
             raise BadRequest(f"to must be a directory's path, not {shown(self.to)}")
 
 
@@ -349,6 +355,7 @@ class Daemon:
     mountpoint: Path
     groups: Groups
     ops: Operations
+    key: bytes = b""  # the mount's key: a move to another primary authenticates with it
 
 
 async def show_status(daemon: Daemon, req: StatusRequest) -> DaemonStatus:
@@ -482,6 +489,11 @@ async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
         raise Refused(f"group {record.id} (/{record.path}) is moving to {running.destination} already; wait for "
                       f"it, or stop it with fsrep-move --abort")
     try:
+        if req.to_primary:
+            from . import _move_primary as move_primary
+            done = await move_primary.move_to_primary(group, req.to_primary, daemon.key, group.rel.timeouts,
+                                                      daemon.groups, group.rel.ledger.groups, daemon.ops)
+            return _moved(group, done)
         target = move.check_destination(req.to, group, daemon.store, daemon.mountpoint, daemon.groups)
         if move.across(target, group):
             import trio
@@ -496,11 +508,15 @@ async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
     except OSError as exc:
         raise Refused(f"group {record.id} (/{record.path}) was moved to {req.to}, but its record could not be "
                       f"saved ({exc.strerror or exc}); the next mount finishes the move") from None
-    run = group.rel.move
-    across = run is not None and run.destination == done.destination and run.outcome == "done"
+    return _moved(group, done)
+
+
+def _moved(group: Group, done: Any) -> Moved:
+    record, run = group.rel.record, group.rel.move
+    copied = run is not None and run.destination == done.destination and run.outcome == "done"
     return Moved(group=record.id, path="/" + record.path, source=done.source, destination=done.destination,
-                 seconds=round(done.seconds, 6), copied_bytes=run.copied_bytes if across and run else 0,
-                 pause_seconds=round(run.pause_seconds, 6) if across and run else 0.0)
+                 seconds=round(done.seconds, 6), copied_bytes=run.copied_bytes if copied and run else 0,
+                 pause_seconds=round(run.pause_seconds, 6) if copied and run else 0.0)
 
 
 async def abort_move(daemon: Daemon, req: MoveAbortRequest) -> MoveAborted:

@@ -287,6 +287,9 @@ class GroupRecord:
     moving_ino: int = 0  # ... and the inode of the group's directory, found there once it is renamed
     moving_phase: str = ""  # a move across file systems: "copy", "cutover" or "cleanup" (``_move_across``)
     moving_from: str = ""  # ... and where the group's data was before it
+    moved_to: str = ""  # HOST:PORT of the primary the group moved to (--to-primary): here it is read-only
+    move_unconfirmed: bool = False  # ... that primary did not say it took the group (the link failed first)
+    arrived_from: str = ""  # the primary the group moved here from (``_arrivals``): declared by its record
 
     @property
     def group_id(self) -> bytes:

@@ -89,6 +89,17 @@ class Groups:
         self._declared = groups[1:]
         self.roots = frozenset(group.prefix for group in self._declared)  # mount paths of the declared roots
 
+    def add(self, group: Group) -> None:
+        """Serve *group*, a new root the mount has no entry at, from now
+        on (a group moved here from another primary, ``_arrivals``): the
+        default group no longer reaches its subtree. One step."""
+        self.all.append(group)
+        self._declared.append(group)
+        self.roots = self.roots | {group.prefix}
+        default = self.default.tree
+        default.hidden = default.hidden | {group.prefix}
+        default.forget_all()
+
     def route(self, path: bytes) -> tuple[Group, bytes]:
         """The group that owns mount path *path*, and the path within it."""
         for group in self._declared:

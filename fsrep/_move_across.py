@@ -83,7 +83,7 @@ OLD_LISTINGS = 10.0  # seconds the listings of old directories open at the cutov
 KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_DIRECT | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
 
 
-class _Watch:
+class Watch:
     """A tracker of the group's recorder: what changed since ``take``."""
 
     def __init__(self) -> None:
@@ -178,7 +178,7 @@ def _items(dirty: tracking.DirtySet, locate: Callable[[int], bytes | None]
     return dirs, files
 
 
-async def _catch_up(run: MoveRun, watch: _Watch, copier: TreeCopy, locate: Callable[[int], bytes | None]) -> None:
+async def _catch_up(run: MoveRun, watch: Watch, copier: TreeCopy, locate: Callable[[int], bytes | None]) -> None:
     """One catch-up pass over what the watch noted, in the worker thread;
     what it could not find at its path goes to the next one."""
     taken = watch.take()
@@ -236,7 +236,7 @@ async def move_across(group: Group, target: Path, store: Path, groups: GroupStor
             await trio.to_thread.run_sync(os.rmdir, target)
         run.finish(f"failed: {exc.strerror or exc}", trio.current_time())
         raise MoveRefused(f"cannot begin the move to {target} ({exc.strerror or exc}); nothing moved") from None
-    watch = _Watch()
+    watch = Watch()
     rel.recorder.trackers.append(watch)
     trees: list[Tree] = []
     log.info("group %s (/%s): moving from %s to %s, another file system: copying while clients work on",

@@ -24,6 +24,10 @@ def notes(group: GroupStatus) -> list[str]:
         lines.append(f"replica needs a resync: {group.stale_reason}")
     if group.data_dir:
         lines.append(f"data in {group.data_dir} (moved there by fsrep-move)")
+    if group.moved_to:
+        lines.append(f"moved to the primary at {group.moved_to} (fsrep-move --to-primary): read-only here"
+                     + ("; that primary never confirmed it took the group (the link failed first): see its "
+                        "'fsrep status'" if group.move_unconfirmed else ""))
     move = group.move
     if move is not None and not move.finished:
         eta = "-" if move.eta_seconds is None else f"{move.eta_seconds:.0f}s"

@@ -397,6 +397,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         where = self._where(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            where.group.rel.refuse_if_moved()
         fd = self.tree.open(where.mount_path, _local_flags(flags))
         info = self._opened(fd, inode)  # a handle before any wait: a move's cutover gives it the copy
         try:
@@ -616,6 +618,10 @@ async def _barrier(fd: int, where: Location | None, effects: Effects, datasync: 
         path, rel = where.path, where.group.rel
         moves = rel.moves
         await rel.admit()
+    if where is not None and where.group.rel.record.moved_to:
+        await where.group.rel.let_go.wait()  # every write acknowledged here is durable on the secondary
+        where = None  # a flush here is all that is left
+    if where is not None:
         marks = effects.barrier(where) if rel.moves == moves else rel.remarked(effects.barrier(where))
         pending = rel.split(lambda seq: tp.Fsync(seq=seq or 0, path=path, datasync=int(datasync)), marks)
     if unsynced <= SYNC_INLINE_BYTES and requests_running() <= 1:

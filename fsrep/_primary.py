@@ -21,6 +21,7 @@ import trio
 import tracking
 import transport as tp
 
+from . import _arrivals as arrivals
 from . import _declare as declare
 from . import _metrics as metrics
 from . import _move as move
@@ -35,6 +36,7 @@ from ._limits import raise_open_file_limit
 from ._logs import reopen_logs, setup_logging
 from ._ops import Operations
 from ._resync import resync
+from ._secondary import Secondary
 from ._snapshots import SNAPSHOT_INTERVAL, SNAPSHOT_KEEP
 from ._splitter import Relationship, Timeouts
 from ._state import RelationshipState
@@ -64,6 +66,7 @@ class MountOptions:
     clone_backup: str | None = None  # where clones made while out of sync are kept (``_clone_backups``)
     log_format: str = "text"  # or "json": one object per line (``_logs``)
     metrics: tuple[str, int] | None = None  # where to serve Prometheus metrics (``_metrics``); None: nowhere
+    accept_moves: tuple[str, int] | None = None  # where groups moved from other primaries arrive (``_arrivals``)
 
     @property
     def specs(self) -> tuple[GroupSpec, ...]:
@@ -156,10 +159,14 @@ def _tracking_state(rel: Relationship, groups: GroupStore, baseline: str) -> Non
 def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[Tree, Groups]:
     """Every group of the mount with its tree, record and tracking state,
     not yet connected."""
-    specs = opts.specs
     records = {record.path: record for record in groups.load_all()}
+    declared = {spec.path for spec in opts.specs}
+    specs = opts.specs + tuple(GroupSpec(r.path, r.policy, r.secondary) for r in records.values()
+                               if r.arrived_from and r.path not in declared)  # moved here: declared by the record
     compare_whole: dict[str, str] = {}  # group path -> why its tracking cannot be trusted
     for record in records.values():
+        if arrivals.settle(store, record):
+            groups.save(record)
         if record.moving_phase:
             why = move_across.settle(store, record)
             if why is not None:
@@ -174,18 +181,13 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
         if spec.path and known_store and spec.path not in records:
             moved.append(spec.path)
         record, baseline = _load_group(records, spec, tree)
-        rel = Relationship(record, groups, opts.key, opts.timeouts, tls=opts.tls)
-        rel.scheduler.default_rate_limit = opts.resync_rate_limit
-        rel.lag_budget = opts.lag_budget
-        rel.snapshots.interval, rel.snapshots.keep = opts.snapshot_interval, opts.snapshot_keep
-        _tracking_state(rel, groups, baseline)
+        group = _group(opts, groups, record, tree)
+        _tracking_state(group.rel, groups, baseline)
         if spec.path in compare_whole:
-            rel.mark_everything_dirty(compare_whole[spec.path])
-        if opts.clone_backup is not None:
-            rel.clone_backups = CloneBackups(Path(opts.clone_backup) / record.id)
-            tree.stage_in(rel.clone_backups.dir)
-            rel.clone_backups.prune(rel.dirty.clone_backups())
-        opened.append(Group(rel, tree, spec.path.encode()))
+            group.rel.mark_everything_dirty(compare_whole[spec.path])
+        if group.rel.clone_backups is not None:
+            group.rel.clone_backups.prune(group.rel.dirty.clone_backups())
+        opened.append(group)
     for record in records.values():  # known, not declared now
         if record.store:
             for tree in [*trees, mount_tree]:
@@ -200,10 +202,25 @@ def _open_groups(opts: MountOptions, store: Path, groups: GroupStore) -> tuple[T
     return mount_tree, mount
 
 
+def _group(opts: MountOptions, groups: GroupStore, record: GroupRecord, tree: Tree) -> Group:
+    """Group *record* of the mount, its data *tree*, with its relationship
+    set up as the options say (not connected)."""
+    rel = Relationship(record, groups, opts.key, opts.timeouts, tls=opts.tls)
+    rel.scheduler.default_rate_limit = opts.resync_rate_limit
+    rel.lag_budget = opts.lag_budget
+    rel.snapshots.interval, rel.snapshots.keep = opts.snapshot_interval, opts.snapshot_keep
+    if opts.clone_backup is not None:
+        rel.clone_backups = CloneBackups(Path(opts.clone_backup) / record.id)
+        tree.stage_in(rel.clone_backups.dir)
+    return Group(rel, tree, record.path.encode())
+
+
 async def _connect(group: Group, errors: list[str]) -> None:
     """Connect one group; a strict group must reach its secondary. What
     stops the mount goes into *errors*."""
     rel, record = group.rel, group.rel.record
+    if record.moved_to:  # served read-only here; its primary is elsewhere
+        return
     try:
         await rel.connect()
     except tp.AuthenticationError as exc:
@@ -236,7 +253,7 @@ async def _ready_to_serve(group: Group) -> str:
     """Under strict, resync a stale group before serving; the refusal, if
     the group still cannot be served."""
     rel, record = group.rel, group.rel.record
-    if record.policy != "strict":
+    if record.policy != "strict" or record.moved_to:
         return ""
     if rel.conn is not None and record.stale:  # other policies resync while serving
         log.info("group %s: replica is stale (%s); resync before serving", record.id, record.stale_reason)
@@ -245,6 +262,44 @@ async def _ready_to_serve(group: Group) -> str:
         return (f"group {record.id} (/{record.path}) is {rel.state.value} ({record.stale_reason}); policy strict "
                 f"serves only InSync groups — give the group policy sync to serve and resync")
     return ""
+
+
+async def _listen(address: tuple[str, int]) -> list[trio.SocketListener]:
+    """The listeners of ``--accept-moves``.
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    host, port = address
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(f"--accept-moves {host}:{port}: cannot listen there ({exc.strerror or exc}); give a free "
+                          f"port") from None
+    bound = listeners[0].socket.getsockname()
+    log.info("accepting groups moved from other primaries on %s:%d (fsrep-move --to-primary)", bound[0], bound[1])
+    return listeners
+
+
+async def _accept_moves(opts: MountOptions, store: Path, groups: GroupStore, mount: Groups, mount_tree: Tree,
+                        ops: Operations, listeners: list[trio.SocketListener], *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Take groups over from other primaries (``_arrivals``) until cancelled."""
+    def new_group(record: GroupRecord) -> Group:
+        group = _group(opts, groups, record, mount_tree.subtree(record.path.encode()))
+        group.rel.scheduler.hook = functools.partial(resync, group.rel.stream, group.tree,
+                                                    group.locator(ops.inodes))
+        return group
+
+    async with trio.open_nursery() as nursery:
+        def start(group: Group) -> None:
+            nursery.start_soon(group.rel.serve)
+
+        taking = arrivals.Arrivals(store, groups, mount, mount_tree, new_group, start)
+        await trio.to_thread.run_sync(taking.clear)
+        secondary = Secondary(taking.dir, opts.key, arrivals=taking)
+        await nursery.start(functools.partial(secondary.serve, listeners))
+        task_status.started()
 
 
 async def _drain_all(mount: Groups, timeout: float) -> None:  # noqa: ASYNC109 - each group's bound
@@ -296,12 +351,14 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
 
     try:
         exposed = await metrics.open_metrics(opts.metrics) if opts.metrics is not None else []
+        incoming = await _listen(opts.accept_moves) if opts.accept_moves is not None else []
         await _connect_all(mount)
         for group in mount.all:
             group.rel.scheduler.hook = functools.partial(resync, group.rel.stream, group.tree, None)
         async with trio.open_nursery() as nursery:
             for group in mount.all:
-                await nursery.start(group.rel.serve)
+                if not group.rel.record.moved_to:
+                    await nursery.start(group.rel.serve)
             for group in mount.all:
                 refusal = refusal or await _ready_to_serve(group)
             if refusal:  # the secondaries are told goodbye; the groups' state stays as it was
@@ -327,7 +384,9 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                 record = group.rel.record
                 log.info("mounted %s on %s; group %s (/%s) is %s (policy %s, secondary %s)", store, mountpoint,
                          record.id, record.path, group.rel.state.value, record.policy, record.secondary)
-            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops))
+            if incoming:
+                await nursery.start(_accept_moves, opts, store, groups, mount, mount_tree, ops, incoming)
+            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops, opts.key))
             await nursery.start(serve_control, lock.meta, commands)
             nursery.start_soon(on_signals)
             if exposed:

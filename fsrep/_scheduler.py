@@ -114,7 +114,11 @@ class ResyncScheduler:
 
     def interrupted(self, run: ResyncRun | None) -> None:
         """A running *run* lost its link: it resumes when the link is back —
-        or, when another run is queued already, that one does its work."""
+        or, when another run is queued already, that one does its work.
+        Whoever waits for a run to end (``resync_now``) looks again: the
+        run's task may have ended before the link was known lost."""
+        self._run_ended.set()
+        self._run_ended = trio.Event()
         if run is None or not run.running:
             return
         if self.queued is None:

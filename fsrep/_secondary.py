@@ -53,7 +53,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -79,6 +79,9 @@ from ._secondary_commands import SECONDARY_COMMANDS
 from ._store import StoreLock, check_directory
 from ._tree import Tree
 from ._undo import UNDO_LIMIT, UndoLog
+
+if TYPE_CHECKING:
+    from ._arrivals import Arrivals
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 2.0
@@ -247,9 +250,12 @@ class Replica:
 
 class Secondary:
     def __init__(self, store: Path, key: bytes, tls: ssl.SSLContext | None = None,
-                 undo_limit: int = UNDO_LIMIT) -> None:
+                 undo_limit: int = UNDO_LIMIT, *, arrivals: Arrivals | None = None) -> None:
         self.store = store
         self.undo_limit = undo_limit
+        # A primary's incoming moves (``_arrivals``): Adopt is answered there, each session's end is told, and the
+        # replicas keep no undo log (a move cut short is not resumed: its copy goes).
+        self.arrivals = arrivals
         self.space = Reserve(store)
         self.key = key
         self.tls = tls  # server_context: every peer must pass mutual TLS first
@@ -313,12 +319,15 @@ class Secondary:
         staging = self.store / META_DIR / "clones" / gid  # made by the first backup a resync stages
         empty(staging)
         tree.stage_in(staging)
-        undo = UndoLog(self.store / META_DIR / "undo" / gid, tree, self.undo_limit, self.space)
-        if emptied:
+        undo = None if self.arrivals is not None else UndoLog(self.store / META_DIR / "undo" / gid, tree,
+                                                              self.undo_limit, self.space)
+        if undo is None:
+            pass
+        elif emptied:
             undo.release()  # the tree it would roll back is gone
         elif undo.load() and undo.base is not None:
             undo.release_upto(last)
-        if undo.open and undo.base is not None:
+        if undo is not None and undo.open and undo.base is not None:
             log.info("group %s: an undo log is open since seq %s (a resync did not complete); the resync goes on",
                      gid, undo.base.get("last_seq"))
         replica = Replica(gid, tree, state_file, last, last, saved, generations, chain, undo=undo, staging=staging)
@@ -435,6 +444,8 @@ class Secondary:
                     if replica.probe is not None:
                         replica.probe.settled.set()
                     done.set()
+                    if self.arrivals is not None:
+                        self.arrivals.ended(self, replica)
 
     async def _take_over(self, replica: Replica, peer: str) -> str:
         """End the replica's session if it is dead, so *peer* may have the
@@ -551,6 +562,17 @@ class Secondary:
     async def _apply(self, conn: tp.Connection, replica: Replica, op: tp.Operation) -> bool:
         """Apply *op* through the table (``_apply``) and queue its answer;
         False when it failed and the session must end."""
+        if self.arrivals is not None and self.arrivals.taken(replica):
+            # The copy is the group's data now: nothing more of this session may reach it.
+            log.error("group %s: %s sent %s after the group was taken over; ending the session", replica.id,
+                      conn.peer, type(op).__name__)
+            conn.enqueue(tp.Nack(seq=op.seq, errno=errno.EPERM, message="the group was taken over"))
+            await conn.flush()
+            return False
+        if isinstance(op, tp.Adopt) and self.arrivals is not None:
+            conn.enqueue(await self.arrivals.answer(self, replica, op, conn.peer))
+            replica.last_applied = op.seq
+            return True
         try:
             if isinstance(op, tp.Clone) or (op.BARRIER and self._sessions() > 1):
                 # A copy without reflinks can take minutes, a flush seconds: in a thread, the link kept alive,

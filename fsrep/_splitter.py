@@ -122,6 +122,12 @@ class Relationship:
         # and recorded after it (``remarked``); None otherwise.
         self.moved_inodes: Mapping[int, int] | None = None
         self.clone_backups: CloneBackups | None = None  # --clone-backup: clones made while out of sync kept there
+        # Moved to another primary (``_move_primary``): set once the secondary holds every change acknowledged
+        # here durably and this side let it go; an fsync here waits for it.
+        self.let_go = trio.Event()
+        self.durable_reported = trio.Event()  # set, and replaced, at each Durable report of the secondary
+        if record.moved_to:
+            self.let_go.set()
 
     @property
     def dirty(self) -> tracking.DirtySet:
@@ -162,6 +168,7 @@ class Relationship:
                 sequence number is used), or EIO under ``strict`` when the
                 group cannot replicate.
         """
+        self.refuse_if_moved()
         conn = self.link.conn
         if conn is not None and ((self.state is R.IN_SYNC and self.record.policy != "async") or
                                  (self.state is R.RESYNCING and not self.ledger.dirty.blocks(marks))):
@@ -203,6 +210,7 @@ class Relationship:
             OSError: EIO under ``strict``; the local change failed; or the
                 stale mark cannot be saved.
         """
+        self.refuse_if_moved()
         self._refuse_if_strict(f": {reason}")
         self.leave_sync(reason)
         self._apply_local(apply, marks)
@@ -216,6 +224,13 @@ class Relationship:
         self.mark_stale(reason)
         if self.state is R.IN_SYNC:
             self.set_state(R.OUT_OF_SYNC, reason)
+
+    def refuse_if_moved(self) -> None:
+        """Raises OSError(EROFS) once the group moved to another primary
+        (``_move_primary``): this side keeps a read-only copy."""
+        if self.record.moved_to:
+            raise OSError(errno.EROFS, f"group {self.record.id} moved to the primary at {self.record.moved_to}; "
+                                       f"its copy here is read-only")
 
     def _refuse_if_strict(self, why: str) -> None:
         if self.record.policy == "strict":
@@ -471,4 +486,6 @@ def group_status(rel: Relationship) -> GroupStatus:
         data_dir=record.store,
         move=rel.move.snapshot(trio.current_time()) if rel.move is not None else None,
         reconnects=max(0, rel.link.established - 1),
+        moved_to=record.moved_to,
+        move_unconfirmed=record.move_unconfirmed,
     )

@@ -245,6 +245,8 @@ class GroupStatus(Record):
     data_dir: str = ""  # where the group's data lives when fsrep-move moved it out of the store
     move: MoveProgress | None = None  # the last move across file systems of this mount, under way or ended
     reconnects: int = 0  # sessions with the secondary established after the first one of this mount
+    moved_to: str = ""  # HOST:PORT of the primary the group moved to (fsrep-move --to-primary): read-only here
+    move_unconfirmed: bool = False  # ... which never said it took the group
 
     @classmethod
     def from_json(cls, data: Any) -> Self:

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Move a consistency group's data to another directory while clients keep working.",
         epilog="examples:\n  fsrep-move /mnt/data --group /vms/vm1 --to /srv/disk2/vm1\n"
+               "  fsrep-move /mnt/data --group /vms/vm1 --to-primary host3:7800\n"
                "  fsrep-move /mnt/data --group /vms/vm1 --abort\n\n"
                "STORE2 is a new or empty directory outside the mount and the store. On the file system of\n"
                "the group's data the move is one rename. On another one (another disk) the data is copied\n"
@@ -48,13 +49,20 @@ def _parser() -> argparse.ArgumentParser:
                "keep working, and the old data is removed. Either way the relationship with the secondary\n"
                "goes on: only clients' changes cross the link. Later mounts serve the group from STORE2;\n"
                "its place in the store stays as an empty directory. Ctrl-C (or --abort) before the cutover\n"
-               "removes the copy and leaves the group where it was.\n"
+               "removes the copy and leaves the group where it was.\n\n"
+               "With --to-primary the group moves to another running primary (mounted with --accept-moves and\n"
+               "the same key): its data is copied there while clients work on, then that primary serves the\n"
+               "group and relates to the same secondary from a snapshot all three hold (no new baseline); here\n"
+               "the subtree is read-only (EROFS) from then on, and status says where it went.\n"
                "exit status: 0 when the group is served from STORE2; 1 otherwise (nothing changed).")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("--group", required=True, metavar="ID", help="the consistency group (id or path, like "
                                                                      "/vms/vm1)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", metavar="STORE2", help="the directory the group's data moves to")
+    where.add_argument("--to-primary", metavar="HOST:PORT",
+                       help="the running primary the group moves to (its 'fsrep mount --accept-moves HOST:PORT'); "
+                            "the subtree is read-only here afterwards")
     where.add_argument("--abort", action="store_true", help="stop the group's move to another file system "
                                                            "(before its cutover): its copy is removed")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
@@ -75,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(outcome, indent=2))
+    elif args.to_primary:
+        print(f"group {outcome['group']} ({outcome['path']}): moved to the primary at {outcome['destination']} in "
+              f"{outcome['seconds']:.1f}s ({outcome['copied_bytes']} bytes copied; clients' changes waited "
+              f"{outcome['pause_seconds']:.3f}s at the cutover); it is served there now, read-only here")
     elif outcome["copied_bytes"] or outcome["pause_seconds"]:
         print(f"group {outcome['group']} ({outcome['path']}): moved from {outcome['source']} to "
               f"{outcome['destination']} in {outcome['seconds']:.1f}s ({outcome['copied_bytes']} bytes copied; "
@@ -96,7 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def ask() -> None:
         try:
-            result.append(call(meta, MoveRequest(group=args.group, to=args.to), timeout=MOVE_TIMEOUT))
+            result.append(call(meta, MoveRequest(group=args.group, to=args.to or "", to_primary=args.to_primary or ""),
+                               timeout=MOVE_TIMEOUT))
         except ControlError as exc:
             result.append(exc)
         finally:

@@ -17,6 +17,8 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import TLSFileError as TLSFileError
 from ._errors import first_error as first_error
+from ._frames import ADOPT_ASK as ADOPT_ASK
+from ._frames import ADOPT_TAKE as ADOPT_TAKE
 from ._frames import ATTR_GID as ATTR_GID
 from ._frames import ATTR_MODE as ATTR_MODE
 from ._frames import ATTR_MTIME as ATTR_MTIME
@@ -40,6 +42,8 @@ from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RENAME_EXCHANGE as RENAME_EXCHANGE
 from ._frames import RENAME_NOREPLACE as RENAME_NOREPLACE
 from ._frames import Ack as Ack
+from ._frames import Adopt as Adopt
+from ._frames import Adopted as Adopted
 from ._frames import Changes as Changes
 from ._frames import Checksum as Checksum
 from ._frames import Clone as Clone

@@ -22,12 +22,13 @@ from tracking import generations  # sans-IO: a Welcome carries the history just 
 
 from ._errors import InvalidPath, LocalProtocolError
 
-PROTOCOL_VERSION = 10  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
+PROTOCOL_VERSION = 11  # 2: generations in Welcome; Checksum, Digests, Generation. 3: Fsync.datasync. 4: WriteRuns.
 # 5: Punch, ListData and DataMap (holes). 6: mtimes in data and namespace frames, SetAttr ATTR_MTIME.
 # 7: pseudo snapshots: Snapshot, RetireSnapshot, SnapshotChanges, Changes; snapshots in Welcome
 # 8: ResyncBegin (the replica opens its undo log); KeepDivergent and Kept (split brain: the replica keeps its side)
 # 9: Fetch and Fetched (split brain, the primary's side given up: the primary pulls the replica's entries); Clone
 # 10: Clone.flags (CLONE_REPLAY: a resync's replay of a clone made while out of sync)
+# 11: Adopt and Adopted (fsrep-move --to-primary: the receiving primary takes the group over)
 NONCE_SIZE = 32
 PROOF_SIZE = 32
 GROUP_ID_SIZE = 16
@@ -878,6 +879,47 @@ class Kept(Frame):
     where: str
 
 
+MAX_ADOPT_STATE = 64 * 1024  # bytes of the group's state an Adopt carries (JSON)
+ADOPT_ASK, ADOPT_TAKE = 0, 1  # Adopt.take
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt(Operation):
+    """``fsrep-move --to-primary``: the peer is a primary that accepts
+    moves (``fsrep mount --accept-moves``), and the stream so far made its
+    copy of the group. ``take`` ADOPT_ASK: could it take the group as
+    ``state`` describes (its path there free)? ADOPT_TAKE: take it now —
+    serve the copy as the group, relating to the group's secondary from
+    the state's common snapshot. ``state`` is a JSON object (the group's
+    record). Answered with Adopted; the replica is not changed by it."""
+
+    TYPE = 52
+    FIELDS = (("seq", U64), ("take", U8), ("state", BLOB))
+    seq: int
+    take: int
+    state: bytes
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.take not in (ADOPT_ASK, ADOPT_TAKE):
+            raise LocalProtocolError(f"Adopt.take={self.take} is neither ask nor take")
+        if len(self.state) > MAX_ADOPT_STATE:
+            raise LocalProtocolError(f"Adopt.state longer than {MAX_ADOPT_STATE} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted(Frame):
+    """The answer to Adopt ``seq``: ``ok`` 1 when it could (ask) or did
+    (take); else ``message`` says why not, in one line, and nothing was
+    changed."""
+
+    TYPE = 53
+    FIELDS = (("seq", U64), ("ok", U8), ("message", TEXT))
+    seq: int
+    ok: int
+    message: str = ""
+
+
 MAX_FETCH = 1024 * 1024  # bytes of data one Fetched carries
 _XATTR = struct.Struct(">BI")  # name length, value length
 
@@ -1144,6 +1186,6 @@ FRAME_TYPES: dict[int, type[Frame]] = {
                 Rename, Link, Symlink, SetXattr, RemoveXattr, Fsync, Purge, Remove, ListDir, Listing, Checksum, Digests,
                 Generation, KeepXattrs, Durable, Ack, Nack, Ping, Pong, Close, Error, Punch, ListData, DataMap,
                 Snapshot, RetireSnapshot, SnapshotChanges, Changes, ResyncBegin, KeepDivergent, Kept, Fetch, Fetched,
-                Clone)
+                Clone, Adopt, Adopted)
 }
 OPERATION_TYPES = tuple(cls for cls in FRAME_TYPES.values() if issubclass(cls, Operation))

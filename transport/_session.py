@@ -31,6 +31,7 @@ from ._frames import (
     GROUP_ID_SIZE,
     NONCE_SIZE,
     Ack,
+    Adopted,
     Challenge,
     Changes,
     Close,
@@ -78,8 +79,10 @@ RECEIVE: Kinds = {
     "primary": {
         S.HELLO_SENT: {Challenge, Error},
         S.PROOF_SENT: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Adopted, Durable, Ping, Pong, Close,
+                   Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Adopted, Durable, Ping, Pong, Close,
+                   Error},
     },
     "secondary": {
         S.START: {Hello, Error},
@@ -99,8 +102,10 @@ SEND: Kinds = {
         S.START: {Error},
         S.CHALLENGED: {Error},
         S.AUTHENTICATED: {Welcome, Error},
-        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Durable, Ping, Pong, Close, Error},
-        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Durable, Ping, Pong, Close, Error},
+        S.OPEN: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Adopted, Durable, Ping, Pong, Close,
+                   Error},
+        S.CLOSING: {Ack, Nack, Listing, Digests, DataMap, Changes, Kept, Fetched, Adopted, Durable, Ping, Pong, Close,
+                   Error},
     },
 }
 
@@ -258,7 +263,7 @@ class PrimarySession(_Session):
             return frame
         if isinstance(frame, Durable) and frame.seq > self.last_sent:
             raise RemoteProtocolError(f"Durable for seq {frame.seq} beyond {self.last_sent}")
-        replies = (Listing, Digests, DataMap, Changes, Kept, Fetched)
+        replies = (Listing, Digests, DataMap, Changes, Kept, Fetched, Adopted)
         if isinstance(frame, replies) and not self.last_acked < frame.seq <= self.last_sent:
             raise RemoteProtocolError(f"{type(frame).__name__} for seq {frame.seq} outside "
                                       f"{self.last_acked}..{self.last_sent}")

@@ -100,6 +100,7 @@ QUESTIONS: list[tuple[tp.Operation, type[tp.Frame]]] = [
     (tp.KeepDivergent(seq=7, name="none-taken"), tp.Kept),
     (tp.Fetch(seq=8, path=b"f", offset=9000, length=4096), tp.Fetched),
     (tp.Fetch(seq=9, path=b"missing"), tp.Fetched),
+    (tp.Adopt(seq=10, take=tp.ADOPT_ASK, state=b"{}"), tp.Adopted),  # a plain secondary: it takes no group
 ]
 
 
@@ -114,7 +115,8 @@ def test_the_table_has_a_row_for_every_operation_the_transport_decodes() -> None
 
 def test_the_questions_are_the_frames_the_secondary_answers() -> None:
     questions = {cls for cls, row in TABLE.items() if row.kind is Kind.QUESTION}
-    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges, tp.KeepDivergent, tp.Fetch}
+    assert questions == {tp.ListDir, tp.Checksum, tp.ListData, tp.SnapshotChanges, tp.KeepDivergent, tp.Fetch,
+                         tp.Adopt}
     assert {type(op) for op, _ in QUESTIONS} == questions
     assert not any(cls.BARRIER for cls in questions)
 

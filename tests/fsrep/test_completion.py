@@ -149,7 +149,7 @@ def test_fsrep_resync_completes_its_options_and_choices(script: Path) -> None:
 
 def test_fsrep_move_completes_its_options(script: Path) -> None:
     assert complete(script, "fsrep-move", "/mnt/data", "--ab") == ["--abort"]
-    assert complete(script, "fsrep-move", "/mnt/data", "--t") == ["--to"]
+    assert complete(script, "fsrep-move", "/mnt/data", "--t") == ["--to", "--to-primary"]
     assert set(complete(script, "fsrep-move", "/mnt/data", "--")) == \
         {o for o in _options(move_parser()) if o.startswith("--")}
 

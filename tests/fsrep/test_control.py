@@ -29,7 +29,8 @@ GROUP_KEYS = ["id", "path", "state", "policy", "secondary", "connected", "last_a
               "lag_bytes", "lag_seconds", "bytes_in_flight", "dirty_bytes", "bytes_remaining", "bytes_per_second",
               "eta_seconds", "percent", "resync", "resync_queued", "resync_recent", "resync_bytes_sent", "bytes_cloned",
               "last_resync_seconds", "generation", "stale_reason", "last_error", "faults", "internal_errors",
-              "snapshot", "divergence", "bytes_sent", "data_dir", "move", "reconnects"]
+              "snapshot", "divergence", "bytes_sent", "data_dir", "move", "reconnects",
+              "moved_to", "move_unconfirmed"]
 RESYNC_KEYS = ["id", "mode", "reason", "running", "finished", "outcome", "verified", "restarts", "rate_limit",
                "bytes_copied", "bytes_checked", "bytes_mismatched", "bytes_remaining", "bytes_per_second",
                "directories_checked", "directories_remaining", "entries_checked", "eta_seconds", "percent",

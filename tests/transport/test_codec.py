@@ -62,6 +62,8 @@ SAMPLES: list[tp.Frame] = [
     tp.RetireSnapshot(seq=26, name="old"),
     tp.ResyncBegin(seq=28),
     tp.KeepDivergent(seq=29, name="s1"),
+    tp.Adopt(seq=30, take=tp.ADOPT_TAKE, state=b'{"path": "vms/vm1"}'),
+    tp.Adopted(seq=30, ok=0, message="the path is taken"),
     tp.Kept(seq=29, found=1, entries=3, data=2**40, where="/srv/replica/.fsrep/divergent/x/20261202T000000Z"),
     tp.SnapshotChanges(seq=27, name="s1", started=1, after=b"d/f"),
     tp.Fetch(seq=30, path=b"d/f", offset=2**40, length=tp.MAX_FETCH),

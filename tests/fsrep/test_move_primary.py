@@ -1,0 +1,286 @@
+"""``fsrep-move --to-primary HOST:PORT``: a group moves from one running
+primary to another (mounted with ``--accept-moves``) while a writer runs.
+The writer's acknowledged records are all on the new primary, the new
+primary and the secondary hold the same tree (by digest), the old mount
+serves the subtree read-only, nothing but the writes crosses to the
+secondary (counted at a FaultProxy, no new baseline), and a refusal, an
+abort or a lost link before the take leaves the group where it was."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fsrep._config import GroupRecord, GroupStore
+from fsrep._digest import tree_differences
+from tests.conftest import Cluster, run_fsrep, wait_for, write_random
+from tests.fsrep.test_move import GROUP, MOVE, RECORD, assert_ledger, record
+from tests.proxy import FaultProxy
+
+KiB, MiB = 1024, 1024 * 1024
+MAX_RECORDS = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Other:
+    """A second primary: its own store and mount, the cluster's key and
+    secondary, accepting moves on ``accept``."""
+
+    cluster: Cluster
+    store: Path = field(init=False)
+    mnt: Path = field(init=False)
+    accept: str = field(init=False)
+    mounted: bool = False
+
+    def __post_init__(self) -> None:
+        self.store, self.mnt = self.cluster.base / "primary2", self.cluster.base / "mnt2"
+        self.store.mkdir()
+        self.mnt.mkdir()
+        self.accept = f"127.0.0.1:{free_port()}"
+
+    def mount(self, *extra: str) -> None:
+        run_fsrep("mount", str(self.store), str(self.mnt), "--secondary", self.cluster.secondary_address,
+                  "--key-file", str(self.cluster.key), "--accept-moves", self.accept, *extra)
+        self.mounted = True
+
+    def umount(self) -> None:
+        run_fsrep("umount", str(self.mnt))
+        self.mounted = False
+
+    def groups(self) -> dict[str, dict]:
+        groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]
+        return {group["path"]: group for group in groups}
+
+
+@pytest.fixture
+def other(proxied: Cluster) -> Iterator[Other]:
+    second = Other(proxied)
+    try:
+        yield second
+    finally:
+        if second.mounted:
+            with contextlib.suppress(AssertionError, subprocess.SubprocessError):
+                second.umount()
+
+
+class Writer(threading.Thread):
+    """Appends numbered records (fsync after each) until told to stop or
+    the mount says the file is read-only (EROFS): then ``refused``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.acked = 0
+        self.refused = threading.Event()
+        self.error: BaseException | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "ab", buffering=0) as f:
+                for n in range(MAX_RECORDS):
+                    if self.halt.is_set():
+                        return
+                    f.write(record(n))
+                    os.fsync(f.fileno())
+                    self.acked = n + 1
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                self.refused.set()
+            else:
+                self.error = exc
+        except BaseException as exc:  # the test reports it
+            self.error = exc
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+        assert not self.is_alive(), "the writer hung"
+        assert self.error is None, f"the writer failed: {self.error!r}"
+
+
+def fsrep_move(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MOVE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _group_tree(m: Path) -> None:
+    (m / GROUP / "disks" / "old").mkdir(parents=True)
+    write_random(m / GROUP / "disks" / "root.img", 16)
+    with open(m / GROUP / "disks" / "sparse.img", "wb") as f:
+        f.truncate(64 * MiB)
+        f.write(b"boot")
+    os.symlink("disks/root.img", m / GROUP / "current")
+    os.setxattr(m / GROUP / "disks", "user.owner", b"ops")
+
+
+def _group_record(store: Path, gid: str) -> GroupRecord:
+    return next(record for record in GroupStore(str(store)).load_all() if record.id == gid)
+
+
+def test_a_group_moves_to_another_primary_while_a_writer_runs(proxied: Cluster, other: Other) -> None:
+    proxied.mount("--group", GROUP)
+    m = proxied.mnt
+    _group_tree(m)
+    other.mount()
+    (other.mnt / "vms").mkdir()
+    gid = proxied.groups()["/" + GROUP]["id"]
+    writer = Writer(m / GROUP / "journal")
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked >= 20, "the writer under way")
+        proxied.proxy.reset_counters()
+        before = writer.acked
+        done = fsrep_move(str(m), "--group", "/" + GROUP, "--to-primary", other.accept, "--json")
+        assert done.returncode == 0, done.stderr
+        moved = json.loads(done.stdout)
+        wait_for(writer.refused.is_set, "the old mount to refuse the writer (EROFS)")
+    finally:
+        writer.stop()
+    acked = writer.acked
+    assert moved["destination"] == other.accept, moved
+    assert moved["copied_bytes"] >= 16 * MiB, moved
+    assert moved["pause_seconds"] < 1.0, moved
+    # The new primary has every acknowledged record, and goes on with it.
+    assert_ledger(other.mnt / GROUP / "journal", acked)
+    fd = os.open(other.mnt / GROUP / "journal", os.O_WRONLY)
+    try:
+        for n in range(acked, acked + 50):  # after the last acknowledged one (one more may be there, unacknowledged)
+            os.pwrite(fd, record(n), n * RECORD)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert os.readlink(other.mnt / GROUP / "current") == "disks/root.img"
+    assert os.getxattr(other.mnt / GROUP / "disks", "user.owner") == b"ops"
+    there = wait_for(lambda: (g := other.groups()["/" + GROUP])["state"] == "InSync" and g, "InSync there")
+    assert (there["id"], there["connected"]) == (gid, True), there
+    assert there["snapshot"] is not None, there
+    assert there["snapshot"]["name"].startswith("move-"), there
+    # Only the writer's bytes crossed to the secondary: the move sent no baseline there.
+    written = (acked - before + 50) * RECORD
+    carried = proxied.proxy.bytes_to_secondary
+    assert carried <= written * 1.1 + 64 * KiB, f"{carried} bytes crossed for {written} bytes written"
+    # The old mount keeps a read-only copy and says where the group went.
+    here = proxied.groups()["/" + GROUP]
+    assert (here["moved_to"], here["move_unconfirmed"], here["connected"]) == (other.accept, False, False), here
+    with pytest.raises(OSError) as refused:
+        (m / GROUP / "new-file").write_bytes(b"x")
+    assert refused.value.errno == errno.EROFS
+    with pytest.raises(OSError) as refused:
+        os.open(m / GROUP / "disks" / "root.img", os.O_WRONLY)
+    assert refused.value.errno == errno.EROFS
+    assert (m / GROUP / "disks" / "root.img").read_bytes() == (other.mnt / GROUP / "disks" / "root.img").read_bytes()
+    status = run_fsrep("status", str(m)).stdout
+    assert f"moved to the primary at {other.accept}" in status, status
+    # The new primary's tree is the secondary's replica, digest for digest.
+    other.umount()
+    differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
+    assert not differences, "the moved group differs from its replica:\n" + "\n".join(differences)
+    assert _group_record(other.store, gid).arrived_from
+    # Later mounts serve it by its record, without a --group, in sync; the old one still read-only.
+    other.mount()
+    assert_ledger(other.mnt / GROUP / "journal", acked + 50)
+    wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync after a remount there")
+    (other.mnt / GROUP / "after-remount").write_bytes(b"new")
+    proxied.umount()
+    proxied.mount("--group", GROUP)
+    with pytest.raises(OSError) as refused:
+        (m / GROUP / "another").write_bytes(b"x")
+    assert refused.value.errno == errno.EROFS
+    assert proxied.groups()["/" + GROUP]["moved_to"] == other.accept
+    other.umount()
+    differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
+    assert not differences, "the moved group differs from its replica after a remount:\n" + "\n".join(differences)
+
+
+REFUSED = r"the move to the primary at .* failed: "
+
+
+@pytest.mark.expect_log(REFUSED, r"refusing the move from")
+def test_a_primary_that_cannot_take_the_group_says_why_and_nothing_moves(proxied: Cluster, other: Other) -> None:
+    proxied.mount("--group", GROUP)
+    (proxied.mnt / GROUP / "data").write_bytes(b"stays")
+    other.mount()
+    (other.mnt / GROUP).mkdir(parents=True)  # the group's path is taken there
+    done = fsrep_move(str(proxied.mnt), "--group", "/" + GROUP, "--to-primary", other.accept)
+    assert done.returncode == 1
+    assert f"/{GROUP} exists on the primary here" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    here = proxied.groups()["/" + GROUP]
+    assert (here["state"], here["moved_to"]) == ("InSync", ""), here
+    (proxied.mnt / GROUP / "more").write_bytes(b"writable")
+    wait_for(lambda: not any((other.store / ".fsrep" / "incoming").glob("*-*-*-*-*")), "the copy there removed")
+    assert list((other.mnt / GROUP).iterdir()) == []
+    # Nobody listening there: one line, and nothing moves.
+    other.umount()
+    done = fsrep_move(str(proxied.mnt), "--group", "/" + GROUP, "--to-primary", other.accept)
+    assert done.returncode == 1
+    assert "cannot reach the primary at" in done.stderr, done.stderr
+    assert proxied.groups()["/" + GROUP]["state"] == "InSync"
+    # The default group stays: its data is the store.
+    done = fsrep_move(str(proxied.mnt), "--group", "/", "--to-primary", other.accept)
+    assert done.returncode == 1
+    assert "the default group's data is the store itself" in done.stderr, done.stderr
+
+
+@pytest.mark.expect_log(REFUSED, r"the move to the primary at .* aborted", r"link to .* lost",
+                        r"session with .* ended")
+@pytest.mark.parametrize("how", ["abort", "cut"])
+def test_a_move_stopped_before_the_take_leaves_the_group_where_it_was(proxied: Cluster, other: Other,
+                                                                      how: str) -> None:
+    proxied.mount("--group", GROUP)
+    write_random(proxied.mnt / GROUP / "big.img", 32)
+    other.mount()
+    (other.mnt / "vms").mkdir()
+    with FaultProxy(other.accept) as gate:
+        gate.delay(0.05)  # the copy takes seconds: time to stop it
+        mover = subprocess.Popen([*MOVE, str(proxied.mnt), "--group", "/" + GROUP, "--to-primary", gate.address],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: (g := proxied.groups()["/" + GROUP])["move"] is not None
+                     and g["move"]["bytes_copied"] > 0, "the copy under way")
+            gate.stall()  # the copy stops half way
+            if how == "abort":
+                aborted = subprocess.run([*MOVE, str(proxied.mnt), "--group", "/" + GROUP, "--abort"],
+                                         capture_output=True, text=True, timeout=60)
+                assert aborted.returncode == 0, aborted.stderr
+            else:
+                gate.cut()
+            _, err = mover.communicate(timeout=120)
+            gate.restore()  # what the proxy held goes on to the other primary, then the connection's end
+        finally:
+            if mover.poll() is None:
+                mover.kill()
+                mover.wait()
+    assert mover.returncode == 1, err
+    assert ("aborted" if how == "abort" else "could not be brought up to date") in err, err
+    here = proxied.groups()["/" + GROUP]
+    assert (here["state"], here["moved_to"]) == ("InSync", ""), here
+    assert not (other.mnt / GROUP).exists()
+    wait_for(lambda: not any((other.store / ".fsrep" / "incoming").glob("*-*-*-*-*")), "the copy there removed")
+    assert not (proxied.primary_store / ".fsrep" / "moving").exists() or \
+        not any((proxied.primary_store / ".fsrep" / "moving").iterdir())
+    (proxied.mnt / GROUP / "after").write_bytes(b"still here")
+    proxied.umount()
+    gid = _group_id(proxied.primary_store)
+    differences = tree_differences(proxied.primary_store / GROUP, proxied.secondary.store / gid)
+    assert not differences, "\n".join(differences)
+
+
+def _group_id(store: Path) -> str:
+    return next(record.id for record in GroupStore(str(store)).load_all() if record.path == GROUP)
