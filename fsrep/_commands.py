@@ -276,6 +276,7 @@ class MoveAborted(Record):
 
     group: str
     destination: str
+    reclaimed: bool = False  # a move to another primary that never got its answer: the group is taken back
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +357,7 @@ class Daemon:
     groups: Groups
     ops: Operations
     key: bytes = b""  # the mount's key: a move to another primary authenticates with it
+    start: Callable[[Callable[[], Awaitable[None]]], None] | None = None  # runs a task as long as the mount serves
 
 
 async def show_status(daemon: Daemon, req: StatusRequest) -> DaemonStatus:
@@ -522,6 +524,16 @@ def _moved(group: Group, done: Any) -> Moved:
 async def abort_move(daemon: Daemon, req: MoveAbortRequest) -> MoveAborted:
     group = _group(daemon.groups, req.group)
     record, run = group.rel.record, group.rel.move
+    if record.move_unconfirmed and (run is None or run.outcome) and daemon.start is not None:
+        from . import _move_primary as move_primary
+        try:
+            where = move_primary.reclaim(group.rel, group.rel.ledger.groups, daemon.start)
+        except OSError as exc:
+            raise Refused(f"cannot save the group's record ({exc.strerror or exc}); nothing changed") from None
+        return MoveAborted(group=record.id, destination=where, reclaimed=True)
+    if record.moved_to:
+        raise Refused(f"group {record.id} (/{record.path}) moved to the primary at {record.moved_to}, which took "
+                      f"it; move it back from there (fsrep-move --to-primary) if that is what you want")
     if run is None or run.outcome:
         raise Refused(f"group {record.id} (/{record.path}) is not moving; nothing to abort")
     if run.phase not in ("copying", "catching up", "cutting over"):

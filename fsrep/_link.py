@@ -81,6 +81,12 @@ class Link:
         self._attempted = trio.Event()  # set after each connection attempt
         self._stopped = trio.Event()
 
+    def reopened(self) -> Link:
+        """A new link to the same secondary, for an owner whose link was
+        closed (a group taken back after a move that never finished)."""
+        return Link(self._owner, self._name, (self.host, self.port), self._key, self._group_id, self.timeouts,
+                    self._tls)
+
     @property
     def peer(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

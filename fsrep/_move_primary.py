@@ -44,6 +44,7 @@ import functools
 import json
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -334,3 +335,30 @@ async def _take(rel: Relationship, mover: Relationship, state: bytes, run: MoveR
     except OSError as exc:
         log.warning("group %s: cannot save that the primary at %s took it (%s); status says unconfirmed",
                     record.id, address, exc.strerror or exc)
+
+
+def reclaim(rel: Relationship, groups: GroupStore, start: Callable[[Callable[[], Awaitable[None]]], None]) -> str:
+    """Take back a group whose move never got its answer (``fsrep-move
+    --abort``): writable here again, and replicating — the operator says
+    the other primary does not serve it. Should it have taken the group and
+    reached the secondary, the new generation it told there makes this
+    side's handshake a refusal (SplitBrain), never a resync the wrong way.
+    Returns where the move went.
+
+    Raises:
+        OSError: the record could not be saved (nothing changed).
+    """
+    record = rel.record
+    address = record.moved_to
+    record.moved_to, record.move_unconfirmed = "", False
+    try:
+        groups.save(record)
+    except OSError:
+        record.moved_to, record.move_unconfirmed = address, True
+        raise
+    rel.link = rel.link.reopened()
+    rel.let_go = trio.Event()
+    start(rel.serve)
+    log.warning("group %s (/%s): taken back from an unconfirmed move to the primary at %s: writable here again, "
+                "reconnecting to %s", record.id, record.path, address, record.secondary)
+    return address

@@ -386,7 +386,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
                          record.id, record.path, group.rel.state.value, record.policy, record.secondary)
             if incoming:
                 await nursery.start(_accept_moves, opts, store, groups, mount, mount_tree, ops, incoming)
-            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops, opts.key))
+            commands = functools.partial(dispatch, Daemon(store, mountpoint, mount, ops, opts.key, nursery.start_soon))
             await nursery.start(serve_control, lock.meta, commands)
             nursery.start_soon(on_signals)
             if exposed:

@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--to-primary", metavar="HOST:PORT",
                        help="the running primary the group moves to (its 'fsrep mount --accept-moves HOST:PORT'); "
                             "the subtree is read-only here afterwards")
-    where.add_argument("--abort", action="store_true", help="stop the group's move to another file system "
-                                                           "(before its cutover): its copy is removed")
+    where.add_argument("--abort", action="store_true", help="stop the group's move (before its cutover): its copy "
+                                                           "is removed; after a move to another primary that never "
+                                                           "confirmed it took the group, take the group back (only "
+                                                           "when that primary does not serve it)")
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     return parser
 
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.abort:
             meta, _ = daemon_for(args.mountpoint)
             aborted = call(meta, MoveAbortRequest(group=args.group))
-            print(f"group {aborted.group}: the move to {aborted.destination} is aborted; its copy is removed")
+            if aborted.reclaimed:
+                print(f"group {aborted.group}: taken back from the move to the primary at {aborted.destination}, "
+                      f"which never confirmed it took the group; writable here again")
+            else:
+                print(f"group {aborted.group}: the move to {aborted.destination} is aborted; its copy is removed")
             return 0
         outcome = run(args)
     except ControlError as exc:

@@ -284,3 +284,69 @@ def test_a_move_stopped_before_the_take_leaves_the_group_where_it_was(proxied: C
 
 def _group_id(store: Path) -> str:
     return next(record.id for record in GroupStore(str(store)).load_all() if record.path == GROUP)
+
+
+@pytest.mark.expect_log(r"taken back from an unconfirmed move")
+def test_a_move_whose_answer_never_came_leaves_the_group_read_only_until_taken_back(proxied: Cluster) -> None:
+    """As after a crash between saving "moved to" and the other primary's
+    answer: the group is read-only, status says the move is unconfirmed,
+    and ``--abort`` takes it back (writable, replicating, in sync)."""
+    proxied.mount("--group", GROUP)
+    (proxied.mnt / GROUP / "data").write_bytes(b"before")
+    proxied.umount()
+    groups = GroupStore(str(proxied.primary_store))
+    record = next(r for r in groups.load_all() if r.path == GROUP)
+    record.moved_to, record.move_unconfirmed = "127.0.0.1:9", True
+    groups.save(record)
+    proxied.mount("--group", GROUP)
+    here = proxied.groups()["/" + GROUP]
+    assert (here["moved_to"], here["move_unconfirmed"], here["connected"]) == ("127.0.0.1:9", True, False), here
+    assert "never confirmed it took the group" in run_fsrep("status", str(proxied.mnt)).stdout
+    with pytest.raises(OSError) as refused:
+        (proxied.mnt / GROUP / "data").write_bytes(b"after")
+    assert refused.value.errno == errno.EROFS
+    taken = subprocess.run([*MOVE, str(proxied.mnt), "--group", "/" + GROUP, "--abort"], capture_output=True,
+                           text=True, timeout=60)
+    assert taken.returncode == 0, taken.stderr
+    assert "taken back" in taken.stdout, taken.stdout
+    wait_for(lambda: proxied.groups()["/" + GROUP]["state"] == "InSync"
+             and proxied.groups()["/" + GROUP]["connected"], "the group replicating again")
+    (proxied.mnt / GROUP / "data").write_bytes(b"after")
+    assert proxied.groups()["/" + GROUP]["moved_to"] == ""
+    again = subprocess.run([*MOVE, str(proxied.mnt), "--group", "/" + GROUP, "--abort"], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 1
+    assert "is not moving" in again.stderr, again.stderr
+    proxied.umount()
+    differences = tree_differences(proxied.primary_store / GROUP, proxied.secondary.store / record.id)
+    assert not differences, "\n".join(differences)
+
+
+@pytest.mark.expect_log(r"did not shut down cleanly", r"session with .* ended", r"link to .* lost",
+                        r"reconnect failed")
+def test_the_new_primary_killed_after_the_move_serves_the_group_again_when_mounted(proxied: Cluster,
+                                                                                   other: Other) -> None:
+    proxied.mount("--group", GROUP)
+    _group_tree(proxied.mnt)
+    other.mount()
+    (other.mnt / "vms").mkdir()
+    gid = proxied.groups()["/" + GROUP]["id"]
+    done = fsrep_move(str(proxied.mnt), "--group", "/" + GROUP, "--to-primary", other.accept)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync there")
+    with open(other.mnt / GROUP / "journal", "wb", buffering=0) as f:
+        for n in range(100):
+            f.write(record(n))
+            os.fsync(f.fileno())
+    pid = int((other.store / ".fsrep" / "lock").read_text().split()[2])
+    os.kill(pid, 9)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the other primary to die")
+    subprocess.run(["umount", "-l", str(other.mnt)], check=True)
+    other.mounted = False
+    other.mount()
+    assert_ledger(other.mnt / GROUP / "journal", 100)
+    wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync after the crash")
+    (other.mnt / GROUP / "after").write_bytes(b"after the crash")
+    other.umount()
+    differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
+    assert not differences, "\n".join(differences)
