@@ -7,6 +7,7 @@ the group from its new place."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -46,6 +47,8 @@ class Writer(threading.Thread):
         self.longest = 0.0
         self.error: BaseException | None = None
         self.halt = threading.Event()
+        self.refused = threading.Event()  # set when the mount refused a write with EROFS (the writer stops)
+        self.read_only_ends = False  # whether EROFS ends the writer (a group moved away) rather than fails it
 
     def run(self) -> None:
         try:
@@ -58,6 +61,11 @@ class Writer(threading.Thread):
                     os.fsync(f.fileno())
                     self.longest = max(self.longest, time.monotonic() - started)
                     self.acked = n + 1
+        except OSError as exc:
+            if self.read_only_ends and exc.errno == errno.EROFS:
+                self.refused.set()
+            else:
+                self.error = exc
         except BaseException as exc:  # the test reports it
             self.error = exc
 

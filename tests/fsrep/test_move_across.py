@@ -62,7 +62,7 @@ def fsrep_move(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
     return subprocess.run([*MOVE, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _group_tree(m: Path) -> None:
+def group_tree(m: Path) -> None:
     (m / GROUP / "disks" / "old").mkdir(parents=True)
     write_random(m / GROUP / "disks" / "root.img", 24)
     with open(m / GROUP / "disks" / "sparse.img", "wb") as f:
@@ -77,7 +77,7 @@ def _group_tree(m: Path) -> None:
 def test_a_group_moves_to_another_disk_while_a_writer_runs(proxied: Cluster, disk2: Path) -> None:
     proxied.mount("--group", GROUP)
     m = proxied.mnt
-    _group_tree(m)
+    group_tree(m)
     reader = open(m / GROUP / "disks" / "root.img", "rb")  # open across the move, read after it
     target = disk2 / "vm1"
 
@@ -144,7 +144,7 @@ def assert_no_copy(slow: Path) -> None:
 @pytest.mark.expect_log(ABORTED)
 def test_an_abort_mid_copy_leaves_the_group_where_it_was_and_in_sync(tmp_path: Path, mounted_group: Cluster) -> None:
     m = mounted_group.mnt
-    _group_tree(m)
+    group_tree(m)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
         with frozen_move(mounted_group, slow) as mover:
             (m / GROUP / "during").write_bytes(b"written while copying")
@@ -163,7 +163,7 @@ def test_an_abort_mid_copy_leaves_the_group_where_it_was_and_in_sync(tmp_path: P
 
 @pytest.mark.expect_log(ABORTED)
 def test_ctrl_c_before_the_cutover_aborts(tmp_path: Path, mounted_group: Cluster) -> None:
-    _group_tree(mounted_group.mnt)
+    group_tree(mounted_group.mnt)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
         with frozen_move(mounted_group, slow) as mover:
             mover.proc.send_signal(signal.SIGINT)
@@ -226,7 +226,7 @@ def test_a_crash_mid_move_is_settled_at_the_next_mount(tmp_path: Path) -> None:
 def test_a_primary_killed_mid_copy_mounts_again_with_the_group_where_it_was(tmp_path: Path,
                                                                             mounted_group: Cluster) -> None:
     m = mounted_group.mnt
-    _group_tree(m)
+    group_tree(m)
     with disk(tmp_path, "slow", 512 * MiB) as slow:
         with frozen_move(mounted_group, slow):
             pid = mounted_group.primary_pid()
@@ -244,7 +244,7 @@ def test_a_primary_killed_mid_copy_mounts_again_with_the_group_where_it_was(tmp_
 
 def test_open_directories_list_the_copy_after_a_move(tmp_path: Path, mounted_group: Cluster, disk2: Path) -> None:
     m = mounted_group.mnt
-    _group_tree(m)
+    group_tree(m)
     unread = os.open(m / GROUP / "disks", os.O_RDONLY | os.O_DIRECTORY)  # opened, not listed yet
     listed = os.open(m / GROUP, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,11 @@ import pytest
 from fsrep._config import GroupRecord, GroupStore
 from fsrep._digest import tree_differences
 from tests.conftest import Cluster, run_fsrep, wait_for, write_random
-from tests.fsrep.test_move import GROUP, MOVE, RECORD, assert_ledger, record
+from tests.fsrep.test_move import GROUP, MOVE, RECORD, Writer, assert_ledger, record
+from tests.fsrep.test_move_across import group_tree
 from tests.proxy import FaultProxy
 
 KiB, MiB = 1024, 1024 * 1024
-MAX_RECORDS = 20_000
 
 
 def free_port() -> int:
@@ -79,54 +78,8 @@ def other(proxied: Cluster) -> Iterator[Other]:
                 second.umount()
 
 
-class Writer(threading.Thread):
-    """Appends numbered records (fsync after each) until told to stop or
-    the mount says the file is read-only (EROFS): then ``refused``."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.acked = 0
-        self.refused = threading.Event()
-        self.error: BaseException | None = None
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            with open(self.path, "ab", buffering=0) as f:
-                for n in range(MAX_RECORDS):
-                    if self.halt.is_set():
-                        return
-                    f.write(record(n))
-                    os.fsync(f.fileno())
-                    self.acked = n + 1
-        except OSError as exc:
-            if exc.errno == errno.EROFS:
-                self.refused.set()
-            else:
-                self.error = exc
-        except BaseException as exc:  # the test reports it
-            self.error = exc
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=30)
-        assert not self.is_alive(), "the writer hung"
-        assert self.error is None, f"the writer failed: {self.error!r}"
-
-
 def fsrep_move(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MOVE, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def _group_tree(m: Path) -> None:
-    (m / GROUP / "disks" / "old").mkdir(parents=True)
-    write_random(m / GROUP / "disks" / "root.img", 16)
-    with open(m / GROUP / "disks" / "sparse.img", "wb") as f:
-        f.truncate(64 * MiB)
-        f.write(b"boot")
-    os.symlink("disks/root.img", m / GROUP / "current")
-    os.setxattr(m / GROUP / "disks", "user.owner", b"ops")
 
 
 def _group_record(store: Path, gid: str) -> GroupRecord:
@@ -136,11 +89,12 @@ def _group_record(store: Path, gid: str) -> GroupRecord:
 def test_a_group_moves_to_another_primary_while_a_writer_runs(proxied: Cluster, other: Other) -> None:
     proxied.mount("--group", GROUP)
     m = proxied.mnt
-    _group_tree(m)
+    group_tree(m)
     other.mount()
     (other.mnt / "vms").mkdir()
     gid = proxied.groups()["/" + GROUP]["id"]
     writer = Writer(m / GROUP / "journal")
+    writer.read_only_ends = True
     writer.start()
     try:
         wait_for(lambda: writer.acked >= 20, "the writer under way")
@@ -154,7 +108,7 @@ def test_a_group_moves_to_another_primary_while_a_writer_runs(proxied: Cluster, 
         writer.stop()
     acked = writer.acked
     assert moved["destination"] == other.accept, moved
-    assert moved["copied_bytes"] >= 16 * MiB, moved
+    assert moved["copied_bytes"] >= 24 * MiB, moved
     assert moved["pause_seconds"] < 1.0, moved
     # The new primary has every acknowledged record, and goes on with it.
     assert_ledger(other.mnt / GROUP / "journal", acked)
@@ -327,7 +281,7 @@ def test_a_move_whose_answer_never_came_leaves_the_group_read_only_until_taken_b
 def test_the_new_primary_killed_after_the_move_serves_the_group_again_when_mounted(proxied: Cluster,
                                                                                    other: Other) -> None:
     proxied.mount("--group", GROUP)
-    _group_tree(proxied.mnt)
+    group_tree(proxied.mnt)
     other.mount()
     (other.mnt / "vms").mkdir()
     gid = proxied.groups()["/" + GROUP]["id"]
