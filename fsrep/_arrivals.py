@@ -211,6 +211,8 @@ class Arrivals:
             await trio.to_thread.run_sync(replica.tree.sync)
         except OSError as exc:
             raise Refused(f"the copy here cannot be made durable ({exc.strerror or exc})") from None
+        # From here to the end, one step of the event loop: no client's change comes between the check and the rename.
+        self.check(gid, path)
         record = GroupRecord(id=gid, path=path, policy=state["policy"], secondary=state["secondary"],
                              last_seq=state["last_seq"], generations=state["generations"], arrived_from=peer,
                              moving_phase="arriving", moving_from=str(copy))
@@ -220,7 +222,8 @@ class Arrivals:
         except OSError as exc:
             raise Refused(f"the group's record cannot be written here ({exc.strerror or exc})") from None
         try:
-            os.rename(copy, place)
+            parent, name = self._mount_tree.at(os.fsencode(path))  # never through a symlink
+            os.rename(copy, name, dst_dir_fd=parent)
             tracking.fsync_directory(place.parent)
         except OSError as exc:
             self._groups.remove(record)
