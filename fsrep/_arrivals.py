@@ -16,10 +16,13 @@ Adopt frames of that stream are answered here, in stream order:
   clients' changes meanwhile). The group's record is written — the old
   primary's history and position and a new generation, phase "arriving"
   — the copy is renamed to its path in the store, the record's phase
-  cleared, and the group added to the running mount. Its relationship
-  with the group's secondary starts when the old primary's session here
-  ends: the old primary ends its own session with the secondary first,
-  and the replica takes one session at a time. The handshake then finds
+  cleared, and the group added to the running mount, its clients'
+  changes held. Its relationship with the group's secondary starts when
+  the old primary's session here ends: the old primary ends its own
+  session with the secondary first (the replica takes one session at a
+  time), and the changes held go on once the first attempt to reach the
+  secondary ended — replicated, not kept local, when it got in. The
+  handshake then finds
   the replica where the record says (InSync, the new generation told),
   and the common snapshot is the first of the group's chain here.
 
@@ -40,6 +43,7 @@ Caveats:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -126,15 +130,19 @@ class Arrivals:
     Adopt, and the groups taken over, until their relationship starts."""
 
     def __init__(self, store: Path, groups: GroupStore, mount: Groups, mount_tree: Tree,
-                 new_group: Callable[[GroupRecord], Group], start: Callable[[Group], None]) -> None:
+                 new_group: Callable[[GroupRecord], Group],
+                 start: Callable[[Group, Callable[[], object]], None]) -> None:
         self.store = store
         self.dir = incoming_dir(store)
         self._groups = groups
         self._mount = mount
         self._mount_tree = mount_tree
         self._new_group = new_group  # a group of the mount for a record (its tree and relationship), not yet served
-        self._start = start  # serve a group added to the mount: its relationship's link and resyncs
-        self._taken: dict[str, Group] = {}  # by id: taken over, waiting for the old primary's session to end
+        # Serve a group added to the mount: its relationship's link and resyncs; the callable it is given lets
+        # clients' changes in once the first attempt to reach the secondary ended.
+        self._start = start
+        # By id: taken over, its clients' changes held, waiting for the old primary's session to end.
+        self._taken: dict[str, tuple[Group, contextlib.AbstractContextManager[None]]] = {}
 
     def clear(self) -> None:
         """At mount: incoming copies of moves that never arrived go."""
@@ -241,8 +249,10 @@ class Arrivals:
         group.rel.snapshots.file.reshaped = True
         group.rel.snapshots.save()
         self._groups.save(record)
+        holding = group.rel.stream.holding_mutations()  # clients' changes wait for the link (see ``ended``)
+        holding.__enter__()
         self._mount.add(group)
-        self._taken[gid] = group
+        self._taken[gid] = (group, holding)
         log.info("group %s (/%s): taken over from the primary at %s at seq %d, common snapshot %s; its "
                  "relationship with %s starts once that primary has let the replica go", gid, path, peer,
                  record.last_seq, state["snapshot"].name, record.secondary)
@@ -251,11 +261,12 @@ class Arrivals:
         """A session of the listener ended: a group taken over starts its
         relationship (the old primary has let the replica go, or is gone);
         a copy never taken goes. Never checkpoints."""
-        group = self._taken.pop(replica.id, None)
-        if group is not None:
+        taken = self._taken.pop(replica.id, None)
+        if taken is not None:
+            group, holding = taken
             log.info("group %s: the old primary's session ended; connecting to %s", replica.id,
                      group.rel.record.secondary)
-            self._start(group)
+            self._start(group, lambda: holding.__exit__(None, None, None))
             return
         if secondary.replicas.get(replica.id) is not replica:
             return  # a newer session holds it

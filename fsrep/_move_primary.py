@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 R = RelationshipState
 ADOPT_TIMEOUT = 60.0  # seconds the other primary may take to answer an Adopt
 FOLLOW = 0.25  # seconds between looks at the operator's abort and the bytes sent
-DURABLE_TIMEOUT = 10.0  # seconds the secondary may take to report the handed-over position durable
 
 
 def check(group: Group, address: str, mount: Groups) -> tuple[str, int]:
@@ -141,18 +140,16 @@ async def _caught_up(mover: Relationship, watch: Watch, why: str) -> None:
 
 
 async def _let_go(rel: Relationship) -> None:
-    """End the session with the secondary once it has made every change
-    acknowledged here durable (it says so every few seconds): an fsync
+    """End the session with the secondary: its goodbye comes once it has
+    made every change acknowledged here durable, and says so; an fsync
     here after the move waits for that, then means durable there too."""
     acked = rel.pipeline.acked_seq
-    with trio.move_on_after(DURABLE_TIMEOUT):
-        while rel.pipeline.durable_seq < acked and rel.link.conn is not None:
-            await rel.durable_reported.wait()
+    async with rel.scheduler.held():  # no resync may send while the goodbye is awaited
+        await rel.drain_and_close(timeout=5, goodbye=True)
     if rel.pipeline.durable_seq < acked:
         log.warning("group %s: the secondary did not report seq %d durable before this side let it go (%s); it "
                     "makes its replica durable when the session ends", rel.record.id, acked,
-                    rel.link.last_error or f"waited {DURABLE_TIMEOUT:g}s")
-    await rel.drain_and_close(timeout=5)
+                    rel.link.last_error or "no goodbye in time")
     rel.let_go.set()
 
 
@@ -234,8 +231,8 @@ async def _copied_and_taken(rel: Relationship, mover: Relationship, watch: Watch
             async with mover.scheduler.held():  # no copy before the answer
                 await nursery.start(mover.serve)
                 reply = await _adopt(mover, tp.ADOPT_ASK, _state(rel.record, None, 0))
-            if not reply.ok:
-                raise MoveRefused(f"the primary at {address} cannot take the group: {reply.message}")
+                if not reply.ok:
+                    raise MoveRefused(f"the primary at {address} cannot take the group: {reply.message}")
             await _caught_up(mover, watch, "copying the group to its new primary")
             for _ in range(PASSES):
                 if _small(watch.dirty):

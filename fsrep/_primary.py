@@ -291,9 +291,16 @@ async def _accept_moves(opts: MountOptions, store: Path, groups: GroupStore, mou
                                                     group.locator(ops.inodes))
         return group
 
+    async def serve(group: Group, connected: Callable[[], object]) -> None:
+        try:
+            await _connect(group, [])
+        finally:
+            connected()
+        await group.rel.serve()
+
     async with trio.open_nursery() as nursery:
-        def start(group: Group) -> None:
-            nursery.start_soon(group.rel.serve)
+        def start(group: Group, connected: Callable[[], object]) -> None:
+            nursery.start_soon(serve, group, connected)
 
         taking = arrivals.Arrivals(store, groups, mount, mount_tree, new_group, start)
         await trio.to_thread.run_sync(taking.clear)

@@ -529,6 +529,13 @@ class Secondary:
                             if not self._undo_durable(replica):
                                 return
                             conn.enqueue(tp.Ack(seq=replica.last_applied))
+                        try:  # the goodbye says what is durable: a primary letting the group go waits for it
+                            await replica.checkpoint_in_thread()
+                        except OSError as exc:
+                            log.error("group %s: cannot save the replica position at the end of the session: %s",
+                                      replica.id, exc)
+                        if replica.last_saved:
+                            conn.enqueue(tp.Durable(seq=replica.last_saved))
                         conn.enqueue(tp.Close(last_seq=replica.last_applied))
                         await conn.flush()
                         log.info("group %s: %s closed the session at %s", replica.id, peer, replica.position)

@@ -128,8 +128,6 @@ class Sessions:
             rel.stream.acked(event.seq)
         elif isinstance(event, tp.Durable):
             rel.pipeline.on_durable(event.seq)
-            rel.durable_reported.set()
-            rel.durable_reported = trio.Event()
         elif isinstance(event, (tp.Listing, tp.Digests, tp.DataMap, tp.Changes, tp.Kept, tp.Fetched, tp.Adopted)):
             rel.stream.replied(event)
         elif isinstance(event, tp.Nack):

@@ -125,7 +125,6 @@ class Relationship:
         # Moved to another primary (``_move_primary``): set once the secondary holds every change acknowledged
         # here durably and this side let it go; an fsync here waits for it.
         self.let_go = trio.Event()
-        self.durable_reported = trio.Event()  # set, and replaced, at each Durable report of the secondary
         if record.moved_to:
             self.let_go.set()
 
@@ -411,9 +410,12 @@ class Relationship:
     async def resync_now(self, reason: str) -> None:
         await self.scheduler.resync_now(reason)
 
-    async def drain_and_close(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is in the message
+    async def drain_and_close(self, timeout: float, *,  # noqa: ASYNC109 - the bound is in the message
+                              goodbye: bool = False) -> None:
         """Wait (bounded) for what is in flight, say goodbye, and persist the
-        group as cleanly shut down."""
+        group as cleanly shut down. *goodbye*: wait (2 s at most) for the
+        secondary's own, which comes once it made what it holds durable
+        (and reported it) — nothing may be sent meanwhile."""
         with trio.move_on_after(timeout):
             await self.drained(self.pipeline.drain())
         if len(self.pipeline):
@@ -424,6 +426,8 @@ class Relationship:
             with trio.move_on_after(2):
                 try:
                     await conn.send(tp.Close(last_seq=self.pipeline.acked_seq))
+                    if goodbye:
+                        await self.link.stopped()
                 except (tp.LinkDown, tp.ProtocolError):
                     pass
         self.link.close()
