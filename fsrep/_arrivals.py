@@ -10,7 +10,8 @@ Adopt frames of that stream are answered here, in stream order:
 
 - ask: could the group come to its path here? (``check``: a free path
   of the default group, whose parent exists; a group this store does not
-  know.)
+  know.) The copy as it stands is made durable before the answer: asked
+  again just before the cutover, this leaves the take little to flush.
 - take: the copy now equals the group as the old primary and the group's
   secondary hold it at a common snapshot (the old primary holds its
   clients' changes meanwhile). The group's record is written — the old
@@ -198,6 +199,7 @@ class Arrivals:
         try:
             state = parse_state(op.state)
             self.check(replica.id, state["path"])
+            await self._durable(replica)  # an ask just before the cutover leaves the take little to flush
             if op.take == tp.ADOPT_TAKE:
                 await self._take(secondary, replica, state, peer)
         except Refused as exc:
@@ -214,11 +216,6 @@ class Arrivals:
         """
         gid, path = replica.id, state["path"]
         copy, place = Path(replica.tree.root), self.store / path
-        try:
-            await replica.checkpoint_in_thread()
-            await trio.to_thread.run_sync(replica.tree.sync)
-        except OSError as exc:
-            raise Refused(f"the copy here cannot be made durable ({exc.strerror or exc})") from None
         # From here to the end, one step of the event loop: no client's change comes between the check and the rename.
         self.check(gid, path)
         record = GroupRecord(id=gid, path=path, policy=state["policy"], secondary=state["secondary"],
@@ -256,6 +253,19 @@ class Arrivals:
         log.info("group %s (/%s): taken over from the primary at %s at seq %d, common snapshot %s; its "
                  "relationship with %s starts once that primary has let the replica go", gid, path, peer,
                  record.last_seq, state["snapshot"].name, record.secondary)
+
+    @staticmethod
+    async def _durable(replica: Replica) -> None:
+        """Make the copy durable as it stands.
+
+        Raises:
+            Refused: it cannot be.
+        """
+        try:
+            await replica.checkpoint_in_thread()
+            await trio.to_thread.run_sync(replica.tree.sync)
+        except OSError as exc:
+            raise Refused(f"the copy here cannot be made durable ({exc.strerror or exc})") from None
 
     def ended(self, secondary: Secondary, replica: Replica) -> None:
         """A session of the listener ended: a group taken over starts its

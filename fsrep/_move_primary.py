@@ -240,6 +240,7 @@ async def _copied_and_taken(rel: Relationship, mover: Relationship, watch: Watch
                 run.phase, run.passes = "catching up", run.passes + 1
                 await _caught_up(mover, watch, "a catch-up pass of the move")
             run.phase = "cutting over"
+            await _adopt(mover, tp.ADOPT_ASK, _state(rel.record, None, 0))  # the copy there made durable, clients on
             done = await _cut_over(rel, mover, watch, run, groups)
         except BaseException:
             if not rel.record.moved_to:
