@@ -135,8 +135,8 @@ async def _caught_up(mover: Relationship, watch: Watch, why: str) -> None:
         mover.leave_sync(why)
     await mover.resync_now(why)
     if mover.state is not R.IN_SYNC:
-        raise MoveRefused(f"the copy at the primary {mover.record.secondary} could not be brought up to date "
-                          f"({mover.link.last_error or mover.state.value})")
+        raise MoveRefused(f"the link to the primary at {mover.record.secondary} failed while copying "
+                          f"({mover.link.last_error or mover.state.value}); the group stays here")
 
 
 async def _let_go(rel: Relationship) -> None:
@@ -198,8 +198,11 @@ async def move_to_primary(group: Group, address: str, key: bytes, timeouts: Time
                                   f"--accept-moves {address}?") from None
             try:
                 done = await _copied_and_taken(rel, mover, watch, run, groups, scope)
-            except* (MoveRefused, tp.LinkDown) as failed:
-                raise MoveRefused(str(tp.first_error(failed))) from None
+            except* MoveRefused as refused:
+                raise tp.first_error(refused) from None
+            except* tp.LinkDown as failed:
+                raise MoveRefused(f"the link to the primary at {address} failed ({tp.first_error(failed)}); the "
+                                  f"group stays here") from None
         if scope.cancelled_caught:
             raise MoveRefused("the move was aborted; the copy there is removed and the group stays here, in sync")
     except BaseException as exc:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -62,6 +63,14 @@ class Other:
         run_fsrep("umount", str(self.mnt))
         self.mounted = False
 
+    def kill(self) -> None:
+        """``kill -9`` the daemon; its dead mount goes."""
+        pid = int((self.store / ".fsrep" / "lock").read_text().split()[2])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the other primary to die")
+        subprocess.run(["umount", "-l", str(self.mnt)], check=True)
+        self.mounted = False
+
     def groups(self) -> dict[str, dict]:
         groups = json.loads(run_fsrep("status", str(self.mnt), "--json").stdout)["groups"]
         return {group["path"]: group for group in groups}
@@ -86,6 +95,7 @@ def _group_record(store: Path, gid: str) -> GroupRecord:
     return next(record for record in GroupStore(str(store)).load_all() if record.id == gid)
 
 
+@pytest.mark.expect_log(r"did not shut down cleanly", r"session with .* ended", r"link to .* lost", r"reconnect failed")
 def test_a_group_moves_to_another_primary_while_a_writer_runs(proxied: Cluster, other: Other) -> None:
     proxied.mount("--group", GROUP)
     m = proxied.mnt
@@ -141,25 +151,22 @@ def test_a_group_moves_to_another_primary_while_a_writer_runs(proxied: Cluster, 
     assert (m / GROUP / "disks" / "root.img").read_bytes() == (other.mnt / GROUP / "disks" / "root.img").read_bytes()
     status = run_fsrep("status", str(m)).stdout
     assert f"moved to the primary at {other.accept}" in status, status
-    # The new primary's tree is the secondary's replica, digest for digest.
-    other.umount()
-    differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
-    assert not differences, "the moved group differs from its replica:\n" + "\n".join(differences)
-    assert _group_record(other.store, gid).arrived_from
-    # Later mounts serve it by its record, without a --group, in sync; the old one still read-only.
+    # Killed, the new primary serves the group again by its record when mounted (no --group), in sync.
+    other.kill()
     other.mount()
     assert_ledger(other.mnt / GROUP / "journal", acked + 50)
     wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync after a remount there")
     (other.mnt / GROUP / "after-remount").write_bytes(b"new")
-    proxied.umount()
+    proxied.umount()  # the old one's later mounts keep the copy read-only
     proxied.mount("--group", GROUP)
     with pytest.raises(OSError) as refused:
         (m / GROUP / "another").write_bytes(b"x")
     assert refused.value.errno == errno.EROFS
     assert proxied.groups()["/" + GROUP]["moved_to"] == other.accept
-    other.umount()
+    other.umount()  # the new primary's tree is the secondary's replica, digest for digest
     differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
-    assert not differences, "the moved group differs from its replica after a remount:\n" + "\n".join(differences)
+    assert not differences, "the moved group differs from its replica:\n" + "\n".join(differences)
+    assert _group_record(other.store, gid).arrived_from
 
 
 REFUSED = r"the move to the primary at .* failed: "
@@ -222,7 +229,7 @@ def test_a_move_stopped_before_the_take_leaves_the_group_where_it_was(proxied: C
                 mover.kill()
                 mover.wait()
     assert mover.returncode == 1, err
-    assert ("aborted" if how == "abort" else "could not be brought up to date") in err, err
+    assert ("aborted" if how == "abort" else f"the link to the primary at {gate.address} failed") in err, err
     here = proxied.groups()["/" + GROUP]
     assert (here["state"], here["moved_to"]) == ("InSync", ""), here
     assert not (other.mnt / GROUP).exists()
@@ -273,34 +280,4 @@ def test_a_move_whose_answer_never_came_leaves_the_group_read_only_until_taken_b
     assert "is not moving" in again.stderr, again.stderr
     proxied.umount()
     differences = tree_differences(proxied.primary_store / GROUP, proxied.secondary.store / record.id)
-    assert not differences, "\n".join(differences)
-
-
-@pytest.mark.expect_log(r"did not shut down cleanly", r"session with .* ended", r"link to .* lost",
-                        r"reconnect failed")
-def test_the_new_primary_killed_after_the_move_serves_the_group_again_when_mounted(proxied: Cluster,
-                                                                                   other: Other) -> None:
-    proxied.mount("--group", GROUP)
-    group_tree(proxied.mnt)
-    other.mount()
-    (other.mnt / "vms").mkdir()
-    gid = proxied.groups()["/" + GROUP]["id"]
-    done = fsrep_move(str(proxied.mnt), "--group", "/" + GROUP, "--to-primary", other.accept)
-    assert done.returncode == 0, done.stderr
-    wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync there")
-    with open(other.mnt / GROUP / "journal", "wb", buffering=0) as f:
-        for n in range(100):
-            f.write(record(n))
-            os.fsync(f.fileno())
-    pid = int((other.store / ".fsrep" / "lock").read_text().split()[2])
-    os.kill(pid, 9)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the other primary to die")
-    subprocess.run(["umount", "-l", str(other.mnt)], check=True)
-    other.mounted = False
-    other.mount()
-    assert_ledger(other.mnt / GROUP / "journal", 100)
-    wait_for(lambda: other.groups()["/" + GROUP]["state"] == "InSync", "InSync after the crash")
-    (other.mnt / GROUP / "after").write_bytes(b"after the crash")
-    other.umount()
-    differences = tree_differences(other.store / GROUP, proxied.secondary.store / gid)
     assert not differences, "\n".join(differences)
