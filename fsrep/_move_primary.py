@@ -45,6 +45,7 @@ import json
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -70,6 +71,16 @@ log = logging.getLogger(__name__)
 R = RelationshipState
 ADOPT_TIMEOUT = 60.0  # seconds the other primary may take to answer an Adopt
 FOLLOW = 0.25  # seconds between looks at the operator's abort and the bytes sent
+
+
+def clear(groups: GroupStore) -> None:
+    """At mount: what the movers of moves a crash cut short kept (a move
+    is not resumed)."""
+    shutil.rmtree(_movers(groups), ignore_errors=True)
+
+
+def _movers(groups: GroupStore) -> Path:
+    return groups.dir.parent / "moving"
 
 
 def check(group: Group, address: str, mount: Groups) -> tuple[str, int]:
@@ -170,7 +181,7 @@ async def move_to_primary(group: Group, address: str, key: bytes, timeouts: Time
     rel, record = group.rel, group.rel.record
     check(group, address, mount)
     run = rel.move = MoveRun(group.tree.root, address, trio.current_time())
-    moving = groups.dir.parent / "moving" / record.id  # the mover's own state; gone with it
+    moving = _movers(groups) / record.id  # the mover's own state; gone with it
     mover_tree: Tree | None = None
     mover: Relationship | None = None
     watch = Watch()

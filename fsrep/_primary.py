@@ -26,6 +26,7 @@ from . import _declare as declare
 from . import _metrics as metrics
 from . import _move as move
 from . import _move_across as move_across
+from . import _move_primary as move_primary
 from . import _notify as notify
 from ._clone_backups import CloneBackups
 from ._commands import Daemon, dispatch
@@ -335,6 +336,7 @@ async def run_primary(opts: MountOptions, ready: Callable[[str], None]) -> None:
     raise_open_file_limit()
     groups = GroupStore(str(store))
     groups.reserve()
+    move_primary.clear(groups)
     try:
         mount_tree, mount = _open_groups(opts, store, groups)
     except BaseException:
