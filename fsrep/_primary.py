@@ -307,6 +307,7 @@ async def _accept_moves(opts: MountOptions, store: Path, groups: GroupStore, mou
         await trio.to_thread.run_sync(taking.clear)
         secondary = Secondary(taking.dir, opts.key, arrivals=taking)
         await nursery.start(functools.partial(secondary.serve, listeners))
+        nursery.start_soon(secondary.checkpoints)  # copies made durable as they come, not all at the cutover
         task_status.started()
 
 
