@@ -25,11 +25,12 @@ $(STAMP): pyproject.toml Makefile
 demo: deps
 	$(PY) -m fsrep._demo
 
-# pytest exits 5 when it collects nothing; that is a failure here too. Two
-# workers (pytest-xdist): most of a mount test's time is spent waiting on its
-# daemons, so two run in about the time of one on two cores.
+# pytest exits 5 when it collects nothing; that is a failure here too. Three
+# workers (pytest-xdist) on two cores: most of a mount test's time is spent
+# waiting on its daemons (measured here: 1718 tests in 11 min 56 s with three,
+# 20 min 27 s with two).
 test: deps
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 tests
 
 lint: deps
 	$(VENV)/bin/ruff check fsrep tracking transport tools tests bench
