@@ -42,6 +42,7 @@ from ._status import DaemonStatus, GroupSnapshots, Record, SnapshotList, Snapsho
 
 if TYPE_CHECKING:
     from ._groups import Group, Groups
+    from ._move import Done
     from ._ops import Operations
     from ._splitter import Relationship
 
@@ -513,7 +514,7 @@ async def move_group(daemon: Daemon, req: MoveRequest) -> Moved:
     return _moved(group, done)
 
 
-def _moved(group: Group, done: Any) -> Moved:
+def _moved(group: Group, done: Done) -> Moved:
     record, run = group.rel.record, group.rel.move
     copied = run is not None and run.destination == done.destination and run.outcome == "done"
     return Moved(group=record.id, path="/" + record.path, source=done.source, destination=done.destination,

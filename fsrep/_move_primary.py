@@ -83,7 +83,7 @@ def _movers(groups: GroupStore) -> Path:
     return groups.dir.parent / "moving"
 
 
-def check(group: Group, address: str, mount: Groups) -> tuple[str, int]:
+def check(group: Group, address: str, mount: Groups) -> None:
     """Whether *group* may move to the primary at *address*.
 
     Raises:
@@ -105,7 +105,7 @@ def check(group: Group, address: str, mount: Groups) -> tuple[str, int]:
                           f"a move to another primary starts from a point its secondary {record.secondary} holds "
                           f"too — resync first ('fsrep-resync MOUNTPOINT')")
     try:
-        return parse_address(address, what="--to-primary")
+        parse_address(address, what="--to-primary")
     except ConfigError as exc:
         raise MoveRefused(str(exc)) from None
 
@@ -130,6 +130,19 @@ async def _adopt(mover: Relationship, take: int, state: bytes) -> tp.Adopted:
         assert isinstance(reply, tp.Adopted)
         return reply
     raise tp.LinkDown(f"no answer from {mover.record.secondary} within {ADOPT_TIMEOUT:g}s")
+
+
+async def _ask(mover: Relationship, record: GroupRecord) -> None:
+    """Adopt, ask: could the group come there? (Its copy there so far is
+    made durable before the answer.)
+
+    Raises:
+        MoveRefused: it could not.
+        LinkDown: the link failed, or no answer came in time.
+    """
+    reply = await _adopt(mover, tp.ADOPT_ASK, _state(record, None, 0))
+    if not reply.ok:
+        raise MoveRefused(f"the primary at {mover.record.secondary} cannot take the group: {reply.message}")
 
 
 async def _caught_up(mover: Relationship, watch: Watch, why: str) -> None:
@@ -238,15 +251,12 @@ async def move_to_primary(group: Group, address: str, key: bytes, timeouts: Time
 async def _copied_and_taken(rel: Relationship, mover: Relationship, watch: Watch, run: MoveRun,
                             groups: GroupStore, scope: trio.CancelScope) -> Done:
     """Steps 1 to 3 of the module docstring, once the mover is connected."""
-    address = mover.record.secondary
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow, run, mover, rel.record, scope)
         try:
             async with mover.scheduler.held():  # no copy before the answer
                 await nursery.start(mover.serve)
-                reply = await _adopt(mover, tp.ADOPT_ASK, _state(rel.record, None, 0))
-                if not reply.ok:
-                    raise MoveRefused(f"the primary at {address} cannot take the group: {reply.message}")
+                await _ask(mover, rel.record)
             await _caught_up(mover, watch, "copying the group to its new primary")
             for _ in range(PASSES):
                 if _small(watch.dirty):
@@ -254,7 +264,7 @@ async def _copied_and_taken(rel: Relationship, mover: Relationship, watch: Watch
                 run.phase, run.passes = "catching up", run.passes + 1
                 await _caught_up(mover, watch, "a catch-up pass of the move")
             run.phase = "cutting over"
-            await _adopt(mover, tp.ADOPT_ASK, _state(rel.record, None, 0))  # the copy there made durable, clients on
+            await _ask(mover, rel.record)  # again: the copy there made durable while clients work on
             done = await _cut_over(rel, mover, watch, run, groups)
         except BaseException:
             if not rel.record.moved_to:

@@ -319,17 +319,16 @@ class Secondary:
         staging = self.store / META_DIR / "clones" / gid  # made by the first backup a resync stages
         empty(staging)
         tree.stage_in(staging)
-        undo = None if self.arrivals is not None else UndoLog(self.store / META_DIR / "undo" / gid, tree,
-                                                              self.undo_limit, self.space)
-        if undo is None:
-            pass
-        elif emptied:
-            undo.release()  # the tree it would roll back is gone
-        elif undo.load() and undo.base is not None:
-            undo.release_upto(last)
-        if undo is not None and undo.open and undo.base is not None:
-            log.info("group %s: an undo log is open since seq %s (a resync did not complete); the resync goes on",
-                     gid, undo.base.get("last_seq"))
+        undo = None
+        if self.arrivals is None:
+            undo = UndoLog(self.store / META_DIR / "undo" / gid, tree, self.undo_limit, self.space)
+            if emptied:
+                undo.release()  # the tree it would roll back is gone
+            elif undo.load() and undo.base is not None:
+                undo.release_upto(last)
+            if undo.open and undo.base is not None:
+                log.info("group %s: an undo log is open since seq %s (a resync did not complete); the resync goes "
+                         "on", gid, undo.base.get("last_seq"))
         replica = Replica(gid, tree, state_file, last, last, saved, generations, chain, undo=undo, staging=staging)
         self.replicas[gid] = replica
         return replica
